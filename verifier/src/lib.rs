@@ -1,1 +1,65 @@
-//! Placeholder until the verifier issue lands.
+//! A GPT-2 reference forward pass that proves a port right or wrong.
+//!
+//! The data flow, in the order [`verify`] runs it:
+//! [`model::Model::open`] memory-maps a Hugging Face GPT-2 directory and checks every tensor
+//! against `config.json`; [`fixture::Fixture::open`] reads the recorded `input_ids.npy` and
+//! `logits.npy` and checks them against the model; [`forward`] computes our logits in f32 on the
+//! CPU (or CUDA); [`compare::compare`] measures the difference and decides pass or mismatch.
+#![deny(missing_docs)]
+
+pub mod compare;
+pub mod error;
+pub mod fixture;
+pub mod forward;
+pub mod model;
+
+pub use compare::{Report, Tolerance};
+pub use error::{Error, Result};
+pub use forward::Device;
+
+use std::path::Path;
+use std::time::Instant;
+
+/// How to run one verification.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the forward pass runs.
+    pub device: Device,
+    /// CPU threads for matrix products (1 = serial).
+    pub threads: usize,
+    /// Absolute tolerance from the command line; overrides `fixture.json`.
+    pub atol: Option<f64>,
+    /// Relative tolerance from the command line; overrides `fixture.json`.
+    pub rtol: Option<f64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            device: Device::Cpu,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            atol: None,
+            rtol: None,
+        }
+    }
+}
+
+/// Runs the model in `model_dir` on the fixture in `fixture_dir` and compares the logits.
+///
+/// A returned [`Report`] with `pass == false` is a mismatch (the port is wrong); an `Err` means the
+/// files could not be checked at all.
+pub fn verify(model_dir: &Path, fixture_dir: &Path, opts: &Options) -> Result<Report> {
+    let model = model::Model::open(model_dir)?;
+    let fixture = fixture::Fixture::open(fixture_dir)?;
+    fixture.check_against(&model.config)?;
+    let tol = Tolerance::resolve(opts.atol, opts.rtol, &fixture)?;
+    let start = Instant::now();
+    let ours = forward::run(&model, &fixture.input_ids, fixture.batch, fixture.seq, opts)?;
+    let forward_seconds = start.elapsed().as_secs_f64();
+    let mut report = compare::compare(&ours, &fixture.logits, fixture.shape(), tol)?;
+    report.forward_seconds = forward_seconds;
+    report.device = opts.device.to_string();
+    report.threads = opts.threads;
+    report.description = fixture.meta.description.clone();
+    Ok(report)
+}

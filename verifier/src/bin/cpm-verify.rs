@@ -1,1 +1,152 @@
-fn main() { eprintln!("cpm-verify: not implemented yet"); std::process::exit(2); }
+//! `cpm-verify`: flags, output and exit codes; the work is in the `cpm_verify` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cpm_verify::{compare::Figures, Device, Options, Report};
+
+const AFTER_HELP: &str = "\
+Examples:
+  cpm-verify out/cpm-lm fixtures/cpm-lm-reference
+  cpm-verify out/cpm-lm fixtures/cpm-lm-reference --json > verify.json
+  cpm-verify out/cpm-lm fixtures/cpm-lm-reference --device cuda --atol 2e-3
+
+Tolerance: an element passes when |ours - ref| <= atol + rtol * |ref|; the run passes when every
+element does and the argmax agrees at every position (except where the reference's two largest
+logits are within tolerance of each other). Values come from the flags, else fixture.json, else
+atol = rtol = 1e-3.
+
+Exit codes:
+  0  the logits match the reference
+  1  mismatch: the port is wrong (or the tolerance too tight)
+  2  error: missing or invalid files, model and fixture disagree, device unavailable";
+
+/// Check a Hugging Face GPT-2 port against logits recorded from the original implementation.
+#[derive(Parser, Debug)]
+#[command(name = "cpm-verify", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// Model directory: config.json plus model.safetensors or model.safetensors.index.json.
+    model_dir: PathBuf,
+    /// Fixture directory: input_ids.npy, logits.npy and optionally fixture.json.
+    fixture_dir: PathBuf,
+    /// Absolute tolerance (overrides fixture.json).
+    #[arg(long)]
+    atol: Option<f64>,
+    /// Relative tolerance (overrides fixture.json).
+    #[arg(long)]
+    rtol: Option<f64>,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Where to run the forward pass: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// CPU threads for matrix products [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors are exit 2 like every other error; --json callers still get JSON.
+            if e.use_stderr() && std::env::args().any(|a| a == "--json") {
+                println!("{}", serde_json::json!({ "error": e.to_string().trim() }));
+                return ExitCode::from(2);
+            }
+            e.exit();
+        }
+    };
+    let mut opts = Options {
+        device: cli.device,
+        atol: cli.atol,
+        rtol: cli.rtol,
+        ..Options::default()
+    };
+    if let Some(t) = cli.threads {
+        opts.threads = t.max(1);
+    }
+    match cpm_verify::verify(&cli.model_dir, &cli.fixture_dir, &opts) {
+        Ok(report) => {
+            if cli.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        println!("{}", serde_json::json!({ "error": e.to_string() }));
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print_table(&cli, &report);
+            }
+            ExitCode::from(if report.pass { 0 } else { 1 })
+        }
+        Err(e) => {
+            let msg = anyhow::Error::new(e).to_string();
+            if cli.json {
+                println!("{}", serde_json::json!({ "error": msg }));
+            } else {
+                eprintln!("cpm-verify: error: {msg}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn row_line(label: &str, f: &Figures) -> String {
+    format!(
+        "{label:<5} {:>10.3e} {:>10.3e} {:>10.3e} {:>7.1}% {:>10.3e} {:>10.3e} {:>8} {}",
+        f.max_abs_diff,
+        f.mean_abs_diff,
+        f.max_rel_diff,
+        100.0 * f.top1_agreement,
+        f.kl_mean,
+        f.kl_max,
+        f.out_of_tolerance,
+        if f.pass { "ok" } else { "MISMATCH" }
+    )
+}
+
+fn print_table(cli: &Cli, r: &Report) {
+    println!(
+        "cpm-verify: {}  model {}  fixture {}",
+        if r.pass { "PASS" } else { "MISMATCH" },
+        cli.model_dir.display(),
+        cli.fixture_dir.display()
+    );
+    if let Some(d) = &r.description {
+        println!("  {d}");
+    }
+    println!(
+        "  {} x {} tokens, vocab {}, device {} ({} threads), forward {:.3} s, atol {:e} rtol {:e}",
+        r.batch, r.seq, r.vocab, r.device, r.threads, r.forward_seconds, r.atol, r.rtol
+    );
+    println!(
+        "{:<5} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
+        "row", "max|diff|", "mean|diff|", "max rel", "top-1", "KL mean", "KL max", "out-tol"
+    );
+    for row in &r.rows {
+        println!("{}", row_line(&row.row.to_string(), &row.figures));
+    }
+    println!("{}", row_line("all", &r.overall));
+    if let Some(w) = &r.overall.worst {
+        println!(
+            "  largest difference: row {} position {} logit {}: ours {} reference {}",
+            w.row, w.position, w.token, w.ours, w.reference
+        );
+    }
+    if r.overall.top1_mismatches > 0 || r.overall.top1_ties_excused > 0 {
+        println!(
+            "  top-1 disagreements: {} (plus {} excused near-ties)",
+            r.overall.top1_mismatches, r.overall.top1_ties_excused
+        );
+    }
+    if r.overall.non_finite > 0 {
+        println!(
+            "  {} of our logits are NaN or infinite",
+            r.overall.non_finite
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! The crate's one error type. Every variant names the file (or flag) at fault, and where a size
+//! or type is wrong, what was expected and what was found.
+
+use std::path::PathBuf;
+
+/// Why a verification could not be carried out (as opposed to a mismatch, which is a result).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened, mapped or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// A JSON file (config, shard index, fixture.json) is not valid JSON of the expected form.
+    #[error("{}: not valid JSON of the expected form: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        source: serde_json::Error,
+    },
+    /// `config.json` lacks a field the forward pass needs, or holds an unusable value.
+    #[error("{}: {detail}", path.display())]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// Which field and what is wrong with it.
+        detail: String,
+    },
+    /// A safetensors file's header or layout is invalid.
+    #[error("{}: not a valid safetensors file: {detail}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What the safetensors reader found.
+        detail: String,
+    },
+    /// The shard index (`model.safetensors.index.json`) is inconsistent with the shards.
+    #[error("{}: {detail}", path.display())]
+    ShardIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is inconsistent.
+        detail: String,
+    },
+    /// A tensor the forward pass needs is in none of the model's files.
+    #[error("{}: no tensor `{name}` (looked for {tried})", dir.display())]
+    MissingTensor {
+        /// The model directory.
+        dir: PathBuf,
+        /// The canonical name (without the `transformer.` prefix).
+        name: String,
+        /// The names that were tried.
+        tried: String,
+    },
+    /// A tensor's shape disagrees with `config.json`.
+    #[error("{}: tensor `{name}` has shape {found:?}, config.json implies {expected:?}", path.display())]
+    TensorShape {
+        /// The safetensors file holding the tensor.
+        path: PathBuf,
+        /// The tensor's name as stored.
+        name: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor is stored in a dtype the forward pass cannot widen to f32.
+    #[error("{}: tensor `{name}` is {dtype}; only F16, BF16 and F32 are supported", path.display())]
+    TensorDtype {
+        /// The safetensors file holding the tensor.
+        path: PathBuf,
+        /// The tensor's name as stored.
+        name: String,
+        /// The stored dtype.
+        dtype: String,
+    },
+    /// An `.npy` file has the wrong dtype, rank or layout, or is truncated.
+    #[error("{}: {detail}", path.display())]
+    Npy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The fixture disagrees with itself or with the model (shapes, vocabulary, positions).
+    #[error("fixture {} does not fit the model: {detail}", dir.display())]
+    FixtureMismatch {
+        /// The fixture directory.
+        dir: PathBuf,
+        /// Which sizes disagree, with both values.
+        detail: String,
+    },
+    /// The tolerances are unusable (negative, not finite, or tighter than a float16 reference's
+    /// own rounding).
+    #[error("tolerance: {0}")]
+    Tolerance(String),
+    /// A size computed from the files does not fit in memory addresses.
+    #[error("size overflow computing {0}")]
+    Overflow(String),
+    /// The requested device cannot be used.
+    #[error("device: {0}")]
+    Device(String),
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Multiplies sizes, naming what was being computed if the product overflows.
+pub(crate) fn checked_product(dims: &[usize], what: &str) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::Overflow(what.to_string()))
+}

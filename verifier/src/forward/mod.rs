@@ -1,0 +1,179 @@
+//! The GPT-2 forward pass (transformers' `GPT2LMHeadModel` in eval mode), on the CPU or CUDA.
+//! Both devices compute in f32 whatever the stored dtype and read one layer's weights at a time.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{checked_product, Error, Result};
+use crate::model::{Activation, Model};
+use crate::Options;
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU, with the `gemm` crate.
+    Cpu,
+    /// A CUDA device by ordinal (cuBLAS + NVRTC; needs the `cuda` feature).
+    Cuda(usize),
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device \"{s}\", expected cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Computes logits `[batch, seq, vocab]` (row-major) for `ids` `[batch, seq]`, which the caller
+/// has checked against the model (ids within the vocabulary, seq within n_positions).
+pub fn run(
+    model: &Model,
+    ids: &[u32],
+    batch: usize,
+    seq: usize,
+    opts: &Options,
+) -> Result<Vec<f32>> {
+    let c = &model.config;
+    let tokens = checked_product(&[batch, seq], "batch * seq")?;
+    if ids.len() != tokens || seq > c.n_positions || ids.iter().any(|&i| i as usize >= c.vocab_size)
+    {
+        return Err(Error::Overflow(format!(
+            "forward pass given {} ids for [{batch}, {seq}] that were not checked against the model",
+            ids.len()
+        )));
+    }
+    // Every buffer below is at most one of these; proving they fit once keeps the loops simple.
+    checked_product(
+        &[tokens, c.vocab_size.max(c.n_inner).max(3 * c.n_embd), 4],
+        "activation buffers",
+    )?;
+    checked_product(&[seq, seq, 4], "attention scores")?;
+    match opts.device {
+        Device::Cpu => cpu::forward(model, ids, batch, seq, opts.threads.max(1)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => cuda::forward(model, ids, batch, seq, ordinal),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(Error::Device(
+            "this cpm-verify was built without CUDA support; rebuild with `cargo build --release \
+             --features cuda` or use --device cpu"
+                .into(),
+        )),
+    }
+}
+
+/// The activation of one value, as transformers computes it (in f32 unless noted).
+pub fn activate(act: Activation, x: f32) -> f32 {
+    match act {
+        // NewGELUActivation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+        Activation::GeluTanh => {
+            0.5 * x * (1.0 + (0.797_884_6_f32 * (x + 0.044_715 * x * x * x)).tanh())
+        }
+        // nn.functional.gelu: 0.5 x (1 + erf(x / sqrt 2)); erf in f64 (std has none).
+        Activation::GeluErf => {
+            let xd = f64::from(x);
+            (0.5 * xd * (1.0 + libm::erf(xd * std::f64::consts::FRAC_1_SQRT_2))) as f32
+        }
+        Activation::Relu => x.max(0.0),
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+    }
+}
+
+/// LayerNorm of each `width`-long row of `x`, in place: biased variance, eps inside the root.
+/// Mean and variance are accumulated in f64 (two passes) so that wide rows with a large mean
+/// lose nothing to cancellation.
+pub fn layer_norm(x: &mut [f32], width: usize, weight: &[f32], bias: &[f32], eps: f64) {
+    for row in x.chunks_exact_mut(width) {
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / width as f64;
+        let var = row
+            .iter()
+            .map(|&v| {
+                let d = f64::from(v) - mean;
+                d * d
+            })
+            .sum::<f64>()
+            / width as f64;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, &w), &b) in row.iter_mut().zip(weight).zip(bias) {
+            *v = ((f64::from(*v) - mean) * inv) as f32 * w + b;
+        }
+    }
+}
+
+/// Softmax of `row` in place, in f32 with an f64 sum, after subtracting the maximum.
+pub fn softmax(row: &mut [f32]) {
+    let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f64;
+    for v in row.iter_mut() {
+        *v = (*v - m).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse_and_print_back() {
+        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse::<Device>(), Ok(Device::Cuda(3)));
+        assert!("gpu".parse::<Device>().is_err());
+        assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
+
+    #[test]
+    fn activations_match_known_values() {
+        // torch: F.gelu(1.0) = 0.8413447, gelu(approximate='tanh')(1.0) = 0.8411920
+        assert!((activate(Activation::GeluErf, 1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((activate(Activation::GeluTanh, 1.0) - 0.841_192_0).abs() < 1e-6);
+        assert_eq!(activate(Activation::Relu, -2.0), 0.0);
+        assert!((activate(Activation::Silu, 1.0) - 0.731_058_6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_survives_a_large_mean() {
+        // A naive f32 E[x^2] - E[x]^2 loses the variance of 1e4 + small values entirely.
+        let mut x: Vec<f32> = (0..64).map(|i| 1e4 + (i % 2) as f32).collect();
+        layer_norm(&mut x, 64, &[1.0; 64], &[0.0; 64], 0.0);
+        assert!(
+            (x[0] + 1.0).abs() < 1e-3 && (x[1] - 1.0).abs() < 1e-3,
+            "{:?}",
+            &x[..2]
+        );
+    }
+
+    #[test]
+    fn softmax_of_large_values_is_finite_and_sums_to_one() {
+        let mut r = vec![1000.0f32, 999.0, -1e30];
+        softmax(&mut r);
+        assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((r[0] / r[1] - std::f32::consts::E).abs() < 1e-4);
+    }
+}

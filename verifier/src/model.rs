@@ -1,0 +1,505 @@
+//! A Hugging Face GPT-2 directory: `config.json` plus `model.safetensors` or a sharded
+//! `model.safetensors.index.json`, memory-mapped.
+//!
+//! Everything about the files is validated in [`Model::open`], before any arithmetic: the
+//! safetensors headers (by the `safetensors` crate, which checks that offsets tile the buffer),
+//! the presence, dtype and shape of every tensor the forward pass will read. Weights stay in the
+//! map until [`Model::tensor_f32`] widens one of them, so the forward pass holds one layer in f32
+//! at a time whatever the model's size.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+use crate::error::{checked_product, Error, Result};
+
+/// The element-wise non-linearity between `c_fc` and `mlp.c_proj` (`activation_function`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation (GPT-2, CPM-LM).
+    GeluTanh,
+    /// `gelu`: the exact erf form.
+    GeluErf,
+    /// `relu`.
+    Relu,
+    /// `silu` / `swish`: x * sigmoid(x).
+    Silu,
+    /// `quick_gelu`: x * sigmoid(1.702 x).
+    QuickGelu,
+}
+
+impl Activation {
+    /// Maps transformers' `ACT2FN` key to the function; `None` for names we do not implement.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::GeluErf,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            "quick_gelu" => Activation::QuickGelu,
+            _ => return None,
+        })
+    }
+}
+
+/// The fields of a GPT-2 `config.json` that change the forward pass. Absent fields take
+/// transformers' `GPT2Config` defaults, because that is what transformers would run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `vocab_size`.
+    pub vocab_size: usize,
+    /// `n_positions` (alias `max_position_embeddings`).
+    pub n_positions: usize,
+    /// `n_embd` (alias `hidden_size`).
+    pub n_embd: usize,
+    /// `n_layer` (alias `num_hidden_layers`).
+    pub n_layer: usize,
+    /// `n_head` (alias `num_attention_heads`).
+    pub n_head: usize,
+    /// `n_inner`, or 4 * `n_embd` when null or absent.
+    pub n_inner: usize,
+    /// `activation_function`.
+    pub activation: Activation,
+    /// The `activation_function` string as written.
+    pub activation_name: String,
+    /// `layer_norm_epsilon`.
+    pub layer_norm_epsilon: f64,
+    /// `scale_attn_weights`: divide scores by sqrt(head_dim).
+    pub scale_attn_weights: bool,
+    /// `scale_attn_by_inverse_layer_idx`: also divide scores by (layer index + 1).
+    pub scale_attn_by_inverse_layer_idx: bool,
+    /// `tie_word_embeddings`: the LM head is `wte` when `lm_head.weight` is absent.
+    pub tie_word_embeddings: bool,
+}
+
+impl Config {
+    /// The width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        // n_head > 0 and divisibility are checked in `from_json`.
+        self.n_embd / self.n_head
+    }
+
+    /// Parses a `config.json` text; `path` is only used in error messages.
+    pub fn from_json(text: &str, path: &Path) -> Result<Config> {
+        let v: Value = serde_json::from_str(text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |detail: String| Error::Config {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("the top level is not a JSON object".into()))?;
+        if let Some(mt) = obj.get("model_type") {
+            if mt.as_str() != Some("gpt2") {
+                return Err(bad(format!(
+                    "model_type is {mt}, expected \"gpt2\": this verifier runs GPT-2 only"
+                )));
+            }
+        }
+        // Each field may appear under its GPT-2 name or its generic alias (GPT2Config.attribute_map).
+        let field = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| obj.get(*n).filter(|x| !x.is_null()))
+        };
+        let size = |names: &[&str], default: usize| -> Result<usize> {
+            match field(names) {
+                None => Ok(default),
+                Some(x) => x
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "`{}` is {x}, expected a positive integer",
+                            names[0]
+                        ))
+                    }),
+            }
+        };
+        let flag = |name: &str, default: bool| -> Result<bool> {
+            match field(&[name]) {
+                None => Ok(default),
+                Some(x) => x
+                    .as_bool()
+                    .ok_or_else(|| bad(format!("`{name}` is {x}, expected true or false"))),
+            }
+        };
+        let vocab_size = size(&["vocab_size"], 50257)?;
+        let n_positions = size(&["n_positions", "max_position_embeddings"], 1024)?;
+        let n_embd = size(&["n_embd", "hidden_size"], 768)?;
+        let n_layer = size(&["n_layer", "num_hidden_layers"], 12)?;
+        let n_head = size(&["n_head", "num_attention_heads"], 12)?;
+        let default_inner = n_embd
+            .checked_mul(4)
+            .ok_or_else(|| Error::Overflow("4 * n_embd".into()))?;
+        let n_inner = size(&["n_inner"], default_inner)?;
+        if n_embd % n_head != 0 {
+            return Err(bad(format!(
+                "n_embd {n_embd} is not divisible by n_head {n_head}"
+            )));
+        }
+        let activation_name = match field(&["activation_function"]) {
+            None => "gelu_new".to_string(),
+            Some(x) => x
+                .as_str()
+                .ok_or_else(|| bad(format!("`activation_function` is {x}, expected a string")))?
+                .to_string(),
+        };
+        let activation = Activation::from_name(&activation_name).ok_or_else(|| {
+            bad(format!(
+                "activation_function \"{activation_name}\" is not supported \
+                 (supported: gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu, silu, swish, quick_gelu)"
+            ))
+        })?;
+        let layer_norm_epsilon = match field(&["layer_norm_epsilon"]) {
+            None => 1e-5,
+            Some(x) => x
+                .as_f64()
+                .filter(|e| e.is_finite() && *e >= 0.0)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "`layer_norm_epsilon` is {x}, expected a number >= 0"
+                    ))
+                })?,
+        };
+        Ok(Config {
+            vocab_size,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner,
+            activation,
+            activation_name,
+            layer_norm_epsilon,
+            scale_attn_weights: flag("scale_attn_weights", true)?,
+            scale_attn_by_inverse_layer_idx: flag("scale_attn_by_inverse_layer_idx", false)?,
+            tie_word_embeddings: flag("tie_word_embeddings", true)?,
+        })
+    }
+}
+
+/// One safetensors file, mapped.
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+}
+
+/// Where one tensor's bytes are.
+#[derive(Debug, Clone)]
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Byte range within the shard's map (header included in the offset).
+    start: usize,
+    end: usize,
+}
+
+/// A GPT-2 model directory, memory-mapped and validated against its config.
+pub struct Model {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The parsed `config.json`.
+    pub config: Config,
+    shards: Vec<Shard>,
+    tensors: HashMap<String, Entry>,
+    /// The stored name of each canonical tensor the forward pass reads.
+    names: HashMap<String, String>,
+}
+
+/// The tensors one transformer block reads, with canonical names relative to `h.{i}.`,
+/// and their shapes in terms of (n_embd, n_inner).
+fn layer_tensors(c: &Config) -> Vec<(&'static str, Vec<usize>)> {
+    let (h, inner) = (c.n_embd, c.n_inner);
+    vec![
+        ("ln_1.weight", vec![h]),
+        ("ln_1.bias", vec![h]),
+        ("attn.c_attn.weight", vec![h, 3 * h]),
+        ("attn.c_attn.bias", vec![3 * h]),
+        ("attn.c_proj.weight", vec![h, h]),
+        ("attn.c_proj.bias", vec![h]),
+        ("ln_2.weight", vec![h]),
+        ("ln_2.bias", vec![h]),
+        ("mlp.c_fc.weight", vec![h, inner]),
+        ("mlp.c_fc.bias", vec![inner]),
+        ("mlp.c_proj.weight", vec![inner, h]),
+        ("mlp.c_proj.bias", vec![h]),
+    ]
+}
+
+impl Model {
+    /// Opens and validates a model directory.
+    pub fn open(dir: &Path) -> Result<Model> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config = Config::from_json(&text, &config_path)?;
+        // 3 * n_embd etc. must not overflow anywhere later.
+        checked_product(&[config.n_embd, 3, config.n_inner.max(1)], "layer sizes")?;
+
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let (files, weight_map) = if single.is_file() {
+            (vec![single], None)
+        } else if index.is_file() {
+            let (files, map) = read_index(&index)?;
+            (files, Some((index, map)))
+        } else {
+            return Err(Error::io(
+                &single,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "neither model.safetensors nor model.safetensors.index.json exists",
+                ),
+            ));
+        };
+
+        let mut shards = Vec::with_capacity(files.len());
+        let mut tensors = HashMap::new();
+        for (i, path) in files.into_iter().enumerate() {
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // SAFETY: the map is read-only; if another process truncates the file while we run,
+            // reads may fault. That is the usual contract of safetensors loaders and acceptable
+            // for a verification tool reading files it was pointed at.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            let (header_len, meta) =
+                SafeTensors::read_metadata(&map).map_err(|e| Error::Safetensors {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
+            // read_metadata proved 8 + header_len + data_len == file length, so these add up.
+            let data_start = header_len
+                .checked_add(8)
+                .ok_or_else(|| Error::Overflow(format!("{} header", path.display())))?;
+            for (name, info) in meta.tensors() {
+                let (s, e) = info.data_offsets;
+                let entry = Entry {
+                    shard: i,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: data_start + s,
+                    end: data_start + e,
+                };
+                if tensors.insert(name.clone(), entry).is_some() {
+                    return Err(Error::Safetensors {
+                        path: path.clone(),
+                        detail: format!("tensor `{name}` also appears in an earlier shard"),
+                    });
+                }
+            }
+            shards.push(Shard { path, map });
+        }
+        if let Some((index, map)) = weight_map {
+            for (name, file) in &map {
+                let Some(entry) = tensors.get(name) else {
+                    return Err(Error::ShardIndex {
+                        path: index.clone(),
+                        detail: format!("lists `{name}` in {file}, which does not hold it"),
+                    });
+                };
+                let holder = &shards[entry.shard].path;
+                if holder.file_name().and_then(|f| f.to_str()) != Some(file.as_str()) {
+                    return Err(Error::ShardIndex {
+                        path: index.clone(),
+                        detail: format!(
+                            "lists `{name}` in {file}, but it is in {}",
+                            holder.display()
+                        ),
+                    });
+                }
+            }
+        }
+
+        let mut model = Model {
+            dir: dir.to_path_buf(),
+            config,
+            shards,
+            tensors,
+            names: HashMap::new(),
+        };
+        model.resolve_names()?;
+        Ok(model)
+    }
+
+    /// Finds every tensor the forward pass reads, under either naming, and checks dtype and shape.
+    fn resolve_names(&mut self) -> Result<()> {
+        let c = &self.config;
+        let (v, p, h) = (c.vocab_size, c.n_positions, c.n_embd);
+        let mut wanted: Vec<(String, Vec<usize>)> = vec![
+            ("wte.weight".into(), vec![v, h]),
+            ("wpe.weight".into(), vec![p, h]),
+            ("ln_f.weight".into(), vec![h]),
+            ("ln_f.bias".into(), vec![h]),
+        ];
+        for i in 0..c.n_layer {
+            for (name, shape) in layer_tensors(c) {
+                wanted.push((format!("h.{i}.{name}"), shape));
+            }
+        }
+        let head_present = self.tensors.contains_key("lm_head.weight");
+        if head_present {
+            wanted.push(("lm_head.weight".into(), vec![v, h]));
+        } else if !c.tie_word_embeddings {
+            return Err(Error::MissingTensor {
+                dir: self.dir.clone(),
+                name: "lm_head.weight".into(),
+                tried: "lm_head.weight (tie_word_embeddings is false, so wte cannot stand in)"
+                    .into(),
+            });
+        }
+        for (canonical, shape) in wanted {
+            let candidates = if canonical == "lm_head.weight" {
+                vec![canonical.clone()]
+            } else {
+                vec![format!("transformer.{canonical}"), canonical.clone()]
+            };
+            let stored = candidates
+                .iter()
+                .find(|n| self.tensors.contains_key(n.as_str()))
+                .ok_or_else(|| Error::MissingTensor {
+                    dir: self.dir.clone(),
+                    name: canonical.clone(),
+                    tried: candidates.join(", "),
+                })?
+                .clone();
+            let entry = &self.tensors[&stored];
+            let path = self.shards[entry.shard].path.clone();
+            if !matches!(entry.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32) {
+                return Err(Error::TensorDtype {
+                    path,
+                    name: stored,
+                    dtype: format!("{:?}", entry.dtype),
+                });
+            }
+            if entry.shape != shape {
+                return Err(Error::TensorShape {
+                    path,
+                    name: stored,
+                    expected: shape,
+                    found: entry.shape.clone(),
+                });
+            }
+            self.names.insert(canonical, stored);
+        }
+        Ok(())
+    }
+
+    /// Whether the model has its own `lm_head.weight` (otherwise the head is `wte`).
+    pub fn has_lm_head(&self) -> bool {
+        self.names.contains_key("lm_head.weight")
+    }
+
+    /// The stored dtypes of the tensors the forward pass reads (for the report).
+    pub fn dtypes(&self) -> BTreeSet<String> {
+        self.names
+            .values()
+            .filter_map(|n| self.tensors.get(n))
+            .map(|e| format!("{:?}", e.dtype))
+            .collect()
+    }
+
+    /// One validated tensor as f32, by canonical name (`wte.weight`, `h.0.ln_1.bias`,
+    /// `lm_head.weight`), row-major. F32 data aligned in the map is borrowed; F16 and BF16 are
+    /// widened (exactly) into a new buffer.
+    pub fn tensor_f32(&self, canonical: &str) -> Result<Cow<'_, [f32]>> {
+        let stored = self
+            .names
+            .get(canonical)
+            .ok_or_else(|| Error::MissingTensor {
+                dir: self.dir.clone(),
+                name: canonical.to_string(),
+                tried: "(not among the tensors validated at open)".into(),
+            })?;
+        let entry = &self.tensors[stored];
+        let shard = &self.shards[entry.shard];
+        let bytes = shard
+            .map
+            .get(entry.start..entry.end)
+            .ok_or_else(|| Error::Safetensors {
+                path: shard.path.clone(),
+                detail: format!("tensor `{stored}` lies outside the file"),
+            })?;
+        Ok(match entry.dtype {
+            Dtype::F32 => {
+                // SAFETY: every bit pattern is a valid f32; align_to only yields a middle part
+                // that is correctly aligned. Safetensors is little-endian, so borrowing is only
+                // right on little-endian targets.
+                let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
+                if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {
+                    Cow::Borrowed(mid)
+                } else {
+                    Cow::Owned(
+                        bytes
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                            .collect(),
+                    )
+                }
+            }
+            Dtype::F16 => Cow::Owned(widen_16(bytes, |b| half::f16::from_bits(b).to_f32())),
+            Dtype::BF16 => Cow::Owned(widen_16(bytes, |b| half::bf16::from_bits(b).to_f32())),
+            other => {
+                return Err(Error::TensorDtype {
+                    path: shard.path.clone(),
+                    name: stored.clone(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        })
+    }
+}
+
+/// Widens little-endian 16-bit floats; `f` maps the raw bits to f32.
+fn widen_16(bytes: &[u8], f: impl Fn(u16) -> f32) -> Vec<f32> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| f(u16::from_le_bytes([b[0], b[1]])))
+        .collect()
+}
+
+/// Reads `model.safetensors.index.json`: the shard files (in first-seen order) and the
+/// tensor-to-file map.
+fn read_index(index: &Path) -> Result<(Vec<PathBuf>, Vec<(String, String)>)> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let bad = |detail: String| Error::ShardIndex {
+        path: index.to_path_buf(),
+        detail,
+    };
+    let map = v
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut pairs = Vec::with_capacity(map.len());
+    for (name, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("`{name}` maps to {file}, expected a file name")))?;
+        // Shards live beside the index; refuse paths that would leave the directory.
+        if file.is_empty() || file.contains('/') || file.contains('\\') || file == ".." {
+            return Err(bad(format!(
+                "`{name}` maps to \"{file}\", which is not a plain file name"
+            )));
+        }
+        let path = dir.join(file);
+        if !files.contains(&path) {
+            files.push(path);
+        }
+        pairs.push((name.clone(), file.to_string()));
+    }
+    Ok((files, pairs))
+}
