@@ -1,1 +1,231 @@
-//! placeholder
+//! cpm-convert: port CPM-LM's model-parallel Megatron/DeepSpeed checkpoints to a Hugging Face
+//! GPT-2 directory (`model.safetensors`, `config.json`, `SHA256SUMS`) without Python.
+//!
+//! The data flow, one step per module:
+//!
+//! ```text
+//! checkpoint::discover   input path  -> rank files (tracker, iteration, mp_rank_XX)
+//! checkpoint::Rank::open rank file   -> torch object tree + weights (torch:: reads zip and
+//!                                       legacy files through a memory map, executing nothing)
+//! plan::build            ranks + mapping (mappings/*.toml) -> every output tensor, checked
+//! merge::merge           one tensor's parts -> Hugging Face layout (concat, qkv interleave,
+//!                                       transpose, cast)
+//! write                  streaming safetensors + config.json + SHA256SUMS, staged and
+//!                                       renamed into place
+//! ```
+//!
+//! Only one merged tensor is in memory at a time.
+
+pub mod checkpoint;
+pub mod error;
+pub mod gpt2_config;
+pub mod mapping;
+pub mod merge;
+pub mod plan;
+pub mod torch;
+pub mod write;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use error::{Error, Result};
+pub use mapping::Mapping;
+pub use plan::{OutDtype, Plan};
+
+use checkpoint::Rank;
+
+/// What to convert and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub dtype: OutDtype,
+    pub heads: Option<u64>,
+    pub force: bool,
+    pub strict: bool,
+    /// A mapping file; `None` uses the built-in CPM-LM mapping.
+    pub mapping: Option<PathBuf>,
+}
+
+/// Hooks for a user interface; all optional.
+pub trait Progress {
+    /// Called once with the bytes the model file will receive.
+    fn begin(&self, _total_bytes: u64) {}
+    /// Called after each tensor is written.
+    fn advance(&self, _bytes: u64) {}
+    /// A problem that does not stop the conversion.
+    fn warn(&self, msg: &str);
+}
+
+/// What a finished conversion did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub output: PathBuf,
+    pub tensors: usize,
+    pub model_bytes: u64,
+    pub model_sha256: String,
+    pub seconds: f64,
+    pub warnings: usize,
+    pub plan: Plan,
+}
+
+/// An opened checkpoint: its mapping and ranks, structure parsed, no tensor data read.
+pub struct Source {
+    pub mapping: Mapping,
+    pub ranks: Vec<Rank>,
+}
+
+/// Find and open the checkpoint at `input`.
+pub fn open(input: &Path, mapping: Option<&Path>) -> Result<Source> {
+    let mapping = match mapping {
+        Some(p) => Mapping::load(p)?,
+        None => Mapping::cpm_lm()?,
+    };
+    let layout = checkpoint::discover(input)?;
+    let ranks = layout
+        .ranks
+        .iter()
+        .zip(layout.display)
+        .map(|(path, shown)| Rank::open(path, shown, &mapping))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Source { mapping, ranks })
+}
+
+/// Plan the conversion of an opened checkpoint.
+pub fn plan(src: &Source, heads: Option<u64>, dtype: OutDtype) -> Result<Plan> {
+    plan::build(&src.ranks, &src.mapping, heads, dtype)
+}
+
+/// Convert end to end: read -> plan -> merge -> write.
+pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
+    let started = Instant::now();
+    // Refuse a non-empty OUT_DIR before doing any work.
+    write::check_target(&opts.output, opts.force)?;
+    let src = open(&opts.input, opts.mapping.as_deref())?;
+    let plan = plan(&src, opts.heads, opts.dtype)?;
+    let staging = write::Staging::new(&opts.output, opts.force)?;
+    for p in &staging.removed_stale {
+        progress.warn(&format!(
+            "removed {}, left behind by a conversion that was killed",
+            p.display()
+        ));
+    }
+    let (model_sha256, model_bytes, warnings) =
+        write_model(&src, &plan, opts, staging.path(), progress)?;
+
+    let dtype_name = plan
+        .entries
+        .first()
+        .map(|e| e.dtype.torch_name())
+        .unwrap_or("float16");
+    let config = gpt2_config::config(&plan, &src.mapping, dtype_name);
+    let mut config_text = serde_json::to_string_pretty(&config)
+        .map_err(|e| Error::merge(format!("cannot encode config.json: {e}")))?;
+    config_text.push('\n');
+    let config_sha =
+        write::small_file(&staging.path().join("config.json"), config_text.as_bytes())?;
+    let sums = write::sha256sums(vec![
+        ("model.safetensors".into(), model_sha256.clone()),
+        ("config.json".into(), config_sha),
+    ]);
+    write::small_file(&staging.path().join("SHA256SUMS"), sums.as_bytes())?;
+    staging.commit()?;
+
+    Ok(Summary {
+        output: opts.output.clone(),
+        tensors: plan.entries.len(),
+        model_bytes,
+        model_sha256,
+        seconds: started.elapsed().as_secs_f64(),
+        warnings,
+        plan,
+    })
+}
+
+/// Stream every merged tensor into `dir/model.safetensors`.
+fn write_model(
+    src: &Source,
+    plan: &Plan,
+    opts: &Options,
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<(String, u64, usize)> {
+    let names: Vec<String> = src.ranks.iter().map(|r| r.display.clone()).collect();
+    let files: Vec<serde_json::Value> = src
+        .ranks
+        .iter()
+        .map(|r| serde_json::json!({"name": r.display, "bytes": r.file.file_len(), "format": r.file.format.name()}))
+        .collect();
+    let metadata = vec![
+        ("format".to_string(), "pt".to_string()),
+        ("source_variant".to_string(), plan.variant.clone()),
+        (
+            "source_files".to_string(),
+            serde_json::Value::Array(files).to_string(),
+        ),
+        (
+            "model_parallel_size".to_string(),
+            plan.model_parallel.to_string(),
+        ),
+        (
+            "converter".to_string(),
+            format!("cpm-convert {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ];
+    let path = dir.join("model.safetensors");
+    let mut out = write::HashingFile::create(&path)?;
+    out.write(&write::safetensors_header(plan, &metadata)?)?;
+    progress.begin(plan.total_bytes());
+    let mut warnings = 0;
+    for e in &plan.entries {
+        let spans = src
+            .ranks
+            .iter()
+            .zip(&e.sources)
+            .map(|(r, t)| r.file.span(&e.source, t))
+            .collect::<Result<Vec<_>>>()?;
+        {
+            let parts = src
+                .ranks
+                .iter()
+                .zip(&e.sources)
+                .map(|(r, t)| r.file.read(&e.source, t))
+                .collect::<Result<Vec<_>>>()?;
+            let merged = merge::merge(e, parts, &names)?;
+            let bad = merge::count_non_finite(&merged, e.source_dtype);
+            if bad > 0 {
+                let msg = format!(
+                    "tensor `{}` (-> `{}`) holds {bad} NaN/Inf value(s) of {}",
+                    e.source,
+                    e.target,
+                    e.numel()
+                );
+                if opts.strict {
+                    return Err(Error::merge(format!("{msg} (--strict)")));
+                }
+                progress.warn(&msg);
+                warnings += 1;
+            }
+            if e.dtype == e.source_dtype {
+                out.write(&merged)?;
+            } else {
+                let cast = merge::cast(&merged, e.source_dtype, e.dtype).map_err(|(v, n)| {
+                    Error::merge(format!(
+                        "tensor `{}` (-> `{}`): {n} finite value(s) overflow {} (first: {v}); keep the \
+                         source dtype or choose a wider one",
+                        e.source,
+                        e.target,
+                        e.dtype.torch_name()
+                    ))
+                })?;
+                out.write(&cast)?;
+            }
+        }
+        for (r, s) in src.ranks.iter().zip(&spans) {
+            r.file.release(s);
+        }
+        progress.advance(e.nbytes());
+    }
+    let bytes = out.written();
+    Ok((out.finish()?, bytes, warnings))
+}

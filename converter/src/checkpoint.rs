@@ -1,0 +1,235 @@
+//! Finding a checkpoint's rank files and the weights inside them.
+//!
+//! Accepted inputs: a root holding `latest_checkpointed_iteration.txt` (an integer or
+//! `release`), an iteration directory holding `mp_rank_XX_model_states.pt` (or Megatron's
+//! `mp_rank_XX/model_optim_rng.pt`), or one `.pt` file (model-parallel size 1).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::mapping::Mapping;
+use crate::torch::{TensorRef, TorchFile, Value};
+
+const TRACKER: &str = "latest_checkpointed_iteration.txt";
+/// More ranks than any released model uses; bounds a directory listing from a hostile input.
+const MAX_RANKS: usize = 512;
+
+/// The rank files of one checkpoint, in rank order.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Each rank's file.
+    pub ranks: Vec<PathBuf>,
+    /// Names recorded in the output's metadata: relative to the input, never absolute.
+    pub display: Vec<String>,
+}
+
+/// Find the rank files for `input`.
+pub fn discover(input: &Path) -> Result<Layout> {
+    let meta = std::fs::metadata(input).map_err(|e| Error::io(input, "cannot read input", e))?;
+    if meta.is_file() {
+        let name = file_name(input);
+        return Ok(Layout {
+            ranks: vec![input.to_path_buf()],
+            display: vec![name],
+        });
+    }
+    let tracker = input.join(TRACKER);
+    if tracker.is_file() {
+        let text =
+            std::fs::read_to_string(&tracker).map_err(|e| Error::io(&tracker, "cannot read", e))?;
+        let it = text.trim();
+        let valid = it == "release"
+            || (!it.is_empty() && it.len() <= 20 && it.bytes().all(|b| b.is_ascii_digit()));
+        if !valid {
+            return Err(Error::layout(
+                &tracker,
+                format!(
+                    "expected an iteration number or `release`, found {:?}",
+                    truncate(it, 40)
+                ),
+            ));
+        }
+        let dir = input.join(it);
+        if !dir.is_dir() {
+            return Err(Error::layout(
+                &dir,
+                format!("{TRACKER} names iteration `{it}`, but this directory does not exist"),
+            ));
+        }
+        let mut l = rank_files(&dir)?;
+        l.display = l.display.iter().map(|d| format!("{it}/{d}")).collect();
+        return Ok(l);
+    }
+    rank_files(input)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.to_string_lossy().into_owned())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Parse `mp_rank_XX_model_states.pt` or the folder `mp_rank_XX`.
+fn rank_of(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("mp_rank_")?;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let tail = &rest[digits.len()..];
+    if digits.is_empty() || !(tail == "_model_states.pt" || tail.is_empty()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn rank_files(dir: &Path) -> Result<Layout> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "cannot list", e))?;
+    let mut found: Vec<(usize, PathBuf, String)> = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| Error::io(dir, "cannot list", e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rank) = rank_of(&name) else { continue };
+        let path = e.path();
+        let (path, shown) = if path.is_dir() {
+            // Megatron-LM's own layout: mp_rank_XX/model_optim_rng.pt
+            let f = path.join("model_optim_rng.pt");
+            if !f.is_file() {
+                continue;
+            }
+            (f, format!("{name}/model_optim_rng.pt"))
+        } else {
+            (path, name)
+        };
+        if let Some(prev) = found.iter().find(|f| f.0 == rank) {
+            return Err(Error::layout(
+                dir,
+                format!(
+                    "two files claim model-parallel rank {rank}: {} and {}",
+                    prev.2, shown
+                ),
+            ));
+        }
+        found.push((rank, path, shown));
+        if found.len() > MAX_RANKS {
+            return Err(Error::layout(
+                dir,
+                format!("more than {MAX_RANKS} rank files"),
+            ));
+        }
+    }
+    if found.is_empty() {
+        return Err(Error::layout(
+            dir,
+            format!(
+                "no checkpoint here: expected {TRACKER}, or files named mp_rank_00_model_states.pt, \
+                 mp_rank_01_model_states.pt, …, or pass a single .pt file"
+            ),
+        ));
+    }
+    found.sort_by_key(|f| f.0);
+    for (i, f) in found.iter().enumerate() {
+        if f.0 != i {
+            return Err(Error::layout(
+                dir,
+                format!(
+                    "model-parallel rank {i} is missing (found ranks {}): expected mp_rank_{i:02}_model_states.pt",
+                    found.iter().map(|f| f.0.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(Layout {
+        ranks: found.iter().map(|f| f.1.clone()).collect(),
+        display: found.into_iter().map(|f| f.2).collect(),
+    })
+}
+
+/// One opened rank: the file and the weights found in it, in file order.
+pub struct Rank {
+    pub file: TorchFile,
+    pub display: String,
+    pub weights: Vec<(String, TensorRef)>,
+}
+
+impl Rank {
+    pub fn open(path: &Path, display: String, mapping: &Mapping) -> Result<Rank> {
+        let file = TorchFile::open(path)?;
+        let weights = weights(&file, mapping)?;
+        Ok(Rank {
+            file,
+            display,
+            weights,
+        })
+    }
+
+    /// An integer field of the top-level dict, if present.
+    pub fn top_int(&self, key: &str) -> Option<i64> {
+        self.file.root.get(key).and_then(|v| v.as_int())
+    }
+
+    /// An integer field of the training arguments (argparse.Namespace or dict), if present.
+    pub fn arg_int(&self, args_key: &str, field: &str) -> Option<i64> {
+        self.file.root.get(args_key)?.get(field)?.as_int()
+    }
+}
+
+/// The weights dict: the first of the mapping's `weights_keys` present, else the top level
+/// itself when it holds tensors (a bare state dict).
+fn weights(file: &TorchFile, mapping: &Mapping) -> Result<Vec<(String, TensorRef)>> {
+    let top = match &file.root {
+        Value::Dict(_) => file.root.clone(),
+        other => {
+            return Err(Error::format(
+                &file.path,
+                format!("top-level object is {}, expected a dict", other.describe()),
+            ))
+        }
+    };
+    let (dict, keyname) = match mapping
+        .variant
+        .weights_keys
+        .iter()
+        .find_map(|k| top.get(k).map(|v| (v, k.as_str())))
+    {
+        Some(found) => found,
+        None => (top, "<top level>"),
+    };
+    let items = dict.dict_items().ok_or_else(|| {
+        Error::format(
+            &file.path,
+            format!(
+                "`{keyname}` is {}, expected a dict of tensors",
+                dict.describe()
+            ),
+        )
+    })?;
+    let mut out = Vec::with_capacity(items.len());
+    for (k, v) in items {
+        let name = k
+            .as_str()
+            .ok_or_else(|| {
+                Error::format(
+                    &file.path,
+                    format!("a key of `{keyname}` is {}, not a string", k.describe()),
+                )
+            })?
+            .to_string();
+        match &v {
+            Value::Tensor(t) => out.push((name, TensorRef::clone(t))),
+            // Non-tensor entries (a `_metadata`-like value) carry no weights.
+            _ => continue,
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::format(
+            &file.path,
+            format!(
+                "no tensors found: expected the weights under one of {:?} or at the top level",
+                mapping.variant.weights_keys
+            ),
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,177 @@
+//! Reading `torch.save` files without Python and without executing anything.
+//!
+//! Both formats end up as the same thing: the unpickled object tree ([`Value`]) and a table of
+//! storages, each a byte range of the memory-mapped file. Tensor data is only touched when a
+//! caller asks for it, so reading a checkpoint's structure costs a few kilobytes of I/O.
+
+mod legacy;
+pub mod pickle;
+pub mod tensor;
+pub mod value;
+mod zip;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+pub use tensor::{Dtype, TensorRef};
+pub use value::Value;
+
+use crate::error::{Error, Result};
+
+/// The on-disk flavour of a torch file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Zip,
+    Legacy,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Zip => "zip",
+            Format::Legacy => "legacy",
+        }
+    }
+}
+
+/// An open, memory-mapped torch checkpoint file.
+pub struct TorchFile {
+    pub path: PathBuf,
+    pub format: Format,
+    pub root: Value,
+    map: Mmap,
+    /// Storage key -> byte range in `map`.
+    storages: HashMap<String, Range<u64>>,
+}
+
+const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+
+impl TorchFile {
+    /// Map `path` and parse its object tree; no tensor data is read.
+    pub fn open(path: &Path) -> Result<TorchFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "cannot stat", e))?
+            .len();
+        if len == 0 {
+            return Err(Error::format(
+                path,
+                "file is empty, expected a torch checkpoint",
+            ));
+        }
+        // SAFETY: the map is read-only. If another process truncates the file while we read,
+        // the kernel raises SIGBUS; that is the usual contract of memory-mapped readers
+        // (safetensors, llama.cpp) and the price of not copying gigabytes.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "cannot map", e))?;
+        let bytes: &[u8] = &map;
+        let (format, root, storages) = if bytes.starts_with(b"PK\x03\x04") {
+            let z = zip::read(bytes, path)?;
+            (Format::Zip, z.0, z.1)
+        } else if bytes.starts_with(LEGACY_MAGIC) {
+            let l = legacy::read(bytes, path)?;
+            (Format::Legacy, l.0, l.1)
+        } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
+            return Err(Error::format(
+                path,
+                "tar-format torch file (torch < 0.4) is not supported; re-save it with a newer torch",
+            ));
+        } else {
+            return Err(Error::format(
+                path,
+                format!(
+                    "not a torch checkpoint: expected a zip archive (PK\\x03\\x04) or the legacy \
+                     pickle magic, found bytes {:02x?}",
+                    &bytes[..bytes.len().min(8)]
+                ),
+            ));
+        };
+        Ok(TorchFile {
+            path: path.to_path_buf(),
+            format,
+            root,
+            map,
+            storages,
+        })
+    }
+
+    /// Size of the file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Check `t` against its storage and return the byte range of the file it spans.
+    pub fn span(&self, name: &str, t: &TensorRef) -> Result<Range<u64>> {
+        let storage = self.storages.get(&t.storage_key).ok_or_else(|| {
+            Error::tensor(
+                &self.path,
+                name,
+                format!(
+                    "refers to storage `{}`, which the file does not contain",
+                    t.storage_key
+                ),
+            )
+        })?;
+        let (s, e) = t
+            .byte_span(storage.end - storage.start)
+            .map_err(|m| Error::tensor(&self.path, name, m))?;
+        Ok(storage.start + s..storage.start + e)
+    }
+
+    /// The tensor's elements in row-major order: borrowed from the map when the tensor is
+    /// contiguous (the usual case), gathered otherwise.
+    pub fn read(&self, name: &str, t: &TensorRef) -> Result<Cow<'_, [u8]>> {
+        let span = self.span(name, t)?;
+        let bytes = &self.map[span.start as usize..span.end as usize];
+        if t.is_contiguous() {
+            let n = t
+                .nbytes()
+                .ok_or_else(|| Error::tensor(&self.path, name, "size overflows"))?;
+            return Ok(Cow::Borrowed(&bytes[..n as usize]));
+        }
+        Ok(Cow::Owned(gather(bytes, t)))
+    }
+
+    /// Tell the kernel we are done with these pages, so a long conversion's resident set does
+    /// not grow with the model (the page cache keeps them if memory allows).
+    pub fn release(&self, span: &Range<u64>) {
+        let page = 4096u64;
+        let start = span.start / page * page;
+        let len = (span.end - start) as usize;
+        // SAFETY: DONTNEED on a read-only file mapping only drops our view of the pages; later
+        // reads fault them in again from the file. No reference into the range outlives this:
+        // callers release only after they finished with the tensor's bytes.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, len)
+        };
+    }
+}
+
+/// Copy a strided tensor into row-major order. `bytes` starts at the tensor's first element.
+fn gather(bytes: &[u8], t: &TensorRef) -> Vec<u8> {
+    let es = t.dtype.size();
+    let numel = t.numel().unwrap_or(0) as usize;
+    let mut out = Vec::with_capacity(numel * es);
+    let nd = t.shape.len();
+    let mut idx = vec![0u64; nd];
+    for _ in 0..numel {
+        // Bounds were proven by `byte_span`: every index stays inside the span.
+        let off: u64 = idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum();
+        let o = off as usize * es;
+        out.extend_from_slice(&bytes[o..o + es]);
+        for d in (0..nd).rev() {
+            idx[d] += 1;
+            if idx[d] < t.shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}

@@ -1,0 +1,213 @@
+//! Inert values that a pickle program builds. Nothing here can run code: a Python class is only
+//! its name, an object only its class, arguments and state.
+//!
+//! Containers are shared (`Rc`) because pickle's memo refers to one object from many places; a
+//! copy per reference would let a small file describe an exponentially large value.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+use super::tensor::{Dtype, TensorRef};
+
+/// A Python global named by a pickle (`module.name`), never resolved to anything executable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    pub module: String,
+    pub name: String,
+}
+
+impl Global {
+    pub fn is(&self, module: &str, name: &str) -> bool {
+        self.module == module && self.name == name
+    }
+}
+
+/// A storage named by a persistent id: which blob holds it and how its elements are typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageRef {
+    pub key: String,
+    /// `None` for `UntypedStorage`: the tensor rebuild names the dtype.
+    pub dtype: Option<Dtype>,
+    /// Elements (bytes for untyped storages) the persistent id claims.
+    pub numel: u64,
+    /// Legacy-format views into a root storage: offset in elements.
+    pub view_offset: u64,
+}
+
+/// An object we do not interpret: enough to show it and to walk into it.
+#[derive(Debug, Default)]
+pub struct Object {
+    pub class: Option<Global>,
+    pub args: Vec<Value>,
+    pub state: Option<Value>,
+    /// Items added by SETITEM(S) (dict subclasses) and APPEND(S) (list subclasses).
+    pub items: Vec<(Value, Value)>,
+    pub list: Vec<Value>,
+}
+
+pub type Shared<T> = Rc<RefCell<T>>;
+
+/// A value built by the pickle machine.
+#[derive(Debug, Clone, Default)]
+pub enum Value {
+    #[default]
+    None,
+    Bool(bool),
+    Int(i64),
+    /// An integer beyond i64 (little-endian two's complement bytes); only ever shown.
+    BigInt(Rc<Vec<u8>>),
+    Float(f64),
+    Str(Rc<str>),
+    Bytes(Rc<Vec<u8>>),
+    Tuple(Rc<Vec<Value>>),
+    List(Shared<Vec<Value>>),
+    Dict(Shared<Vec<(Value, Value)>>),
+    Set(Shared<Vec<Value>>),
+    Global(Rc<Global>),
+    Object(Shared<Object>),
+    Storage(Rc<StorageRef>),
+    Tensor(Rc<TensorRef>),
+}
+
+impl Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            Value::Bool(b) => Some(*b as i64),
+            _ => None,
+        }
+    }
+
+    /// Look a string key up in a dict, or in the attribute dict of an object
+    /// (`argparse.Namespace` keeps its fields in its BUILD state).
+    pub fn get(&self, key: &str) -> Option<Value> {
+        match self {
+            Value::Dict(d) => d
+                .borrow()
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v.clone()),
+            Value::Object(o) => {
+                let o = o.borrow();
+                if let Some(v) = o
+                    .items
+                    .iter()
+                    .find(|(k, _)| k.as_str() == Some(key))
+                    .map(|(_, v)| v.clone())
+                {
+                    return Some(v);
+                }
+                o.state.as_ref().and_then(|s| s.get(key))
+            }
+            _ => None,
+        }
+    }
+
+    /// Entries of a dict (or dict-like object), in file order.
+    pub fn dict_items(&self) -> Option<Vec<(Value, Value)>> {
+        match self {
+            Value::Dict(d) => Some(d.borrow().clone()),
+            Value::Object(o) => {
+                let o = o.borrow();
+                (!o.items.is_empty()).then(|| o.items.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// A short, bounded description for messages: never walks deep or loops on cycles.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        self.describe_into(&mut s, 2);
+        s
+    }
+
+    fn describe_into(&self, s: &mut String, depth: usize) {
+        let _ = match self {
+            Value::None => write!(s, "None"),
+            Value::Bool(b) => write!(s, "{}", if *b { "True" } else { "False" }),
+            Value::Int(i) => write!(s, "{i}"),
+            Value::BigInt(b) => write!(s, "<int of {} bytes>", b.len()),
+            Value::Float(f) => write!(s, "{f}"),
+            Value::Str(x) if x.len() > 40 => {
+                write!(s, "'{}…'", x.chars().take(40).collect::<String>())
+            }
+            Value::Str(x) => write!(s, "'{x}'"),
+            Value::Bytes(b) => write!(s, "<{} bytes>", b.len()),
+            Value::Tuple(t) => write!(s, "<tuple of {}>", t.len()),
+            Value::List(l) => write!(s, "<list of {}>", l.borrow().len()),
+            Value::Dict(d) => write!(s, "<dict of {}>", d.borrow().len()),
+            Value::Set(x) => write!(s, "<set of {}>", x.borrow().len()),
+            Value::Global(g) => write!(s, "{}.{}", g.module, g.name),
+            Value::Object(o) => {
+                let o = o.borrow();
+                match &o.class {
+                    Some(c) => write!(s, "<{}.{} object>", c.module, c.name),
+                    None => write!(s, "<object>"),
+                }
+            }
+            Value::Storage(st) => write!(s, "<storage {}>", st.key),
+            Value::Tensor(t) => write!(s, "<tensor {} {:?}>", t.dtype.torch_name(), t.shape),
+        };
+        let _ = depth;
+    }
+
+    /// Move the children of a container we hold alone into `out`, so that dropping a deeply
+    /// nested value never recurses (a hostile file can nest a million levels).
+    fn take_children(&mut self, out: &mut Vec<Value>) {
+        match self {
+            Value::Tuple(t) => {
+                if let Some(v) = Rc::get_mut(t) {
+                    out.append(v);
+                }
+            }
+            Value::List(l) | Value::Set(l) => {
+                if let Some(v) = Rc::get_mut(l) {
+                    out.append(v.get_mut());
+                }
+            }
+            Value::Dict(d) => {
+                if let Some(v) = Rc::get_mut(d) {
+                    for (k, x) in v.get_mut().drain(..) {
+                        out.push(k);
+                        out.push(x);
+                    }
+                }
+            }
+            Value::Object(o) => {
+                if let Some(o) = Rc::get_mut(o) {
+                    let o = o.get_mut();
+                    out.append(&mut o.args);
+                    out.append(&mut o.list);
+                    if let Some(s) = o.state.take() {
+                        out.push(s);
+                    }
+                    for (k, x) in o.items.drain(..) {
+                        out.push(k);
+                        out.push(x);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        self.take_children(&mut pending);
+        while let Some(mut v) = pending.pop() {
+            v.take_children(&mut pending);
+            // `v` now holds no children of its own, so its drop is shallow.
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Writing the output: a streaming safetensors writer that hashes as it writes, config.json,
+//! SHA256SUMS, and the directory protocol that leaves either the complete result or nothing.
+//!
+//! The `safetensors` crate's writer wants every tensor's bytes up front (or a `View` per tensor,
+//! all alive at once); we know every shape and offset from the plan, so we write the header
+//! first and then one merged tensor at a time, holding only that tensor in memory. Tests read
+//! the result back with the `safetensors` crate.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+
+/// Prefix of the staging directory beside OUT_DIR: `.<name>.cpm-convert-tmp.<pid>`.
+const TMP_TAG: &str = ".cpm-convert-tmp.";
+const OLD_TAG: &str = ".cpm-convert-old.";
+
+/// The safetensors header for `plan`, padded with spaces to a multiple of 8 bytes.
+pub fn safetensors_header(plan: &Plan, metadata: &[(String, String)]) -> Result<Vec<u8>> {
+    let mut map = serde_json::Map::new();
+    let meta: serde_json::Map<String, serde_json::Value> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    map.insert("__metadata__".into(), serde_json::Value::Object(meta));
+    let mut offset = 0u64;
+    for e in &plan.entries {
+        let end = offset + e.nbytes();
+        map.insert(
+            e.target.clone(),
+            serde_json::json!({
+                "dtype": e.dtype.safetensors_name(),
+                "shape": e.shape,
+                "data_offsets": [offset, end],
+            }),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(map))
+        .map_err(|e| Error::merge(format!("cannot encode the safetensors header: {e}")))?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+/// A file being written with its SHA-256 computed on the way.
+pub struct HashingFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+    hash: Sha256,
+    written: u64,
+}
+
+impl HashingFile {
+    pub fn create(path: &Path) -> Result<HashingFile> {
+        let f = File::create(path).map_err(|e| Error::io(path, "cannot create", e))?;
+        Ok(HashingFile {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(1 << 20, f),
+            hash: Sha256::new(),
+            written: 0,
+        })
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hash.update(bytes);
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.path, "cannot write", e))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flush, fsync, and return the lowercase hex SHA-256.
+    pub fn finish(self) -> Result<String> {
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, "cannot write", e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| Error::io(&self.path, "cannot sync", e))?;
+        Ok(hex(&self.hash.finalize()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Write a small file whole, returning its SHA-256.
+pub fn small_file(path: &Path, bytes: &[u8]) -> Result<String> {
+    let mut f = HashingFile::create(path)?;
+    f.write(bytes)?;
+    f.finish()
+}
+
+/// `sha256sum -c` format: `<hex>  <name>` per line, names sorted.
+pub fn sha256sums(mut entries: Vec<(String, String)>) -> String {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
+        .iter()
+        .map(|(name, h)| format!("{h}  {name}\n"))
+        .collect()
+}
+
+/// The output directory protocol: everything goes into a staging directory beside OUT_DIR,
+/// which replaces OUT_DIR in one rename when complete. Dropping an uncommitted `Staging`
+/// removes the staging directory, so a failed run leaves nothing behind.
+pub struct Staging {
+    tmp: PathBuf,
+    out: PathBuf,
+    force: bool,
+    committed: bool,
+    /// Stale staging directories of killed runs that were removed, for a notice.
+    pub removed_stale: Vec<PathBuf>,
+}
+
+impl Staging {
+    /// Check OUT_DIR and create the staging directory.
+    pub fn new(out: &Path, force: bool) -> Result<Staging> {
+        check_target(out, force)?;
+        let name = out
+            .file_name()
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "{}: not a usable output directory name",
+                    out.display()
+                ))
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, "cannot create", e))?;
+        let removed_stale = remove_stale(&parent, &name, out);
+        let tmp = parent.join(format!(".{name}{TMP_TAG}{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, "cannot remove", e))?;
+        }
+        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, "cannot create", e))?;
+        Ok(Staging {
+            tmp,
+            out: out.to_path_buf(),
+            force,
+            committed: false,
+            removed_stale,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Move the finished staging directory to OUT_DIR, replacing an old one under `--force`.
+    pub fn commit(mut self) -> Result<()> {
+        check_target(&self.out, self.force)?;
+        let mut old = None;
+        if self.out.exists() {
+            if dir_is_empty(&self.out)? {
+                std::fs::remove_dir(&self.out)
+                    .map_err(|e| Error::io(&self.out, "cannot replace", e))?;
+            } else {
+                let name = self
+                    .out
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let aside = self
+                    .tmp
+                    .with_file_name(format!(".{name}{OLD_TAG}{}", std::process::id()));
+                std::fs::rename(&self.out, &aside)
+                    .map_err(|e| Error::io(&self.out, "cannot move aside", e))?;
+                old = Some(aside);
+            }
+        }
+        if let Err(e) = std::fs::rename(&self.tmp, &self.out) {
+            // Put the old directory back so a failed replace loses nothing.
+            if let Some(o) = &old {
+                let _ = std::fs::rename(o, &self.out);
+            }
+            return Err(Error::io(&self.out, "cannot move the result into place", e));
+        }
+        self.committed = true;
+        if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        if let Some(o) = old {
+            std::fs::remove_dir_all(&o)
+                .map_err(|e| Error::io(&o, "cannot remove the replaced directory", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// OUT_DIR must not exist, be an empty directory, or (with `--force`) be a directory.
+pub fn check_target(out: &Path, force: bool) -> Result<()> {
+    match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(out, "cannot inspect the output directory", e)),
+        Ok(m) if !m.is_dir() => Err(Error::usage(format!(
+            "{}: exists and is not a directory; choose another output path",
+            out.display()
+        ))),
+        Ok(_) if force || dir_is_empty(out)? => Ok(()),
+        Ok(_) => Err(Error::usage(format!(
+            "{}: output directory is not empty; pass --force to replace it, or choose another path",
+            out.display()
+        ))),
+    }
+}
+
+fn dir_is_empty(p: &Path) -> Result<bool> {
+    let mut it = std::fs::read_dir(p).map_err(|e| Error::io(p, "cannot list", e))?;
+    Ok(it.next().is_none())
+}
+
+/// Remove `.<name>.cpm-convert-{tmp,old}.<pid>` directories whose process is gone. An `old`
+/// directory is a previous OUT_DIR that a killed `--force` run had moved aside: if OUT_DIR is
+/// missing it is put back instead.
+fn remove_stale(parent: &Path, name: &str, out: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return removed;
+    };
+    let prefix = format!(".{name}");
+    for e in entries.flatten() {
+        let fname = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = fname.strip_prefix(&prefix) else {
+            continue;
+        };
+        let (pid, is_old) = match (rest.strip_prefix(TMP_TAG), rest.strip_prefix(OLD_TAG)) {
+            (Some(p), _) => (p, false),
+            (_, Some(p)) => (p, true),
+            _ => continue,
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        if is_old && !out.exists() {
+            let _ = std::fs::rename(e.path(), out);
+        } else if std::fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        // Without /proc we cannot tell: leave it alone.
+        true
+    }
+}
