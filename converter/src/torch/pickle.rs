@@ -735,11 +735,10 @@ mod tests {
 
     #[test]
     fn global_is_a_name_never_a_call() {
-        // cos\nsystem\n (S'echo pwned' tR. in protocol 2 form: GLOBAL, then REDUCE of a tuple.
-        let mut p = b"\x80\x02cposix\nsystem\nX\x0b\x00\x00\x00echo pwned\x85R.".to_vec();
-        p[0] = 0x80;
-        let v = run(&p).expect("inert object");
-        match v {
+        // posix.system('echo pwned') in protocol 2: GLOBAL, then REDUCE of a 1-tuple.
+        let p = b"\x80\x02cposix\nsystem\nX\x0a\x00\x00\x00echo pwned\x85R.";
+        let v = run(p).expect("inert object");
+        match &v {
             Value::Object(o) => {
                 let o = o.borrow();
                 assert_eq!(o.class.as_ref().map(|c| c.name.as_str()), Some("system"));
