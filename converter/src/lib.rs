@@ -177,7 +177,14 @@ fn write_model(
     out.write(&write::safetensors_header(plan, &metadata)?)?;
     progress.begin(plan.total_bytes());
     let mut warnings = 0;
-    for e in &plan.entries {
+    // Test hook: pause after N tensors so a test can kill the process mid-conversion.
+    let pause_after: Option<usize> = std::env::var("CPM_CONVERT_TEST_PAUSE_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for (i, e) in plan.entries.iter().enumerate() {
+        if pause_after == Some(i) {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
         let spans = src
             .ranks
             .iter()
