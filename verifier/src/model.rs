@@ -408,9 +408,19 @@ impl Model {
     }
 
     /// One validated tensor as f32, by canonical name (`wte.weight`, `h.0.ln_1.bias`,
-    /// `lm_head.weight`), row-major. F32 data aligned in the map is borrowed; F16 and BF16 are
-    /// widened (exactly) into a new buffer.
+    /// `lm_head.weight`), row-major; borrowed from the map when it is aligned F32.
     pub fn tensor_f32(&self, canonical: &str) -> Result<Cow<'_, [f32]>> {
+        let (entry, _, bytes) = self.locate(canonical)?;
+        if let Some(direct) = borrow_f32(entry.dtype, bytes) {
+            return Ok(Cow::Borrowed(direct));
+        }
+        let mut buf = Vec::new();
+        self.tensor_f32_in(canonical, &mut buf, 1)?;
+        Ok(Cow::Owned(buf))
+    }
+
+    /// The entry, its shard and its bytes, for a canonical name validated at open.
+    fn locate(&self, canonical: &str) -> Result<(&Entry, &Shard, &[u8])> {
         let stored = self
             .names
             .get(canonical)
@@ -428,42 +438,94 @@ impl Model {
                 path: shard.path.clone(),
                 detail: format!("tensor `{stored}` lies outside the file"),
             })?;
-        Ok(match entry.dtype {
-            Dtype::F32 => {
-                // SAFETY: every bit pattern is a valid f32; align_to only yields a middle part
-                // that is correctly aligned. Safetensors is little-endian, so borrowing is only
-                // right on little-endian targets.
-                let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
-                if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {
-                    Cow::Borrowed(mid)
-                } else {
-                    Cow::Owned(
-                        bytes
-                            .chunks_exact(4)
-                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                            .collect(),
-                    )
-                }
-            }
-            Dtype::F16 => Cow::Owned(widen_16(bytes, |b| half::f16::from_bits(b).to_f32())),
-            Dtype::BF16 => Cow::Owned(widen_16(bytes, |b| half::bf16::from_bits(b).to_f32())),
+        Ok((entry, shard, bytes))
+    }
+
+    /// One validated tensor as f32, reusing `buf` so that streaming layer after layer touches
+    /// no fresh memory. F32 data aligned in the map is borrowed without copying; F16 and BF16
+    /// are widened (exactly) into `buf`, split over `threads` threads.
+    pub fn tensor_f32_in<'a>(
+        &'a self,
+        canonical: &str,
+        buf: &'a mut Vec<f32>,
+        threads: usize,
+    ) -> Result<&'a [f32]> {
+        let (entry, shard, bytes) = self.locate(canonical)?;
+        if let Some(direct) = borrow_f32(entry.dtype, bytes) {
+            return Ok(direct);
+        }
+        let width = match entry.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
             other => {
                 return Err(Error::TensorDtype {
                     path: shard.path.clone(),
-                    name: stored.clone(),
+                    name: canonical.to_string(),
                     dtype: format!("{other:?}"),
                 })
             }
-        })
+        };
+        let n = bytes.len() / width;
+        if buf.len() != n {
+            buf.clear();
+            buf.resize(n, 0.0);
+        }
+        let dtype = entry.dtype;
+        let chunk = n.div_ceil(threads.max(1)).max(1 << 16);
+        let work = |src: &[u8], dst: &mut [f32]| widen(dtype, src, dst);
+        if n <= chunk {
+            work(bytes, buf);
+        } else {
+            std::thread::scope(|s| {
+                for (src, dst) in bytes.chunks(chunk * width).zip(buf.chunks_mut(chunk)) {
+                    s.spawn(move || work(src, dst));
+                }
+            });
+        }
+        Ok(buf)
     }
 }
 
-/// Widens little-endian 16-bit floats; `f` maps the raw bits to f32.
-fn widen_16(bytes: &[u8], f: impl Fn(u16) -> f32) -> Vec<f32> {
-    bytes
-        .chunks_exact(2)
-        .map(|b| f(u16::from_le_bytes([b[0], b[1]])))
-        .collect()
+/// F32 bytes viewed in place, when they are aligned and the target is little-endian (the
+/// format's byte order).
+fn borrow_f32(dtype: Dtype, bytes: &[u8]) -> Option<&[f32]> {
+    if dtype != Dtype::F32 || !cfg!(target_endian = "little") {
+        return None;
+    }
+    // SAFETY: every bit pattern is a valid f32 and align_to only yields an aligned middle.
+    let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
+    (pre.is_empty() && post.is_empty()).then_some(mid)
+}
+
+/// Widens little-endian `dtype` values in `src` into `dst` (same element count).
+fn widen(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    // SAFETY: any bit pattern is a valid u16; align_to only yields an aligned middle.
+    let (pre, bits, post) = unsafe { src.align_to::<u16>() };
+    let aligned = pre.is_empty() && post.is_empty() && cfg!(target_endian = "little");
+    match dtype {
+        // half's slice conversion uses F16C/NEON when the CPU has it: 8 values per instruction.
+        Dtype::F16 if aligned => bits
+            .reinterpret_cast::<half::f16>()
+            .convert_to_f32_slice(dst),
+        Dtype::BF16 if aligned => bits
+            .reinterpret_cast::<half::bf16>()
+            .convert_to_f32_slice(dst),
+        Dtype::F16 => widen_16(src, dst, |b| half::f16::from_bits(b).to_f32()),
+        Dtype::BF16 => widen_16(src, dst, |b| half::bf16::from_bits(b).to_f32()),
+        _ => {
+            for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+    }
+}
+
+/// Widens little-endian 16-bit floats one at a time; `f` maps the raw bits to f32.
+fn widen_16(src: &[u8], dst: &mut [f32], f: impl Fn(u16) -> f32) {
+    for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *d = f(u16::from_le_bytes([b[0], b[1]]));
+    }
 }
 
 /// Reads `model.safetensors.index.json`: the shard files (in first-seen order) and the

@@ -110,6 +110,22 @@ fn conv1d(
     y
 }
 
+/// The tensors of one block, in the order the forward pass destructures them.
+const LAYER_TENSORS: [&str; 12] = [
+    "ln_1.weight",
+    "ln_1.bias",
+    "attn.c_attn.weight",
+    "attn.c_attn.bias",
+    "attn.c_proj.weight",
+    "attn.c_proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+    "mlp.c_fc.weight",
+    "mlp.c_fc.bias",
+    "mlp.c_proj.weight",
+    "mlp.c_proj.bias",
+];
+
 /// Computes logits `[batch, seq, vocab]`; see [`super::run`] for the preconditions.
 pub fn forward(
     model: &Model,
@@ -128,10 +144,11 @@ pub fn forward(
         Parallelism::Rayon(threads)
     };
 
-    // h = wte[ids] + wpe[0..T)
+    // h = wte[ids] + wpe[0..T). wte stays widened: the tied head needs it again at the end.
+    let mut wte_buf = Vec::new();
+    let wte = model.tensor_f32_in("wte.weight", &mut wte_buf, threads)?;
     let mut x = vec![0f32; n * h];
     {
-        let wte = model.tensor_f32("wte.weight")?;
         let wpe = model.tensor_f32("wpe.weight")?;
         for (i, (row, &id)) in x.chunks_exact_mut(h).zip(ids).enumerate() {
             let (id, t) = (id as usize, i % seq);
@@ -143,20 +160,22 @@ pub fn forward(
     }
 
     let mut scores = vec![0f32; seq * seq];
+    // One buffer per layer tensor, reused by every layer: no fresh pages after the first.
+    let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); LAYER_TENSORS.len()];
     for l in 0..c.n_layer {
-        let w = |name: &str| model.tensor_f32(&format!("h.{l}.{name}"));
+        let mut w: Vec<&[f32]> = Vec::with_capacity(LAYER_TENSORS.len());
+        for (buf, name) in bufs.iter_mut().zip(LAYER_TENSORS) {
+            w.push(model.tensor_f32_in(&format!("h.{l}.{name}"), buf, threads)?);
+        }
+        let &[ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, out_w, out_b] =
+            w.as_slice()
+        else {
+            unreachable!("one slice per entry of LAYER_TENSORS");
+        };
         // Attention sub-block.
         let mut a = x.clone();
-        layer_norm(&mut a, h, &w("ln_1.weight")?, &w("ln_1.bias")?, eps);
-        let qkv = conv1d(
-            &a,
-            n,
-            h,
-            &w("attn.c_attn.weight")?,
-            &w("attn.c_attn.bias")?,
-            3 * h,
-            par,
-        );
+        layer_norm(&mut a, h, ln1_w, ln1_b, eps);
+        let qkv = conv1d(&a, n, h, attn_w, attn_b, 3 * h, par);
         drop(a);
         // transformers divides by a tensor holding sqrt(head_dim) (and the layer number).
         let mut divisor = 1f32;
@@ -224,15 +243,7 @@ pub fn forward(
             }
         }
         drop(qkv);
-        let o = conv1d(
-            &ctx,
-            n,
-            h,
-            &w("attn.c_proj.weight")?,
-            &w("attn.c_proj.bias")?,
-            h,
-            par,
-        );
+        let o = conv1d(&ctx, n, h, proj_w, proj_b, h, par);
         drop(ctx);
         for (xv, ov) in x.iter_mut().zip(&o) {
             *xv += ov;
@@ -241,29 +252,13 @@ pub fn forward(
 
         // MLP sub-block.
         let mut m = x.clone();
-        layer_norm(&mut m, h, &w("ln_2.weight")?, &w("ln_2.bias")?, eps);
-        let mut f = conv1d(
-            &m,
-            n,
-            h,
-            &w("mlp.c_fc.weight")?,
-            &w("mlp.c_fc.bias")?,
-            inner,
-            par,
-        );
+        layer_norm(&mut m, h, ln2_w, ln2_b, eps);
+        let mut f = conv1d(&m, n, h, fc_w, fc_b, inner, par);
         drop(m);
         for v in f.iter_mut() {
             *v = activate(c.activation, *v);
         }
-        let o = conv1d(
-            &f,
-            n,
-            inner,
-            &w("mlp.c_proj.weight")?,
-            &w("mlp.c_proj.bias")?,
-            h,
-            par,
-        );
+        let o = conv1d(&f, n, inner, out_w, out_b, h, par);
         drop(f);
         for (xv, ov) in x.iter_mut().zip(&o) {
             *xv += ov;
@@ -278,10 +273,12 @@ pub fn forward(
         eps,
     );
     // logits = h @ head^T, head [vocab, H] row-major: read it transposed through its strides.
+    drop(bufs);
+    let mut head_buf = Vec::new();
     let head = if model.has_lm_head() {
-        model.tensor_f32("lm_head.weight")?
+        model.tensor_f32_in("lm_head.weight", &mut head_buf, threads)?
     } else {
-        model.tensor_f32("wte.weight")?
+        wte
     };
     let v = c.vocab_size;
     let mut logits = vec![0f32; n * v];

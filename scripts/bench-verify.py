@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Forward-pass throughput of cpm-verify against PyTorch (transformers) on the CPU.
+
+Makes a random GPT-2 as wide as CPM-LM (n_embd 2560, 32 heads, vocab 30000) but only 4 layers,
+saves it with save_pretrained (fp16 by default, as CPM is stored) into --work, records a
+[1, 64] fixture with transformers (eager, f32), then times, for each thread count:
+  torch   model(ids) of the f32 model already in memory, torch.set_num_threads(N), no_grad
+  ours    cpm-verify --json --threads N, its `forward_seconds` (embedding to logits, including
+          widening each layer's weights from the memory-mapped file, excluding file checks)
+Each figure is the median of --repeat runs after one warm-up. It also checks that cpm-verify
+passes the fixture, so the timing is of a correct forward pass.
+
+Usage: cargo build -p cpm-verify --release
+       python3 scripts/bench-verify.py [--threads 1 2] [--repeat 5] [--dtype float16|float32]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_model(work, dtype, seq):
+    model_dir, fixture_dir = os.path.join(work, f"model-{dtype}"), os.path.join(work, "fixture")
+    cfg = GPT2Config(vocab_size=30000, n_positions=1024, n_embd=2560, n_layer=4, n_head=32,
+                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel._from_config(cfg, attn_implementation="eager")
+    # Round to the stored dtype first, so the recording is of the weights in the file.
+    model = model.to(getattr(torch, dtype)).float().eval()
+    if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
+        model.to(getattr(torch, dtype)).save_pretrained(model_dir, safe_serialization=True)
+        model.float()
+    os.makedirs(fixture_dir, exist_ok=True)
+    ids = torch.randint(0, cfg.vocab_size, (1, seq), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(ids).logits.float()
+    np.save(os.path.join(fixture_dir, "input_ids.npy"), ids.numpy().astype(np.int64))
+    np.save(os.path.join(fixture_dir, "logits.npy"), logits.numpy())
+    with open(os.path.join(fixture_dir, "fixture.json"), "w") as f:
+        json.dump({"atol": 1e-3, "rtol": 1e-3,
+                   "description": "random 4-layer GPT-2 2560 wide, transformers eager f32"}, f)
+    return model, ids, model_dir, fixture_dir
+
+
+def time_torch(model, ids, threads, repeat):
+    torch.set_num_threads(threads)
+    times = []
+    with torch.no_grad():
+        model(ids)  # warm-up
+        for _ in range(repeat):
+            t = time.perf_counter()
+            model(ids)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def time_ours(binary, model_dir, fixture_dir, threads, repeat):
+    times = []
+    for i in range(repeat + 1):
+        out = subprocess.run([binary, model_dir, fixture_dir, "--json", "--threads", str(threads)],
+                             capture_output=True, text=True)
+        report = json.loads(out.stdout)
+        if out.returncode != 0:
+            sys.exit(f"cpm-verify did not pass (exit {out.returncode}): {out.stdout}{out.stderr}")
+        if i > 0:  # the first run warms the page cache
+            times.append(report["forward_seconds"])
+    return statistics.median(times), report
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    ap.add_argument("--work", default="/tmp/cpm-verify-bench")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "cpm-verify"))
+    args = ap.parse_args()
+    if not os.path.exists(args.binary):
+        sys.exit(f"{args.binary} not found: cargo build -p cpm-verify --release")
+    model, ids, model_dir, fixture_dir = make_model(args.work, args.dtype, args.seq)
+    print(f"GPT-2 n_embd 2560, 4 layers, vocab 30000, {args.seq} tokens, weights stored {args.dtype}; "
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs")
+    print(f"{'threads':>7} {'torch s':>9} {'ours s':>9} {'ours/torch':>10}  max|diff|")
+    for t in args.threads:
+        theirs = time_torch(model, ids, t, args.repeat)
+        ours, report = time_ours(args.binary, model_dir, fixture_dir, t, args.repeat)
+        print(f"{t:>7} {theirs:>9.3f} {ours:>9.3f} {ours / theirs:>10.2f}  {report['max_abs_diff']:.2e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
