@@ -473,3 +473,29 @@ fn sharded_unprefixed_model_with_explicit_head_passes() {
         "same weights, same numbers"
     );
 }
+
+// ---- Against a recording of the ORIGINAL checkpoint: fixtures/tiny/reference-megatron was
+// written by `fixtures/record.py --megatron fixtures/tiny/ckpt` (rank-by-rank Megatron forward,
+// all 64 positions), so it shares no code path with transformers or with us.
+
+#[test]
+fn transformers_port_passes_against_the_megatron_recording() {
+    let (code, j) = verify_json(
+        &fixtures().join("hf"),
+        &fixtures().join("reference-megatron"),
+        &[],
+    );
+    assert_eq!(code, 0, "{j:#}");
+    assert_eq!(j["tokens"], 64);
+}
+
+#[test]
+fn plain_qkv_concatenation_fails_against_the_megatron_recording() {
+    let (code, j) = verify_json(
+        &fixtures().join("corrupt/qkv-plain-concat"),
+        &fixtures().join("reference-megatron"),
+        &[],
+    );
+    assert_eq!(code, 1, "{j:#}");
+    assert!(j["max_abs_diff"].as_f64().unwrap() > 1.0, "{j:#}");
+}

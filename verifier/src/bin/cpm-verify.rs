@@ -1,5 +1,7 @@
 //! `cpm-verify`: flags, output and exit codes; the work is in the `cpm_verify` library.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,7 +55,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // Usage errors are exit 2 like every other error; --json callers still get JSON.
             if e.use_stderr() && std::env::args().any(|a| a == "--json") {
-                println!("{}", serde_json::json!({ "error": e.to_string().trim() }));
+                emit(&serde_json::json!({ "error": e.to_string().trim() }).to_string());
                 return ExitCode::from(2);
             }
             e.exit();
@@ -72,21 +74,21 @@ fn main() -> ExitCode {
         Ok(report) => {
             if cli.json {
                 match serde_json::to_string_pretty(&report) {
-                    Ok(s) => println!("{s}"),
+                    Ok(s) => emit(&s),
                     Err(e) => {
-                        println!("{}", serde_json::json!({ "error": e.to_string() }));
+                        emit(&serde_json::json!({ "error": e.to_string() }).to_string());
                         return ExitCode::from(2);
                     }
                 }
             } else {
-                print_table(&cli, &report);
+                emit(&table(&cli, &report));
             }
             ExitCode::from(if report.pass { 0 } else { 1 })
         }
         Err(e) => {
             let msg = anyhow::Error::new(e).to_string();
             if cli.json {
-                println!("{}", serde_json::json!({ "error": msg }));
+                emit(&serde_json::json!({ "error": msg }).to_string());
             } else {
                 eprintln!("cpm-verify: error: {msg}");
             }
@@ -109,44 +111,59 @@ fn row_line(label: &str, f: &Figures) -> String {
     )
 }
 
-fn print_table(cli: &Cli, r: &Report) {
-    println!(
+/// The human report. Writing to a String cannot fail, hence the ignored results.
+fn table(cli: &Cli, r: &Report) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
         "cpm-verify: {}  model {}  fixture {}",
         if r.pass { "PASS" } else { "MISMATCH" },
         cli.model_dir.display(),
         cli.fixture_dir.display()
     );
     if let Some(d) = &r.description {
-        println!("  {d}");
+        let _ = writeln!(t, "  {d}");
     }
-    println!(
+    let _ = writeln!(
+        t,
         "  {} x {} tokens, vocab {}, device {} ({} threads), forward {:.3} s, atol {:e} rtol {:e}",
         r.batch, r.seq, r.vocab, r.device, r.threads, r.forward_seconds, r.atol, r.rtol
     );
-    println!(
+    let _ = writeln!(
+        t,
         "{:<5} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
         "row", "max|diff|", "mean|diff|", "max rel", "top-1", "KL mean", "KL max", "out-tol"
     );
     for row in &r.rows {
-        println!("{}", row_line(&row.row.to_string(), &row.figures));
+        let _ = writeln!(t, "{}", row_line(&row.row.to_string(), &row.figures));
     }
-    println!("{}", row_line("all", &r.overall));
+    let _ = writeln!(t, "{}", row_line("all", &r.overall));
     if let Some(w) = &r.overall.worst {
-        println!(
+        let _ = writeln!(
+            t,
             "  largest difference: row {} position {} logit {}: ours {} reference {}",
             w.row, w.position, w.token, w.ours, w.reference
         );
     }
     if r.overall.top1_mismatches > 0 || r.overall.top1_ties_excused > 0 {
-        println!(
+        let _ = writeln!(
+            t,
             "  top-1 disagreements: {} (plus {} excused near-ties)",
             r.overall.top1_mismatches, r.overall.top1_ties_excused
         );
     }
     if r.overall.non_finite > 0 {
-        println!(
+        let _ = writeln!(
+            t,
             "  {} of our logits are NaN or infinite",
             r.overall.non_finite
         );
     }
+    t
+}
+
+/// Prints one block of output; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", text.trim_end()).and_then(|()| out.flush());
 }
