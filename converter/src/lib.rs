@@ -173,33 +173,31 @@ fn write_model(
         ),
     ];
     let path = dir.join("model.safetensors");
-    let mut out = write::HashingFile::create(&path)?;
-    out.write(&write::safetensors_header(plan, &metadata)?)?;
+    let header = write::safetensors_header(plan, &metadata)?;
     progress.begin(plan.total_bytes());
     let mut warnings = 0;
     // Test hook: pause after N tensors so a test can kill the process mid-conversion.
     let pause_after: Option<usize> = std::env::var("CPM_CONVERT_TEST_PAUSE_AFTER")
         .ok()
         .and_then(|v| v.parse().ok());
-    for (i, e) in plan.entries.iter().enumerate() {
-        if pause_after == Some(i) {
-            std::thread::sleep(std::time::Duration::from_secs(60));
-        }
-        let spans = src
-            .ranks
-            .iter()
-            .zip(&e.sources)
-            .map(|(r, t)| r.file.span(&e.source, t))
-            .collect::<Result<Vec<_>>>()?;
-        {
+    let mut done = std::collections::VecDeque::new();
+    let (hash, bytes) = write::stream_model(&path, |sink| {
+        sink.put(header.into())?;
+        for (i, e) in plan.entries.iter().enumerate() {
+            if pause_after == Some(i) {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            }
             let parts = src
                 .ranks
                 .iter()
                 .zip(&e.sources)
                 .map(|(r, t)| r.file.read(&e.source, t))
                 .collect::<Result<Vec<_>>>()?;
-            let merged = merge::merge(e, parts, &names)?;
-            let bad = merge::count_non_finite(&merged, e.source_dtype);
+            let pieces = merge::merge(e, parts, &names, &mut |n| sink.buffer(n))?;
+            let bad: u64 = pieces
+                .iter()
+                .map(|p| merge::count_non_finite(p, e.source_dtype))
+                .sum();
             if bad > 0 {
                 let msg = format!(
                     "tensor `{}` (-> `{}`) holds {bad} NaN/Inf value(s) of {}",
@@ -213,26 +211,37 @@ fn write_model(
                 progress.warn(&msg);
                 warnings += 1;
             }
-            if e.dtype == e.source_dtype {
-                out.write(&merged)?;
-            } else {
-                let cast = merge::cast(&merged, e.source_dtype, e.dtype).map_err(|(v, n)| {
-                    Error::merge(format!(
-                        "tensor `{}` (-> `{}`): {n} finite value(s) overflow {} (first: {v}); keep the \
-                         source dtype or choose a wider one",
-                        e.source,
-                        e.target,
-                        e.dtype.torch_name()
-                    ))
-                })?;
-                out.write(&cast)?;
+            for piece in pieces {
+                if e.dtype == e.source_dtype {
+                    sink.put(piece)?;
+                } else {
+                    let cast = merge::cast(&piece, e.source_dtype, e.dtype).map_err(|(v, n)| {
+                        Error::merge(format!(
+                            "tensor `{}` (-> `{}`): {n} finite value(s) overflow {} (first: {v}); keep \
+                             the source dtype or choose a wider one",
+                            e.source,
+                            e.target,
+                            e.dtype.torch_name()
+                        ))
+                    })?;
+                    sink.put(cast.into())?;
+                }
             }
+            // Drop our view of the source pages a few tensors later, once the writer and the
+            // hasher (at most QUEUE chunks behind) are done with them.
+            for (r, t) in src.ranks.iter().enumerate().zip(&e.sources) {
+                if let Ok(span) = r.1.file.span(&e.source, t) {
+                    done.push_back((r.0, span));
+                }
+            }
+            while done.len() > 3 * src.ranks.len() {
+                if let Some((r, span)) = done.pop_front() {
+                    src.ranks[r].file.release(&span);
+                }
+            }
+            progress.advance(e.nbytes());
         }
-        for (r, s) in src.ranks.iter().zip(&spans) {
-            r.file.release(s);
-        }
-        progress.advance(e.nbytes());
-    }
-    let bytes = out.written();
-    Ok((out.finish()?, bytes, warnings))
+        Ok(())
+    })?;
+    Ok((hash, bytes, warnings))
 }

@@ -22,8 +22,17 @@ struct Block {
 }
 
 /// Merge the parts (row-major bytes in the source dtype, one per rank) of `e` into its output
-/// layout, still in the source dtype. `names` are the ranks' file names for messages.
-pub fn merge<'a>(e: &Entry, parts: Vec<Cow<'a, [u8]>>, names: &[String]) -> Result<Cow<'a, [u8]>> {
+/// layout, still in the source dtype, as a sequence of byte pieces to be written in order.
+/// Untransposed merges are pure reordering of whole rows, so their pieces borrow the input
+/// (no copy); transposes produce one owned buffer, taken from `alloc` (which may recycle one:
+/// its contents do not matter, every byte is overwritten). `names` are the ranks' files, for
+/// messages.
+pub fn merge<'a>(
+    e: &Entry,
+    parts: Vec<Cow<'a, [u8]>>,
+    names: &[String],
+    alloc: &mut dyn FnMut(usize) -> Vec<u8>,
+) -> Result<Vec<Cow<'a, [u8]>>> {
     let es = e.source_dtype.size();
     let (rows, cols) = match e.rank_shapes[0].as_slice() {
         [n] => (*n as usize, 1),
@@ -112,11 +121,20 @@ pub fn merge<'a>(e: &Entry, parts: Vec<Cow<'a, [u8]>>, names: &[String]) -> Resu
         Split::Dim1 => (rows, cols * p),
         _ => (rows * p, cols),
     };
-    // A single untransposed part is already the answer: no copy.
-    if !e.transpose && blocks.len() == 1 {
-        return Ok(parts.into_iter().next().unwrap_or(Cow::Borrowed(&[])));
+    // Whole-row blocks in destination order: the pieces are slices of the parts.
+    if !e.transpose && blocks.iter().all(|b| b.dst_col == 0) {
+        let row = cols * es;
+        return Ok(blocks
+            .iter()
+            .map(|b| match &parts[b.rank] {
+                Cow::Borrowed(s) => Cow::Borrowed(&s[b.src_row * row..(b.src_row + b.rows) * row]),
+                Cow::Owned(v) => {
+                    Cow::Owned(v[b.src_row * row..(b.src_row + b.rows) * row].to_vec())
+                }
+            })
+            .collect());
     }
-    let mut out = vec![0u8; m_rows * m_cols * es];
+    let mut out = alloc(m_rows * m_cols * es);
     for b in &blocks {
         let src = &parts[b.rank][b.src_row * cols * es..(b.src_row + b.rows) * cols * es];
         let g = Geometry {
@@ -129,13 +147,13 @@ pub fn merge<'a>(e: &Entry, parts: Vec<Cow<'a, [u8]>>, names: &[String]) -> Resu
         };
         match (e.transpose, es) {
             (false, _) => place_rows(&mut out, src, &g, es),
-            (true, 2) => place_transposed::<2>(&mut out, src, &g),
-            (true, 4) => place_transposed::<4>(&mut out, src, &g),
-            (true, 8) => place_transposed::<8>(&mut out, src, &g),
-            (true, _) => place_transposed::<1>(&mut out, src, &g),
+            (true, 2) => place_transposed::<u16>(&mut out, src, &g),
+            (true, 4) => place_transposed::<u32>(&mut out, src, &g),
+            (true, 8) => place_transposed::<u64>(&mut out, src, &g),
+            (true, _) => place_transposed::<u8>(&mut out, src, &g),
         }
     }
-    Ok(Cow::Owned(out))
+    Ok(vec![Cow::Owned(out)])
 }
 
 struct Geometry {
@@ -155,9 +173,25 @@ fn place_rows(out: &mut [u8], src: &[u8], g: &Geometry, es: usize) {
     }
 }
 
-/// out is the transposed merged matrix, [m_cols, m_rows]. Tiles keep both sides in cache.
-fn place_transposed<const ES: usize>(out: &mut [u8], src: &[u8], g: &Geometry) {
-    const TILE: usize = 32;
+/// Plain-old-data elements we move during transposes.
+trait Elem: Copy {}
+impl Elem for u8 {}
+impl Elem for u16 {}
+impl Elem for u32 {}
+impl Elem for u64 {}
+
+/// out is the transposed merged matrix, [m_cols, m_rows]. Tiles keep both sides in cache; the
+/// inner loop reads a column of the source tile and writes a contiguous run of the output.
+fn place_transposed<T: Elem>(out: &mut [u8], src: &[u8], g: &Geometry) {
+    const TILE: usize = 64;
+    let es = std::mem::size_of::<T>();
+    // Every index below stays within these bounds; checking them once lets the loops run
+    // without per-element checks.
+    assert!(src.len() >= g.rows * g.cols * es);
+    assert!(g.dst_col + g.cols <= g.m_cols && g.dst_row + g.rows <= g.m_rows);
+    assert!(out.len() >= g.m_rows * g.m_cols * es);
+    let sp = src.as_ptr();
+    let op = out.as_mut_ptr();
     for i0 in (0..g.rows).step_by(TILE) {
         let i1 = (i0 + TILE).min(g.rows);
         for j0 in (0..g.cols).step_by(TILE) {
@@ -165,9 +199,13 @@ fn place_transposed<const ES: usize>(out: &mut [u8], src: &[u8], g: &Geometry) {
             for j in j0..j1 {
                 let drow = (g.dst_col + j) * g.m_rows + g.dst_row;
                 for i in i0..i1 {
-                    let s = (i * g.cols + j) * ES;
-                    let d = (drow + i) * ES;
-                    out[d..d + ES].copy_from_slice(&src[s..s + ES]);
+                    // SAFETY: i < rows, j < cols, so (i * cols + j) < rows * cols <= src elements;
+                    // drow + i < (dst_col + cols) * m_rows <= m_cols * m_rows <= out elements
+                    // (asserted above). Unaligned accesses: the input map gives no alignment.
+                    unsafe {
+                        let v = std::ptr::read_unaligned(sp.add((i * g.cols + j) * es) as *const T);
+                        std::ptr::write_unaligned(op.add((drow + i) * es) as *mut T, v);
+                    }
                 }
             }
         }

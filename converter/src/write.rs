@@ -3,12 +3,17 @@
 //!
 //! The `safetensors` crate's writer wants every tensor's bytes up front (or a `View` per tensor,
 //! all alive at once); we know every shape and offset from the plan, so we write the header
-//! first and then one merged tensor at a time, holding only that tensor in memory. Tests read
-//! the result back with the `safetensors` crate.
+//! first and then one merged tensor at a time, holding only a few tensors in memory, while a
+//! writer thread and a hashing thread consume them. Tests read the result back with the
+//! `safetensors` crate.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -51,59 +56,160 @@ pub fn safetensors_header(plan: &Plan, metadata: &[(String, String)]) -> Result<
     Ok(out)
 }
 
-/// A file being written with its SHA-256 computed on the way.
-pub struct HashingFile {
-    path: PathBuf,
-    out: BufWriter<File>,
-    hash: Sha256,
-    written: u64,
+/// A piece of the model file on its way to the disk: borrowed from an input map, or a range
+/// of a buffer shared between the writer and the hasher.
+pub enum Chunk<'a> {
+    Borrowed(&'a [u8]),
+    Shared(Arc<Vec<u8>>, Range<usize>),
 }
 
-impl HashingFile {
-    pub fn create(path: &Path) -> Result<HashingFile> {
-        let f = File::create(path).map_err(|e| Error::io(path, "cannot create", e))?;
-        Ok(HashingFile {
-            path: path.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 20, f),
-            hash: Sha256::new(),
-            written: 0,
-        })
+impl Chunk<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Borrowed(b) => b,
+            Chunk::Shared(v, r) => &v[r.clone()],
+        }
+    }
+}
+
+/// Chunks larger than this are split, so the writer and the hasher work on a tensor in parallel.
+const CHUNK: usize = 8 << 20;
+/// Chunks in flight per consumer: bounds memory while keeping both consumers busy.
+const QUEUE: usize = 8;
+
+/// Where the producer of the model file puts its bytes.
+pub struct Sink<'a> {
+    to_writer: SyncSender<Chunk<'a>>,
+    to_hasher: SyncSender<Chunk<'a>>,
+    /// Buffers handed to the consumers, recycled once both are done with them: fresh large
+    /// allocations cost a page fault per 4 KiB and an munmap, more than the transpose itself.
+    pool: Vec<Arc<Vec<u8>>>,
+}
+
+/// Buffers kept for reuse.
+const POOL: usize = 6;
+
+impl<'a> Sink<'a> {
+    /// A buffer of `n` bytes with unspecified contents, recycled when one is free.
+    pub fn buffer(&mut self, n: usize) -> Vec<u8> {
+        let free = self
+            .pool
+            .iter()
+            .position(|b| Arc::strong_count(b) == 1 && b.capacity() >= n);
+        let mut v = match free.map(|i| self.pool.swap_remove(i)).map(Arc::try_unwrap) {
+            Some(Ok(v)) => v,
+            _ => Vec::new(),
+        };
+        v.resize(n, 0);
+        v.truncate(n);
+        v
     }
 
-    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.hash.update(bytes);
-        self.out
-            .write_all(bytes)
-            .map_err(|e| Error::io(&self.path, "cannot write", e))?;
-        self.written += bytes.len() as u64;
+    /// Queue `bytes` for writing and hashing, in order.
+    pub fn put(&mut self, bytes: Cow<'a, [u8]>) -> Result<()> {
+        match bytes {
+            Cow::Borrowed(b) => {
+                for c in b.chunks(CHUNK) {
+                    self.send(Chunk::Borrowed(c), Chunk::Borrowed(c))?;
+                }
+            }
+            Cow::Owned(v) => {
+                let n = v.len();
+                let v = Arc::new(v);
+                if self.pool.len() >= POOL {
+                    // Forget the oldest recycled buffer; the consumers drop it when done.
+                    self.pool.remove(0);
+                }
+                self.pool.push(v.clone());
+                for start in (0..n).step_by(CHUNK) {
+                    let r = start..(start + CHUNK).min(n);
+                    self.send(
+                        Chunk::Shared(v.clone(), r.clone()),
+                        Chunk::Shared(v.clone(), r),
+                    )?;
+                }
+            }
+        }
         Ok(())
     }
 
-    pub fn written(&self) -> u64 {
-        self.written
+    fn send(&self, w: Chunk<'a>, h: Chunk<'a>) -> Result<()> {
+        // A closed channel means the consumer stopped on an error, which `stream_model` reports.
+        self.to_writer
+            .send(w)
+            .map_err(|_| Error::merge("writer stopped"))?;
+        self.to_hasher
+            .send(h)
+            .map_err(|_| Error::merge("hasher stopped"))?;
+        Ok(())
     }
+}
 
-    /// Flush, fsync, and return the lowercase hex SHA-256.
-    pub fn finish(self) -> Result<String> {
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| Error::io(&self.path, "cannot write", e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| Error::io(&self.path, "cannot sync", e))?;
-        Ok(hex(&self.hash.finalize()))
-    }
+/// Write `path` from what `produce` puts into the sink, with writing and SHA-256 hashing each on
+/// their own thread, overlapped with the producer's merging. Returns the hex hash and the size.
+/// The file is fsynced before this returns.
+pub fn stream_model<'a, F>(path: &Path, produce: F) -> Result<(String, u64)>
+where
+    F: FnOnce(&mut Sink<'a>) -> Result<()>,
+{
+    let file = File::create(path).map_err(|e| Error::io(path, "cannot create", e))?;
+    let (to_writer, from_producer) = sync_channel::<Chunk<'a>>(QUEUE);
+    let (to_hasher, for_hasher) = sync_channel::<Chunk<'a>>(QUEUE);
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<u64> {
+            let mut out = BufWriter::with_capacity(1 << 20, file);
+            let mut n = 0u64;
+            for c in from_producer {
+                out.write_all(c.bytes())
+                    .map_err(|e| Error::io(path, "cannot write", e))?;
+                n += c.bytes().len() as u64;
+            }
+            let file = out
+                .into_inner()
+                .map_err(|e| Error::io(path, "cannot write", e.into_error()))?;
+            file.sync_all()
+                .map_err(|e| Error::io(path, "cannot sync", e))?;
+            Ok(n)
+        });
+        let hasher = s.spawn(move || {
+            let mut h = Sha256::new();
+            for c in for_hasher {
+                h.update(c.bytes());
+            }
+            hex(&h.finalize())
+        });
+        let mut sink = Sink {
+            to_writer,
+            to_hasher,
+            pool: Vec::new(),
+        };
+        let produced = produce(&mut sink);
+        drop(sink);
+        let written = writer
+            .join()
+            .map_err(|_| Error::merge(format!("{}: the writer thread failed", path.display())))?;
+        let hash = hasher
+            .join()
+            .map_err(|_| Error::merge(format!("{}: the hashing thread failed", path.display())))?;
+        // The writer's own error explains a producer's "writer stopped".
+        let n = written?;
+        produced?;
+        Ok((hash, n))
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Write a small file whole, returning its SHA-256.
+/// Write a small file whole and fsync it, returning its SHA-256.
 pub fn small_file(path: &Path, bytes: &[u8]) -> Result<String> {
-    let mut f = HashingFile::create(path)?;
-    f.write(bytes)?;
-    f.finish()
+    let mut f = File::create(path).map_err(|e| Error::io(path, "cannot create", e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(path, "cannot write", e))?;
+    f.sync_all()
+        .map_err(|e| Error::io(path, "cannot sync", e))?;
+    Ok(hex(&Sha256::digest(bytes)))
 }
 
 /// `sha256sum -c` format: `<hex>  <name>` per line, names sorted.
