@@ -482,6 +482,18 @@ impl Model {
                 }
             });
         }
+        // The widened copy is all we need: let the file's pages leave our resident set, so a
+        // model read layer by layer never holds more than a layer of it.
+        #[cfg(unix)]
+        // SAFETY: the map is read-only and never written, so MADV_DONTNEED only makes the next
+        // access (if any) fault the same bytes back in from the file.
+        unsafe {
+            let _ = shard.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                entry.start,
+                entry.end - entry.start,
+            );
+        }
         Ok(buf)
     }
 }
