@@ -396,12 +396,13 @@ fn check_world_size(ranks: &[Rank], mapping: &Mapping) -> Result<()> {
                 return Err(Error::layout(
                     &rank.file.path,
                     format!(
-                        "records {key} = {n}, but {} rank file(s) were found{}",
+                        "records {key} = {n}, but {} rank file(s) were found ({}); {}",
                         ranks.len(),
-                        if ranks.len() == 1 && n > 1 {
-                            "; pass the directory holding all mp_rank_XX files, not one of them"
+                        ranks.iter().map(|r| r.display.as_str()).collect::<Vec<_>>().join(", "),
+                        if (ranks.len() as i64) < n {
+                            "a rank file is missing: pass the directory holding all mp_rank_XX files"
                         } else {
-                            ""
+                            "there are more rank files than the checkpoint was saved with"
                         }
                     ),
                 ));
