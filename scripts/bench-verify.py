@@ -7,7 +7,7 @@ saves it with save_pretrained (fp16 by default, as CPM is stored) into --work, r
   torch   model(ids) of the f32 model already in memory, torch.set_num_threads(N), no_grad
   ours    cpm-verify --json --threads N, its `forward_seconds` (embedding to logits, including
           widening each layer's weights from the memory-mapped file, excluding file checks)
-Each figure is the median of --repeat runs after one warm-up. It also checks that cpm-verify
+The two are run alternately, --repeat times each after one warm-up; medians and minima. It also checks that cpm-verify
 passes the fixture, so the timing is of a correct forward pass.
 
 Usage: cargo build -p cpm-verify --release
@@ -52,29 +52,33 @@ def make_model(work, dtype, seq):
     return model, ids, model_dir, fixture_dir
 
 
-def time_torch(model, ids, threads, repeat):
-    torch.set_num_threads(threads)
-    times = []
+def torch_once(model, ids):
     with torch.no_grad():
-        model(ids)  # warm-up
-        for _ in range(repeat):
-            t = time.perf_counter()
-            model(ids)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        t = time.perf_counter()
+        model(ids)
+        return time.perf_counter() - t
 
 
-def time_ours(binary, model_dir, fixture_dir, threads, repeat):
-    times = []
-    for i in range(repeat + 1):
-        out = subprocess.run([binary, model_dir, fixture_dir, "--json", "--threads", str(threads)],
-                             capture_output=True, text=True)
-        report = json.loads(out.stdout)
-        if out.returncode != 0:
-            sys.exit(f"cpm-verify did not pass (exit {out.returncode}): {out.stdout}{out.stderr}")
-        if i > 0:  # the first run warms the page cache
-            times.append(report["forward_seconds"])
-    return statistics.median(times), report
+def ours_once(binary, model_dir, fixture_dir, threads):
+    out = subprocess.run([binary, model_dir, fixture_dir, "--json", "--threads", str(threads)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"cpm-verify did not pass (exit {out.returncode}): {out.stdout}{out.stderr}")
+    report = json.loads(out.stdout)
+    return report["forward_seconds"], report
+
+
+def bench(model, ids, binary, model_dir, fixture_dir, threads, repeat):
+    """Alternates the two so that a busy machine slows both alike; one warm-up each."""
+    torch.set_num_threads(threads)
+    torch_once(model, ids)
+    ours_once(binary, model_dir, fixture_dir, threads)  # also warms the page cache
+    theirs, ours = [], []
+    for _ in range(repeat):
+        theirs.append(torch_once(model, ids))
+        t, report = ours_once(binary, model_dir, fixture_dir, threads)
+        ours.append(t)
+    return theirs, ours, report
 
 
 def main():
@@ -91,11 +95,13 @@ def main():
     model, ids, model_dir, fixture_dir = make_model(args.work, args.dtype, args.seq)
     print(f"GPT-2 n_embd 2560, 4 layers, vocab 30000, {args.seq} tokens, weights stored {args.dtype}; "
           f"torch {torch.__version__}, {os.cpu_count()} CPUs")
-    print(f"{'threads':>7} {'torch s':>9} {'ours s':>9} {'ours/torch':>10}  max|diff|")
+    print("median (min) of each; ratio of medians (ratio of minima)")
+    print(f"{'threads':>7} {'torch s':>15} {'ours s':>15} {'ours/torch':>15}  max|diff|")
     for t in args.threads:
-        theirs = time_torch(model, ids, t, args.repeat)
-        ours, report = time_ours(args.binary, model_dir, fixture_dir, t, args.repeat)
-        print(f"{t:>7} {theirs:>9.3f} {ours:>9.3f} {ours / theirs:>10.2f}  {report['max_abs_diff']:.2e}")
+        theirs, ours, report = bench(model, ids, args.binary, model_dir, fixture_dir, t, args.repeat)
+        mt, mo = statistics.median(theirs), statistics.median(ours)
+        print(f"{t:>7} {mt:>7.3f} ({min(theirs):.3f}) {mo:>7.3f} ({min(ours):.3f}) "
+              f"{mo / mt:>7.2f} ({min(ours) / min(theirs):.2f})  {report['max_abs_diff']:.2e}")
 
 
 if __name__ == "__main__":
