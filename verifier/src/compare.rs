@@ -197,7 +197,7 @@ impl Acc {
         self.ties += o.ties;
         self.positions += o.positions;
         if let Some((d, w)) = &o.worst {
-            if self.worst.as_ref().is_none_or(|(best, _)| d > best) {
+            if self.worst.as_ref().map_or(true, |(best, _)| d > best) {
                 self.worst = Some((*d, w.clone()));
             }
         }
@@ -236,7 +236,7 @@ impl Acc {
 fn argmax(xs: &[f32]) -> Option<usize> {
     let mut best: Option<(usize, f32)> = None;
     for (i, &x) in xs.iter().enumerate() {
-        if !x.is_nan() && best.is_none_or(|(_, b)| x > b) {
+        if !x.is_nan() && best.map_or(true, |(_, b)| x > b) {
             best = Some((i, x));
         }
     }
@@ -291,12 +291,11 @@ fn one_position(
         if r != 0.0 {
             acc.max_rel = acc.max_rel.max(d / f64::from(r).abs());
         }
-        // Written so that a NaN difference counts as out of tolerance.
-        if !(d <= tol.at(r)) {
+        if d.is_nan() || d > tol.at(r) {
             acc.out += 1;
         }
         acc.max_abs = acc.max_abs.max(d);
-        if acc.worst.as_ref().is_none_or(|(best, _)| d > *best) {
+        if acc.worst.as_ref().map_or(true, |(best, _)| d > *best) {
             let w = Worst {
                 row,
                 position: pos,

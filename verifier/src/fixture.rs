@@ -62,7 +62,10 @@ fn npy_err(path: &Path, detail: impl Into<String>) -> Error {
 }
 
 /// Opens an `.npy` file and checks the parts every array here must share: C order, plain dtype.
-fn open_npy(path: &Path) -> Result<(NpyFile<BufReader<File>>, char, u64, Vec<usize>)> {
+/// An opened `.npy`: the reader, its kind ('i', 'u', 'f'), element size in bytes, and shape.
+type OpenNpy = (NpyFile<BufReader<File>>, char, u64, Vec<usize>);
+
+fn open_npy(path: &Path) -> Result<OpenNpy> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let npy = NpyFile::new(BufReader::new(file))
         .map_err(|e| npy_err(path, format!("not a readable .npy file: {e}")))?;

@@ -542,6 +542,7 @@ fn widen_16(src: &[u8], dst: &mut [f32], f: impl Fn(u16) -> f32) {
 
 /// Reads `model.safetensors.index.json`: the shard files (in first-seen order) and the
 /// tensor-to-file map.
+#[allow(clippy::type_complexity)]
 fn read_index(index: &Path) -> Result<(Vec<PathBuf>, Vec<(String, String)>)> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {

@@ -283,7 +283,7 @@ pub fn forward(
     let v = c.vocab_size;
     let mut logits = vec![0f32; n * v];
     let head_t = View {
-        data: &head,
+        data: head,
         offset: 0,
         rs: 1,
         cs: h,

@@ -116,7 +116,7 @@ extern "C" __global__ void attention(float* ctx, const float* qkv, int seq, int 
     int i = blockIdx.x, head = blockIdx.y, b = blockIdx.z;
     size_t w3 = 3 * (size_t)h;
     const float* q = qkv + ((size_t)b * seq + i) * w3 + (size_t)head * hd;
-    float m = -INFINITY;
+    float m = __int_as_float(0xff800000);  // -inf, without relying on math.h in NVRTC
     for (int j = threadIdx.x; j <= i; j += THREADS) {
         const float* k = qkv + ((size_t)b * seq + j) * w3 + h + (size_t)head * hd;
         float s = 0.0f;
