@@ -571,3 +571,41 @@ pub fn forward(
         .clone_dtoh(&logits)
         .map_err(|e| dev_err("copy logits back", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels are only compiled at run time, so a syntax error would otherwise surface on
+    /// the first GPU run. NVRTC needs no GPU: where its library is installed, compile them here.
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        // SAFETY: only tries to load the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("libnvrtc not found: skipping (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+            return;
+        }
+        let opts = CompileOptions {
+            ftz: Some(false),
+            prec_sqrt: Some(true),
+            prec_div: Some(true),
+            fmad: Some(false),
+            ..Default::default()
+        };
+        let ptx = compile_ptx_with_opts(KERNELS, opts).unwrap_or_else(|e| panic!("{e}"));
+        let text = ptx.to_src();
+        for name in [
+            "embed",
+            "layer_norm",
+            "fill_bias",
+            "add",
+            "activate",
+            "attention",
+        ] {
+            assert!(
+                text.contains(&format!(".entry {name}(")),
+                "no kernel {name} in the PTX"
+            );
+        }
+    }
+}
