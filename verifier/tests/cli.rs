@@ -499,3 +499,21 @@ fn plain_qkv_concatenation_fails_against_the_megatron_recording() {
     assert_eq!(code, 1, "{j:#}");
     assert!(j["max_abs_diff"].as_f64().unwrap() > 1.0, "{j:#}");
 }
+
+// ---- Config knobs CPM-LM does not use, on models and logits written by transformers
+// (fixtures/make_variant_fixtures.py, which also checks that each knob, set back to GPT-2's
+// default, moves those logits far outside the tolerance: passing proves the knob is honoured).
+
+#[test]
+fn relu_unscaled_attention_wide_eps_bf16_variant_passes() {
+    let dir = fixtures().join("variants/relu-bf16");
+    let (code, j) = verify_json(&dir, &dir.join("reference"), &[]);
+    assert_eq!(code, 0, "{j:#}");
+}
+
+#[test]
+fn exact_gelu_untied_head_inverse_layer_scaling_f32_variant_passes() {
+    let dir = fixtures().join("variants/gelu-untied");
+    let (code, j) = verify_json(&dir, &dir.join("reference"), &[]);
+    assert_eq!(code, 0, "{j:#}");
+}
