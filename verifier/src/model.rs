@@ -578,3 +578,53 @@ fn read_index(index: &Path) -> Result<(Vec<PathBuf>, Vec<(String, String)>)> {
     }
     Ok((files, pairs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::from_json(text, Path::new("config.json"))
+    }
+
+    #[test]
+    fn generic_aliases_and_defaults_are_read_like_transformers() {
+        let c = parse(
+            r#"{"hidden_size": 128, "num_attention_heads": 8, "num_hidden_layers": 3,
+                          "max_position_embeddings": 32, "vocab_size": 50, "n_inner": null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.n_embd, c.n_head, c.n_layer, c.n_positions),
+            (128, 8, 3, 32)
+        );
+        assert_eq!(c.n_inner, 512, "null n_inner means 4 * n_embd");
+        assert_eq!(
+            c.activation,
+            Activation::GeluTanh,
+            "GPT2Config's default is gelu_new"
+        );
+        assert_eq!(c.layer_norm_epsilon, 1e-5);
+        assert!(
+            c.scale_attn_weights && c.tie_word_embeddings && !c.scale_attn_by_inverse_layer_idx
+        );
+    }
+
+    #[test]
+    fn other_architectures_and_bad_values_are_refused_with_the_field_named() {
+        let e = parse(r#"{"model_type": "gpt_neo"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gpt_neo"), "{e}");
+        let e = parse(r#"{"n_embd": 64, "n_head": 5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not divisible"), "{e}");
+        let e = parse(r#"{"n_layer": -1}"#).unwrap_err().to_string();
+        assert!(e.contains("`n_layer`"), "{e}");
+        let e = parse(r#"{"scale_attn_weights": "yes"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scale_attn_weights"), "{e}");
+    }
+}
