@@ -35,8 +35,7 @@ pub fn discover(input: &Path) -> Result<Layout> {
     }
     let tracker = input.join(TRACKER);
     if tracker.is_file() {
-        let text =
-            std::fs::read_to_string(&tracker).map_err(|e| Error::io(&tracker, "cannot read", e))?;
+        let text = read_tracker(&tracker)?;
         let it = text.trim();
         let valid = it == "release"
             || (!it.is_empty() && it.len() <= 20 && it.bytes().all(|b| b.is_ascii_digit()));
@@ -61,6 +60,30 @@ pub fn discover(input: &Path) -> Result<Layout> {
         return Ok(l);
     }
     rank_files(input)
+}
+
+/// The tracker holds one short line; read at most a little more than that, so a huge or
+/// endless file (a device, a FIFO) costs nothing.
+fn read_tracker(tracker: &Path) -> Result<String> {
+    use std::io::Read;
+    const MAX: u64 = 256;
+    let f = std::fs::File::open(tracker).map_err(|e| Error::io(tracker, "cannot read", e))?;
+    let mut buf = Vec::new();
+    f.take(MAX + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(tracker, "cannot read", e))?;
+    if buf.len() as u64 > MAX {
+        return Err(Error::layout(
+            tracker,
+            format!("is longer than {MAX} bytes; expected an iteration number or `release`"),
+        ));
+    }
+    String::from_utf8(buf).map_err(|_| {
+        Error::layout(
+            tracker,
+            "is not UTF-8 text; expected an iteration number or `release`",
+        )
+    })
 }
 
 fn file_name(p: &Path) -> String {
@@ -102,6 +125,13 @@ fn rank_files(dir: &Path) -> Result<Layout> {
         } else {
             (path, name)
         };
+        // Opening a FIFO or a device would block or read forever.
+        if !path.is_file() {
+            return Err(Error::layout(
+                &path,
+                "is not a regular file; rank files must be torch checkpoints",
+            ));
+        }
         if let Some(prev) = found.iter().find(|f| f.0 == rank) {
             return Err(Error::layout(
                 dir,

@@ -69,28 +69,11 @@ impl TorchFile {
         // the kernel raises SIGBUS; that is the usual contract of memory-mapped readers
         // (safetensors, llama.cpp) and the price of not copying gigabytes.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "cannot map", e))?;
-        let bytes: &[u8] = &map;
-        let (format, root, storages) = if bytes.starts_with(b"PK\x03\x04") {
-            let z = zip::read(bytes, path)?;
-            (Format::Zip, z.0, z.1)
-        } else if bytes.starts_with(LEGACY_MAGIC) {
-            let l = legacy::read(bytes, path)?;
-            (Format::Legacy, l.0, l.1)
-        } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
-            return Err(Error::format(
-                path,
-                "tar-format torch file (torch < 0.4) is not supported; re-save it with a newer torch",
-            ));
-        } else {
-            return Err(Error::format(
-                path,
-                format!(
-                    "not a torch checkpoint: expected a zip archive (PK\\x03\\x04) or the legacy \
-                     pickle magic, found bytes {:02x?}",
-                    &bytes[..bytes.len().min(8)]
-                ),
-            ));
-        };
+        let Contents {
+            format,
+            root,
+            storages,
+        } = parse_bytes(&map, path)?;
         Ok(TorchFile {
             path: path.to_path_buf(),
             format,
@@ -107,34 +90,13 @@ impl TorchFile {
 
     /// Check `t` against its storage and return the byte range of the file it spans.
     pub fn span(&self, name: &str, t: &TensorRef) -> Result<Range<u64>> {
-        let storage = self.storages.get(&t.storage_key).ok_or_else(|| {
-            Error::tensor(
-                &self.path,
-                name,
-                format!(
-                    "refers to storage `{}`, which the file does not contain",
-                    t.storage_key
-                ),
-            )
-        })?;
-        let (s, e) = t
-            .byte_span(storage.end - storage.start)
-            .map_err(|m| Error::tensor(&self.path, name, m))?;
-        Ok(storage.start + s..storage.start + e)
+        span(&self.storages, &self.path, name, t)
     }
 
     /// The tensor's elements in row-major order: borrowed from the map when the tensor is
     /// contiguous (the usual case), gathered otherwise.
     pub fn read(&self, name: &str, t: &TensorRef) -> Result<Cow<'_, [u8]>> {
-        let span = self.span(name, t)?;
-        let bytes = &self.map[span.start as usize..span.end as usize];
-        if t.is_contiguous() {
-            let n = t
-                .nbytes()
-                .ok_or_else(|| Error::tensor(&self.path, name, "size overflows"))?;
-            return Ok(Cow::Borrowed(&bytes[..n as usize]));
-        }
-        Ok(Cow::Owned(gather(bytes, t)))
+        read_tensor(&self.map, &self.storages, &self.path, name, t)
     }
 
     /// Tell the kernel we are done with these pages, so a long conversion's resident set does
@@ -151,6 +113,101 @@ impl TorchFile {
                 .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, len)
         };
     }
+}
+
+/// What a torch file holds, parsed from its bytes: the object tree and where each storage lies.
+pub struct Contents {
+    pub format: Format,
+    pub root: Value,
+    /// Storage key -> byte range in the file.
+    pub storages: HashMap<String, Range<u64>>,
+}
+
+/// Parse a whole torch file held in memory (a memory map, or a buffer in tests and fuzz
+/// targets). `path` is only used in messages. This is the one parsing path of [`TorchFile`].
+pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Contents> {
+    if bytes.is_empty() {
+        return Err(Error::format(
+            path,
+            "file is empty, expected a torch checkpoint",
+        ));
+    }
+    let (format, (root, storages)) = if bytes.starts_with(b"PK\x03\x04") {
+        (Format::Zip, zip::read(bytes, path)?)
+    } else if bytes.starts_with(LEGACY_MAGIC) {
+        (Format::Legacy, legacy::read(bytes, path)?)
+    } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
+        return Err(Error::format(
+            path,
+            "tar-format torch file (torch < 0.4) is not supported; re-save it with a newer torch",
+        ));
+    } else {
+        return Err(Error::format(
+            path,
+            format!(
+                "not a torch checkpoint: expected a zip archive (PK\\x03\\x04) or the legacy \
+                 pickle magic, found bytes {:02x?}",
+                &bytes[..bytes.len().min(8)]
+            ),
+        ));
+    };
+    Ok(Contents {
+        format,
+        root,
+        storages,
+    })
+}
+
+/// Check `t` against its storage in `storages` and return the byte range of the file it spans.
+pub fn span(
+    storages: &HashMap<String, Range<u64>>,
+    path: &Path,
+    name: &str,
+    t: &TensorRef,
+) -> Result<Range<u64>> {
+    let storage = storages.get(&t.storage_key).ok_or_else(|| {
+        Error::tensor(
+            path,
+            name,
+            format!(
+                "refers to storage `{}`, which the file does not contain",
+                t.storage_key
+            ),
+        )
+    })?;
+    let (s, e) = t
+        .byte_span(storage.end - storage.start)
+        .map_err(|m| Error::tensor(path, name, m))?;
+    Ok(storage.start + s..storage.start + e)
+}
+
+/// The tensor's elements in row-major order, from the file's bytes: borrowed when the tensor
+/// is contiguous, gathered otherwise. Bounds are checked first ([`span`]).
+pub fn read_tensor<'a>(
+    bytes: &'a [u8],
+    storages: &HashMap<String, Range<u64>>,
+    path: &Path,
+    name: &str,
+    t: &TensorRef,
+) -> Result<Cow<'a, [u8]>> {
+    let span = span(storages, path, name, t)?;
+    let bytes = usize::try_from(span.start)
+        .ok()
+        .zip(usize::try_from(span.end).ok())
+        .and_then(|(s, e)| bytes.get(s..e))
+        .ok_or_else(|| Error::tensor(path, name, "lies outside the file"))?;
+    let n = t
+        .nbytes()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| Error::tensor(path, name, "size overflows"))?;
+    if t.is_contiguous() {
+        return bytes
+            .get(..n)
+            .map(Cow::Borrowed)
+            .ok_or_else(|| Error::tensor(path, name, "lies outside its storage"));
+    }
+    // `byte_span` proved n <= the storage's bytes, so this allocation is backed by the file.
+    Ok(Cow::Owned(gather(bytes, t)))
 }
 
 /// Copy a strided tensor into row-major order. `bytes` starts at the tensor's first element.

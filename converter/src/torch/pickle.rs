@@ -23,6 +23,13 @@ const MAX_STACK: usize = 1 << 22;
 const MAX_MEMO: usize = 1 << 22;
 /// Longest tensor rank.
 const MAX_NDIM: usize = 64;
+/// Nesting of `_rebuild_from_type_v2` inside itself; torch writes one level.
+const MAX_REBUILD_DEPTH: usize = 4;
+/// Values (and bytes) the machine may copy out of existing containers beyond this slack plus
+/// a multiple of the pickle's size. Copies are where memo reuse could turn a small file into a
+/// huge value (`set(<memoized list>)` a million times); everything else costs file bytes.
+const COPY_SLACK: usize = 1 << 20;
+const COPY_PER_BYTE: usize = 4;
 
 /// What one pickle program produced.
 pub struct Parsed {
@@ -45,6 +52,10 @@ pub fn parse(data: &[u8], path: &Path, base: u64) -> Result<Parsed> {
         marks: Vec::new(),
         memo: HashMap::new(),
         storages: Vec::new(),
+        copy_budget: data
+            .len()
+            .saturating_mul(COPY_PER_BYTE)
+            .saturating_add(COPY_SLACK),
     };
     let value = m.run()?;
     Ok(Parsed {
@@ -63,6 +74,8 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
     storages: Vec<Rc<StorageRef>>,
+    /// What copies out of existing containers may still cost (see [`COPY_SLACK`]).
+    copy_budget: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -183,6 +196,17 @@ impl<'a> Machine<'a> {
             .cloned()
             .ok_or_else(|| self.err(format!("memo entry {idx} was never stored")))?;
         self.push(v)
+    }
+
+    /// Account for copying `n` values or bytes out of an existing container.
+    fn charge(&mut self, n: usize) -> Result<()> {
+        self.copy_budget = self.copy_budget.checked_sub(n).ok_or_else(|| {
+            self.err(format!(
+                "the pickle copies more values than {COPY_PER_BYTE}x its size allows \
+                 (memo reuse that would explode memory)"
+            ))
+        })?;
+        Ok(())
     }
 
     fn str_value(&self, b: &[u8]) -> Result<Value> {
@@ -377,7 +401,7 @@ impl<'a> Machine<'a> {
                 b'R' => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let v = self.reduce(callable, args)?;
+                    let v = self.reduce(callable, args, 0)?;
                     self.push(v)?
                 }
                 0x81 => {
@@ -474,7 +498,7 @@ impl<'a> Machine<'a> {
             other => return Err(self.err(format!("NEWOBJ of {}, not a class", other.describe()))),
         };
         let args = match &args {
-            Value::Tuple(t) => t.to_vec(),
+            Value::Tuple(t) => Rc::clone(t),
             _ => return Err(self.err("NEWOBJ arguments are not a tuple")),
         };
         Ok(Value::Object(Rc::new(RefCell::new(Object {
@@ -539,13 +563,13 @@ impl<'a> Machine<'a> {
     }
 
     /// REDUCE: meaningful for torch's rebuild functions and a few containers only.
-    fn reduce(&mut self, callable: Value, args: Value) -> Result<Value> {
+    fn reduce(&mut self, callable: Value, args: Value, depth: usize) -> Result<Value> {
         let g = match &callable {
             Value::Global(g) => g.clone(),
             other => return Err(self.err(format!("REDUCE of {}, not a global", other.describe()))),
         };
-        let argv: Vec<Value> = match &args {
-            Value::Tuple(t) => t.to_vec(),
+        let argv: Rc<Vec<Value>> = match &args {
+            Value::Tuple(t) => Rc::clone(t),
             _ => {
                 return Err(self.err(format!(
                     "REDUCE arguments for {}.{} are not a tuple",
@@ -565,20 +589,32 @@ impl<'a> Machine<'a> {
                 .ok_or_else(|| self.err(format!("{n} without arguments"))),
             ("torch._tensor", "_rebuild_from_type_v2") => {
                 // (func, type, args, state): the tensor is func(*args).
+                if depth >= MAX_REBUILD_DEPTH {
+                    return Err(self.err(format!(
+                        "_rebuild_from_type_v2 nested more than {MAX_REBUILD_DEPTH} deep"
+                    )));
+                }
                 match (argv.first(), argv.get(2)) {
-                    (Some(f), Some(a)) => self.reduce(f.clone(), a.clone()),
+                    (Some(f), Some(a)) => self.reduce(f.clone(), a.clone(), depth + 1),
                     _ => Err(self.err("_rebuild_from_type_v2 needs (func, type, args, state)")),
                 }
             }
             ("collections", "OrderedDict") => Ok(Value::Dict(Rc::new(RefCell::new(Vec::new())))),
             ("torch", "Size") => argv
-                .into_iter()
-                .next()
+                .first()
+                .cloned()
                 .ok_or_else(|| self.err("torch.Size without arguments")),
             ("builtins" | "__builtin__", "set" | "frozenset") => {
                 let items = match argv.first() {
-                    Some(Value::List(l)) => l.borrow().clone(),
-                    Some(Value::Tuple(t)) => t.to_vec(),
+                    Some(Value::List(l)) => {
+                        let n = l.borrow().len();
+                        self.charge(n)?;
+                        l.borrow().clone()
+                    }
+                    Some(Value::Tuple(t)) => {
+                        self.charge(t.len())?;
+                        t.to_vec()
+                    }
                     _ => Vec::new(),
                 };
                 Ok(Value::Set(Rc::new(RefCell::new(items))))
@@ -586,6 +622,7 @@ impl<'a> Machine<'a> {
             ("_codecs", "encode") => match argv.first() {
                 // Protocol-2 bytes: a latin-1 str re-encoded.
                 Some(Value::Str(s)) => {
+                    self.charge(s.len())?;
                     let b: Option<Vec<u8>> =
                         s.chars().map(|c| u8::try_from(c as u32).ok()).collect();
                     b.map(|b| Value::Bytes(Rc::new(b)))
@@ -704,17 +741,20 @@ fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
 }
 
 fn dims(v: &Value) -> Result<Vec<u64>, String> {
+    // Check the length before copying: a memoized huge list passed as a size must cost nothing.
+    let len = match v {
+        Value::Tuple(t) => t.len(),
+        Value::List(l) => l.borrow().len(),
+        other => return Err(format!("{} is not a tuple", other.describe())),
+    };
+    if len > MAX_NDIM {
+        return Err(format!("has {len} dimensions (at most {MAX_NDIM})"));
+    }
     let items = match v {
         Value::Tuple(t) => t.to_vec(),
         Value::List(l) => l.borrow().clone(),
-        other => return Err(format!("{} is not a tuple", other.describe())),
+        _ => Vec::new(),
     };
-    if items.len() > MAX_NDIM {
-        return Err(format!(
-            "has {} dimensions (at most {MAX_NDIM})",
-            items.len()
-        ));
-    }
     items
         .iter()
         .map(|x| match x.as_int() {

@@ -171,6 +171,21 @@ impl TensorRef {
                 self.storage_key
             ));
         }
+        // Strides that make elements overlap (torch's `expand`) would let a few bytes of
+        // storage describe an arbitrarily large tensor; weights never look like that.
+        let nbytes = numel
+            .checked_mul(es)
+            .ok_or_else(|| format!("shape {:?} overflows", self.shape))?;
+        if nbytes > end - start {
+            return Err(format!(
+                "shape {:?} with stride {:?} has {numel} elements ({nbytes} bytes) but spans only \
+                 {} bytes of storage `{}`: overlapping (expanded) tensors are not supported",
+                self.shape,
+                self.stride,
+                end - start,
+                self.storage_key
+            ));
+        }
         Ok((start, end))
     }
 }

@@ -39,7 +39,8 @@ pub struct StorageRef {
 #[derive(Debug, Default)]
 pub struct Object {
     pub class: Option<Global>,
-    pub args: Vec<Value>,
+    /// Shared with the tuple the pickle passed: memo reuse must not copy it.
+    pub args: Rc<Vec<Value>>,
     pub state: Option<Value>,
     /// Items added by SETITEM(S) (dict subclasses) and APPEND(S) (list subclasses).
     pub items: Vec<(Value, Value)>,
@@ -47,6 +48,9 @@ pub struct Object {
 }
 
 pub type Shared<T> = Rc<RefCell<T>>;
+
+/// How many object-state levels [`Value::get`] follows (a Namespace needs one).
+const MAX_STATE_DEPTH: usize = 4;
 
 /// A value built by the pickle machine.
 #[derive(Debug, Clone, Default)]
@@ -87,28 +91,36 @@ impl Value {
     }
 
     /// Look a string key up in a dict, or in the attribute dict of an object
-    /// (`argparse.Namespace` keeps its fields in its BUILD state).
+    /// (`argparse.Namespace` keeps its fields in its BUILD state). An object's state may be the
+    /// object itself (a hostile pickle can BUILD that), so the walk is a bounded loop.
     pub fn get(&self, key: &str) -> Option<Value> {
-        match self {
-            Value::Dict(d) => d
-                .borrow()
-                .iter()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .map(|(_, v)| v.clone()),
-            Value::Object(o) => {
-                let o = o.borrow();
-                if let Some(v) = o
-                    .items
-                    .iter()
-                    .find(|(k, _)| k.as_str() == Some(key))
-                    .map(|(_, v)| v.clone())
-                {
-                    return Some(v);
+        let mut cur = self.clone();
+        for _ in 0..MAX_STATE_DEPTH {
+            let next = match &cur {
+                Value::Dict(d) => {
+                    return d
+                        .borrow()
+                        .iter()
+                        .find(|(k, _)| k.as_str() == Some(key))
+                        .map(|(_, v)| v.clone())
                 }
-                o.state.as_ref().and_then(|s| s.get(key))
-            }
-            _ => None,
+                Value::Object(o) => {
+                    let o = o.borrow();
+                    if let Some(v) = o
+                        .items
+                        .iter()
+                        .find(|(k, _)| k.as_str() == Some(key))
+                        .map(|(_, v)| v.clone())
+                    {
+                        return Some(v);
+                    }
+                    o.state.clone()?
+                }
+                _ => return None,
+            };
+            cur = next;
         }
+        None
     }
 
     /// Entries of a dict (or dict-like object), in file order.
@@ -185,7 +197,9 @@ impl Value {
             Value::Object(o) => {
                 if let Some(o) = Rc::get_mut(o) {
                     let o = o.get_mut();
-                    out.append(&mut o.args);
+                    if let Some(a) = Rc::get_mut(&mut o.args) {
+                        out.append(a);
+                    }
                     out.append(&mut o.list);
                     if let Some(s) = o.state.take() {
                         out.push(s);

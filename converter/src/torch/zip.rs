@@ -1,7 +1,7 @@
 //! The zip flavour (torch >= 1.6): `<prefix>/data.pkl` plus one STORED entry per storage,
 //! `<prefix>/data/<key>`, which we address in place inside the memory map.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
 use std::ops::Range;
 use std::path::Path;
@@ -26,9 +26,22 @@ pub(super) fn read(bytes: &[u8], path: &Path) -> Result<(Value, HashMap<String, 
         )));
     }
 
+    // The zip crate keeps one entry per name, so a second entry of the same name would vanish
+    // silently (and a reader could be shown either one).
+    if archive.has_duplicate_names() {
+        return Err(bad(
+            "the zip central directory lists a name more than once (duplicate entries); a torch \
+             checkpoint never does"
+                .into(),
+        ));
+    }
+
     let mut prefix: Option<String> = None;
     let mut pickle_range = None;
     let mut storages = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    // Payload ranges of the entries we use, to refuse entries that share bytes.
+    let mut used: Vec<(Range<u64>, String)> = Vec::new();
     for i in 0..archive.len() {
         let entry = archive
             .by_index_raw(i)
@@ -53,6 +66,9 @@ pub(super) fn read(bytes: &[u8], path: &Path) -> Result<(Value, HashMap<String, 
             }
             _ => {}
         }
+        if !seen.insert(name.clone()) {
+            return Err(bad(format!("zip entry `{name}` appears twice")));
+        }
         let is_data = rest == "data.pkl" || rest.starts_with("data/") || rest == "byteorder";
         if rest == "constants.pkl" {
             return Err(bad(
@@ -69,9 +85,10 @@ pub(super) fn read(bytes: &[u8], path: &Path) -> Result<(Value, HashMap<String, 
                 entry.compression()
             )));
         }
-        let start = entry
-            .data_start()
-            .ok_or_else(|| bad(format!("zip entry `{name}` has no data offset")))?;
+        // The payload follows the local header; read it ourselves and make sure it describes
+        // the same entry as the central directory.
+        let start = local_payload_start(bytes, entry.header_start(), entry.name_raw())
+            .map_err(|m| bad(format!("zip entry `{name}`: {m}")))?;
         let size = entry.size();
         if entry.compressed_size() != size {
             return Err(bad(format!(
@@ -90,6 +107,7 @@ pub(super) fn read(bytes: &[u8], path: &Path) -> Result<(Value, HashMap<String, 
                 ))
             })?;
         let range = start..end;
+        used.push((range.clone(), name.clone()));
         if rest == "data.pkl" {
             pickle_range = Some(range);
         } else if rest == "byteorder" {
@@ -101,8 +119,18 @@ pub(super) fn read(bytes: &[u8], path: &Path) -> Result<(Value, HashMap<String, 
                 )));
             }
         } else if let Some(key) = rest.strip_prefix("data/") {
-            if storages.insert(key.to_string(), range).is_some() {
-                return Err(bad(format!("zip entry `{name}` appears twice")));
+            storages.insert(key.to_string(), range);
+        }
+    }
+    used.sort_by_key(|(r, _)| (r.start, r.end));
+    for w in used.windows(2) {
+        if let [(a, an), (b, bn)] = w {
+            if b.start < a.end {
+                return Err(bad(format!(
+                    "zip entries `{an}` (bytes {}..{}) and `{bn}` (bytes {}..{}) overlap: the \
+                     central directory does not describe a well-formed archive",
+                    a.start, a.end, b.start, b.end
+                )));
             }
         }
     }
@@ -135,4 +163,61 @@ pub(super) fn read(bytes: &[u8], path: &Path) -> Result<(Value, HashMap<String, 
         }
     }
     Ok((parsed.value, storages))
+}
+
+/// Size of a zip local file header before its name and extra field.
+const LOCAL_HEADER_LEN: u64 = 30;
+
+/// Where the payload of the entry whose local header is at `at` begins, after checking that the
+/// local header is there, names `central_name` and is stored (method 0). Sizes in the local
+/// header are not compared: torch writes them in a data descriptor after the payload.
+fn local_payload_start(bytes: &[u8], at: u64, central_name: &[u8]) -> Result<u64, String> {
+    let field = |off: u64, len: u64| -> Result<&[u8], String> {
+        let s = at.checked_add(off).ok_or("local header offset overflows")?;
+        let e = s.checked_add(len).ok_or("local header offset overflows")?;
+        usize::try_from(s)
+            .ok()
+            .zip(usize::try_from(e).ok())
+            .and_then(|(s, e)| bytes.get(s..e))
+            .ok_or_else(|| {
+                format!(
+                    "local header at byte {at} lies past the end of the file at {} (truncated?)",
+                    bytes.len()
+                )
+            })
+    };
+    let u16_at = |off: u64| -> Result<u64, String> {
+        let b = field(off, 2)?;
+        Ok(u64::from(u16::from_le_bytes([b[0], b[1]])))
+    };
+    if field(0, 4)? != b"PK\x03\x04" {
+        return Err(format!(
+            "no local header at byte {at}, where the central directory points"
+        ));
+    }
+    let method = u16_at(8)?;
+    if method != 0 {
+        return Err(format!(
+            "local header says compression method {method}; torch writes stored (0) entries"
+        ));
+    }
+    let name_len = u16_at(26)?;
+    let extra_len = u16_at(28)?;
+    let local_name = field(LOCAL_HEADER_LEN, name_len)?;
+    if local_name != central_name {
+        return Err(format!(
+            "local header at byte {at} names `{}`, the central directory `{}`",
+            String::from_utf8_lossy(local_name),
+            String::from_utf8_lossy(central_name)
+        ));
+    }
+    let start = at
+        .checked_add(LOCAL_HEADER_LEN + name_len + extra_len)
+        .ok_or("local header offset overflows")?;
+    if start > bytes.len() as u64 {
+        return Err(format!(
+            "local header at byte {at} runs past the end of the file (truncated?)"
+        ));
+    }
+    Ok(start)
 }
