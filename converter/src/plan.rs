@@ -398,7 +398,11 @@ fn check_world_size(ranks: &[Rank], mapping: &Mapping) -> Result<()> {
                     format!(
                         "records {key} = {n}, but {} rank file(s) were found ({}); {}",
                         ranks.len(),
-                        ranks.iter().map(|r| r.display.as_str()).collect::<Vec<_>>().join(", "),
+                        ranks
+                            .iter()
+                            .map(|r| r.display.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         if (ranks.len() as i64) < n {
                             "a rank file is missing: pass the directory holding all mp_rank_XX files"
                         } else {
