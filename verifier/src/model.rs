@@ -140,7 +140,7 @@ impl Config {
         let n_head = size(&["n_head", "num_attention_heads"], 12)?;
         let default_inner = n_embd
             .checked_mul(4)
-            .ok_or_else(|| Error::Overflow("4 * n_embd".into()))?;
+            .ok_or_else(|| Error::Overflow(format!("4 * n_embd in {}", path.display())))?;
         let n_inner = size(&["n_inner"], default_inner)?;
         if n_embd % n_head != 0 {
             return Err(bad(format!(
@@ -244,7 +244,10 @@ impl Model {
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let config = Config::from_json(&text, &config_path)?;
         // 3 * n_embd etc. must not overflow anywhere later.
-        checked_product(&[config.n_embd, 3, config.n_inner.max(1)], "layer sizes")?;
+        checked_product(
+            &[config.n_embd, 3, config.n_inner.max(1)],
+            &format!("layer sizes from {}", config_path.display()),
+        )?;
 
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
@@ -340,6 +343,19 @@ impl Model {
             ("ln_f.weight".into(), vec![h]),
             ("ln_f.bias".into(), vec![h]),
         ];
+        // n_layer comes from a file: refuse a count the weights cannot hold before building a
+        // list of that length (a config claiming 10^12 layers would exhaust memory).
+        let per_layer = layer_tensors(c).len();
+        if c.n_layer > self.tensors.len() / per_layer {
+            return Err(Error::Config {
+                path: self.dir.join("config.json"),
+                detail: format!(
+                    "n_layer is {}, but the safetensors files hold only {} tensors ({per_layer} per layer)",
+                    c.n_layer,
+                    self.tensors.len()
+                ),
+            });
+        }
         for i in 0..c.n_layer {
             for (name, shape) in layer_tensors(c) {
                 wanted.push((format!("h.{i}.{name}"), shape));
