@@ -102,6 +102,8 @@ fn assert_refused_as(input: &Path, names_file: &str, extra: &[&str], needles: &[
         assert!(e.contains(n), "message lacks {n:?}: {e}");
     }
     assert_nothing_left(&out);
+    // Shown with `cargo test --test hostile -- --nocapture`: the catalogue of messages.
+    println!("REFUSED {}", e.trim());
     e
 }
 

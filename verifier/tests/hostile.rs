@@ -55,6 +55,8 @@ fn assert_error(model: &Path, fixture: &Path, file: &str, needles: &[&str]) -> S
     for n in needles {
         assert!(e.contains(n), "message lacks {n:?}: {e}");
     }
+    // Shown with `cargo test --test hostile -- --nocapture`: the catalogue of messages.
+    println!("REFUSED {}", e.trim());
     e
 }
 
@@ -374,4 +376,38 @@ fn npy_truncated_empty_or_random_is_refused() {
             .collect();
         assert_npy_refused(file, &noise, &[]);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fuzz regressions: every saved input (fuzz/regressions/<target>/) and seed (fuzz/seeds/<target>/)
+// replayed through exactly the code the fuzz targets run.
+
+#[path = "../../fuzz/fuzz_targets/verify_common.rs"]
+mod verify_common;
+
+fn replay(target: &str, f: fn(&[u8], &Path)) {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for sub in ["regressions", "seeds"] {
+        let Ok(entries) = std::fs::read_dir(fuzz.join(sub).join(target)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            eprintln!("replaying {}", e.path().display());
+            f(&std::fs::read(e.path()).unwrap(), dir.path());
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no inputs for {target}");
+}
+
+#[test]
+fn npy_fuzz_inputs_replay_cleanly() {
+    replay("npy", verify_common::npy);
+}
+
+#[test]
+fn safetensors_fuzz_inputs_replay_cleanly() {
+    replay("safetensors", verify_common::safetensors);
 }
