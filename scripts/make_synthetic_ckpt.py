@@ -72,11 +72,22 @@ def main():
             n = int(np.prod(s))
             view = flat[off:off + n].view(s)
             gen = rep if any(k in name for k in REPLICATED) else g
+            # Scales that keep activations alive through 32 layers and attention peaked, so a
+            # port mistake moves the logits clearly (the 0.02 initialisation gives near-zero
+            # logits that any port would match).
+            if "layernorm.weight" in name:
+                scale, shift = 0.1, 1.0
+            elif name.endswith(".bias"):
+                scale, shift = 0.02, 0.0
+            elif "embeddings" in name:
+                scale, shift = 0.1, 0.0
+            else:
+                scale, shift = 0.03, 0.0
             # Fill in slabs to keep the float32 temporaries small.
             rows = view.view(-1)
             for i in range(0, n, 1 << 24):
                 j = min(n, i + (1 << 24))
-                rows[i:j].copy_(torch.randn(j - i, generator=gen) * 0.02)
+                rows[i:j].copy_(torch.randn(j - i, generator=gen) * scale + shift)
             module[name] = view
             off += n
         state = {
