@@ -550,6 +550,20 @@ fn memo_reuse_that_copies_is_bounded() {
 }
 
 #[test]
+fn more_values_than_any_checkpoint_holds_are_refused() {
+    // 9 million one-byte DUPs appended to one list: ~0.5 GB of values from 9 MB of pickle
+    // without the cap (the cap stops it at 8,388,608 values, a few hundred MB).
+    let mut p = Pk::new();
+    p.raw(b"]");
+    for _ in 0..9 {
+        p.raw(b"(K\x01").raw(&vec![b'2'; 1_000_000]).raw(b"e");
+    }
+    p.raw(b"0}");
+    let z = torch_zip(&p.stop(), &[]);
+    assert_file_refused(&z, &[], &["more than 8388608 values"]);
+}
+
+#[test]
 fn self_referential_objects_do_not_loop() {
     // args = Namespace(); args.__setstate__(args): looking up args.num_attention_heads must end.
     let mut extra = Pk::default();

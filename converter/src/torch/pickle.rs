@@ -21,6 +21,10 @@ const MAX_MARKS: usize = 10_000;
 const MAX_STACK: usize = 1 << 22;
 /// Most memo entries.
 const MAX_MEMO: usize = 1 << 22;
+/// Most values one pickle may create (every opcode that pushes creates one). A 32-layer CPM
+/// checkpoint's object tree holds some tens of thousands; this bounds the tree's memory at a few
+/// hundred megabytes whatever the file (a value plus its share of a container is ~50 bytes).
+const MAX_VALUES: usize = 1 << 23;
 /// Longest tensor rank.
 const MAX_NDIM: usize = 64;
 /// Nesting of `_rebuild_from_type_v2` inside itself; torch writes one level.
@@ -56,6 +60,7 @@ pub fn parse(data: &[u8], path: &Path, base: u64) -> Result<Parsed> {
             .len()
             .saturating_mul(COPY_PER_BYTE)
             .saturating_add(COPY_SLACK),
+        pushed: 0,
     };
     let value = m.run()?;
     Ok(Parsed {
@@ -76,6 +81,8 @@ struct Machine<'a> {
     storages: Vec<Rc<StorageRef>>,
     /// What copies out of existing containers may still cost (see [`COPY_SLACK`]).
     copy_budget: usize,
+    /// Values created so far (see [`MAX_VALUES`]).
+    pushed: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -148,6 +155,12 @@ impl<'a> Machine<'a> {
     fn push(&mut self, v: Value) -> Result<()> {
         if self.stack.len() >= MAX_STACK {
             return Err(self.err(format!("more than {MAX_STACK} values on the stack")));
+        }
+        self.pushed += 1;
+        if self.pushed > MAX_VALUES {
+            return Err(self.err(format!(
+                "more than {MAX_VALUES} values; a checkpoint's object tree holds far fewer"
+            )));
         }
         self.stack.push(v);
         Ok(())
