@@ -7,13 +7,16 @@ use std::ops::Range;
 use std::path::Path;
 
 use super::pickle;
-use super::value::Value;
+use super::value::{Arena, Value};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8] = &[0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 const PROTOCOL_VERSION: i64 = 1001;
 
-pub(super) fn read(bytes: &[u8], path: &Path) -> Result<(Value, HashMap<String, Range<u64>>)> {
+pub(super) fn read(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(Value, Arena, HashMap<String, Range<u64>>)> {
     let bad = |msg: String| Error::format(path, msg);
     let mut pos = 0usize;
     let next = |pos: &mut usize| -> Result<pickle::Parsed> {
@@ -44,8 +47,8 @@ pub(super) fn read(bytes: &[u8], path: &Path) -> Result<(Value, HashMap<String, 
         return Err(bad("big-endian legacy checkpoints are not supported".into()));
     }
     let object = next(&mut pos)?;
-    let keys = next(&mut pos)?;
-    let keys: Vec<String> = match &keys.value {
+    let key_list = next(&mut pos)?;
+    let keys: Vec<String> = match &key_list.value {
         Value::List(l) => l
             .borrow()
             .iter()
@@ -117,5 +120,10 @@ pub(super) fn read(bytes: &[u8], path: &Path) -> Result<(Value, HashMap<String, 
             )));
         }
     }
-    Ok((object.value, storages))
+    let mut arena = Arena::default();
+    for p in [magic, proto, sys, key_list] {
+        arena.extend(p.arena);
+    }
+    arena.extend(object.arena);
+    Ok((object.value, arena, storages))
 }

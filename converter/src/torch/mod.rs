@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 pub use tensor::{Dtype, TensorRef};
-pub use value::Value;
+pub use value::{Arena, Value};
 
 use crate::error::{Error, Result};
 
@@ -47,6 +47,8 @@ pub struct TorchFile {
     map: Mmap,
     /// Storage key -> byte range in `map`.
     storages: HashMap<String, Range<u64>>,
+    /// Declared after `root`, so it drops after it and frees any reference cycles.
+    _arena: Arena,
 }
 
 const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
@@ -73,6 +75,7 @@ impl TorchFile {
             format,
             root,
             storages,
+            arena,
         } = parse_bytes(&map, path)?;
         Ok(TorchFile {
             path: path.to_path_buf(),
@@ -80,6 +83,7 @@ impl TorchFile {
             root,
             map,
             storages,
+            _arena: arena,
         })
     }
 
@@ -121,6 +125,8 @@ pub struct Contents {
     pub root: Value,
     /// Storage key -> byte range in the file.
     pub storages: HashMap<String, Range<u64>>,
+    /// The containers `root` is made of; dropped after `root`, it frees reference cycles.
+    pub arena: Arena,
 }
 
 /// Parse a whole torch file held in memory (a memory map, or a buffer in tests and fuzz
@@ -132,7 +138,7 @@ pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Contents> {
             "file is empty, expected a torch checkpoint",
         ));
     }
-    let (format, (root, storages)) = if bytes.starts_with(b"PK\x03\x04") {
+    let (format, (root, arena, storages)) = if bytes.starts_with(b"PK\x03\x04") {
         (Format::Zip, zip::read(bytes, path)?)
     } else if bytes.starts_with(LEGACY_MAGIC) {
         (Format::Legacy, legacy::read(bytes, path)?)
@@ -155,6 +161,7 @@ pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Contents> {
         format,
         root,
         storages,
+        arena,
     })
 }
 

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::cell::RefCell;
 
 use super::tensor::{Dtype, TensorRef};
-use super::value::{Global, Object, StorageRef, Value};
+use super::value::{Arena, Global, Object, StorageRef, Value};
 use crate::error::{Error, Result};
 
 /// Deepest MARK nesting we accept; real checkpoints stay below a few dozen.
@@ -42,6 +42,8 @@ pub struct Parsed {
     pub consumed: usize,
     /// Every storage the program named through a persistent id, in order.
     pub storages: Vec<Rc<StorageRef>>,
+    /// The containers `value` is made of; keep it alive as long as `value` (see [`Arena`]).
+    pub arena: Arena,
 }
 
 /// Parse one pickle starting at `data[0]`. `base` is the offset of `data` in the file, for
@@ -61,12 +63,14 @@ pub fn parse(data: &[u8], path: &Path, base: u64) -> Result<Parsed> {
             .saturating_mul(COPY_PER_BYTE)
             .saturating_add(COPY_SLACK),
         pushed: 0,
+        arena: Arena::default(),
     };
     let value = m.run()?;
     Ok(Parsed {
         value,
         consumed: m.pos,
         storages: m.storages,
+        arena: m.arena,
     })
 }
 
@@ -83,6 +87,8 @@ struct Machine<'a> {
     copy_budget: usize,
     /// Values created so far (see [`MAX_VALUES`]).
     pushed: usize,
+    /// Every mutable container created, to break cycles when the tree is dropped.
+    arena: Arena,
 }
 
 impl<'a> Machine<'a> {
@@ -209,6 +215,28 @@ impl<'a> Machine<'a> {
             .cloned()
             .ok_or_else(|| self.err(format!("memo entry {idx} was never stored")))?;
         self.push(v)
+    }
+
+    /// A new mutable container, registered in the arena.
+    fn container(&mut self, v: Value) -> Value {
+        self.arena.register(&v);
+        v
+    }
+
+    fn list(&mut self, items: Vec<Value>) -> Value {
+        self.container(Value::List(Rc::new(RefCell::new(items))))
+    }
+
+    fn set(&mut self, items: Vec<Value>) -> Value {
+        self.container(Value::Set(Rc::new(RefCell::new(items))))
+    }
+
+    fn dict(&mut self, pairs: Vec<(Value, Value)>) -> Value {
+        self.container(Value::Dict(Rc::new(RefCell::new(pairs))))
+    }
+
+    fn object(&mut self, o: Object) -> Value {
+        self.container(Value::Object(Rc::new(RefCell::new(o))))
     }
 
     /// Account for copying `n` values or bytes out of an existing container.
@@ -352,10 +380,14 @@ impl<'a> Machine<'a> {
                     items.reverse();
                     self.push(Value::Tuple(Rc::new(items)))?
                 }
-                b']' => self.push(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
+                b']' => {
+                    let v = self.list(Vec::new());
+                    self.push(v)?
+                }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))))?
+                    let v = self.list(items);
+                    self.push(v)?
                 }
                 b'a' => {
                     let v = self.pop()?;
@@ -365,11 +397,15 @@ impl<'a> Machine<'a> {
                     let items = self.pop_mark()?;
                     self.append(items)?
                 }
-                b'}' => self.push(Value::Dict(Rc::new(RefCell::new(Vec::new()))))?,
+                b'}' => {
+                    let v = self.dict(Vec::new());
+                    self.push(v)?
+                }
                 b'd' => {
                     let items = self.pop_mark()?;
                     let pairs = pairs(items).map_err(|m| self.err(m))?;
-                    self.push(Value::Dict(Rc::new(RefCell::new(pairs))))?
+                    let v = self.dict(pairs);
+                    self.push(v)?
                 }
                 b's' => {
                     let v = self.pop()?;
@@ -381,7 +417,10 @@ impl<'a> Machine<'a> {
                     let p = pairs(items).map_err(|m| self.err(m))?;
                     self.set_items(p)?
                 }
-                0x8f => self.push(Value::Set(Rc::new(RefCell::new(Vec::new()))))?,
+                0x8f => {
+                    let v = self.set(Vec::new());
+                    self.push(v)?
+                }
                 0x90 => {
                     let items = self.pop_mark()?;
                     match self.top()? {
@@ -393,7 +432,8 @@ impl<'a> Machine<'a> {
                 }
                 0x91 => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Set(Rc::new(RefCell::new(items))))?
+                    let v = self.set(items);
+                    self.push(v)?
                 }
                 b'c' => {
                     let module = self.line()?.to_string();
@@ -514,11 +554,11 @@ impl<'a> Machine<'a> {
             Value::Tuple(t) => Rc::clone(t),
             _ => return Err(self.err("NEWOBJ arguments are not a tuple")),
         };
-        Ok(Value::Object(Rc::new(RefCell::new(Object {
+        Ok(self.object(Object {
             class: Some(class),
             args,
             ..Object::default()
-        }))))
+        }))
     }
 
     fn persistent(&mut self, pid: Value) -> Result<Value> {
@@ -612,7 +652,7 @@ impl<'a> Machine<'a> {
                     _ => Err(self.err("_rebuild_from_type_v2 needs (func, type, args, state)")),
                 }
             }
-            ("collections", "OrderedDict") => Ok(Value::Dict(Rc::new(RefCell::new(Vec::new())))),
+            ("collections", "OrderedDict") => Ok(self.dict(Vec::new())),
             ("torch", "Size") => argv
                 .first()
                 .cloned()
@@ -630,7 +670,7 @@ impl<'a> Machine<'a> {
                     }
                     _ => Vec::new(),
                 };
-                Ok(Value::Set(Rc::new(RefCell::new(items))))
+                Ok(self.set(items))
             }
             ("_codecs", "encode") => match argv.first() {
                 // Protocol-2 bytes: a latin-1 str re-encoded.
@@ -643,11 +683,11 @@ impl<'a> Machine<'a> {
                 }
                 _ => Err(self.err("_codecs.encode without a str")),
             },
-            _ => Ok(Value::Object(Rc::new(RefCell::new(Object {
+            _ => Ok(self.object(Object {
                 class: Some((*g).clone()),
                 args: argv,
                 ..Object::default()
-            })))),
+            })),
         }
     }
 
@@ -825,6 +865,32 @@ mod tests {
         let p = b"\x80\x02\x8e\x00\x00\x00\x00\x00\x00\x00\x10.";
         let e = run(p).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn reference_cycles_are_freed_with_the_arena() {
+        // l = []; l.append(l); o = Namespace(); o.__setstate__(o); d = {}; d['d'] = d
+        let p = b"\x80\x02]q\x00h\x00acargparse\nNamespace\n)\x81q\x01h\x01b}q\x02X\x01\x00\x00\x00dh\x02s\x87.";
+        let parsed = parse(p, Path::new("test.pkl"), 0).expect("parses");
+        let weak: Vec<std::rc::Weak<dyn std::any::Any>> = match &parsed.value {
+            Value::Tuple(t) => t
+                .iter()
+                .map(|v| match v {
+                    Value::List(l) => Rc::downgrade(&(l.clone() as Rc<dyn std::any::Any>)),
+                    Value::Object(o) => Rc::downgrade(&(o.clone() as Rc<dyn std::any::Any>)),
+                    Value::Dict(d) => Rc::downgrade(&(d.clone() as Rc<dyn std::any::Any>)),
+                    other => panic!("unexpected {}", other.describe()),
+                })
+                .collect(),
+            other => panic!("unexpected {}", other.describe()),
+        };
+        assert_eq!(weak.len(), 3);
+        assert!(weak.iter().all(|w| w.upgrade().is_some()));
+        drop(parsed);
+        assert!(
+            weak.iter().all(|w| w.upgrade().is_none()),
+            "a cycle outlived its tree"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use super::tensor::{Dtype, TensorRef};
 
@@ -223,5 +223,84 @@ impl Drop for Value {
             v.take_children(&mut pending);
             // `v` now holds no children of its own, so its drop is shallow.
         }
+    }
+}
+
+/// Weak handles to every mutable container one pickle created. Dropping the arena empties the
+/// containers still alive, which frees the reference cycles a hostile pickle can build (a list
+/// appended to itself, an object whose state is itself) instead of leaking them. Keep it beside
+/// the tree it belongs to and drop it after: containers cloned out of the tree are empty once
+/// it is gone.
+#[derive(Default)]
+pub struct Arena(Vec<WeakContainer>);
+
+enum WeakContainer {
+    Values(Weak<RefCell<Vec<Value>>>),
+    Pairs(Weak<RefCell<Vec<(Value, Value)>>>),
+    Object(Weak<RefCell<Object>>),
+}
+
+impl Arena {
+    /// Remember the container `v` is (other values need nothing).
+    pub fn register(&mut self, v: &Value) {
+        match v {
+            Value::List(l) | Value::Set(l) => self.0.push(WeakContainer::Values(Rc::downgrade(l))),
+            Value::Dict(d) => self.0.push(WeakContainer::Pairs(Rc::downgrade(d))),
+            Value::Object(o) => self.0.push(WeakContainer::Object(Rc::downgrade(o))),
+            _ => {}
+        }
+    }
+
+    /// Take over another arena's containers (the legacy format parses five pickles).
+    pub fn extend(&mut self, other: Arena) {
+        let mut other = other;
+        self.0.append(&mut other.0);
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // Move every surviving container's children out first (each borrow is short and no
+        // other borrow exists while the arena drops), then drop them all: `Value`'s own drop
+        // is iterative, so this never recurses.
+        let mut pending: Vec<Value> = Vec::new();
+        for w in self.0.drain(..) {
+            match w {
+                WeakContainer::Values(w) => {
+                    if let Some(rc) = w.upgrade() {
+                        if let Ok(mut v) = rc.try_borrow_mut() {
+                            pending.append(&mut v);
+                        }
+                    }
+                }
+                WeakContainer::Pairs(w) => {
+                    if let Some(rc) = w.upgrade() {
+                        if let Ok(mut v) = rc.try_borrow_mut() {
+                            for (k, x) in v.drain(..) {
+                                pending.push(k);
+                                pending.push(x);
+                            }
+                        }
+                    }
+                }
+                WeakContainer::Object(w) => {
+                    if let Some(rc) = w.upgrade() {
+                        if let Ok(mut o) = rc.try_borrow_mut() {
+                            let o = &mut *o;
+                            pending.push(Value::Tuple(std::mem::take(&mut o.args)));
+                            pending.append(&mut o.list);
+                            if let Some(s) = o.state.take() {
+                                pending.push(s);
+                            }
+                            for (k, x) in o.items.drain(..) {
+                                pending.push(k);
+                                pending.push(x);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        drop(pending);
     }
 }

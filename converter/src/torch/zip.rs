@@ -9,13 +9,16 @@ use std::path::Path;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::pickle;
-use super::value::Value;
+use super::value::{Arena, Value};
 use crate::error::{Error, Result};
 
 /// Most entries we accept; a checkpoint has one per storage plus a handful.
 const MAX_ENTRIES: usize = 1 << 20;
 
-pub(super) fn read(bytes: &[u8], path: &Path) -> Result<(Value, HashMap<String, Range<u64>>)> {
+pub(super) fn read(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(Value, Arena, HashMap<String, Range<u64>>)> {
     let bad = |msg: String| Error::format(path, msg);
     let mut archive = ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| bad(format!("not a readable zip archive: {e}")))?;
@@ -162,7 +165,7 @@ pub(super) fn read(bytes: &[u8], path: &Path) -> Result<(Value, HashMap<String, 
             range.end = range.start + n;
         }
     }
-    Ok((parsed.value, storages))
+    Ok((parsed.value, parsed.arena, storages))
 }
 
 /// Size of a zip local file header before its name and extra field.
