@@ -173,7 +173,8 @@ impl Value {
     }
 
     /// Move the children of a container we hold alone into `out`, so that dropping a deeply
-    /// nested value never recurses (a hostile file can nest a million levels).
+    /// nested value never recurses (a hostile file can nest a million levels). "Alone" counts
+    /// strong references only: the [`Arena`]'s weak handles must not stop the unnesting.
     fn take_children(&mut self, out: &mut Vec<Value>) {
         match self {
             Value::Tuple(t) => {
@@ -182,31 +183,34 @@ impl Value {
                 }
             }
             Value::List(l) | Value::Set(l) => {
-                if let Some(v) = Rc::get_mut(l) {
-                    out.append(v.get_mut());
+                if Rc::strong_count(l) == 1 {
+                    if let Ok(mut v) = l.try_borrow_mut() {
+                        out.append(&mut v);
+                    }
                 }
             }
             Value::Dict(d) => {
-                if let Some(v) = Rc::get_mut(d) {
-                    for (k, x) in v.get_mut().drain(..) {
-                        out.push(k);
-                        out.push(x);
+                if Rc::strong_count(d) == 1 {
+                    if let Ok(mut v) = d.try_borrow_mut() {
+                        for (k, x) in v.drain(..) {
+                            out.push(k);
+                            out.push(x);
+                        }
                     }
                 }
             }
             Value::Object(o) => {
-                if let Some(o) = Rc::get_mut(o) {
-                    let o = o.get_mut();
-                    if let Some(a) = Rc::get_mut(&mut o.args) {
-                        out.append(a);
-                    }
-                    out.append(&mut o.list);
-                    if let Some(s) = o.state.take() {
-                        out.push(s);
-                    }
-                    for (k, x) in o.items.drain(..) {
-                        out.push(k);
-                        out.push(x);
+                if Rc::strong_count(o) == 1 {
+                    if let Ok(mut o) = o.try_borrow_mut() {
+                        out.push(Value::Tuple(std::mem::take(&mut o.args)));
+                        out.append(&mut o.list);
+                        if let Some(s) = o.state.take() {
+                            out.push(s);
+                        }
+                        for (k, x) in o.items.drain(..) {
+                            out.push(k);
+                            out.push(x);
+                        }
                     }
                 }
             }
