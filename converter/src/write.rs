@@ -73,9 +73,9 @@ impl Chunk<'_> {
 }
 
 /// Chunks larger than this are split, so the writer and the hasher work on a tensor in parallel.
-const CHUNK: usize = 8 << 20;
+const CHUNK: usize = 1 << 20;
 /// Chunks in flight per consumer: bounds memory while keeping both consumers busy.
-const QUEUE: usize = 8;
+const QUEUE: usize = 32;
 
 /// Where the producer of the model file puts its bytes.
 pub struct Sink<'a> {
