@@ -311,6 +311,8 @@ struct Ckpt {
     edit: Option<(String, T)>,
     extra: Vec<u8>,
     storage_bytes: Option<usize>,
+    /// Bytes of a second storage `1`, for an edited tensor of another dtype.
+    extra_storage: Option<Vec<u8>>,
 }
 
 impl Ckpt {
@@ -319,6 +321,7 @@ impl Ckpt {
             edit: None,
             extra: Vec::new(),
             storage_bytes: None,
+            extra_storage: None,
         }
     }
 
@@ -356,7 +359,10 @@ impl Ckpt {
                 bits.to_le_bytes()
             })
             .collect();
-        torch_zip(&self.pickle(), &[("0", &data)])
+        match &self.extra_storage {
+            Some(b) if !b.is_empty() => torch_zip(&self.pickle(), &[("0", &data), ("1", b)]),
+            _ => torch_zip(&self.pickle(), &[("0", &data)]),
+        }
     }
 
     fn with_tensor(name: &str, t: T) -> Ckpt {
@@ -738,6 +744,123 @@ fn unknown_storage_types_and_dtype_lies_are_refused() {
         &[],
         &["storage `9`", "no entry data/9"],
     );
+}
+
+#[test]
+fn shapes_and_dtypes_the_mapping_cannot_merge_are_refused() {
+    // (tensor, shape, storage class, the refusal it must produce). `None`: the file is
+    // well-formed and the converter has no rule against it yet (plan.rs does not cross-check
+    // every shape against the model's hidden size; cpm-verify refuses such a model against
+    // config.json). Those must still end cleanly: exit 0 or 2, never a crash.
+    let n = Ckpt::numel();
+    let l = "transformer.layers.0.";
+    let cases: Vec<(String, Vec<i64>, &str, Option<&str>)> = vec![
+        (
+            "word_embeddings.weight".into(),
+            vec![2, V, H / 2],
+            "HalfStorage",
+            Some("expected 1 or 2 dimensions"),
+        ),
+        (
+            format!("{l}attention.dense.weight"),
+            vec![H * H],
+            "HalfStorage",
+            Some("needs 2 dimensions"),
+        ),
+        (
+            format!("{l}attention.query_key_value.weight"),
+            vec![3 * H * H],
+            "HalfStorage",
+            Some("needs 2 dimensions"),
+        ),
+        (
+            format!("{l}attention.query_key_value.weight"),
+            vec![H, 3 * H],
+            "HalfStorage",
+            Some("expected a multiple of 3"),
+        ),
+        (
+            format!("{l}attention.query_key_value.bias"),
+            vec![H],
+            "HalfStorage",
+            Some("expected a multiple of 3"),
+        ),
+        (
+            "word_embeddings.weight".into(),
+            vec![V, H],
+            "LongStorage",
+            Some("is int64, expected a floating-point weight"),
+        ),
+        (
+            "word_embeddings.weight".into(),
+            vec![V, H],
+            "BoolStorage",
+            Some("is bool, expected a floating-point weight"),
+        ),
+        (
+            "word_embeddings.weight".into(),
+            vec![V * H],
+            "HalfStorage",
+            None,
+        ),
+        (
+            "word_embeddings.weight".into(),
+            vec![0, H],
+            "HalfStorage",
+            None,
+        ),
+        (
+            format!("{l}input_layernorm.weight"),
+            vec![2, 2],
+            "HalfStorage",
+            None,
+        ),
+        (
+            format!("{l}mlp.dense_h_to_4h.weight"),
+            vec![H, 4 * H],
+            "HalfStorage",
+            None,
+        ),
+        (
+            "transformer.final_layernorm.bias".into(),
+            vec![H],
+            "FloatStorage",
+            None,
+        ),
+    ];
+    for (name, shape, class, refusal) in cases {
+        let mut t = T::half("0", n, 0, &shape);
+        t.class = class;
+        let mut c = if class == "HalfStorage" {
+            Ckpt::with_tensor(&name, t)
+        } else {
+            // Its own storage of the right size, so the file itself is consistent.
+            t.key = "1";
+            t.numel = shape.iter().product();
+            let mut c = Ckpt::with_tensor(&name, t);
+            c.extra_storage = Some(vec![0u8; shape.iter().product::<i64>() as usize * 8]);
+            c
+        };
+        match refusal {
+            Some(needle) => {
+                assert_file_refused(&c.bytes(), &["--heads", "1"], &[&name, needle]);
+            }
+            None => {
+                c.extra.clear();
+                let d = tempfile::tempdir().unwrap();
+                let f = d.path().join("hostile.pt");
+                std::fs::write(&f, c.bytes()).unwrap();
+                let out = d.path().join("out");
+                let r = run_to(&f, &out, &["--heads", "1"]);
+                let e = &r.stderr;
+                assert!(!e.contains("panicked"), "{name} {shape:?}: {e}");
+                assert!(matches!(r.code, Some(0) | Some(2)), "{name} {shape:?}: {e}");
+                if r.code == Some(2) {
+                    assert_nothing_left(&out);
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
