@@ -261,7 +261,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn record<'a>(z: &[u8], name: &str) -> (usize, usize) {
+fn record(z: &[u8], name: &str) -> (usize, usize) {
     let r = central_records(z)
         .into_iter()
         .find(|r| r.2 == name.as_bytes())

@@ -182,35 +182,29 @@ impl Value {
                     out.append(v);
                 }
             }
-            Value::List(l) | Value::Set(l) => {
-                if Rc::strong_count(l) == 1 {
-                    if let Ok(mut v) = l.try_borrow_mut() {
-                        out.append(&mut v);
+            Value::List(l) | Value::Set(l) if Rc::strong_count(l) == 1 => {
+                if let Ok(mut v) = l.try_borrow_mut() {
+                    out.append(&mut v);
+                }
+            }
+            Value::Dict(d) if Rc::strong_count(d) == 1 => {
+                if let Ok(mut v) = d.try_borrow_mut() {
+                    for (k, x) in v.drain(..) {
+                        out.push(k);
+                        out.push(x);
                     }
                 }
             }
-            Value::Dict(d) => {
-                if Rc::strong_count(d) == 1 {
-                    if let Ok(mut v) = d.try_borrow_mut() {
-                        for (k, x) in v.drain(..) {
-                            out.push(k);
-                            out.push(x);
-                        }
+            Value::Object(o) if Rc::strong_count(o) == 1 => {
+                if let Ok(mut o) = o.try_borrow_mut() {
+                    out.push(Value::Tuple(std::mem::take(&mut o.args)));
+                    out.append(&mut o.list);
+                    if let Some(s) = o.state.take() {
+                        out.push(s);
                     }
-                }
-            }
-            Value::Object(o) => {
-                if Rc::strong_count(o) == 1 {
-                    if let Ok(mut o) = o.try_borrow_mut() {
-                        out.push(Value::Tuple(std::mem::take(&mut o.args)));
-                        out.append(&mut o.list);
-                        if let Some(s) = o.state.take() {
-                            out.push(s);
-                        }
-                        for (k, x) in o.items.drain(..) {
-                            out.push(k);
-                            out.push(x);
-                        }
+                    for (k, x) in o.items.drain(..) {
+                        out.push(k);
+                        out.push(x);
                     }
                 }
             }
