@@ -38,6 +38,41 @@ pub struct Rule {
     pub target: String,
     pub split: Split,
     pub transpose: bool,
+    /// The target shape in model sizes, e.g. `["hidden", "3*hidden"]`.
+    pub shape: Vec<String>,
+}
+
+/// One dimension of a rule's `shape`: `factor * size`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dim {
+    pub factor: u64,
+    pub size: String,
+}
+
+impl Dim {
+    pub fn parse(s: &str) -> Option<Dim> {
+        let (factor, size) = match s.split_once('*') {
+            Some((k, v)) => (k.trim().parse().ok()?, v.trim()),
+            None => (1, s.trim()),
+        };
+        let ok = factor > 0
+            && !size.is_empty()
+            && size.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        ok.then(|| Dim {
+            factor,
+            size: size.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.factor == 1 {
+            write!(f, "{}", self.size)
+        } else {
+            write!(f, "{}*{}", self.factor, self.size)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +145,12 @@ impl Mapping {
         };
         let m: Mapping = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
         for r in &m.tensors {
+            if let Some(entry) = r.shape.iter().find(|d| Dim::parse(d).is_none()) {
+                return Err(bad(bad_rule(
+                    r,
+                    format!("shape entry `{entry}` is not `size` or `N*size`"),
+                )));
+            }
             let sb = r.source.matches(BLOCK).count();
             let tb = r.target.matches(BLOCK).count();
             if sb > 1 || sb != tb {
@@ -133,12 +174,21 @@ impl Mapping {
         Ok(m)
     }
 
+    /// A rule's shape, parsed (validated when the mapping was loaded).
+    pub fn dims(rule: &Rule) -> Vec<Dim> {
+        rule.shape.iter().filter_map(|d| Dim::parse(d)).collect()
+    }
+
     /// The rule matching a source name, with the block index if the rule has one.
     pub fn find(&self, name: &str) -> Option<(&Rule, Option<u64>)> {
         self.tensors
             .iter()
             .find_map(|r| match_pattern(&r.source, name).map(|b| (r, b)))
     }
+}
+
+fn bad_rule(r: &Rule, msg: String) -> String {
+    format!("rule `{}` -> `{}`: {msg}", r.source, r.target)
 }
 
 /// `Some(None)` for an exact match of a pattern without `{bid}`, `Some(Some(i))` for a match
@@ -192,6 +242,36 @@ mod tests {
         );
         assert_eq!(match_pattern("a.b", "a.b"), Some(None));
         assert_eq!(match_pattern("a.b", "a.bc"), None);
+    }
+
+    #[test]
+    fn shape_entries_are_a_size_times_a_constant() {
+        assert_eq!(
+            Dim::parse("3*hidden"),
+            Some(Dim {
+                factor: 3,
+                size: "hidden".into()
+            })
+        );
+        assert_eq!(
+            Dim::parse("vocab"),
+            Some(Dim {
+                factor: 1,
+                size: "vocab".into()
+            })
+        );
+        assert_eq!(Dim::parse("0*hidden"), None);
+        assert_eq!(Dim::parse("hidden*3"), None);
+        assert_eq!(Dim::parse(""), None);
+        let bad = CPM_LM.replacen(
+            r#"shape = ["vocab", "hidden"]"#,
+            r#"shape = ["vocab", "hidden+1"]"#,
+            1,
+        );
+        let e = Mapping::parse(&bad, Path::new("m.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hidden+1"), "{e}");
     }
 
     #[test]

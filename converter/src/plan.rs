@@ -3,12 +3,13 @@
 //! happen here, so `--dry-run` finds every structural problem.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::checkpoint::Rank;
 use crate::error::{Error, Result};
-use crate::mapping::{target_name, Mapping, Split};
+use crate::mapping::{target_name, Dim, Mapping, Rule, Split};
 use crate::torch::{Dtype, TensorRef};
 
 /// The output element type the user asked for.
@@ -37,6 +38,9 @@ pub struct Entry {
     pub shape: Vec<u64>,
     #[serde(skip)]
     pub sources: Vec<TensorRef>,
+    /// The rule's expected shape in model sizes.
+    #[serde(skip)]
+    pub dims: Vec<Dim>,
 }
 
 fn ser_dtype<S: serde::Serializer>(d: &Dtype, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -166,16 +170,7 @@ pub fn build(ranks: &[Rank], mapping: &Mapping, heads: Option<u64>, out: OutDtyp
                 }
             }
         }
-        let entry = plan_entry(
-            ranks,
-            name,
-            rule.target.as_str(),
-            block,
-            rule.split,
-            rule.transpose,
-            sources,
-            out,
-        )?;
+        let entry = plan_entry(ranks, name, rule, block, sources, out)?;
         planned.insert((block, rule_idx), entry);
     }
 
@@ -223,14 +218,21 @@ pub fn build(ranks: &[Rank], mapping: &Mapping, heads: Option<u64>, out: OutDtyp
         head.into_iter().chain(blocks).chain(tail).collect()
     };
 
-    let find = |suffix: &str| entries.iter().find(|e| e.target.ends_with(suffix));
-    let (vocab, hidden) = find("wte.weight").map(|e| dims2(&e.shape)).ok_or_else(|| {
-        Error::merge("the mapping produces no `wte.weight`: cannot size the model")
-    })?;
-    let positions = find("wpe.weight").map(|e| dims2(&e.shape).0).unwrap_or(0);
-    let inner = find(".mlp.c_fc.weight")
-        .map(|e| dims2(&e.shape).1)
-        .unwrap_or(4 * hidden);
+    let sizes = model_sizes(&entries, &ranks[0].display)?;
+    let size = |name: &str| {
+        sizes.get(name).map(|s| s.0).ok_or_else(|| Error::Mapping {
+            path: PathBuf::from(format!("mappings/{}.toml", mapping.variant.name)),
+            msg: format!(
+                "no rule's shape defines the model size `{name}`, which config.json needs"
+            ),
+        })
+    };
+    let (vocab, hidden, positions, inner) = (
+        size("vocab")?,
+        size("hidden")?,
+        size("positions")?,
+        size("inner")?,
+    );
 
     let heads = head_count(ranks, mapping, heads, hidden, layers)?;
     if heads.count == 0 || hidden % heads.count != 0 {
@@ -259,17 +261,15 @@ pub fn build(ranks: &[Rank], mapping: &Mapping, heads: Option<u64>, out: OutDtyp
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn plan_entry(
     ranks: &[Rank],
     name: &str,
-    target: &str,
+    rule: &Rule,
     block: Option<u64>,
-    split: Split,
-    transpose: bool,
     sources: Vec<TensorRef>,
     out: OutDtype,
 ) -> Result<Entry> {
+    let (split, transpose) = (rule.split, rule.transpose);
     let p = sources.len();
     let t0 = &sources[0];
     let path0 = &ranks[0].file.path;
@@ -374,7 +374,7 @@ fn plan_entry(
         OutDtype::F32 => Dtype::F32,
     };
     Ok(Entry {
-        target: target_name(target, block),
+        target: target_name(&rule.target, block),
         source: name.to_string(),
         split,
         transpose,
@@ -383,7 +383,61 @@ fn plan_entry(
         rank_shapes: sources.iter().map(|t| t.shape.clone()).collect(),
         shape,
         sources,
+        dims: Mapping::dims(rule),
     })
+}
+
+/// Read the model sizes (`hidden`, `vocab`, ...) off the tensors in output order: the first
+/// tensor to use a size defines it, every later one must agree. A checkpoint whose tensors do
+/// not form one model (a transposed weight, a wrong width) stops here, before any data is read.
+fn model_sizes(entries: &[Entry], rank0: &str) -> Result<BTreeMap<String, (u64, String)>> {
+    let mut sizes: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let show = |dims: &[Dim]| {
+        format!(
+            "[{}]",
+            dims.iter()
+                .map(Dim::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    for e in entries {
+        let fail = |why: String| {
+            Error::merge(format!(
+                "tensor `{}` ({rank0}, merged into `{}`) has shape {:?}, expected {}: {why}",
+                e.source,
+                e.target,
+                e.shape,
+                show(&e.dims)
+            ))
+        };
+        if e.dims.len() != e.shape.len() {
+            return Err(fail(format!(
+                "{} dimensions instead of {}",
+                e.shape.len(),
+                e.dims.len()
+            )));
+        }
+        for (d, &actual) in e.dims.iter().zip(&e.shape) {
+            match sizes.get(&d.size) {
+                Some((v, from)) => {
+                    if d.factor.checked_mul(*v) != Some(actual) {
+                        return Err(fail(format!("`{}` is {v} (from `{from}`)", d.size)));
+                    }
+                }
+                None => {
+                    if actual == 0 || actual % d.factor != 0 {
+                        return Err(fail(format!(
+                            "{actual} is not a positive multiple of {}",
+                            d.factor
+                        )));
+                    }
+                    sizes.insert(d.size.clone(), (actual / d.factor, e.target.clone()));
+                }
+            }
+        }
+    }
+    Ok(sizes)
 }
 
 fn check_world_size(ranks: &[Rank], mapping: &Mapping) -> Result<()> {

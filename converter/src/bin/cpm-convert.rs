@@ -114,7 +114,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if cli.json {
-                println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+                emit(&format!(
+                    "{}\n",
+                    serde_json::json!({ "error": format!("{e:#}") })
+                ));
             }
             eprintln!("cpm-convert: error: {e:#}");
             ExitCode::from(2)
@@ -133,7 +136,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         let src = cpm_convert::open(&cli.input, cli.mapping.as_deref())?;
         let plan = cpm_convert::plan(&src, cli.heads, dtype)?;
         if cli.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
+            emit(&format!("{}\n", serde_json::to_string_pretty(&plan)?));
         } else {
             print_plan(&plan);
         }
@@ -168,7 +171,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let summary = cpm_convert::convert(&opts, &progress)?;
     progress.bar.finish_and_clear();
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
     }
     if !cli.quiet {
         eprintln!(
@@ -202,8 +205,18 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
+/// Write to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
+
 fn print_plan(plan: &cpm_convert::Plan) {
-    println!(
+    let mut text = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        text,
         "variant {}, model-parallel size {}, {} layers, hidden {}, {} heads ({}), vocab {}, {} positions, inner {}",
         plan.variant,
         plan.model_parallel,
@@ -262,11 +275,13 @@ fn print_plan(plan: &cpm_convert::Plan) {
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = w[i]))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        let _ = writeln!(text, "{}", line.join("  ").trim_end());
     }
-    println!(
+    let _ = writeln!(
+        text,
         "{} tensors, {} bytes to write",
         plan.entries.len(),
         plan.total_bytes()
     );
+    emit(&text);
 }
