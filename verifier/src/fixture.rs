@@ -65,7 +65,67 @@ fn npy_err(path: &Path, detail: impl Into<String>) -> Error {
 /// An opened `.npy`: the reader, its kind ('i', 'u', 'f'), element size in bytes, and shape.
 type OpenNpy = (NpyFile<BufReader<File>>, char, u64, Vec<usize>);
 
+/// numpy's own reader refuses longer headers (`np.lib.format`'s `max_header_size`).
+const MAX_NPY_HEADER: usize = 10_000;
+/// Bracket nesting a header may have; a plain array's header has 2 (`{` and `(`).
+const MAX_NPY_NESTING: usize = 8;
+
+/// Checks the header's size and nesting before `npyz` parses it: its Python-literal parser
+/// backtracks exponentially on nested brackets (a 213-byte header took minutes).
+fn check_npy_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut pre = Vec::with_capacity(12);
+    (&mut file)
+        .take(12)
+        .read_to_end(&mut pre)
+        .map_err(|e| Error::io(path, e))?;
+    if pre.len() < 10 || !pre.starts_with(b"\x93NUMPY") {
+        return Ok(()); // npyz reports these precisely
+    }
+    let (len, start) = match pre[6] {
+        1 => (usize::from(u16::from_le_bytes([pre[8], pre[9]])), 10u64),
+        _ if pre.len() == 12 => {
+            let n = u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]);
+            (usize::try_from(n).unwrap_or(usize::MAX), 12u64)
+        }
+        _ => return Ok(()),
+    };
+    if len > MAX_NPY_HEADER {
+        return Err(npy_err(
+            path,
+            format!("header of {len} bytes; numpy writes and reads at most {MAX_NPY_HEADER}"),
+        ));
+    }
+    let mut header = Vec::with_capacity(len);
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
+        .map_err(|e| Error::io(path, e))?;
+    file.take(len as u64)
+        .read_to_end(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    let mut depth = 0usize;
+    for &b in &header {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NPY_NESTING {
+                    return Err(npy_err(
+                        path,
+                        format!(
+                            "header nests brackets more than {MAX_NPY_NESTING} deep; not a plain array's header"
+                        ),
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn open_npy(path: &Path) -> Result<OpenNpy> {
+    check_npy_header(path)?;
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let npy = NpyFile::new(BufReader::new(file))
         .map_err(|e| npy_err(path, format!("not a readable .npy file: {e}")))?;

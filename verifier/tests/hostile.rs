@@ -356,6 +356,38 @@ fn npy_with_bad_headers_is_refused() {
 }
 
 #[test]
+fn npy_headers_that_would_make_the_parser_backtrack_are_refused() {
+    // Found by the `npy` fuzz target: npyz's Python-literal parser backtracks exponentially on
+    // nested brackets; this 213-byte header ran for minutes before the nesting check.
+    let found = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/npy/timeout-nested-header"),
+    )
+    .unwrap();
+    assert_npy_refused(
+        "logits.npy",
+        &found[1..],
+        &["nests brackets more than 8 deep"],
+    );
+    let deep = format!("{}{}", "[".repeat(60), "]".repeat(60));
+    assert_npy_refused(
+        "input_ids.npy",
+        &npy("<i8", &deep, &[]),
+        &["nests brackets"],
+    );
+    // Longer than numpy itself reads.
+    let long = format!("(2, 16){}", " ".repeat(20_000));
+    let b = npy("<i8", &long, &[0u8; 256]);
+    let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+    v2.extend((b.len() as u32 - 10).to_le_bytes());
+    v2.extend_from_slice(&b[10..]);
+    assert_npy_refused(
+        "input_ids.npy",
+        &v2,
+        &["numpy writes and reads at most 10000"],
+    );
+}
+
+#[test]
 fn npy_truncated_empty_or_random_is_refused() {
     for file in ["input_ids.npy", "logits.npy"] {
         let real = std::fs::read(reference().join(file)).unwrap();
