@@ -223,20 +223,58 @@ fn decode(bytes: &[u8], dtype: Dtype) -> impl Iterator<Item = f64> + '_ {
     })
 }
 
-/// How many elements are NaN or infinite.
+/// How many elements are NaN or infinite (exponent bits all ones).
 pub fn count_non_finite(bytes: &[u8], dtype: Dtype) -> u64 {
     match dtype {
-        // Bit tests: exponent all ones.
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .filter(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00)
-            .count() as u64,
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .filter(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80)
-            .count() as u64,
+        Dtype::F16 => count_exponent_all_ones::<u16>(bytes, 0x7c00),
+        Dtype::BF16 => count_exponent_all_ones::<u16>(bytes, 0x7f80),
+        Dtype::F32 => count_exponent_all_ones::<u32>(bytes, 0x7f80_0000),
         _ => decode(bytes, dtype).filter(|x| !x.is_finite()).count() as u64,
     }
+}
+
+/// Lanes of 16 or 32 bits in a u64, for the word-at-a-time scan below.
+trait Lane {
+    const BITS: u32;
+}
+impl Lane for u16 {
+    const BITS: u32 = 16;
+}
+impl Lane for u32 {
+    const BITS: u32 = 32;
+}
+
+/// Count lanes whose `exp` bits are all set, eight bytes at a time: with x = (w & E) ^ E, a lane
+/// is non-finite iff it is zero, and (x + E) sets the lane's top bit iff it is not (the sum of
+/// two values below the top bit cannot carry into the next lane). This runs at memory speed;
+/// the naive per-element loop was a tenth of the conversion's time.
+fn count_exponent_all_ones<L: Lane>(bytes: &[u8], exp: u64) -> u64 {
+    let lanes = 64 / L::BITS;
+    let mut e = 0u64;
+    let mut top = 0u64;
+    for i in 0..lanes {
+        e |= exp << (i * L::BITS);
+        top |= 1u64 << ((i + 1) * L::BITS - 1);
+    }
+    let mut finite = 0u64;
+    let mut words = 0u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let x = (w & e) ^ e;
+        finite += ((x + e) & top).count_ones() as u64;
+        words += 1;
+    }
+    let mut bad = words * lanes as u64 - finite;
+    let lane_bytes = (L::BITS / 8) as usize;
+    for c in chunks.remainder().chunks_exact(lane_bytes) {
+        let mut v = 0u64;
+        for (i, b) in c.iter().enumerate() {
+            v |= (*b as u64) << (8 * i);
+        }
+        bad += (v & exp == exp) as u64;
+    }
+    bad
 }
 
 /// Convert `bytes` from one float dtype to another. A finite value that becomes infinite is an
@@ -296,6 +334,41 @@ mod tests {
         let over = 65520.0f32.to_le_bytes();
         let (v, n) = cast(&over, Dtype::F32, Dtype::F16).unwrap_err();
         assert_eq!((v, n), (65520.0, 1));
+    }
+
+    #[test]
+    fn word_at_a_time_scan_agrees_with_is_finite_on_every_f16_and_bf16() {
+        // All 65536 bit patterns, at every alignment of the tail.
+        let all: Vec<u8> = (0..=u16::MAX).flat_map(|v| v.to_le_bytes()).collect();
+        let f16_bad = (0..=u16::MAX)
+            .filter(|&v| !f16::from_bits(v).is_finite())
+            .count() as u64;
+        let bf16_bad = (0..=u16::MAX)
+            .filter(|&v| !bf16::from_bits(v).is_finite())
+            .count() as u64;
+        assert_eq!(count_non_finite(&all, Dtype::F16), f16_bad);
+        assert_eq!(count_non_finite(&all, Dtype::BF16), bf16_bad);
+        for cut in 1..4 {
+            let part = &all[..all.len() - 2 * cut];
+            let want = part
+                .chunks_exact(2)
+                .filter(|c| !f16::from_le_bytes([c[0], c[1]]).is_finite())
+                .count() as u64;
+            assert_eq!(count_non_finite(part, Dtype::F16), want);
+        }
+        let mut f32s = Vec::new();
+        for x in [
+            0.0f32,
+            f32::NAN,
+            1.5,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -0.0,
+            f32::INFINITY,
+        ] {
+            f32s.extend_from_slice(&x.to_le_bytes());
+        }
+        assert_eq!(count_non_finite(&f32s, Dtype::F32), 3);
     }
 
     #[test]
