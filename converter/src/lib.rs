@@ -187,6 +187,9 @@ fn write_model(
             if pause_after == Some(i) {
                 std::thread::sleep(std::time::Duration::from_secs(60));
             }
+            for (r, t) in src.ranks.iter().zip(&e.sources) {
+                r.file.prefetch(&r.file.span(&e.source, t)?);
+            }
             let parts = src
                 .ranks
                 .iter()

@@ -103,15 +103,27 @@ impl TorchFile {
         read_tensor(&self.map, &self.storages, &self.path, name, t)
     }
 
+    /// Map these pages in one system call before they are read: cheaper than a page fault per
+    /// 64 KiB. Best effort (MADV_POPULATE_READ needs Linux 5.14).
+    pub fn prefetch(&self, span: &Range<u64>) {
+        let page = 4096u64;
+        let start = span.start / page * page;
+        let len = (span.end - start) as usize;
+        #[cfg(target_os = "linux")]
+        let _ = self
+            .map
+            .advise_range(memmap2::Advice::PopulateRead, start as usize, len);
+    }
+
     /// Tell the kernel we are done with these pages, so a long conversion's resident set does
     /// not grow with the model (the page cache keeps them if memory allows).
     pub fn release(&self, span: &Range<u64>) {
         let page = 4096u64;
         let start = span.start / page * page;
         let len = (span.end - start) as usize;
-        // SAFETY: DONTNEED on a read-only file mapping only drops our view of the pages; later
-        // reads fault them in again from the file. No reference into the range outlives this:
-        // callers release only after they finished with the tensor's bytes.
+        // SAFETY: DONTNEED on a read-only file mapping only drops our view of the pages; a later
+        // read (even one still in flight on another thread) faults them in again from the
+        // file, with the same contents. Callers release a tensor after they are done with it.
         let _ = unsafe {
             self.map
                 .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, len)
