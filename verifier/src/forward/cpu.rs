@@ -170,6 +170,8 @@ pub fn forward(
         let &[ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, out_w, out_b] =
             w.as_slice()
         else {
+            // Cannot fire: the loop above pushes exactly one slice per entry of LAYER_TENSORS
+            // (12), or returns an error first; no input changes that count.
             unreachable!("one slice per entry of LAYER_TENSORS");
         };
         // Attention sub-block.
