@@ -187,8 +187,14 @@ fn write_model(
             if pause_after == Some(i) {
                 std::thread::sleep(std::time::Duration::from_secs(60));
             }
-            for (r, t) in src.ranks.iter().zip(&e.sources) {
-                r.file.prefetch(&r.file.span(&e.source, t)?);
+            let spans = src
+                .ranks
+                .iter()
+                .zip(&e.sources)
+                .map(|(r, t)| r.file.span(&e.source, t))
+                .collect::<Result<Vec<_>>>()?;
+            for (r, span) in src.ranks.iter().zip(&spans) {
+                r.file.prefetch(span);
             }
             let parts = src
                 .ranks
@@ -232,11 +238,7 @@ fn write_model(
             }
             // Drop our view of the source pages a few tensors later, once the writer and the
             // hasher (at most QUEUE chunks behind) are done with them.
-            for (r, t) in src.ranks.iter().enumerate().zip(&e.sources) {
-                if let Ok(span) = r.1.file.span(&e.source, t) {
-                    done.push_back((r.0, span));
-                }
-            }
+            done.extend(spans.into_iter().enumerate());
             while done.len() > 3 * src.ranks.len() {
                 if let Some((r, span)) = done.pop_front() {
                     src.ranks[r].file.release(&span);
