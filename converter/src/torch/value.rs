@@ -137,12 +137,8 @@ impl Value {
 
     /// A short, bounded description for messages: never walks deep or loops on cycles.
     pub fn describe(&self) -> String {
-        let mut s = String::new();
-        self.describe_into(&mut s, 2);
-        s
-    }
-
-    fn describe_into(&self, s: &mut String, depth: usize) {
+        let mut out = String::new();
+        let s = &mut out;
         let _ = match self {
             Value::None => write!(s, "None"),
             Value::Bool(b) => write!(s, "{}", if *b { "True" } else { "False" }),
@@ -169,7 +165,7 @@ impl Value {
             Value::Storage(st) => write!(s, "<storage {}>", st.key),
             Value::Tensor(t) => write!(s, "<tensor {} {:?}>", t.dtype.torch_name(), t.shape),
         };
-        let _ = depth;
+        out
     }
 
     /// Move the children of a container we hold alone into `out`, so that dropping a deeply
