@@ -6,13 +6,13 @@ use std::path::PathBuf;
 /// Everything that can stop a conversion.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An operating-system error on a named path.
-    #[error("{path}: {what}: {source}")]
+    /// An operating-system error on a named path. The OS error is part of the message and
+    /// deliberately not a `source()`, so a chain printer (anyhow's `{:#}`) says it once.
+    #[error("{path}: {what}: {err}")]
     Io {
         path: PathBuf,
         what: &'static str,
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
 
     /// The file is not a checkpoint we can read, or its bytes contradict themselves.
@@ -43,6 +43,21 @@ pub enum Error {
     #[error("{msg}")]
     Merge { msg: String },
 
+    /// A weight's values cannot be written as asked: NaN/Inf under `--strict`, or a finite value
+    /// that overflows the output dtype.
+    #[error("tensor `{tensor}`: {msg}")]
+    Values { tensor: String, msg: String },
+
+    /// Producing an output file failed for a reason that is not an operating-system error on a
+    /// path (encoding a header or config.json).
+    #[error("{path}: {msg}")]
+    Output { path: PathBuf, msg: String },
+
+    /// A broken internal invariant (a worker thread panicked, a channel closed early): a bug to
+    /// report, never the input's fault.
+    #[error("internal error: {msg}; please report this")]
+    Internal { msg: String },
+
     /// A mapping file is malformed.
     #[error("mapping {path}: {msg}")]
     Mapping { path: PathBuf, msg: String },
@@ -59,7 +74,7 @@ impl Error {
         Error::Io {
             path: path.into(),
             what,
-            source,
+            err: source,
         }
     }
 
@@ -91,6 +106,24 @@ impl Error {
 
     pub(crate) fn merge(msg: impl Into<String>) -> Self {
         Error::Merge { msg: msg.into() }
+    }
+
+    pub(crate) fn values(tensor: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Values {
+            tensor: tensor.into(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn output(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Output {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn internal(msg: impl Into<String>) -> Self {
+        Error::Internal { msg: msg.into() }
     }
 
     pub(crate) fn usage(msg: impl Into<String>) -> Self {

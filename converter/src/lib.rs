@@ -119,8 +119,12 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
         .map(|e| e.dtype.torch_name())
         .unwrap_or("float16");
     let config = gpt2_config::config(&plan, &src.mapping, dtype_name);
-    let mut config_text = serde_json::to_string_pretty(&config)
-        .map_err(|e| Error::merge(format!("cannot encode config.json: {e}")))?;
+    let mut config_text = serde_json::to_string_pretty(&config).map_err(|e| {
+        Error::output(
+            staging.path().join("config.json"),
+            format!("cannot encode: {e}"),
+        )
+    })?;
     config_text.push('\n');
     let config_sha =
         write::small_file(&staging.path().join("config.json"), config_text.as_bytes())?;
@@ -215,7 +219,7 @@ fn write_model(
                     e.numel()
                 );
                 if opts.strict {
-                    return Err(Error::merge(format!("{msg} (--strict)")));
+                    return Err(Error::values(&e.source, format!("{msg} (--strict)")));
                 }
                 progress.warn(&msg);
                 warnings += 1;
@@ -225,13 +229,15 @@ fn write_model(
                     sink.put(piece)?;
                 } else {
                     let cast = merge::cast(&piece, e.source_dtype, e.dtype).map_err(|(v, n)| {
-                        Error::merge(format!(
-                            "tensor `{}` (-> `{}`): {n} finite value(s) overflow {} (first: {v}); keep \
+                        Error::values(
+                            &e.source,
+                            format!(
+                                "(-> `{}`): {n} finite value(s) overflow {} (first: {v}); keep \
                              the source dtype or choose a wider one",
-                            e.source,
-                            e.target,
-                            e.dtype.torch_name()
-                        ))
+                                e.target,
+                                e.dtype.torch_name()
+                            ),
+                        )
                     })?;
                     sink.put(cast.into())?;
                 }

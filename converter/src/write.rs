@@ -46,7 +46,7 @@ pub fn safetensors_header(plan: &Plan, metadata: &[(String, String)]) -> Result<
         offset = end;
     }
     let mut json = serde_json::to_vec(&serde_json::Value::Object(map))
-        .map_err(|e| Error::merge(format!("cannot encode the safetensors header: {e}")))?;
+        .map_err(|e| Error::internal(format!("cannot encode the safetensors header: {e}")))?;
     while json.len() % 8 != 0 {
         json.push(b' ');
     }
@@ -137,10 +137,10 @@ impl<'a> Sink<'a> {
         // A closed channel means the consumer stopped on an error, which `stream_model` reports.
         self.to_writer
             .send(w)
-            .map_err(|_| Error::merge("writer stopped"))?;
+            .map_err(|_| Error::internal("the writer thread stopped"))?;
         self.to_hasher
             .send(h)
-            .map_err(|_| Error::merge("hasher stopped"))?;
+            .map_err(|_| Error::internal("the hashing thread stopped"))?;
         Ok(())
     }
 }
@@ -196,12 +196,12 @@ where
         };
         let produced = produce(&mut sink);
         drop(sink);
-        let written = writer
-            .join()
-            .map_err(|_| Error::merge(format!("{}: the writer thread failed", path.display())))?;
-        let hash = hasher
-            .join()
-            .map_err(|_| Error::merge(format!("{}: the hashing thread failed", path.display())))?;
+        let written = writer.join().map_err(|_| {
+            Error::internal(format!("{}: the writer thread panicked", path.display()))
+        })?;
+        let hash = hasher.join().map_err(|_| {
+            Error::internal(format!("{}: the hashing thread panicked", path.display()))
+        })?;
         // The writer's own error explains a producer's "writer stopped".
         let n = written?;
         produced?;
