@@ -1,0 +1,171 @@
+//! Test support shared by the workspace's crates (a dev-dependency only; never in a binary).
+//!
+//! - [`run`]: run a binary with its output in files (a chatty child never blocks on a full pipe)
+//!   and a deadline (a hang fails the test instead of stalling CI).
+//! - [`copy_dir`] and [`fixtures`]: writable copies of the committed fixtures.
+//! - [`CountingAlloc`]: a global allocator that tracks the heap's peak, for tests that bound what
+//!   an input may make a reader allocate.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest any single run may take; the slowest hostile case needs well under a second.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The workspace's `fixtures/` directory.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+/// What a finished run printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    /// The exit code; `None` when a signal ended the process.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `exe` with `args` and extra environment `env`, stdin closed, killing it (and failing the
+/// test) if it outlives [`DEADLINE`].
+pub fn run<S: AsRef<OsStr>>(exe: &str, args: &[S], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_command(cmd)
+}
+
+/// [`run`] for a prepared command (a working directory, a cleared environment).
+pub fn run_command(mut cmd: Command) -> Run {
+    let logs = tempfile::tempdir().expect("temporary directory for the child's output");
+    let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
+    let mut child = cmd.spawn().expect("spawn the binary under test");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for the child") {
+            break s;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {DEADLINE:?} (hang); stderr so far: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Run {
+        code: status.code(),
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
+
+/// A writable copy of a flat fixture directory (files only).
+pub fn copy_dir(src: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    for entry in std::fs::read_dir(src).expect("list the fixture directory") {
+        let entry = entry.expect("fixture directory entry");
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy");
+        }
+    }
+    dir
+}
+
+/// A global allocator that counts live heap bytes and their peak. Install it in a test binary
+/// with `#[global_allocator] static A: testkit::CountingAlloc = testkit::CountingAlloc;` and
+/// measure with [`peak_heap_during`]. Counts are process-wide: measure in one test function that
+/// runs its cases one after another.
+pub struct CountingAlloc;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; we only count sizes.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc(layout);
+        if !p.is_null() {
+            grow(layout.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(layout);
+        if !p.is_null() {
+            grow(layout.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = System.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            grow(new_size);
+        }
+        p
+    }
+}
+
+fn grow(n: usize) {
+    let now = LIVE.fetch_add(n, Ordering::Relaxed) + n;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+/// Run `f` and return its result with the heap's peak above what was live when it started.
+/// Memory-mapped files are not heap and are not counted (they are bounded by the file itself).
+pub fn peak_heap_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let out = f();
+    let peak = PEAK.load(Ordering::Relaxed);
+    (out, peak.saturating_sub(base))
+}
+
+/// The bound every reader must keep on hostile input: 4 x the input's size + 64 MiB.
+pub fn heap_bound(input_bytes: u64) -> usize {
+    usize::try_from(input_bytes.saturating_mul(4)).unwrap_or(usize::MAX) + (64 << 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[global_allocator]
+    static A: CountingAlloc = CountingAlloc;
+
+    #[test]
+    fn peak_counts_a_large_allocation_and_ignores_freed_ones() {
+        let (_, peak) = peak_heap_during(|| {
+            let v = vec![1u8; 8 << 20];
+            std::hint::black_box(&v);
+        });
+        assert!(peak >= 8 << 20, "peak {peak}");
+        let (_, small) = peak_heap_during(|| std::hint::black_box(vec![0u8; 1000]).len());
+        assert!(
+            small < 8 << 20,
+            "the earlier, freed allocation leaked into the peak: {small}"
+        );
+    }
+
+    #[test]
+    fn a_finished_child_reports_its_exit_code() {
+        let run = run("true", &[] as &[&str], &[]);
+        assert_eq!(run.code, Some(0));
+    }
+}
