@@ -4,9 +4,43 @@ use serde_json::{json, Map, Value};
 
 use crate::mapping::Mapping;
 use crate::plan::Plan;
+use crate::torch::Dtype;
+
+/// Elements written per dtype, most first (ties broken by dtype name, so the choice is stable).
+fn dtype_counts(plan: &Plan) -> Vec<(Dtype, u64)> {
+    let mut counts: Vec<(Dtype, u64)> = Vec::new();
+    for e in &plan.entries {
+        match counts.iter_mut().find(|(d, _)| *d == e.dtype) {
+            Some((_, n)) => *n += e.numel(),
+            None => counts.push((e.dtype, e.numel())),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.torch_name().cmp(b.0.torch_name())));
+    counts
+}
+
+/// The dtype `config.json` records: the one most of the written weights have (transformers
+/// loads every weight in it unless told otherwise).
+pub fn model_dtype(plan: &Plan) -> Dtype {
+    dtype_counts(plan).first().map_or(Dtype::F16, |c| c.0)
+}
+
+/// With more than one dtype among the written tensors, a description of the mix.
+pub fn mixed_dtypes(plan: &Plan) -> Option<String> {
+    let counts = dtype_counts(plan);
+    (counts.len() > 1).then(|| {
+        counts
+            .iter()
+            .map(|(d, n)| format!("{n} {} elements", d.torch_name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
 
 /// The config as a JSON object; keys come out sorted, so the file is byte-stable.
-pub fn config(plan: &Plan, mapping: &Mapping, torch_dtype: &str) -> Value {
+pub fn config(plan: &Plan, mapping: &Mapping, dtype: Dtype) -> Value {
+    // A mapping that writes the head as its own tensor unties it.
+    let tied = plan.entry(&mapping.config.head_target).is_none();
     let special = mapping
         .config
         .vocabularies
@@ -34,8 +68,8 @@ pub fn config(plan: &Plan, mapping: &Mapping, torch_dtype: &str) -> Value {
         ("n_positions", json!(plan.positions)),
         ("n_ctx", json!(plan.positions)),
         ("vocab_size", json!(plan.vocab)),
-        ("tie_word_embeddings", json!(true)),
-        ("torch_dtype", json!(torch_dtype)),
+        ("tie_word_embeddings", json!(tied)),
+        ("torch_dtype", json!(dtype.torch_name())),
         ("bos_token_id", json!(bos)),
         ("eos_token_id", json!(eos)),
         ("scale_attn_weights", json!(true)),
@@ -47,4 +81,81 @@ pub fn config(plan: &Plan, mapping: &Mapping, torch_dtype: &str) -> Value {
         c.insert("n_inner".into(), json!(plan.inner));
     }
     Value::Object(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::Split;
+    use crate::plan::{Entry, Heads};
+
+    fn entry(target: &str, dtype: Dtype, shape: Vec<u64>) -> Entry {
+        Entry {
+            target: target.into(),
+            source: target.into(),
+            split: Split::Replicated,
+            transpose: false,
+            source_dtype: dtype,
+            dtype,
+            rank_shapes: vec![shape.clone()],
+            shape,
+            sources: Vec::new(),
+            dims: Vec::new(),
+        }
+    }
+
+    fn plan(entries: Vec<Entry>) -> Plan {
+        Plan {
+            variant: "test".into(),
+            model_parallel: 1,
+            layers: 0,
+            hidden: 4,
+            vocab: 8,
+            positions: 16,
+            inner: 16,
+            heads: Heads {
+                count: 2,
+                source: "test".into(),
+            },
+            entries,
+        }
+    }
+
+    #[test]
+    fn dtype_is_the_one_most_weights_have_not_the_first_tensors() {
+        let p = plan(vec![
+            entry("transformer.wpe.weight", Dtype::F32, vec![16, 4]),
+            entry("transformer.wte.weight", Dtype::F16, vec![8, 4]),
+            entry("transformer.h.0.mlp.c_fc.weight", Dtype::F16, vec![4, 16]),
+        ]);
+        assert_eq!(model_dtype(&p), Dtype::F16);
+        let mixed = mixed_dtypes(&p).expect("two dtypes are a mix");
+        assert!(
+            mixed.contains("96 float16") && mixed.contains("64 float32"),
+            "{mixed}"
+        );
+        let one = plan(vec![entry("a", Dtype::BF16, vec![3])]);
+        assert_eq!((model_dtype(&one), mixed_dtypes(&one)), (Dtype::BF16, None));
+    }
+
+    #[test]
+    fn a_written_head_unties_the_embeddings() {
+        let m = Mapping::cpm_lm().expect("shipped mapping");
+        let tied = plan(vec![entry(
+            "transformer.wte.weight",
+            Dtype::F16,
+            vec![8, 4],
+        )]);
+        assert_eq!(
+            config(&tied, &m, Dtype::F16)["tie_word_embeddings"],
+            json!(true)
+        );
+        let untied = plan(vec![
+            entry("transformer.wte.weight", Dtype::F16, vec![8, 4]),
+            entry("lm_head.weight", Dtype::F16, vec![8, 4]),
+        ]);
+        let c = config(&untied, &m, Dtype::F16);
+        assert_eq!(c["tie_word_embeddings"], json!(false));
+        assert_eq!(c["torch_dtype"], json!("float16"));
+    }
 }

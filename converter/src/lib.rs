@@ -57,16 +57,26 @@ pub trait Progress {
     fn warn(&self, msg: &str);
 }
 
+/// One file written into OUT_DIR.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WrittenFile {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
 /// What a finished conversion did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
     pub output: PathBuf,
+    pub variant: String,
+    pub model_parallel: usize,
     pub tensors: usize,
-    pub model_bytes: u64,
-    pub model_sha256: String,
+    /// model.safetensors, config.json, SHA256SUMS.
+    pub files: Vec<WrittenFile>,
     pub seconds: f64,
-    pub warnings: usize,
-    pub plan: Plan,
+    /// Problems that did not stop the conversion, as they were reported to [`Progress::warn`].
+    pub warnings: Vec<String>,
 }
 
 /// An opened checkpoint: its mapping and ranks, structure parsed, no tensor data read.
@@ -104,155 +114,198 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let src = open(&opts.input, opts.mapping.as_deref())?;
     let plan = plan(&src, opts.heads, opts.dtype)?;
     let staging = write::Staging::new(&opts.output, opts.force)?;
+    let mut log = Log::new(progress);
     for p in &staging.removed_stale {
-        progress.warn(&format!(
+        log.warn(format!(
             "removed {}, left behind by a conversion that was killed",
             p.display()
         ));
     }
-    let (model_sha256, model_bytes, warnings) =
-        write_model(&src, &plan, opts, staging.path(), progress)?;
-
-    let dtype_name = plan
-        .entries
-        .first()
-        .map(|e| e.dtype.torch_name())
-        .unwrap_or("float16");
-    let config = gpt2_config::config(&plan, &src.mapping, dtype_name);
-    let mut config_text = serde_json::to_string_pretty(&config).map_err(|e| {
-        Error::output(
-            staging.path().join("config.json"),
-            format!("cannot encode: {e}"),
-        )
-    })?;
-    config_text.push('\n');
-    let config_sha =
-        write::small_file(&staging.path().join("config.json"), config_text.as_bytes())?;
-    let sums = write::sha256sums(vec![
-        ("model.safetensors".into(), model_sha256.clone()),
-        ("config.json".into(), config_sha),
-    ]);
-    write::small_file(&staging.path().join("SHA256SUMS"), sums.as_bytes())?;
+    let model = write_model(&src, &plan, opts, staging.path(), &mut log)?;
+    let config = write_config(&src, &plan, staging.path(), &mut log)?;
+    let sums = write::sha256sums(
+        [&model, &config]
+            .iter()
+            .map(|f| (f.name.clone(), f.sha256.clone()))
+            .collect(),
+    );
+    let sums = write_small(staging.path(), "SHA256SUMS", sums.as_bytes())?;
     staging.commit()?;
-
     Ok(Summary {
         output: opts.output.clone(),
+        variant: plan.variant.clone(),
+        model_parallel: plan.model_parallel,
         tensors: plan.entries.len(),
-        model_bytes,
-        model_sha256,
+        files: vec![model, config, sums],
         seconds: started.elapsed().as_secs_f64(),
-        warnings,
-        plan,
+        warnings: log.warnings,
     })
 }
 
-/// Stream every merged tensor into `dir/model.safetensors`.
+/// Stream every merged tensor into `dir/model.safetensors`, one tensor at a time.
 fn write_model(
     src: &Source,
     plan: &Plan,
     opts: &Options,
     dir: &Path,
-    progress: &dyn Progress,
-) -> Result<(String, u64, usize)> {
-    let names: Vec<String> = src.ranks.iter().map(|r| r.display.clone()).collect();
-    let files: Vec<serde_json::Value> = src
-        .ranks
-        .iter()
-        .map(|r| serde_json::json!({"name": r.display, "bytes": r.file.file_len(), "format": r.file.format.name()}))
-        .collect();
-    let metadata = vec![
-        ("format".to_string(), "pt".to_string()),
-        ("source_variant".to_string(), plan.variant.clone()),
-        (
-            "source_files".to_string(),
-            serde_json::Value::Array(files).to_string(),
-        ),
-        (
-            "model_parallel_size".to_string(),
-            plan.model_parallel.to_string(),
-        ),
-        (
-            "converter".to_string(),
-            format!("cpm-convert {}", env!("CARGO_PKG_VERSION")),
-        ),
-    ];
+    log: &mut Log,
+) -> Result<WrittenFile> {
+    let header = write::safetensors_header(plan, &metadata(src, plan))?;
+    let names = src.rank_names();
+    log.progress.begin(plan.total_bytes());
     let path = dir.join("model.safetensors");
-    let header = write::safetensors_header(plan, &metadata)?;
-    progress.begin(plan.total_bytes());
-    let mut warnings = 0;
-    // Test hook: pause after N tensors so a test can kill the process mid-conversion.
-    let pause_after: Option<usize> = std::env::var("CPM_CONVERT_TEST_PAUSE_AFTER")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let mut done = std::collections::VecDeque::new();
-    let (hash, bytes) = write::stream_model(&path, |sink| {
+    let (sha256, bytes) = write::stream_model(&path, |sink| {
         sink.put(header.into())?;
-        for (i, e) in plan.entries.iter().enumerate() {
-            if pause_after == Some(i) {
-                std::thread::sleep(std::time::Duration::from_secs(60));
+        let mut release = ReleaseLater::default();
+        for e in &plan.entries {
+            let spans = src.spans(e)?;
+            let parts = src.read(e, &spans)?;
+            let merged = merge::tensor(e, parts, &names, opts.strict, &mut |n| sink.buffer(n))?;
+            if merged.non_finite > 0 {
+                log.warn(non_finite_warning(e, merged.non_finite));
             }
-            let spans = src
-                .ranks
-                .iter()
-                .zip(&e.sources)
-                .map(|(r, t)| r.file.span(&e.source, t))
-                .collect::<Result<Vec<_>>>()?;
-            for (r, span) in src.ranks.iter().zip(&spans) {
-                r.file.prefetch(span);
+            for piece in merged.pieces {
+                sink.put(piece)?;
             }
-            let parts = src
-                .ranks
-                .iter()
-                .zip(&e.sources)
-                .map(|(r, t)| r.file.read(&e.source, t))
-                .collect::<Result<Vec<_>>>()?;
-            let pieces = merge::merge(e, parts, &names, &mut |n| sink.buffer(n))?;
-            let bad: u64 = pieces
-                .iter()
-                .map(|p| merge::count_non_finite(p, e.source_dtype))
-                .sum();
-            if bad > 0 {
-                let msg = format!(
-                    "tensor `{}` (-> `{}`) holds {bad} NaN/Inf value(s) of {}",
-                    e.source,
-                    e.target,
-                    e.numel()
-                );
-                if opts.strict {
-                    return Err(Error::values(&e.source, format!("{msg} (--strict)")));
-                }
-                progress.warn(&msg);
-                warnings += 1;
-            }
-            for piece in pieces {
-                if e.dtype == e.source_dtype {
-                    sink.put(piece)?;
-                } else {
-                    let cast = merge::cast(&piece, e.source_dtype, e.dtype).map_err(|(v, n)| {
-                        Error::values(
-                            &e.source,
-                            format!(
-                                "(-> `{}`): {n} finite value(s) overflow {} (first: {v}); keep \
-                             the source dtype or choose a wider one",
-                                e.target,
-                                e.dtype.torch_name()
-                            ),
-                        )
-                    })?;
-                    sink.put(cast.into())?;
-                }
-            }
-            // Drop our view of the source pages a few tensors later, once the writer and the
-            // hasher (at most QUEUE chunks behind) are done with them.
-            done.extend(spans.into_iter().enumerate());
-            while done.len() > 3 * src.ranks.len() {
-                if let Some((r, span)) = done.pop_front() {
-                    src.ranks[r].file.release(&span);
-                }
-            }
-            progress.advance(e.nbytes());
+            release.push(src, spans);
+            log.progress.advance(e.nbytes());
         }
         Ok(())
     })?;
-    Ok((hash, bytes, warnings))
+    Ok(WrittenFile {
+        name: "model.safetensors".into(),
+        bytes,
+        sha256,
+    })
+}
+
+fn non_finite_warning(e: &plan::Entry, n: u64) -> String {
+    format!(
+        "tensor `{}` (-> `{}`) holds {n} NaN/Inf value(s) of {}",
+        e.source,
+        e.target,
+        e.numel()
+    )
+}
+
+/// Drops our view of each tensor's source pages a few tensors after it was queued, once the
+/// writer and the hasher (at most `write::QUEUE` chunks behind) are done with them.
+#[derive(Default)]
+struct ReleaseLater {
+    queued: std::collections::VecDeque<(usize, std::ops::Range<u64>)>,
+}
+
+impl ReleaseLater {
+    fn push(&mut self, src: &Source, spans: Vec<std::ops::Range<u64>>) {
+        self.queued.extend(spans.into_iter().enumerate());
+        while self.queued.len() > 3 * src.ranks.len() {
+            if let Some((r, span)) = self.queued.pop_front() {
+                src.ranks[r].file.release(&span);
+            }
+        }
+    }
+}
+
+/// `config.json`, its dtype taken from the tensors actually written.
+fn write_config(src: &Source, plan: &Plan, dir: &Path, log: &mut Log) -> Result<WrittenFile> {
+    let dtype = gpt2_config::model_dtype(plan);
+    if let Some(mixed) = gpt2_config::mixed_dtypes(plan) {
+        log.warn(format!(
+            "the written tensors mix dtypes ({mixed}); config.json says `{}`, the dtype of most \
+             weights",
+            dtype.torch_name()
+        ));
+    }
+    let config = gpt2_config::config(plan, &src.mapping, dtype);
+    let mut text = serde_json::to_string_pretty(&config)
+        .map_err(|e| Error::output(dir.join("config.json"), format!("cannot encode: {e}")))?;
+    text.push('\n');
+    write_small(dir, "config.json", text.as_bytes())
+}
+
+fn write_small(dir: &Path, name: &str, bytes: &[u8]) -> Result<WrittenFile> {
+    Ok(WrittenFile {
+        name: name.into(),
+        bytes: bytes.len() as u64,
+        sha256: write::small_file(&dir.join(name), bytes)?,
+    })
+}
+
+/// The safetensors `__metadata__`: provenance without absolute paths or timestamps, so the same
+/// input gives byte-identical output.
+fn metadata(src: &Source, plan: &Plan) -> Vec<(String, String)> {
+    let files: Vec<serde_json::Value> = src
+        .ranks
+        .iter()
+        .map(|r| {
+            serde_json::json!({"name": r.display, "bytes": r.file.file_len(), "format": r.file.format.name()})
+        })
+        .collect();
+    [
+        ("format", "pt".to_string()),
+        ("source_variant", plan.variant.clone()),
+        ("source_files", serde_json::Value::Array(files).to_string()),
+        ("model_parallel_size", plan.model_parallel.to_string()),
+        (
+            "converter",
+            format!("cpm-convert {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+impl Source {
+    /// The rank files' names, for messages.
+    pub fn rank_names(&self) -> Vec<String> {
+        self.ranks.iter().map(|r| r.display.clone()).collect()
+    }
+
+    /// Each rank's byte span of `e`'s source tensor, checked against its storage.
+    pub fn spans(&self, e: &plan::Entry) -> Result<Vec<std::ops::Range<u64>>> {
+        self.ranks
+            .iter()
+            .zip(&e.sources)
+            .map(|(r, t)| r.file.span(&e.source, t))
+            .collect()
+    }
+
+    /// Each rank's part of `e` (pages populated first: one system call instead of a fault per
+    /// 64 KiB).
+    pub fn read(
+        &self,
+        e: &plan::Entry,
+        spans: &[std::ops::Range<u64>],
+    ) -> Result<Vec<std::borrow::Cow<'_, [u8]>>> {
+        for (r, span) in self.ranks.iter().zip(spans) {
+            r.file.prefetch(span);
+        }
+        self.ranks
+            .iter()
+            .zip(&e.sources)
+            .zip(spans)
+            .map(|((r, t), span)| r.file.read_at(&e.source, t, span))
+            .collect()
+    }
+}
+
+/// Warnings, reported as they happen and kept for the summary.
+struct Log<'p> {
+    progress: &'p dyn Progress,
+    warnings: Vec<String>,
+}
+
+impl<'p> Log<'p> {
+    fn new(progress: &'p dyn Progress) -> Self {
+        Log {
+            progress,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn warn(&mut self, msg: String) {
+        self.progress.warn(&msg);
+        self.warnings.push(msg);
+    }
 }

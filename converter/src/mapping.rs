@@ -107,8 +107,16 @@ pub struct Vocabulary {
 pub struct ConfigDefaults {
     pub activation_function: String,
     pub layer_norm_epsilon: f64,
+    /// The target name of an untied output head: when a rule writes it, config.json says
+    /// `tie_word_embeddings: false`; otherwise the head is tied to the word embeddings.
+    #[serde(default = "default_head_target")]
+    pub head_target: String,
     #[serde(default)]
     pub vocabularies: Vec<Vocabulary>,
+}
+
+fn default_head_target() -> String {
+    "lm_head.weight".into()
 }
 
 /// One variant's mapping file.
@@ -179,11 +187,13 @@ impl Mapping {
         rule.shape.iter().filter_map(|d| Dim::parse(d)).collect()
     }
 
-    /// The rule matching a source name, with the block index if the rule has one.
-    pub fn find(&self, name: &str) -> Option<(&Rule, Option<u64>)> {
+    /// The index (in `tensors`) of the rule matching a source name, with the block index if the
+    /// rule has one.
+    pub fn find(&self, name: &str) -> Option<(usize, Option<u64>)> {
         self.tensors
             .iter()
-            .find_map(|r| match_pattern(&r.source, name).map(|b| (r, b)))
+            .enumerate()
+            .find_map(|(i, r)| match_pattern(&r.source, name).map(|b| (i, b)))
     }
 }
 
@@ -279,9 +289,10 @@ mod tests {
         let m = Mapping::cpm_lm().expect("shipped mapping parses");
         assert_eq!(m.variant.name, "cpm-lm");
         assert_eq!(m.tensors.len(), 16);
-        let (r, b) = m
+        let (i, b) = m
             .find("transformer.layers.3.attention.query_key_value.weight")
             .expect("qkv rule");
+        let r = &m.tensors[i];
         assert_eq!((r.split, r.transpose, b), (Split::QkvDim0, true, Some(3)));
     }
 }

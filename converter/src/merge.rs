@@ -4,12 +4,70 @@
 
 use std::borrow::Cow;
 
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::mapping::Split;
 use crate::plan::Entry;
 use crate::torch::Dtype;
+
+/// One tensor, merged and ready to write: its pieces in file order, in the output dtype.
+pub struct Merged<'a> {
+    pub pieces: Vec<Cow<'a, [u8]>>,
+    /// NaN/Inf values found in the source (kept as they are; `--strict` refuses them).
+    pub non_finite: u64,
+}
+
+/// Merge `e`'s parts (one per rank, row-major bytes in the source dtype), check them for NaN/Inf
+/// (an error when `strict`), and cast to the output dtype (a finite value that overflows it is
+/// an error). `alloc` supplies buffers whose contents do not matter (see [`merge`]).
+pub fn tensor<'a>(
+    e: &Entry,
+    parts: Vec<Cow<'a, [u8]>>,
+    names: &[String],
+    strict: bool,
+    alloc: &mut dyn FnMut(usize) -> Vec<u8>,
+) -> Result<Merged<'a>> {
+    let pieces = merge(e, parts, names, alloc)?;
+    let non_finite: u64 = pieces
+        .iter()
+        .map(|p| count_non_finite(p, e.source_dtype))
+        .sum();
+    if non_finite > 0 && strict {
+        return Err(Error::values(
+            &e.source,
+            format!(
+                "holds {non_finite} NaN/Inf value(s) of {} (--strict)",
+                e.numel()
+            ),
+        ));
+    }
+    if e.dtype == e.source_dtype {
+        return Ok(Merged { pieces, non_finite });
+    }
+    let pieces = pieces
+        .iter()
+        .map(|p| {
+            cast(p, e.source_dtype, e.dtype)
+                .map(Cow::Owned)
+                .map_err(|o| {
+                    Error::values(
+                        &e.source,
+                        format!(
+                        "(-> `{}`): {} finite value(s) overflow {} (first: {}); keep the source \
+                         dtype or choose a wider one",
+                        e.target,
+                        o.count,
+                        e.dtype.torch_name(),
+                        o.first
+                    ),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Merged { pieces, non_finite })
+}
 
 /// One rectangular piece of the merged matrix: rows `src_rows` of rank `rank`'s part land at
 /// (`dst_row`, `dst_col`) of the merged (untransposed) matrix.
@@ -150,7 +208,13 @@ pub fn merge<'a>(
             (true, 2) => place_transposed::<u16>(&mut out, src, &g),
             (true, 4) => place_transposed::<u32>(&mut out, src, &g),
             (true, 8) => place_transposed::<u64>(&mut out, src, &g),
-            (true, _) => place_transposed::<u8>(&mut out, src, &g),
+            // Plans admit only float dtypes, which are 2, 4 or 8 bytes wide.
+            (true, n) => {
+                return Err(Error::internal(format!(
+                    "tensor `{}`: cannot transpose {n}-byte elements",
+                    e.source
+                )))
+            }
         }
     }
     Ok(vec![Cow::Owned(out)])
@@ -175,7 +239,6 @@ fn place_rows(out: &mut [u8], src: &[u8], g: &Geometry, es: usize) {
 
 /// Plain-old-data elements we move during transposes.
 trait Elem: Copy {}
-impl Elem for u8 {}
 impl Elem for u16 {}
 impl Elem for u32 {}
 impl Elem for u64 {}
@@ -212,24 +275,21 @@ fn place_transposed<T: Elem>(out: &mut [u8], src: &[u8], g: &Geometry) {
     }
 }
 
-fn decode(bytes: &[u8], dtype: Dtype) -> impl Iterator<Item = f64> + '_ {
-    bytes.chunks_exact(dtype.size()).map(move |c| match dtype {
-        Dtype::F16 => f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64(),
-        Dtype::BF16 => bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64(),
-        Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
-        Dtype::F64 => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
-        // Plans only admit floating-point weights.
-        _ => 0.0,
-    })
-}
-
 /// How many elements are NaN or infinite (exponent bits all ones).
 pub fn count_non_finite(bytes: &[u8], dtype: Dtype) -> u64 {
     match dtype {
         Dtype::F16 => count_exponent_all_ones::<u16>(bytes, 0x7c00),
         Dtype::BF16 => count_exponent_all_ones::<u16>(bytes, 0x7f80),
         Dtype::F32 => count_exponent_all_ones::<u32>(bytes, 0x7f80_0000),
-        _ => decode(bytes, dtype).filter(|x| !x.is_finite()).count() as u64,
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .filter(|c| {
+                let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+                !f64::from_bits(w).is_finite()
+            })
+            .count() as u64,
+        // Integer and boolean elements are always finite (plans admit only floats anyway).
+        _ => 0,
     }
 }
 
@@ -277,45 +337,110 @@ fn count_exponent_all_ones<L: Lane>(bytes: &[u8], exp: u64) -> u64 {
     bad
 }
 
-/// Convert `bytes` from one float dtype to another. A finite value that becomes infinite is an
-/// error (returned as the first such value and the count); NaN and Inf pass through.
-pub fn cast(bytes: &[u8], from: Dtype, to: Dtype) -> std::result::Result<Vec<u8>, (f64, u64)> {
+/// Finite values that became infinite in a cast: how many, and the first one.
+#[derive(Debug, PartialEq)]
+pub struct Overflow {
+    pub count: u64,
+    pub first: f64,
+}
+
+/// Elements converted per step: small enough to stay in L1, large enough for the SIMD
+/// conversions (`half`'s slice functions use F16C where the CPU has it).
+const CAST_STEP: usize = 1024;
+
+/// Convert `bytes` from one float dtype to F16, BF16 or F32. NaN and Inf pass through; a finite
+/// value that becomes infinite is an error. Everything goes through f32 slices: exact for F16,
+/// BF16 and F32 sources. An F64 source is rounded to f32 first, so an f64 lying within 2^-29
+/// relative of an f16/bf16 rounding tie may round the other way (F64 weights are rare, and
+/// `half`'s own f64 -> f16 conversion is not exact there either).
+pub fn cast(bytes: &[u8], from: Dtype, to: Dtype) -> std::result::Result<Vec<u8>, Overflow> {
     let n = bytes.len() / from.size();
     let mut out = Vec::with_capacity(n * to.size());
-    let mut overflow = (0.0, 0u64);
-    for x in decode(bytes, from) {
-        let (finite_in, finite_out) = match to {
-            Dtype::F16 => {
-                let y = f16::from_f64(x);
-                out.extend_from_slice(&y.to_bits().to_le_bytes());
-                (x.is_finite(), y.is_finite())
+    let mut wide = [0f32; CAST_STEP];
+    for chunk in bytes.chunks(CAST_STEP * from.size()) {
+        let m = chunk.len() / from.size();
+        widen(chunk, from, &mut wide[..m]);
+        narrow(&wide[..m], to, &mut out);
+    }
+    let overflow = count_non_finite(&out, to).saturating_sub(count_non_finite(bytes, from));
+    if overflow == 0 {
+        return Ok(out);
+    }
+    let first = (0..n)
+        .map(|i| (element(bytes, from, i), element(&out, to, i)))
+        .find(|(x, y)| x.is_finite() && !y.is_finite())
+        .map_or(f64::NAN, |(x, _)| x);
+    Err(Overflow {
+        count: overflow,
+        first,
+    })
+}
+
+/// Little-endian float elements to f32 (exact except from F64, rounded to nearest).
+fn widen(bytes: &[u8], dtype: Dtype, out: &mut [f32]) {
+    let mut bits = [0u16; CAST_STEP];
+    match dtype {
+        Dtype::F16 | Dtype::BF16 => {
+            for (b, c) in bits.iter_mut().zip(bytes.chunks_exact(2)) {
+                *b = u16::from_le_bytes([c[0], c[1]]);
             }
-            Dtype::BF16 => {
-                let y = bf16::from_f64(x);
-                out.extend_from_slice(&y.to_bits().to_le_bytes());
-                (x.is_finite(), y.is_finite())
+            let bits = &bits[..out.len()];
+            if dtype == Dtype::F16 {
+                bits.reinterpret_cast::<f16>().convert_to_f32_slice(out);
+            } else {
+                bits.reinterpret_cast::<bf16>().convert_to_f32_slice(out);
             }
-            Dtype::F32 => {
-                let y = x as f32;
-                out.extend_from_slice(&y.to_le_bytes());
-                (x.is_finite(), y.is_finite())
+        }
+        Dtype::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
-            _ => {
-                out.extend_from_slice(&x.to_le_bytes());
-                (true, true)
+        }
+        _ => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = element(bytes, dtype, i) as f32;
             }
-        };
-        if finite_in && !finite_out {
-            if overflow.1 == 0 {
-                overflow.0 = x;
-            }
-            overflow.1 += 1;
         }
     }
-    if overflow.1 > 0 {
-        return Err(overflow);
+}
+
+/// Append `values` to `out` as little-endian elements of `dtype` (F16, BF16 or F32).
+fn narrow(values: &[f32], dtype: Dtype, out: &mut Vec<u8>) {
+    let mut bits = [0u16; CAST_STEP];
+    let bits = &mut bits[..values.len()];
+    match dtype {
+        Dtype::F16 => bits
+            .reinterpret_cast_mut::<f16>()
+            .convert_from_f32_slice(values),
+        Dtype::BF16 => bits
+            .reinterpret_cast_mut::<bf16>()
+            .convert_from_f32_slice(values),
+        _ => {
+            for v in values {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            return;
+        }
     }
-    Ok(out)
+    for b in bits.iter() {
+        out.extend_from_slice(&b.to_le_bytes());
+    }
+}
+
+/// Element `i` of a little-endian float buffer, as f64 (exact for every float dtype).
+fn element(bytes: &[u8], dtype: Dtype, i: usize) -> f64 {
+    let es = dtype.size();
+    let Some(c) = bytes.get(i * es..(i + 1) * es) else {
+        return f64::NAN;
+    };
+    match dtype {
+        Dtype::F16 => f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64(),
+        Dtype::BF16 => bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64(),
+        Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
+        Dtype::F64 => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+        // Plans admit only floating-point weights.
+        _ => f64::NAN,
+    }
 }
 
 #[cfg(test)]
@@ -332,8 +457,58 @@ mod tests {
             "65519 rounds down to 65504"
         );
         let over = 65520.0f32.to_le_bytes();
-        let (v, n) = cast(&over, Dtype::F32, Dtype::F16).unwrap_err();
-        assert_eq!((v, n), (65520.0, 1));
+        let o = cast(&over, Dtype::F32, Dtype::F16).unwrap_err();
+        assert_eq!((o.first, o.count), (65520.0, 1));
+    }
+
+    #[test]
+    fn slice_casts_round_like_the_scalar_conversions() {
+        // Every f16 and bf16 bit pattern widened, and f32 values near every f16/bf16 rounding
+        // boundary narrowed, agree with `half`'s scalar round-to-nearest-even conversions.
+        let mut xs: Vec<f32> = (0..=u16::MAX)
+            .flat_map(|v| {
+                let h = f16::from_bits(v).to_f32();
+                let b = bf16::from_bits(v).to_f32();
+                [
+                    h,
+                    b,
+                    f32::from_bits(h.to_bits() + 1),
+                    f32::from_bits(b.to_bits() + 0x8000),
+                ]
+            })
+            .filter(|x| x.is_finite() && x.abs() < 65504.0)
+            .collect();
+        xs.extend([0.1, -3.3e-8, 1.0e-40, f32::NAN, f32::INFINITY, -0.0]);
+        let bytes: Vec<u8> = xs.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let h = cast(&bytes, Dtype::F32, Dtype::F16).expect("below f16 max");
+        let b = cast(&bytes, Dtype::F32, Dtype::BF16).expect("bf16 has f32's range");
+        for (i, x) in xs.iter().enumerate() {
+            let got_h = u16::from_le_bytes([h[2 * i], h[2 * i + 1]]);
+            let got_b = u16::from_le_bytes([b[2 * i], b[2 * i + 1]]);
+            if x.is_nan() {
+                assert!(f16::from_bits(got_h).is_nan() && bf16::from_bits(got_b).is_nan());
+                continue;
+            }
+            assert_eq!(got_h, f16::from_f32(*x).to_bits(), "f16 of {x:e}");
+            assert_eq!(got_b, bf16::from_f32(*x).to_bits(), "bf16 of {x:e}");
+        }
+        let back = cast(&h, Dtype::F16, Dtype::F32).expect("widening cannot overflow");
+        for (i, c) in back.chunks_exact(4).enumerate() {
+            let want = f16::from_le_bytes([h[2 * i], h[2 * i + 1]]).to_f32();
+            let got = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            assert!(
+                got == want || (got.is_nan() && want.is_nan()),
+                "{got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn overflow_names_the_first_overflowing_value_and_counts_all() {
+        let xs = [1.0f32, 7.0e4, f32::INFINITY, -1.0e5, 2.0];
+        let b: Vec<u8> = xs.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let o = cast(&b, Dtype::F32, Dtype::F16).unwrap_err();
+        assert_eq!((o.count, o.first), (2, 7.0e4));
     }
 
     #[test]

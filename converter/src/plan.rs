@@ -2,14 +2,14 @@
 //! each rank, how they merge, its final shape and dtype. All checks that need no tensor data
 //! happen here, so `--dry-run` finds every structural problem.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::checkpoint::Rank;
 use crate::error::{Error, Result};
-use crate::mapping::{target_name, Dim, Mapping, Rule, Split};
+use crate::mapping::{target_name, Dim, Mapping, Rule, Split, BLOCK};
 use crate::torch::{Dtype, TensorRef};
 
 /// The output element type the user asked for.
@@ -19,6 +19,18 @@ pub enum OutDtype {
     F16,
     BF16,
     F32,
+}
+
+impl OutDtype {
+    /// The dtype a tensor stored as `source` is written as.
+    pub fn resolve(self, source: Dtype) -> Dtype {
+        match self {
+            OutDtype::Keep => source,
+            OutDtype::F16 => Dtype::F16,
+            OutDtype::BF16 => Dtype::BF16,
+            OutDtype::F32 => Dtype::F32,
+        }
+    }
 }
 
 /// One output tensor.
@@ -106,118 +118,25 @@ fn dims2(shape: &[u64]) -> (u64, u64) {
     }
 }
 
+/// One source tensor matched to its rule: its name, the rule's index in the mapping, the block
+/// (layer) index and the tensor on every rank.
+struct Matched<'r> {
+    name: &'r str,
+    rule: usize,
+    block: Option<u64>,
+    sources: Vec<TensorRef>,
+}
+
 /// Build the plan. `heads` is the user's `--heads`.
 pub fn build(ranks: &[Rank], mapping: &Mapping, heads: Option<u64>, out: OutDtype) -> Result<Plan> {
-    let p = ranks.len();
     check_world_size(ranks, mapping)?;
-
-    // name -> per-rank tensors, in rank 0's file order.
-    let mut by_name: HashMap<&str, Vec<Option<&TensorRef>>> = HashMap::new();
-    let mut order: Vec<&str> = Vec::new();
-    for (r, rank) in ranks.iter().enumerate() {
-        for (name, t) in &rank.weights {
-            let slot = by_name.entry(name.as_str()).or_insert_with(|| {
-                order.push(name.as_str());
-                vec![None; p]
-            });
-            if slot[r].is_some() {
-                return Err(Error::tensor(
-                    &rank.file.path,
-                    name,
-                    "appears twice in the weights dict",
-                ));
-            }
-            slot[r] = Some(t);
-        }
-    }
-
-    // Match every tensor to a rule; group by (rule, block) so the output order follows layers.
-    let mut planned: BTreeMap<(Option<u64>, usize), Entry> = BTreeMap::new();
-    for name in &order {
-        let per_rank = &by_name[name];
-        let (rule_idx, block) = match mapping.find(name) {
-            Some((rule, b)) => (
-                mapping
-                    .tensors
-                    .iter()
-                    .position(|x| std::ptr::eq(x, rule))
-                    .unwrap_or(0),
-                b,
-            ),
-            None => {
-                let r = per_rank.iter().position(Option::is_some).unwrap_or(0);
-                return Err(Error::tensor(
-                    &ranks[r].file.path,
-                    *name,
-                    format!(
-                        "matches no rule of the `{}` mapping; is this checkpoint a different variant?",
-                        mapping.variant.name
-                    ),
-                ));
-            }
-        };
-        let rule = &mapping.tensors[rule_idx];
-        let mut sources = Vec::with_capacity(p);
-        for (r, t) in per_rank.iter().enumerate() {
-            match t {
-                Some(t) => sources.push((*t).clone()),
-                None => {
-                    return Err(Error::tensor(
-                        &ranks[r].file.path,
-                        *name,
-                        format!("is missing from rank {r} but present on other ranks"),
-                    ))
-                }
-            }
-        }
-        let entry = plan_entry(ranks, name, rule, block, sources, out)?;
-        planned.insert((block, rule_idx), entry);
-    }
-
-    // Blocks must be 0..L with every per-block rule present; non-block rules exactly once.
-    let layers = planned
-        .keys()
-        .filter_map(|k| k.0)
-        .max()
-        .map_or(0, |m| m + 1);
-    for (i, rule) in mapping.tensors.iter().enumerate() {
-        let has_block = rule.source.contains(crate::mapping::BLOCK);
-        let blocks: Vec<Option<u64>> = if has_block {
-            (0..layers).map(Some).collect()
-        } else {
-            vec![None]
-        };
-        for b in blocks {
-            if !planned.contains_key(&(b, i)) {
-                return Err(Error::tensor(
-                    &ranks[0].file.path,
-                    target_name(&rule.source, b),
-                    "is missing from the checkpoint (every rank), but the mapping needs it",
-                ));
-            }
-        }
-    }
-
-    let entries: Vec<Entry> = {
-        // Embeddings first, then blocks in order, then the final layer norm: the order a reader
-        // of the file expects and the order the sources lie in.
-        let mut head: Vec<Entry> = Vec::new();
-        let mut tail: Vec<Entry> = Vec::new();
-        let mut blocks: Vec<Entry> = Vec::new();
-        let first_block_rule = mapping
-            .tensors
-            .iter()
-            .position(|r| r.source.contains(crate::mapping::BLOCK));
-        for ((b, i), e) in planned {
-            match (b, first_block_rule) {
-                (Some(_), _) => blocks.push(e),
-                (None, Some(f)) if i > f => tail.push(e),
-                _ => head.push(e),
-            }
-        }
-        head.into_iter().chain(blocks).chain(tail).collect()
-    };
-
+    let matched = match_rules(ranks, mapping)?;
+    let layers = check_complete(ranks, mapping, &matched)?;
+    let entries = matched
+        .iter()
+        .map(|m| plan_entry(ranks, m, &mapping.tensors[m.rule], out))
+        .collect::<Result<Vec<_>>>()?;
+    let entries = in_file_order(entries, &matched, mapping);
     let sizes = model_sizes(&entries, &ranks[0].display)?;
     let size = |name: &str| {
         sizes.get(name).map(|s| s.0).ok_or_else(|| Error::Mapping {
@@ -227,132 +146,210 @@ pub fn build(ranks: &[Rank], mapping: &Mapping, heads: Option<u64>, out: OutDtyp
             ),
         })
     };
-    let (vocab, hidden, positions, inner) = (
-        size("vocab")?,
-        size("hidden")?,
-        size("positions")?,
-        size("inner")?,
-    );
-
+    let hidden = size("hidden")?;
     let heads = head_count(ranks, mapping, heads, hidden, layers)?;
+    check_heads(&heads, hidden, ranks.len())?;
+    Ok(Plan {
+        variant: mapping.variant.name.clone(),
+        model_parallel: ranks.len(),
+        layers,
+        hidden,
+        vocab: size("vocab")?,
+        positions: size("positions")?,
+        inner: size("inner")?,
+        heads,
+        entries,
+    })
+}
+
+/// Every weight of every rank matched to a mapping rule, each present on every rank, in rank 0's
+/// file order.
+fn match_rules<'r>(ranks: &'r [Rank], mapping: &Mapping) -> Result<Vec<Matched<'r>>> {
+    let p = ranks.len();
+    // name -> per-rank tensors; the order of first appearance is kept in `order`.
+    let mut by_name: HashMap<&str, Vec<Option<&TensorRef>>> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for (r, rank) in ranks.iter().enumerate() {
+        for (name, t) in &rank.weights {
+            let slot = by_name.entry(name.as_str()).or_insert_with(|| {
+                order.push(name.as_str());
+                vec![None; p]
+            });
+            if slot[r].replace(t).is_some() {
+                return Err(Error::tensor(
+                    &rank.file.path,
+                    name,
+                    "appears twice in the weights dict",
+                ));
+            }
+        }
+    }
+    let mut matched = Vec::with_capacity(order.len());
+    for name in order {
+        let per_rank = &by_name[name];
+        let first = per_rank.iter().position(Option::is_some).unwrap_or(0);
+        let (rule, block) = mapping.find(name).ok_or_else(|| {
+            Error::tensor(
+                &ranks[first].file.path,
+                name,
+                format!(
+                    "matches no rule of the `{}` mapping; is this checkpoint a different variant?",
+                    mapping.variant.name
+                ),
+            )
+        })?;
+        let sources = per_rank
+            .iter()
+            .enumerate()
+            .map(|(r, t)| {
+                t.cloned().ok_or_else(|| {
+                    Error::tensor(
+                        &ranks[r].file.path,
+                        name,
+                        format!("is missing from rank {r} but present on other ranks"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        matched.push(Matched {
+            name,
+            rule,
+            block,
+            sources,
+        });
+    }
+    Ok(matched)
+}
+
+/// The layer count. Block indices must be exactly 0..L (a gap or a stray index such as
+/// `layers.100000000` names the first missing layer), every per-block rule must be present in
+/// every layer, and every other rule exactly once. Nothing here is sized by an index read from a
+/// name: the work is bounded by the number of tensors present.
+fn check_complete(ranks: &[Rank], mapping: &Mapping, matched: &[Matched]) -> Result<u64> {
+    let path = &ranks[0].file.path;
+    let missing = |rule: usize, block: Option<u64>, why: &str| {
+        Error::tensor(path, source_name(mapping, rule, block), why.to_string())
+    };
+    let blocks: BTreeSet<u64> = matched.iter().filter_map(|m| m.block).collect();
+    if let Some(gap) = first_gap(&blocks) {
+        let rule = first_block_rule(mapping).unwrap_or(0);
+        let last = blocks.last().copied().unwrap_or(0);
+        return Err(missing(
+            rule,
+            Some(gap),
+            &format!(
+                "is missing: layer {gap} has no tensors, but the checkpoint names layers up to {last} \
+                 (layer indices must run 0..{} without gaps)",
+                blocks.len()
+            ),
+        ));
+    }
+    let layers = blocks.len() as u64;
+    let present: HashSet<(usize, Option<u64>)> =
+        matched.iter().map(|m| (m.rule, m.block)).collect();
+    for (i, rule) in mapping.tensors.iter().enumerate() {
+        let wanted: Box<dyn Iterator<Item = Option<u64>>> = if rule.source.contains(BLOCK) {
+            Box::new((0..layers).map(Some))
+        } else {
+            Box::new(std::iter::once(None))
+        };
+        for b in wanted {
+            if !present.contains(&(i, b)) {
+                return Err(missing(
+                    i,
+                    b,
+                    "is missing from the checkpoint (every rank), but the mapping needs it",
+                ));
+            }
+        }
+    }
+    Ok(layers)
+}
+
+/// The smallest index absent from a set that should be 0..len.
+fn first_gap(blocks: &BTreeSet<u64>) -> Option<u64> {
+    blocks
+        .iter()
+        .zip(0u64..)
+        .find(|(b, i)| **b != *i)
+        .map(|(_, i)| i)
+}
+
+fn first_block_rule(mapping: &Mapping) -> Option<usize> {
+    mapping
+        .tensors
+        .iter()
+        .position(|r| r.source.contains(BLOCK))
+}
+
+fn source_name(mapping: &Mapping, rule: usize, block: Option<u64>) -> String {
+    mapping
+        .tensors
+        .get(rule)
+        .map(|r| target_name(&r.source, block))
+        .unwrap_or_default()
+}
+
+/// Embeddings first, then blocks in layer order (each in rule order), then the final layer
+/// norm: the order a reader of the file expects and the order the sources lie in.
+fn in_file_order(entries: Vec<Entry>, matched: &[Matched], mapping: &Mapping) -> Vec<Entry> {
+    let first_block = first_block_rule(mapping);
+    let mut keyed: Vec<((u8, u64, usize), Entry)> = matched
+        .iter()
+        .zip(entries)
+        .map(|(m, e)| {
+            let part = match (m.block, first_block) {
+                (Some(_), _) => 1,
+                (None, Some(f)) if m.rule > f => 2,
+                _ => 0,
+            };
+            ((part, m.block.unwrap_or(0), m.rule), e)
+        })
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    keyed.into_iter().map(|(_, e)| e).collect()
+}
+
+fn check_heads(heads: &Heads, hidden: u64, ranks: usize) -> Result<()> {
     if heads.count == 0 || hidden % heads.count != 0 {
         return Err(Error::usage(format!(
             "{} heads ({}) do not divide the hidden size {hidden}",
             heads.count, heads.source
         )));
     }
-    if heads.count % p as u64 != 0 {
+    if heads.count % ranks as u64 != 0 {
         return Err(Error::usage(format!(
-            "{} heads ({}) cannot be split over {p} model-parallel ranks",
+            "{} heads ({}) cannot be split over {ranks} model-parallel ranks",
             heads.count, heads.source
         )));
     }
-
-    Ok(Plan {
-        variant: mapping.variant.name.clone(),
-        model_parallel: p,
-        layers,
-        hidden,
-        vocab,
-        positions,
-        inner,
-        heads,
-        entries,
-    })
+    Ok(())
 }
 
-fn plan_entry(
-    ranks: &[Rank],
-    name: &str,
-    rule: &Rule,
-    block: Option<u64>,
-    sources: Vec<TensorRef>,
-    out: OutDtype,
-) -> Result<Entry> {
-    let (split, transpose) = (rule.split, rule.transpose);
-    let p = sources.len();
-    let t0 = &sources[0];
+fn plan_entry(ranks: &[Rank], m: &Matched, rule: &Rule, out: OutDtype) -> Result<Entry> {
+    let (name, sources) = (m.name, &m.sources);
     let path0 = &ranks[0].file.path;
-    for (r, t) in sources.iter().enumerate() {
-        // Bounds against the storage, before anything is read.
-        ranks[r].file.span(name, t)?;
-        if t.dtype != t0.dtype {
-            return Err(Error::merge(format!(
-                "tensor `{name}`: rank 0 ({}) holds {} but rank {r} ({}) holds {}",
-                ranks[0].display,
-                t0.dtype.torch_name(),
-                ranks[r].display,
-                t.dtype.torch_name()
-            )));
-        }
-    }
-    if !t0.dtype.is_float() {
-        return Err(Error::tensor(
-            path0,
-            name,
-            format!(
-                "is {}, expected a floating-point weight",
-                t0.dtype.torch_name()
-            ),
-        ));
-    }
+    check_sources(ranks, name, sources)?;
+    let t0 = &sources[0];
     let nd = t0.shape.len();
+    let bad_shape =
+        |why: &str| Error::tensor(path0, name, format!("has shape {:?}, {why}", t0.shape));
     if nd == 0 || nd > 2 {
-        return Err(Error::tensor(
-            path0,
-            name,
-            format!("has shape {:?}, expected 1 or 2 dimensions", t0.shape),
+        return Err(bad_shape("expected 1 or 2 dimensions"));
+    }
+    if rule.transpose && nd != 2 {
+        return Err(bad_shape(
+            "but the mapping transposes it (needs 2 dimensions)",
         ));
     }
-    if transpose && nd != 2 {
-        return Err(Error::tensor(
-            path0,
-            name,
-            format!(
-                "has shape {:?}, but the mapping transposes it (needs 2 dimensions)",
-                t0.shape
-            ),
-        ));
-    }
-    // Which dimension may differ between ranks.
-    let free_dim = match split {
+    // Which dimension grows when the ranks are merged.
+    let free_dim = match rule.split {
         Split::Replicated => None,
         Split::Dim0 | Split::QkvDim0 => Some(0),
-        Split::Dim1 => {
-            if nd != 2 {
-                return Err(Error::tensor(
-                    path0,
-                    name,
-                    format!(
-                        "has shape {:?}, but dim1 splitting needs 2 dimensions",
-                        t0.shape
-                    ),
-                ));
-            }
-            Some(1)
-        }
+        Split::Dim1 if nd == 2 => Some(1),
+        Split::Dim1 => return Err(bad_shape("but dim1 splitting needs 2 dimensions")),
     };
-    for (r, t) in sources.iter().enumerate().skip(1) {
-        // Megatron partitions evenly, so even split tensors have equal shapes on every rank.
-        if t.shape != t0.shape {
-            return Err(Error::merge(format!(
-                "tensor `{name}` ({}): rank 0 ({}) has shape {:?} but rank {r} ({}) has {:?}; model-parallel \
-                 ranks of one model hold equal shapes",
-                split.name(),
-                ranks[0].display,
-                t0.shape,
-                ranks[r].display,
-                t.shape
-            )));
-        }
-    }
-    let mut merged = t0.shape.clone();
-    if let Some(d) = free_dim {
-        merged[d] = t0.shape[d]
-            .checked_mul(p as u64)
-            .ok_or_else(|| Error::tensor(path0, name, "merged size overflows"))?;
-    }
-    if split == Split::QkvDim0 && t0.shape[0] % 3 != 0 {
+    if rule.split == Split::QkvDim0 && t0.shape[0] % 3 != 0 {
         return Err(Error::tensor(
             path0,
             name,
@@ -362,29 +359,68 @@ fn plan_entry(
             ),
         ));
     }
-    let shape = if transpose {
+    let mut merged = t0.shape.clone();
+    if let Some(d) = free_dim {
+        merged[d] = t0.shape[d]
+            .checked_mul(sources.len() as u64)
+            .ok_or_else(|| Error::tensor(path0, name, "merged size overflows"))?;
+    }
+    let shape = if rule.transpose {
         vec![merged[1], merged[0]]
     } else {
         merged
     };
-    let dtype = match out {
-        OutDtype::Keep => t0.dtype,
-        OutDtype::F16 => Dtype::F16,
-        OutDtype::BF16 => Dtype::BF16,
-        OutDtype::F32 => Dtype::F32,
-    };
     Ok(Entry {
-        target: target_name(&rule.target, block),
+        target: target_name(&rule.target, m.block),
         source: name.to_string(),
-        split,
-        transpose,
+        split: rule.split,
+        transpose: rule.transpose,
         source_dtype: t0.dtype,
-        dtype,
+        dtype: out.resolve(t0.dtype),
         rank_shapes: sources.iter().map(|t| t.shape.clone()).collect(),
         shape,
-        sources,
+        sources: sources.clone(),
         dims: Mapping::dims(rule),
     })
+}
+
+/// Every rank's copy of one tensor lies inside its storage, and all copies share a floating
+/// dtype and a shape (Megatron partitions evenly, so even split tensors are equal on every rank).
+fn check_sources(ranks: &[Rank], name: &str, sources: &[TensorRef]) -> Result<()> {
+    let t0 = &sources[0];
+    for (r, t) in sources.iter().enumerate() {
+        // Bounds against the storage, before anything is read.
+        ranks[r].file.span(name, t)?;
+        let differs = |what: &str, a: String, b: String| {
+            Error::merge(format!(
+                "tensor `{name}`: rank 0 ({}) holds {what} {a} but rank {r} ({}) holds {b}; \
+                 model-parallel ranks of one model hold equal {what}s",
+                ranks[0].display, ranks[r].display
+            ))
+        };
+        if t.dtype != t0.dtype {
+            let (a, b) = (t0.dtype.torch_name(), t.dtype.torch_name());
+            return Err(differs("dtype", a.into(), b.into()));
+        }
+        if t.shape != t0.shape {
+            return Err(differs(
+                "shape",
+                format!("{:?}", t0.shape),
+                format!("{:?}", t.shape),
+            ));
+        }
+    }
+    if !t0.dtype.is_float() {
+        return Err(Error::tensor(
+            &ranks[0].file.path,
+            name,
+            format!(
+                "is {}, expected a floating-point weight",
+                t0.dtype.torch_name()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Read the model sizes (`hidden`, `vocab`, ...) off the tensors in output order: the first

@@ -93,14 +93,27 @@ enum DtypeArg {
 
 struct Bar {
     bar: ProgressBar,
+    /// Test hook: pause after this many tensors so a test can kill the process mid-conversion.
+    pause_after: Option<u64>,
+    tensors: std::sync::atomic::AtomicU64,
 }
 
 impl Progress for Bar {
     fn begin(&self, total: u64) {
         self.bar.set_length(total);
+        if self.pause_after == Some(0) {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
     }
     fn advance(&self, bytes: u64) {
         self.bar.inc(bytes);
+        let done = self
+            .tensors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if self.pause_after == Some(done) {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
     }
     fn warn(&self, msg: &str) {
         self.bar
@@ -167,7 +180,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         );
         b
     };
-    let progress = Bar { bar };
+    let progress = Bar {
+        bar,
+        pause_after: std::env::var("CPM_CONVERT_TEST_PAUSE_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        tensors: Default::default(),
+    };
     let summary = cpm_convert::convert(&opts, &progress)?;
     progress.bar.finish_and_clear();
     if cli.json {
@@ -177,11 +196,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         eprintln!(
             "cpm-convert: wrote {} tensors, {} to {} in {:.2} s{}",
             summary.tensors,
-            human_bytes(summary.model_bytes),
+            human_bytes(summary.files.iter().map(|f| f.bytes).sum()),
             summary.output.display(),
             summary.seconds,
-            if summary.warnings > 0 {
-                format!(" ({} warning(s))", summary.warnings)
+            if !summary.warnings.is_empty() {
+                format!(" ({} warning(s))", summary.warnings.len())
             } else {
                 String::new()
             }

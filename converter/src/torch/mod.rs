@@ -103,6 +103,11 @@ impl TorchFile {
         read_tensor(&self.map, &self.storages, &self.path, name, t)
     }
 
+    /// [`TorchFile::read`] for a span already computed by [`TorchFile::span`] for this tensor.
+    pub fn read_at(&self, name: &str, t: &TensorRef, span: &Range<u64>) -> Result<Cow<'_, [u8]>> {
+        read_span(&self.map, &self.path, name, t, span)
+    }
+
     /// Map these pages in one system call before they are read: cheaper than a page fault per
     /// 64 KiB. Best effort (MADV_POPULATE_READ needs Linux 5.14).
     pub fn prefetch(&self, span: &Range<u64>) {
@@ -210,6 +215,17 @@ pub fn read_tensor<'a>(
     t: &TensorRef,
 ) -> Result<Cow<'a, [u8]>> {
     let span = span(storages, path, name, t)?;
+    read_span(bytes, path, name, t, &span)
+}
+
+/// The tensor's elements given its checked span of `bytes`.
+fn read_span<'a>(
+    bytes: &'a [u8],
+    path: &Path,
+    name: &str,
+    t: &TensorRef,
+    span: &Range<u64>,
+) -> Result<Cow<'a, [u8]>> {
     let bytes = usize::try_from(span.start)
         .ok()
         .zip(usize::try_from(span.end).ok())
