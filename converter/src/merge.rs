@@ -92,88 +92,12 @@ pub fn merge<'a>(
     alloc: &mut dyn FnMut(usize) -> Vec<u8>,
 ) -> Result<Vec<Cow<'a, [u8]>>> {
     let es = e.source_dtype.size();
-    let (rows, cols) = match e.rank_shapes[0].as_slice() {
-        [n] => (*n as usize, 1),
-        [r, c] => (*r as usize, *c as usize),
-        other => {
-            return Err(Error::merge(format!(
-                "tensor `{}`: unexpected shape {other:?}",
-                e.source
-            )))
-        }
-    };
-    let part_bytes = rows * cols * es;
-    for (r, p) in parts.iter().enumerate() {
-        if p.len() != part_bytes {
-            return Err(Error::merge(format!(
-                "tensor `{}` on rank {r} ({}): {} bytes, expected {part_bytes}",
-                e.source,
-                names[r],
-                p.len()
-            )));
-        }
+    let (rows, cols) = check_parts(e, &parts, names)?;
+    if e.split == Split::Replicated {
+        check_replicated(e, &parts, names)?;
     }
     let p = parts.len();
-    let blocks: Vec<Block> = match e.split {
-        Split::Replicated => {
-            for (r, part) in parts.iter().enumerate().skip(1) {
-                if part[..] != parts[0][..] {
-                    let at = part
-                        .chunks(es)
-                        .zip(parts[0].chunks(es))
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(0);
-                    return Err(Error::merge(format!(
-                        "tensor `{}` is replicated, so every rank must hold the same bits, but rank 0 ({}) and \
-                         rank {r} ({}) differ (first at element {at}); the checkpoint is inconsistent",
-                        e.source, names[0], names[r]
-                    )));
-                }
-            }
-            vec![Block {
-                rank: 0,
-                src_row: 0,
-                rows,
-                dst_row: 0,
-                dst_col: 0,
-            }]
-        }
-        Split::Dim0 => (0..p)
-            .map(|r| Block {
-                rank: r,
-                src_row: 0,
-                rows,
-                dst_row: r * rows,
-                dst_col: 0,
-            })
-            .collect(),
-        Split::Dim1 => (0..p)
-            .map(|r| Block {
-                rank: r,
-                src_row: 0,
-                rows,
-                dst_row: 0,
-                dst_col: r * cols,
-            })
-            .collect(),
-        Split::QkvDim0 => {
-            // Rank r holds [q_r; k_r; v_r]; GPT-2 wants [q_0..q_p; k_0..k_p; v_0..v_p].
-            let third = rows / 3;
-            let mut b = Vec::with_capacity(3 * p);
-            for j in 0..3 {
-                for r in 0..p {
-                    b.push(Block {
-                        rank: r,
-                        src_row: j * third,
-                        rows: third,
-                        dst_row: (j * p + r) * third,
-                        dst_col: 0,
-                    });
-                }
-            }
-            b
-        }
-    };
+    let blocks = blocks(e.split, p, rows, cols);
     let (m_rows, m_cols) = match e.split {
         Split::Replicated => (rows, cols),
         Split::Dim1 => (rows, cols * p),
@@ -184,10 +108,11 @@ pub fn merge<'a>(
         let row = cols * es;
         return Ok(blocks
             .iter()
-            .map(|b| match &parts[b.rank] {
-                Cow::Borrowed(s) => Cow::Borrowed(&s[b.src_row * row..(b.src_row + b.rows) * row]),
-                Cow::Owned(v) => {
-                    Cow::Owned(v[b.src_row * row..(b.src_row + b.rows) * row].to_vec())
+            .map(|b| {
+                let rows = b.src_row * row..(b.src_row + b.rows) * row;
+                match &parts[b.rank] {
+                    Cow::Borrowed(s) => Cow::Borrowed(&s[rows]),
+                    Cow::Owned(v) => Cow::Owned(v[rows].to_vec()),
                 }
             })
             .collect());
@@ -218,6 +143,77 @@ pub fn merge<'a>(
         }
     }
     Ok(vec![Cow::Owned(out)])
+}
+
+/// Every part holds exactly one rank's share (the plan checked the shapes; this checks the
+/// bytes read). Returns the part's rows and columns (1-D is one column).
+fn check_parts(e: &Entry, parts: &[Cow<'_, [u8]>], names: &[String]) -> Result<(usize, usize)> {
+    let (rows, cols) = match e.rank_shapes[0].as_slice() {
+        [n] => (*n as usize, 1),
+        [r, c] => (*r as usize, *c as usize),
+        other => {
+            return Err(Error::internal(format!(
+                "tensor `{}`: the plan admitted shape {other:?}",
+                e.source
+            )))
+        }
+    };
+    let part_bytes = rows * cols * e.source_dtype.size();
+    for (r, p) in parts.iter().enumerate() {
+        if p.len() != part_bytes {
+            return Err(Error::merge(format!(
+                "tensor `{}` on rank {r} ({}): {} bytes, expected {part_bytes}",
+                e.source,
+                names[r],
+                p.len()
+            )));
+        }
+    }
+    Ok((rows, cols))
+}
+
+/// A replicated tensor is taken once, so every rank must hold the same bits.
+fn check_replicated(e: &Entry, parts: &[Cow<'_, [u8]>], names: &[String]) -> Result<()> {
+    let es = e.source_dtype.size();
+    for (r, part) in parts.iter().enumerate().skip(1) {
+        if part[..] != parts[0][..] {
+            let at = part
+                .chunks(es)
+                .zip(parts[0].chunks(es))
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            return Err(Error::merge(format!(
+                "tensor `{}` is replicated, so every rank must hold the same bits, but rank 0 ({}) and \
+                 rank {r} ({}) differ (first at element {at}); the checkpoint is inconsistent",
+                e.source, names[0], names[r]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Where each rank's rows land in the merged (untransposed) matrix.
+fn blocks(split: Split, p: usize, rows: usize, cols: usize) -> Vec<Block> {
+    let block = |rank, src_row, rows, dst_row, dst_col| Block {
+        rank,
+        src_row,
+        rows,
+        dst_row,
+        dst_col,
+    };
+    match split {
+        Split::Replicated => vec![block(0, 0, rows, 0, 0)],
+        Split::Dim0 => (0..p).map(|r| block(r, 0, rows, r * rows, 0)).collect(),
+        Split::Dim1 => (0..p).map(|r| block(r, 0, rows, 0, r * cols)).collect(),
+        // Rank r holds [q_r; k_r; v_r]; GPT-2 wants [q_0..q_p; k_0..k_p; v_0..v_p].
+        Split::QkvDim0 => {
+            let third = rows / 3;
+            (0..3)
+                .flat_map(|j| (0..p).map(move |r| (j, r)))
+                .map(|(j, r)| block(r, j * third, third, (j * p + r) * third, 0))
+                .collect()
+        }
+    }
 }
 
 struct Geometry {
