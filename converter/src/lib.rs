@@ -55,18 +55,28 @@ pub trait Progress {
     fn advance(&self, _bytes: u64) {}
     /// A problem that does not stop the conversion.
     fn warn(&self, msg: &str);
+    /// True once the user asked to stop (SIGINT/SIGTERM in the binary): the conversion then
+    /// ends with [`Error::Interrupted`] at the next tensor and removes its staging directory.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
-/// What a finished conversion did.
+/// What a finished conversion wrote (the plan is `--dry-run`'s business, not the summary's).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
     pub output: PathBuf,
+    /// model.safetensors, config.json and SHA256SUMS: name, size, SHA-256.
+    pub files: Vec<write::OutputFile>,
     pub tensors: usize,
-    pub model_bytes: u64,
-    pub model_sha256: String,
+    /// The tensors' data alone.
+    pub tensor_bytes: u64,
+    /// model.safetensors' size: header and data.
+    pub model_file_bytes: u64,
     pub seconds: f64,
     pub warnings: usize,
-    pub plan: Plan,
+    pub variant: String,
+    pub model_parallel: usize,
 }
 
 /// An opened checkpoint: its mapping and ranks, structure parsed, no tensor data read.
@@ -99,7 +109,9 @@ pub fn plan(src: &Source, heads: Option<u64>, dtype: OutDtype) -> Result<Plan> {
 /// Convert end to end: read -> plan -> merge -> write.
 pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let started = Instant::now();
-    // Refuse a non-empty OUT_DIR before doing any work.
+    // Refuse an OUT_DIR that is, holds or lies inside an input, then a non-empty one, before
+    // doing any work.
+    write::check_outside_inputs(&opts.output, &opts.input, opts.mapping.as_deref())?;
     write::check_target(&opts.output, opts.force)?;
     let src = open(&opts.input, opts.mapping.as_deref())?;
     let plan = plan(&src, opts.heads, opts.dtype)?;
@@ -130,19 +142,33 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
         write::small_file(&staging.path().join("config.json"), config_text.as_bytes())?;
     let sums = write::sha256sums(vec![
         ("model.safetensors".into(), model_sha256.clone()),
-        ("config.json".into(), config_sha),
+        ("config.json".into(), config_sha.clone()),
     ]);
-    write::small_file(&staging.path().join("SHA256SUMS"), sums.as_bytes())?;
+    let sums_sha = write::small_file(&staging.path().join("SHA256SUMS"), sums.as_bytes())?;
+    if progress.cancelled() {
+        return Err(Error::Interrupted);
+    }
     staging.commit()?;
 
+    let file = |name: &str, bytes: u64, sha256: String| write::OutputFile {
+        name: name.into(),
+        bytes,
+        sha256,
+    };
     Ok(Summary {
         output: opts.output.clone(),
+        files: vec![
+            file("model.safetensors", model_bytes, model_sha256),
+            file("config.json", config_text.len() as u64, config_sha),
+            file("SHA256SUMS", sums.len() as u64, sums_sha),
+        ],
         tensors: plan.entries.len(),
-        model_bytes,
-        model_sha256,
+        tensor_bytes: plan.total_bytes(),
+        model_file_bytes: model_bytes,
         seconds: started.elapsed().as_secs_f64(),
         warnings,
-        plan,
+        variant: plan.variant.clone(),
+        model_parallel: plan.model_parallel,
     })
 }
 
@@ -155,41 +181,17 @@ fn write_model(
     progress: &dyn Progress,
 ) -> Result<(String, u64, usize)> {
     let names: Vec<String> = src.ranks.iter().map(|r| r.display.clone()).collect();
-    let files: Vec<serde_json::Value> = src
-        .ranks
-        .iter()
-        .map(|r| serde_json::json!({"name": r.display, "bytes": r.file.file_len(), "format": r.file.format.name()}))
-        .collect();
-    let metadata = vec![
-        ("format".to_string(), "pt".to_string()),
-        ("source_variant".to_string(), plan.variant.clone()),
-        (
-            "source_files".to_string(),
-            serde_json::Value::Array(files).to_string(),
-        ),
-        (
-            "model_parallel_size".to_string(),
-            plan.model_parallel.to_string(),
-        ),
-        (
-            "converter".to_string(),
-            format!("cpm-convert {}", env!("CARGO_PKG_VERSION")),
-        ),
-    ];
+    let metadata = write::model_metadata(&src.ranks, plan);
     let path = dir.join("model.safetensors");
     let header = write::safetensors_header(plan, &metadata)?;
     progress.begin(plan.total_bytes());
     let mut warnings = 0;
-    // Test hook: pause after N tensors so a test can kill the process mid-conversion.
-    let pause_after: Option<usize> = std::env::var("CPM_CONVERT_TEST_PAUSE_AFTER")
-        .ok()
-        .and_then(|v| v.parse().ok());
     let mut done = std::collections::VecDeque::new();
     let (hash, bytes) = write::stream_model(&path, |sink| {
         sink.put(header.into())?;
-        for (i, e) in plan.entries.iter().enumerate() {
-            if pause_after == Some(i) {
-                std::thread::sleep(std::time::Duration::from_secs(60));
+        for e in &plan.entries {
+            if progress.cancelled() {
+                return Err(Error::Interrupted);
             }
             let spans = src
                 .ranks
