@@ -246,15 +246,28 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
     assert_eq!(plan["entries"].as_array().map(Vec::len), Some(28));
 }
 
-/// A checkpoint directory assembled from fixture files, for the error paths.
-fn assemble(files: &[(&str, PathBuf)]) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
+/// A checkpoint directory assembled from fixture files, for the error paths, and an OUT_DIR
+/// beside it (never inside: an OUT_DIR inside the input is refused before anything else).
+struct Assembled {
+    _tmp: tempfile::TempDir,
+    ckpt: PathBuf,
+    out: PathBuf,
+}
+
+fn assemble(files: &[(&str, PathBuf)]) -> Assembled {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ckpt");
     for (name, src) in files {
-        let dst = d.path().join(name);
+        let dst = ckpt.join(name);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
         std::fs::copy(src, dst).unwrap();
     }
-    d
+    let out = tmp.path().join("out");
+    Assembled {
+        _tmp: tmp,
+        ckpt,
+        out,
+    }
 }
 
 fn rank(dir: &str, r: usize) -> PathBuf {
@@ -267,17 +280,17 @@ fn rank(dir: &str, r: usize) -> PathBuf {
 fn missing_rank_is_an_error() {
     // mp_world_size says 2, only rank 0 is there.
     let d = assemble(&[("mp_rank_00_model_states.pt", rank("ckpt/100", 0))]);
-    let out = d.path().join("out");
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &[]),
+        &run(&d.ckpt, &out, &[]),
         &out,
         &["mp_world_size = 2", "1 rank file"],
     );
     // No mp_world_size (older DeepSpeed): a gap in the rank numbers.
     let d = assemble(&[("mp_rank_01_model_states.pt", rank("ckpt-legacy", 1))]);
-    let out = d.path().join("out");
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &["--heads", "4"]),
+        &run(&d.ckpt, &out, &["--heads", "4"]),
         &out,
         &["rank 0 is missing"],
     );
@@ -286,10 +299,10 @@ fn missing_rank_is_an_error() {
 #[test]
 fn tracker_naming_a_missing_iteration_is_an_error() {
     let d = assemble(&[("100/mp_rank_00_model_states.pt", rank("ckpt/100", 0))]);
-    std::fs::write(d.path().join("latest_checkpointed_iteration.txt"), "200\n").unwrap();
-    let out = d.path().join("out");
+    std::fs::write(d.ckpt.join("latest_checkpointed_iteration.txt"), "200\n").unwrap();
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &[]),
+        &run(&d.ckpt, &out, &[]),
         &out,
         &["iteration `200`", "does not exist"],
     );
@@ -304,9 +317,9 @@ fn ranks_disagreeing_on_a_replicated_tensor_is_an_error() {
             fixtures().join("broken/replicated-mismatch.pt"),
         ),
     ]);
-    let out = d.path().join("out");
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &[]),
+        &run(&d.ckpt, &out, &[]),
         &out,
         &[
             "transformer.final_layernorm.bias",
@@ -326,9 +339,9 @@ fn ranks_disagreeing_on_a_shape_is_an_error() {
             fixtures().join("broken/shape-mismatch.pt"),
         ),
     ]);
-    let out = d.path().join("out");
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &[]),
+        &run(&d.ckpt, &out, &[]),
         &out,
         &[
             "transformer.layers.1.mlp.dense_h_to_4h.weight",
@@ -347,9 +360,9 @@ fn ranks_disagreeing_on_a_dtype_is_an_error() {
             fixtures().join("broken/dtype-mismatch.pt"),
         ),
     ]);
-    let out = d.path().join("out");
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &[]),
+        &run(&d.ckpt, &out, &[]),
         &out,
         &["transformer.final_layernorm.weight", "float16", "float32"],
     );
@@ -435,7 +448,8 @@ fn not_a_checkpoint_is_an_error_naming_the_file() {
         &out,
         &["model.pt", "not a torch checkpoint"],
     );
-    let out2 = d.path().join("out2");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out2 = elsewhere.path().join("out2");
     assert_fails(&run(d.path(), &out2, &[]), &out2, &["no checkpoint here"]);
 }
 

@@ -103,7 +103,13 @@ fn out_dir_dot_inside_the_checkpoint_is_refused() {
     assert_refused(&ckpt, &[".", "-o", ".", "--force"], ".", ".", tmp.path());
     // From inside the iteration directory, with the root as input: `.` lies inside INPUT.
     let it = ckpt.join("100");
-    assert_refused(&it, &[s(&ckpt), "-o", ".", "--force"], ".", s(&ckpt), tmp.path());
+    assert_refused(
+        &it,
+        &[s(&ckpt), "-o", ".", "--force"],
+        ".",
+        s(&ckpt),
+        tmp.path(),
+    );
 }
 
 #[test]
@@ -137,7 +143,10 @@ fn out_dir_holding_a_symlinked_iteration_directory_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = tmp.path().join("ckpt");
     let data = tmp.path().join("data");
-    copy_tree(&testkit::fixtures().join("tiny/ckpt/100"), &data.join("ranks"));
+    copy_tree(
+        &testkit::fixtures().join("tiny/ckpt/100"),
+        &data.join("ranks"),
+    );
     std::fs::create_dir(&ckpt).unwrap();
     std::fs::write(ckpt.join("latest_checkpointed_iteration.txt"), "100\n").unwrap();
     std::os::unix::fs::symlink(data.join("ranks"), ckpt.join("100")).unwrap();
