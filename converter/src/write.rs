@@ -575,3 +575,88 @@ fn resolve(p: &Path) -> Result<PathBuf> {
     // Not even the root resolves: compare the absolute path as written.
     Ok(abs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The action waits for the last of the two consumers' clones, whichever drops last.
+    #[test]
+    fn after_written_action_runs_once_when_both_consumers_dropped_their_marker() {
+        let runs = AtomicUsize::new(0);
+        let marker = Arc::new(AfterWritten(Mutex::new(Some(Box::new(|| {
+            runs.fetch_add(1, Ordering::SeqCst);
+        })))));
+        let (writer, hasher) = (Chunk::Marker(marker.clone()), Chunk::Marker(marker));
+        assert!(writer.bytes().is_empty() && hasher.bytes().is_empty());
+        drop(hasher);
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            0,
+            "ran before the writer was done"
+        );
+        drop(writer);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    /// Through the real stream: when the action runs, everything put before it is in the file
+    /// (so the source it came from may be released), and it runs exactly once.
+    #[test]
+    fn after_written_runs_after_the_bytes_before_it_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let first = vec![7u8; 100];
+        let big = vec![9u8; 3 << 20];
+        let seen = Mutex::new(Vec::new());
+        let (hash, n) = stream_model(&path, |sink| {
+            sink.put(Cow::Borrowed(&first))?;
+            sink.put(Cow::Owned(big.clone()))?;
+            sink.after_written(Box::new(|| {
+                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                seen.lock().unwrap().push(len);
+            }))?;
+            sink.put(Cow::Borrowed(&big))
+        })
+        .unwrap();
+        assert_eq!(n, 100 + 2 * (3 << 20));
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len(), 1, "ran {} times", seen.len());
+        // The writer may be further on when the hasher, too, is done; never behind.
+        assert!(
+            seen[0] >= 100 + (3 << 20),
+            "ran with {} bytes written",
+            seen[0]
+        );
+        let mut all = first.clone();
+        all.extend_from_slice(&big);
+        all.extend_from_slice(&big);
+        assert_eq!(hash, hex(&Sha256::digest(&all)));
+    }
+
+    /// A stream that fails still runs the actions queued in it (a release is never lost).
+    #[test]
+    fn after_written_runs_when_the_writer_fails() {
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            return;
+        }
+        // Small pieces: the writer buffers 1 MiB before its first write fails.
+        let data = vec![1u8; 64 << 10];
+        let runs = AtomicUsize::new(0);
+        let mut attached = 0;
+        let r = stream_model(full, |sink| {
+            for _ in 0..64 {
+                sink.put(Cow::Borrowed(&data))?;
+                attached += 1;
+                sink.after_written(Box::new(|| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                }))?;
+            }
+            Ok(())
+        });
+        assert!(r.is_err(), "writing to /dev/full succeeded");
+        assert!(attached > 0);
+        assert_eq!(runs.load(Ordering::SeqCst), attached, "an action was lost");
+    }
+}

@@ -79,8 +79,9 @@ struct Cli {
     #[arg(long)]
     dry_run: bool,
 
-    /// Machine-readable output on stdout: the plan with --dry-run, else a summary; errors as
-    /// {"error": "..."}.
+    /// Machine-readable output: stdout holds one JSON object (the plan with --dry-run, else a
+    /// summary of the files written; errors as {"error": "...", "warnings": [...]}), stderr
+    /// only warnings.
     #[arg(long)]
     json: bool,
 
