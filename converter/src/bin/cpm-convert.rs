@@ -107,7 +107,6 @@ enum DtypeArg {
 struct Ui {
     bar: ProgressBar,
     warnings: RefCell<Vec<String>>,
-    tensors_done: std::cell::Cell<usize>,
     #[cfg(feature = "test-hooks")]
     pause: Option<test_hooks::Pause>,
 }
@@ -129,7 +128,6 @@ impl Ui {
         Ui {
             bar,
             warnings: RefCell::new(Vec::new()),
-            tensors_done: std::cell::Cell::new(0),
             #[cfg(feature = "test-hooks")]
             pause: test_hooks::Pause::from_env(),
         }
@@ -142,10 +140,9 @@ impl Progress for Ui {
     }
     fn advance(&self, bytes: u64) {
         self.bar.inc(bytes);
-        self.tensors_done.set(self.tensors_done.get() + 1);
         #[cfg(feature = "test-hooks")]
         if let Some(p) = &self.pause {
-            p.after_tensor(self.tensors_done.get(), &|| self.cancelled());
+            p.after_tensor(&|| self.cancelled());
         }
     }
     fn warn(&self, msg: &str) {
@@ -198,7 +195,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    signals::install(cli.json);
+    // A dry run writes nothing and reads only structure: the default ^C is the right one there.
+    signals::install(cli.json, !cli.dry_run);
     let show_bar = !cli.quiet && !cli.json && std::io::stderr().is_terminal();
     let ui = Ui::new(show_bar);
     match run(&cli, &ui) {
@@ -367,7 +365,8 @@ mod signals {
         }
     }
 
-    pub fn install(json: bool) {
+    /// `stop`: turn SIGINT/SIGTERM into a stop request (for a conversion, which then cleans up).
+    pub fn install(json: bool, stop: bool) {
         JSON.store(json, Ordering::SeqCst);
         // SAFETY: installing dispositions at startup, before any other thread exists; the
         // handlers only touch atomics and call async-signal-safe functions.
@@ -375,8 +374,9 @@ mod signals {
             // A write past `ulimit -f` then fails with EFBIG, reported (and the staging
             // directory removed) like any other write error, instead of killing the process.
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            for sig in [libc::SIGINT, libc::SIGTERM] {
-                set(sig, on_stop, true);
+            if stop {
+                set(libc::SIGINT, on_stop, true);
+                set(libc::SIGTERM, on_stop, true);
             }
             set(libc::SIGBUS, on_bus, false);
         }
@@ -412,8 +412,8 @@ mod signals {
     /// A memory-mapped input page that no longer exists: the file shrank under us.
     extern "C" fn on_bus(_: libc::c_int) {
         say(
-            b"\ncpm-convert: error: bus error reading an input file: an input file changed or was truncated during the conversion; nothing was written (the next run removes the staging directory)\n",
-            b"{\"error\": \"bus error reading an input file: an input file changed or was truncated during the conversion; nothing was written (the next run removes the staging directory)\", \"warnings\": []}\n",
+            b"\ncpm-convert: error: bus error reading a memory-mapped input, most likely because an input file changed or was truncated during the conversion; OUT_DIR was not touched (the next run removes the staging directory)\n",
+            b"{\"error\": \"bus error reading a memory-mapped input, most likely because an input file changed or was truncated during the conversion; OUT_DIR was not touched (the next run removes the staging directory)\", \"warnings\": []}\n",
         );
         // SAFETY: _exit is async-signal-safe; returning would fault again.
         unsafe { libc::_exit(128 + libc::SIGBUS) }
@@ -443,12 +443,14 @@ mod signals {
 /// arrives, or 60 s pass.
 #[cfg(feature = "test-hooks")]
 mod test_hooks {
+    use std::cell::Cell;
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
     pub struct Pause {
         after: usize,
         dir: Option<PathBuf>,
+        done: Cell<usize>,
     }
 
     impl Pause {
@@ -458,11 +460,17 @@ mod test_hooks {
                 .parse()
                 .ok()?;
             let dir = std::env::var_os("CPM_CONVERT_TEST_PAUSE_DIR").map(PathBuf::from);
-            Some(Pause { after, dir })
+            Some(Pause {
+                after,
+                dir,
+                done: Cell::new(0),
+            })
         }
 
-        pub fn after_tensor(&self, done: usize, cancelled: &dyn Fn() -> bool) {
-            if done != self.after {
+        /// Called after each tensor.
+        pub fn after_tensor(&self, cancelled: &dyn Fn() -> bool) {
+            self.done.set(self.done.get() + 1);
+            if self.done.get() != self.after {
                 return;
             }
             if let Some(d) = &self.dir {
