@@ -305,6 +305,7 @@ fn an_input_truncated_during_the_run_is_named_as_the_cause() {
     p.resume();
     let status = p.wait();
     assert_eq!(status.code(), Some(135), "{status}: {}", p.stderr());
+    assert_eq!(p.stderr().lines().count(), 1, "one line: {}", p.stderr());
     assert!(
         p.stderr()
             .contains("an input file changed or was truncated during the conversion"),

@@ -196,8 +196,8 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     // A dry run writes nothing and reads only structure: the default ^C is the right one there.
-    signals::install(cli.json, !cli.dry_run);
     let show_bar = !cli.quiet && !cli.json && std::io::stderr().is_terminal();
+    signals::install(cli.json, !cli.dry_run, show_bar);
     let ui = Ui::new(show_bar);
     match run(&cli, &ui) {
         Ok(()) => ExitCode::SUCCESS,
@@ -356,6 +356,7 @@ mod signals {
 
     static STOP: AtomicI32 = AtomicI32::new(0);
     static JSON: AtomicBool = AtomicBool::new(false);
+    static BAR: AtomicBool = AtomicBool::new(false);
 
     /// The signal that asked us to stop, if one did.
     pub fn stop_signal() -> Option<i32> {
@@ -366,8 +367,10 @@ mod signals {
     }
 
     /// `stop`: turn SIGINT/SIGTERM into a stop request (for a conversion, which then cleans up).
-    pub fn install(json: bool, stop: bool) {
+    /// `bar`: a progress bar is drawn on stderr, so a message starts on a new line.
+    pub fn install(json: bool, stop: bool, bar: bool) {
         JSON.store(json, Ordering::SeqCst);
+        BAR.store(bar, Ordering::SeqCst);
         // SAFETY: installing dispositions at startup, before any other thread exists; the
         // handlers only touch atomics and call async-signal-safe functions.
         unsafe {
@@ -403,7 +406,7 @@ mod signals {
     /// run to remove.
     extern "C" fn on_stop(sig: libc::c_int) {
         if STOP.swap(sig, Ordering::SeqCst) != 0 {
-            say(b"\ncpm-convert: interrupted again: stopping now; the next run removes the staging directory\n", b"");
+            say(AGAIN_TEXT, AGAIN_JSON);
             // SAFETY: _exit is async-signal-safe.
             unsafe { libc::_exit(128 + sig) }
         }
@@ -411,26 +414,36 @@ mod signals {
 
     /// A memory-mapped input page that no longer exists: the file shrank under us.
     extern "C" fn on_bus(_: libc::c_int) {
-        say(
-            b"\ncpm-convert: error: bus error reading a memory-mapped input, most likely because an input file changed or was truncated during the conversion; OUT_DIR was not touched (the next run removes the staging directory)\n",
-            b"{\"error\": \"bus error reading a memory-mapped input, most likely because an input file changed or was truncated during the conversion; OUT_DIR was not touched (the next run removes the staging directory)\", \"warnings\": []}\n",
-        );
+        say(BUS_TEXT, BUS_JSON);
         // SAFETY: _exit is async-signal-safe; returning would fault again.
         unsafe { libc::_exit(128 + libc::SIGBUS) }
     }
 
-    /// The message on stderr, or with `--json` the JSON object (if any) on stdout.
+    // A handler cannot format: each message is written out twice, checked equal by a test.
+    pub(crate) const AGAIN_TEXT: &[u8] = b"cpm-convert: interrupted again: stopped at once; the \
+        next run removes the staging directory\n";
+    pub(crate) const AGAIN_JSON: &[u8] = b"{\"error\": \"interrupted again: stopped at once; the \
+        next run removes the staging directory\", \"warnings\": []}\n";
+    pub(crate) const BUS_TEXT: &[u8] = b"cpm-convert: error: bus error reading a memory-mapped \
+        input, most likely because an input file changed or was truncated during the conversion; \
+        OUT_DIR was not touched (the next run removes the staging directory)\n";
+    pub(crate) const BUS_JSON: &[u8] = b"{\"error\": \"bus error reading a memory-mapped input, \
+        most likely because an input file changed or was truncated during the conversion; OUT_DIR \
+        was not touched (the next run removes the staging directory)\", \"warnings\": []}\n";
+
+    /// The message on stderr, or with `--json` the JSON error object on stdout.
     fn say(text: &[u8], json: &[u8]) {
         let (fd, msg) = if JSON.load(Ordering::SeqCst) {
             (1, json)
         } else {
             (2, text)
         };
-        if !msg.is_empty() {
-            // SAFETY: write(2) of a static buffer is async-signal-safe.
-            unsafe {
-                libc::write(fd, msg.as_ptr().cast(), msg.len());
+        // SAFETY: write(2) of static buffers is async-signal-safe.
+        unsafe {
+            if fd == 2 && BAR.load(Ordering::SeqCst) {
+                libc::write(fd, b"\n".as_ptr().cast(), 1);
             }
+            libc::write(fd, msg.as_ptr().cast(), msg.len());
         }
     }
 }
@@ -582,4 +595,26 @@ fn print_plan(plan: &Plan, model_file_bytes: u64) {
         model_file_bytes
     );
     emit(&text);
+}
+
+#[cfg(test)]
+mod tests {
+    /// The signal handlers' fixed messages: the JSON one is valid JSON saying what the text says.
+    #[test]
+    fn signal_messages_agree_and_the_json_ones_parse() {
+        use super::signals::{AGAIN_JSON, AGAIN_TEXT, BUS_JSON, BUS_TEXT};
+        for (text, json, prefix) in [
+            (AGAIN_TEXT, AGAIN_JSON, "cpm-convert: "),
+            (BUS_TEXT, BUS_JSON, "cpm-convert: error: "),
+        ] {
+            let text = std::str::from_utf8(text).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+            assert_eq!(v["warnings"], serde_json::json!([]));
+            assert_eq!(
+                text.strip_prefix(prefix).unwrap(),
+                format!("{}\n", v["error"].as_str().unwrap())
+            );
+            assert_eq!(text.lines().count(), 1);
+        }
+    }
 }
