@@ -3,29 +3,29 @@
 //! never from this crate.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+use testkit::Run;
 
 use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny")
+    testkit::fixtures().join("tiny")
 }
 
-fn cpm_convert(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cpm-convert"))
-        .args(args)
-        .output()
-        .expect("run cpm-convert")
+/// Run the binary under testkit's deadline: a hang fails the test instead of stalling it.
+fn cpm_convert(args: &[&std::ffi::OsStr]) -> Run {
+    testkit::run(env!("CARGO_BIN_EXE_cpm-convert"), args, &[])
 }
 
-fn run(input: &Path, out: &Path, extra: &[&str]) -> Output {
+fn run(input: &Path, out: &Path, extra: &[&str]) -> Run {
     let mut args: Vec<&std::ffi::OsStr> = vec![input.as_os_str(), "-o".as_ref(), out.as_os_str()];
     args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
     cpm_convert(&args)
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+fn stderr(o: &Run) -> &str {
+    &o.stderr
 }
 
 /// Every tensor of `dir/model.safetensors` equals transformers' tensor bit for bit.
@@ -115,8 +115,8 @@ fn assert_nothing_left(out: &Path) {
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 }
 
-fn assert_fails(o: &Output, out: &Path, needles: &[&str]) {
-    assert_eq!(o.status.code(), Some(2), "exit code; stderr: {}", stderr(o));
+fn assert_fails(o: &Run, out: &Path, needles: &[&str]) {
+    assert_eq!(o.code, Some(2), "exit code; stderr: {}", stderr(o));
     let e = stderr(o);
     for n in needles {
         assert!(e.contains(n), "message lacks {n:?}: {e}");
@@ -129,7 +129,7 @@ fn convert_ok(input: &Path, extra: &[&str]) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let o = run(input, &out, extra);
-    assert!(o.status.success(), "cpm-convert failed: {}", stderr(&o));
+    assert!(o.code == Some(0), "cpm-convert failed: {}", stderr(&o));
     assert_matches_transformers(&out);
     assert_config(&out);
     assert_sums(&out);
@@ -201,7 +201,7 @@ fn dtype_f32_widens_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let o = run(&fixtures().join("ckpt"), &out, &["--dtype", "f32"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.code == Some(0), "{}", stderr(&o));
     let expected = std::fs::read(fixtures().join("hf/model.safetensors")).unwrap();
     let expected = SafeTensors::deserialize(&expected).unwrap();
     let got = std::fs::read(out.join("model.safetensors")).unwrap();
@@ -227,8 +227,8 @@ fn dtype_f32_widens_exactly() {
 #[test]
 fn dry_run_prints_the_plan_and_writes_nothing() {
     let o = cpm_convert(&[fixtures().join("ckpt").as_os_str(), "--dry-run".as_ref()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(o.code == Some(0), "{}", stderr(&o));
+    let s = &o.stdout;
     assert!(
         s.contains("transformer.layers.1.attention.query_key_value.weight"),
         "{s}"
@@ -240,7 +240,7 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
         "--dry-run".as_ref(),
         "--json".as_ref(),
     ]);
-    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json plan");
+    let plan: serde_json::Value = serde_json::from_str(&o.stdout).expect("--json plan");
     assert_eq!(plan["heads"]["count"], 4);
     assert_eq!(plan["model_parallel"], 2);
     assert_eq!(plan["entries"].as_array().map(Vec::len), Some(28));
@@ -397,7 +397,7 @@ fn non_empty_output_directory_is_refused_then_replaced_with_force() {
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "precious").unwrap();
     let o = run(&fixtures().join("ckpt"), &out, &[]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.code, Some(2));
     assert!(
         stderr(&o).contains("not empty") && stderr(&o).contains("--force"),
         "{}",
@@ -409,7 +409,7 @@ fn non_empty_output_directory_is_refused_then_replaced_with_force() {
     );
 
     let o = run(&fixtures().join("ckpt"), &out, &["--force"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.code == Some(0), "{}", stderr(&o));
     assert!(
         !out.join("keep.txt").exists(),
         "--force replaces the directory whole"
@@ -433,7 +433,7 @@ fn empty_output_directory_is_used() {
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let o = run(&fixtures().join("ckpt"), &out, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.code == Some(0), "{}", stderr(&o));
     assert_matches_transformers(&out);
 }
 
@@ -458,7 +458,7 @@ fn quiet_success_prints_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let o = run(&fixtures().join("ckpt"), &out, &["--quiet"]);
-    assert!(o.status.success());
+    assert!(o.code == Some(0));
     assert!(o.stderr.is_empty(), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
     let o = run(&fixtures().join("ckpt"), &tmp.path().join("out2"), &[]);
@@ -478,7 +478,7 @@ fn stale_staging_directory_of_a_dead_process_is_removed() {
     std::fs::write(stale.join("model.safetensors"), b"partial").unwrap();
     let out = tmp.path().join("out");
     let o = run(&fixtures().join("ckpt"), &out, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.code == Some(0), "{}", stderr(&o));
     assert!(!stale.exists(), "stale staging directory should be removed");
     assert!(
         stderr(&o).contains("killed"),

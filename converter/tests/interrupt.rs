@@ -13,7 +13,7 @@
 //! stop signal, or 60 s. Tests wait for `paused` instead of sleeping a guessed time.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 fn fixtures() -> PathBuf {
@@ -130,14 +130,14 @@ fn kill_mid_write(out: &Path, extra: &[&str]) -> PathBuf {
     p.staging.clone()
 }
 
-fn run(out: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cpm-convert"))
-        .arg(fixtures().join("ckpt"))
-        .arg("-o")
-        .arg(out)
-        .args(extra)
-        .output()
-        .expect("run cpm-convert")
+fn run(out: &Path, extra: &[&str]) -> testkit::Run {
+    let mut args = vec![
+        fixtures().join("ckpt").into_os_string(),
+        "-o".into(),
+        out.into(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    testkit::run(env!("CARGO_BIN_EXE_cpm-convert"), &args, &[])
 }
 
 fn assert_complete(out: &Path) {
@@ -181,8 +181,8 @@ fn killed_conversion_leaves_no_output_and_the_next_run_cleans_up() {
     );
 
     let o = run(&out, &[]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let err = &o.stderr;
+    assert!(o.code == Some(0), "{err}");
     assert!(err.contains("killed"), "the removal is reported: {err}");
     assert!(
         err.contains(&*staging.file_name().unwrap().to_string_lossy()),
@@ -211,10 +211,10 @@ fn killed_forced_replacement_keeps_the_old_output() {
 
     // Without --force the old content is still refused; with it, replaced whole.
     let o = run(&out, &[]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"));
+    assert_eq!(o.code, Some(2));
+    assert!(o.stderr.contains("not empty"));
     let o = run(&out, &["--force"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.code == Some(0), "{}", o.stderr);
     assert!(!out.join("keep.txt").exists());
     assert!(!staging.exists());
     assert_eq!(entries(tmp.path()), vec!["out".to_string()]);
@@ -229,12 +229,12 @@ fn a_live_runs_staging_directory_is_left_alone() {
     let live = staging_of(&out, std::process::id());
     std::fs::create_dir(&live).unwrap();
     let o = run(&out, &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.code == Some(0), "{}", o.stderr);
     assert!(
         live.exists(),
         "a running process's staging directory was removed"
     );
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("killed"));
+    assert!(!o.stderr.contains("killed"));
 }
 
 #[test]
