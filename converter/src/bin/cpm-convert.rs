@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
@@ -158,8 +158,8 @@ impl Progress for Ui {
 /// `--json`'s result of a conversion: what was written, never the plan.
 #[derive(Serialize)]
 struct JsonSummary<'a> {
-    /// OUT_DIR as given.
-    output: &'a Path,
+    /// OUT_DIR as given (a non-UTF-8 name lossily: the object must always encode).
+    output: String,
     /// model.safetensors, config.json, SHA256SUMS.
     files: &'a [OutputFile],
     tensors: usize,
@@ -284,7 +284,7 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
     ui.bar.finish_and_clear();
     if cli.json {
         emit_json(&JsonSummary {
-            output: &summary.output,
+            output: summary.output.to_string_lossy().into_owned(),
             files: &summary.files,
             tensors: summary.tensors,
             tensor_bytes: summary.tensor_bytes,
