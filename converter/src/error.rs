@@ -65,6 +65,11 @@ pub enum Error {
     /// The user's options cannot be honoured.
     #[error("{msg}")]
     Usage { msg: String },
+
+    /// The user asked to stop (SIGINT/SIGTERM); the staging directory was removed and an
+    /// existing OUT_DIR left as it was.
+    #[error("interrupted: nothing written")]
+    Interrupted,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

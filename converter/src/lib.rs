@@ -8,13 +8,14 @@
 //! checkpoint::Rank::open rank file   -> torch object tree + weights (torch:: reads zip and
 //!                                       legacy files through a memory map, executing nothing)
 //! plan::build            ranks + mapping (mappings/*.toml) -> every output tensor, checked
-//! merge::merge           one tensor's parts -> Hugging Face layout (concat, qkv interleave,
-//!                                       transpose, cast)
+//! merge::tensor          one tensor's parts -> Hugging Face layout (concat, qkv interleave,
+//!                                       transpose), NaN/Inf check, cast
 //! write                  streaming safetensors + config.json + SHA256SUMS, staged and
 //!                                       renamed into place
 //! ```
 //!
-//! Only one merged tensor is in memory at a time.
+//! Tensors stream through one at a time; the heap holds at most a few merged tensors (recycled
+//! transpose buffers) and the writer's and hasher's bounded queues: README, "Memory".
 
 pub mod checkpoint;
 pub mod error;
@@ -55,14 +56,11 @@ pub trait Progress {
     fn advance(&self, _bytes: u64) {}
     /// A problem that does not stop the conversion.
     fn warn(&self, msg: &str);
-}
-
-/// One file written into OUT_DIR.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WrittenFile {
-    pub name: String,
-    pub bytes: u64,
-    pub sha256: String,
+    /// Whether the user asked to stop (SIGINT/SIGTERM): checked before each tensor and before
+    /// the result is moved into place, so a stop removes the staging directory.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// What a finished conversion did.
@@ -72,8 +70,12 @@ pub struct Summary {
     pub variant: String,
     pub model_parallel: usize,
     pub tensors: usize,
+    /// The tensors' data alone.
+    pub tensor_bytes: u64,
+    /// model.safetensors' size: the tensors plus the header.
+    pub model_file_bytes: u64,
     /// model.safetensors, config.json, SHA256SUMS.
-    pub files: Vec<WrittenFile>,
+    pub files: Vec<write::OutputFile>,
     pub seconds: f64,
     /// Problems that did not stop the conversion, as they were reported to [`Progress::warn`].
     pub warnings: Vec<String>,
@@ -109,7 +111,9 @@ pub fn plan(src: &Source, heads: Option<u64>, dtype: OutDtype) -> Result<Plan> {
 /// Convert end to end: read -> plan -> merge -> write.
 pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let started = Instant::now();
-    // Refuse a non-empty OUT_DIR before doing any work.
+    // Refuse an OUT_DIR that is, holds or lies inside an input, then a non-empty one, before
+    // doing any work.
+    write::check_outside_inputs(&opts.output, &opts.input, opts.mapping.as_deref())?;
     write::check_target(&opts.output, opts.force)?;
     let src = open(&opts.input, opts.mapping.as_deref())?;
     let plan = plan(&src, opts.heads, opts.dtype)?;
@@ -130,12 +134,17 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
             .collect(),
     );
     let sums = write_small(staging.path(), "SHA256SUMS", sums.as_bytes())?;
+    if log.progress.cancelled() {
+        return Err(Error::Interrupted);
+    }
     staging.commit()?;
     Ok(Summary {
         output: opts.output.clone(),
         variant: plan.variant.clone(),
         model_parallel: plan.model_parallel,
         tensors: plan.entries.len(),
+        tensor_bytes: plan.total_bytes(),
+        model_file_bytes: model.bytes,
         files: vec![model, config, sums],
         seconds: started.elapsed().as_secs_f64(),
         warnings: log.warnings,
@@ -149,15 +158,17 @@ fn write_model(
     opts: &Options,
     dir: &Path,
     log: &mut Log,
-) -> Result<WrittenFile> {
-    let header = write::safetensors_header(plan, &metadata(src, plan))?;
+) -> Result<write::OutputFile> {
+    let header = write::safetensors_header(plan, &write::model_metadata(&src.ranks, plan))?;
     let names = src.rank_names();
     log.progress.begin(plan.total_bytes());
     let path = dir.join("model.safetensors");
     let (sha256, bytes) = write::stream_model(&path, |sink| {
         sink.put(header.into())?;
-        let mut release = ReleaseLater::default();
         for e in &plan.entries {
+            if log.progress.cancelled() {
+                return Err(Error::Interrupted);
+            }
             let spans = src.spans(e)?;
             let parts = src.read(e, &spans)?;
             let merged = merge::tensor(e, parts, &names, opts.strict, &mut |n| sink.buffer(n))?;
@@ -167,12 +178,16 @@ fn write_model(
             for piece in merged.pieces {
                 sink.put(piece)?;
             }
-            release.push(src, spans);
+            // Drop our view of the source pages once the writer and the hasher are past them.
+            let pages: Vec<_> = src.ranks.iter().map(|r| r.file.pages()).collect();
+            sink.after_written(Box::new(move || {
+                pages.iter().zip(&spans).for_each(|(p, s)| p.release(s))
+            }))?;
             log.progress.advance(e.nbytes());
         }
         Ok(())
     })?;
-    Ok(WrittenFile {
+    Ok(write::OutputFile {
         name: "model.safetensors".into(),
         bytes,
         sha256,
@@ -188,26 +203,8 @@ fn non_finite_warning(e: &plan::Entry, n: u64) -> String {
     )
 }
 
-/// Drops our view of each tensor's source pages a few tensors after it was queued, once the
-/// writer and the hasher (at most `write::QUEUE` chunks behind) are done with them.
-#[derive(Default)]
-struct ReleaseLater {
-    queued: std::collections::VecDeque<(usize, std::ops::Range<u64>)>,
-}
-
-impl ReleaseLater {
-    fn push(&mut self, src: &Source, spans: Vec<std::ops::Range<u64>>) {
-        self.queued.extend(spans.into_iter().enumerate());
-        while self.queued.len() > 3 * src.ranks.len() {
-            if let Some((r, span)) = self.queued.pop_front() {
-                src.ranks[r].file.release(&span);
-            }
-        }
-    }
-}
-
 /// `config.json`, its dtype taken from the tensors actually written.
-fn write_config(src: &Source, plan: &Plan, dir: &Path, log: &mut Log) -> Result<WrittenFile> {
+fn write_config(src: &Source, plan: &Plan, dir: &Path, log: &mut Log) -> Result<write::OutputFile> {
     let dtype = gpt2_config::model_dtype(plan);
     if let Some(mixed) = gpt2_config::mixed_dtypes(plan) {
         log.warn(format!(
@@ -223,37 +220,12 @@ fn write_config(src: &Source, plan: &Plan, dir: &Path, log: &mut Log) -> Result<
     write_small(dir, "config.json", text.as_bytes())
 }
 
-fn write_small(dir: &Path, name: &str, bytes: &[u8]) -> Result<WrittenFile> {
-    Ok(WrittenFile {
+fn write_small(dir: &Path, name: &str, bytes: &[u8]) -> Result<write::OutputFile> {
+    Ok(write::OutputFile {
         name: name.into(),
         bytes: bytes.len() as u64,
         sha256: write::small_file(&dir.join(name), bytes)?,
     })
-}
-
-/// The safetensors `__metadata__`: provenance without absolute paths or timestamps, so the same
-/// input gives byte-identical output.
-fn metadata(src: &Source, plan: &Plan) -> Vec<(String, String)> {
-    let files: Vec<serde_json::Value> = src
-        .ranks
-        .iter()
-        .map(|r| {
-            serde_json::json!({"name": r.display, "bytes": r.file.file_len(), "format": r.file.format.name()})
-        })
-        .collect();
-    [
-        ("format", "pt".to_string()),
-        ("source_variant", plan.variant.clone()),
-        ("source_files", serde_json::Value::Array(files).to_string()),
-        ("model_parallel_size", plan.model_parallel.to_string()),
-        (
-            "converter",
-            format!("cpm-convert {}", env!("CARGO_PKG_VERSION")),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
 }
 
 impl Source {

@@ -11,12 +11,13 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use crate::checkpoint::{self, Rank};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 
@@ -56,11 +57,13 @@ pub fn safetensors_header(plan: &Plan, metadata: &[(String, String)]) -> Result<
     Ok(out)
 }
 
-/// A piece of the model file on its way to the disk: borrowed from an input map, or a range
-/// of a buffer shared between the writer and the hasher.
+/// A piece of the model file on its way to the disk: borrowed from an input map, a range of a
+/// buffer shared between the writer and the hasher, or a marker carrying an action to run once
+/// both consumers are past it ([`Sink::after_written`]).
 pub enum Chunk<'a> {
     Borrowed(&'a [u8]),
     Shared(Arc<Vec<u8>>, Range<usize>),
+    Marker(Arc<AfterWritten<'a>>),
 }
 
 impl Chunk<'_> {
@@ -68,6 +71,26 @@ impl Chunk<'_> {
         match self {
             Chunk::Borrowed(b) => b,
             Chunk::Shared(v, r) => &v[r.clone()],
+            Chunk::Marker(_) => &[],
+        }
+    }
+}
+
+/// An action that runs when the last reference to it is dropped. The writer and the hasher each
+/// get one clone and drop it after processing every chunk queued before it, so the action runs
+/// exactly once, when both are done with those chunks (or when an aborted stream drops them).
+pub struct AfterWritten<'a>(Mutex<Option<Box<dyn FnOnce() + Send + 'a>>>);
+
+impl Drop for AfterWritten<'_> {
+    fn drop(&mut self) {
+        // The mutex only makes the action shareable between threads; it is never locked, so it
+        // cannot be poisoned, but take the action either way.
+        let action = match self.0.get_mut() {
+            Ok(a) => a.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(f) = action {
+            f();
         }
     }
 }
@@ -133,6 +156,16 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
+    /// Run `f` once both consumers are done with everything put before this call: the writer has
+    /// copied those bytes out of their source (into its buffer or the kernel) and the hasher has
+    /// hashed them. The producer uses it to release a source tensor's mapped pages as soon as
+    /// its last chunk is written. If the stream stops early (a consumer's error), `f` still runs,
+    /// when the queued chunks are dropped. Costs no copy: one empty marker per consumer.
+    pub fn after_written(&mut self, f: Box<dyn FnOnce() + Send + 'a>) -> Result<()> {
+        let marker = Arc::new(AfterWritten(Mutex::new(Some(f))));
+        self.send(Chunk::Marker(marker.clone()), Chunk::Marker(marker))
+    }
+
     fn send(&self, w: Chunk<'a>, h: Chunk<'a>) -> Result<()> {
         // A closed channel means the consumer stopped on an error, which `stream_model` reports.
         self.to_writer
@@ -147,7 +180,8 @@ impl<'a> Sink<'a> {
 
 /// Write `path` from what `produce` puts into the sink, with writing and SHA-256 hashing each on
 /// their own thread, overlapped with the producer's merging. Returns the hex hash and the size.
-/// The file is fsynced before this returns.
+/// The file is fsynced before this returns; a stream that failed (or was interrupted) is not,
+/// since its file is about to be removed.
 pub fn stream_model<'a, F>(path: &Path, produce: F) -> Result<(String, u64)>
 where
     F: FnOnce(&mut Sink<'a>) -> Result<()>,
@@ -156,32 +190,7 @@ where
     let (to_writer, from_producer) = sync_channel::<Chunk<'a>>(QUEUE);
     let (to_hasher, for_hasher) = sync_channel::<Chunk<'a>>(QUEUE);
     std::thread::scope(|s| {
-        let writer = s.spawn(move || -> Result<u64> {
-            let mut out = BufWriter::with_capacity(1 << 20, file);
-            let mut n = 0u64;
-            let mut flushed = 0u64;
-            for c in from_producer {
-                out.write_all(c.bytes())
-                    .map_err(|e| Error::io(path, "cannot write", e))?;
-                n += c.bytes().len() as u64;
-                // Start writing back each window as soon as it is complete, so the final fsync
-                // finds little left to do and dirty pages stay bounded.
-                let in_kernel = n - out.buffer().len() as u64;
-                if in_kernel >= flushed + WRITEBACK_WINDOW {
-                    writeback(out.get_ref(), flushed, in_kernel - flushed, false);
-                    if flushed >= 2 * WRITEBACK_WINDOW {
-                        writeback(out.get_ref(), 0, flushed - WRITEBACK_WINDOW, true);
-                    }
-                    flushed = in_kernel;
-                }
-            }
-            let file = out
-                .into_inner()
-                .map_err(|e| Error::io(path, "cannot write", e.into_error()))?;
-            file.sync_all()
-                .map_err(|e| Error::io(path, "cannot sync", e))?;
-            Ok(n)
-        });
+        let writer = s.spawn(move || write_chunks(path, file, from_producer));
         let hasher = s.spawn(move || {
             let mut h = Sha256::new();
             for c in for_hasher {
@@ -203,10 +212,42 @@ where
             Error::internal(format!("{}: the hashing thread panicked", path.display()))
         })?;
         // The writer's own error explains a producer's "writer stopped".
-        let n = written?;
+        let (file, n) = written?;
         produced?;
+        file.sync_all()
+            .map_err(|e| Error::io(path, "cannot sync", e))?;
         Ok((hash, n))
     })
+}
+
+/// The writer thread: every chunk to `file` in order, then the buffer flushed (not synced).
+fn write_chunks(
+    path: &Path,
+    file: File,
+    chunks: std::sync::mpsc::Receiver<Chunk<'_>>,
+) -> Result<(File, u64)> {
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut n = 0u64;
+    let mut flushed = 0u64;
+    for c in chunks {
+        out.write_all(c.bytes())
+            .map_err(|e| Error::io(path, "cannot write", e))?;
+        n += c.bytes().len() as u64;
+        // Start writing back each window as soon as it is complete, so the final fsync finds
+        // little left to do and dirty pages stay bounded.
+        let in_kernel = n - out.buffer().len() as u64;
+        if in_kernel >= flushed + WRITEBACK_WINDOW {
+            writeback(out.get_ref(), flushed, in_kernel - flushed, false);
+            if flushed >= 2 * WRITEBACK_WINDOW {
+                writeback(out.get_ref(), 0, flushed - WRITEBACK_WINDOW, true);
+            }
+            flushed = in_kernel;
+        }
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| Error::io(path, "cannot write", e.into_error()))?;
+    Ok((file, n))
 }
 
 /// Bytes written between two writeback requests.
@@ -422,5 +463,200 @@ fn process_alive(pid: u32) -> bool {
     } else {
         // Without /proc we cannot tell: leave it alone.
         true
+    }
+}
+
+/// One file of the output directory, as the summary reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutputFile {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The `__metadata__` of the model file. Shared by the writer and `--dry-run`, so the size the
+/// dry run reports is the size of the header the writer produces.
+pub fn model_metadata(ranks: &[Rank], plan: &Plan) -> Vec<(String, String)> {
+    let files: Vec<serde_json::Value> = ranks
+        .iter()
+        .map(|r| serde_json::json!({"name": r.display, "bytes": r.file.file_len(), "format": r.file.format.name()}))
+        .collect();
+    vec![
+        ("format".to_string(), "pt".to_string()),
+        ("source_variant".to_string(), plan.variant.clone()),
+        (
+            "source_files".to_string(),
+            serde_json::Value::Array(files).to_string(),
+        ),
+        (
+            "model_parallel_size".to_string(),
+            plan.model_parallel.to_string(),
+        ),
+        (
+            "converter".to_string(),
+            format!("cpm-convert {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ]
+}
+
+/// Refuse an OUT_DIR that is, contains or lies inside an input (INPUT itself, each rank file,
+/// each directory between them such as the iteration directory, and the mapping file), with or
+/// without `--force`: replacing OUT_DIR moves it aside and deletes it, and the staging directory
+/// is made beside it, so an overlap would move or delete the checkpoint. Paths are compared
+/// resolved (absolute, `..` and symlinks followed), so `-o .`, `-o ckpt/80000/..` and a
+/// symlinked spelling are all caught. Called before anything is created or moved.
+pub fn check_outside_inputs(out: &Path, input: &Path, mapping: Option<&Path>) -> Result<()> {
+    let out_resolved = resolve(out)?;
+    for p in input_paths(input, mapping)? {
+        let p_resolved = resolve(&p)?;
+        let relation = if p_resolved == out_resolved {
+            "is"
+        } else if p_resolved.starts_with(&out_resolved) {
+            "contains"
+        } else if out_resolved.starts_with(&p_resolved) {
+            "lies inside"
+        } else {
+            continue;
+        };
+        return Err(Error::usage(format!(
+            "refusing to write to {} (resolved: {}): it {relation} the input {} (resolved: {}); \
+             choose an output directory outside the checkpoint (nothing was changed)",
+            out.display(),
+            out_resolved.display(),
+            p.display(),
+            p_resolved.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Every input path: INPUT, the mapping file, each rank file and each directory between a rank
+/// file and INPUT (any of which may be a symlink to somewhere else).
+fn input_paths(input: &Path, mapping: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let mut paths = vec![input.to_path_buf()];
+    paths.extend(mapping.map(Path::to_path_buf));
+    for rank in checkpoint::discover(input)?.ranks {
+        let mut dir = rank.parent();
+        while let Some(d) = dir.filter(|d| *d != input && d.starts_with(input)) {
+            paths.push(d.to_path_buf());
+            dir = d.parent();
+        }
+        paths.push(rank);
+    }
+    Ok(paths)
+}
+
+/// `p` as an absolute path with `.`, `..` and symlinks resolved. A path that does not exist
+/// (yet) is resolved through its deepest existing ancestor, with the rest appended.
+fn resolve(p: &Path) -> Result<PathBuf> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io(".", "cannot find the current directory", e))?
+            .join(p)
+    };
+    let parts: Vec<Component> = abs.components().collect();
+    for k in (1..=parts.len()).rev() {
+        let Ok(mut found) = std::fs::canonicalize(parts[..k].iter().collect::<PathBuf>()) else {
+            continue;
+        };
+        for c in &parts[k..] {
+            match c {
+                Component::ParentDir => {
+                    found.pop();
+                }
+                Component::Normal(n) => found.push(n),
+                _ => {}
+            }
+        }
+        return Ok(found);
+    }
+    // Not even the root resolves: compare the absolute path as written.
+    Ok(abs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The action waits for the last of the two consumers' clones, whichever drops last.
+    #[test]
+    fn after_written_action_runs_once_when_both_consumers_dropped_their_marker() {
+        let runs = AtomicUsize::new(0);
+        let marker = Arc::new(AfterWritten(Mutex::new(Some(Box::new(|| {
+            runs.fetch_add(1, Ordering::SeqCst);
+        })))));
+        let (writer, hasher) = (Chunk::Marker(marker.clone()), Chunk::Marker(marker));
+        assert!(writer.bytes().is_empty() && hasher.bytes().is_empty());
+        drop(hasher);
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            0,
+            "ran before the writer was done"
+        );
+        drop(writer);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    /// Through the real stream: when the action runs, everything put before it is in the file
+    /// (so the source it came from may be released), and it runs exactly once.
+    #[test]
+    fn after_written_runs_after_the_bytes_before_it_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let first = vec![7u8; 100];
+        let big = vec![9u8; 3 << 20];
+        let seen = Mutex::new(Vec::new());
+        let (hash, n) = stream_model(&path, |sink| {
+            sink.put(Cow::Borrowed(&first))?;
+            sink.put(Cow::Owned(big.clone()))?;
+            sink.after_written(Box::new(|| {
+                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                seen.lock().unwrap().push(len);
+            }))?;
+            sink.put(Cow::Borrowed(&big))
+        })
+        .unwrap();
+        assert_eq!(n, 100 + 2 * (3 << 20));
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len(), 1, "ran {} times", seen.len());
+        // The writer may be further on when the hasher, too, is done; never behind.
+        assert!(
+            seen[0] >= 100 + (3 << 20),
+            "ran with {} bytes written",
+            seen[0]
+        );
+        let mut all = first.clone();
+        all.extend_from_slice(&big);
+        all.extend_from_slice(&big);
+        assert_eq!(hash, hex(&Sha256::digest(&all)));
+    }
+
+    /// A stream that fails still runs the actions queued in it (a release is never lost).
+    #[test]
+    fn after_written_runs_when_the_writer_fails() {
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            return;
+        }
+        // Small pieces: the writer buffers 1 MiB before its first write fails.
+        let data = vec![1u8; 64 << 10];
+        let runs = AtomicUsize::new(0);
+        let mut attached = 0;
+        let r = stream_model(full, |sink| {
+            for _ in 0..64 {
+                sink.put(Cow::Borrowed(&data))?;
+                attached += 1;
+                sink.after_written(Box::new(|| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                }))?;
+            }
+            Ok(())
+        });
+        assert!(r.is_err(), "writing to /dev/full succeeded");
+        assert!(attached > 0);
+        assert_eq!(runs.load(Ordering::SeqCst), attached, "an action was lost");
     }
 }

@@ -3,29 +3,29 @@
 //! never from this crate.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+use testkit::Run;
 
 use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny")
+    testkit::fixtures().join("tiny")
 }
 
-fn cpm_convert(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cpm-convert"))
-        .args(args)
-        .output()
-        .expect("run cpm-convert")
+/// Run the binary under testkit's deadline: a hang fails the test instead of stalling it.
+fn cpm_convert(args: &[&std::ffi::OsStr]) -> Run {
+    testkit::run(env!("CARGO_BIN_EXE_cpm-convert"), args, &[])
 }
 
-fn run(input: &Path, out: &Path, extra: &[&str]) -> Output {
+fn run(input: &Path, out: &Path, extra: &[&str]) -> Run {
     let mut args: Vec<&std::ffi::OsStr> = vec![input.as_os_str(), "-o".as_ref(), out.as_os_str()];
     args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
     cpm_convert(&args)
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+fn stderr(o: &Run) -> &str {
+    &o.stderr
 }
 
 /// Every tensor of `dir/model.safetensors` equals transformers' tensor bit for bit.
@@ -115,8 +115,8 @@ fn assert_nothing_left(out: &Path) {
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 }
 
-fn assert_fails(o: &Output, out: &Path, needles: &[&str]) {
-    assert_eq!(o.status.code(), Some(2), "exit code; stderr: {}", stderr(o));
+fn assert_fails(o: &Run, out: &Path, needles: &[&str]) {
+    assert_eq!(o.code, Some(2), "exit code; stderr: {}", stderr(o));
     let e = stderr(o);
     for n in needles {
         assert!(e.contains(n), "message lacks {n:?}: {e}");
@@ -129,7 +129,7 @@ fn convert_ok(input: &Path, extra: &[&str]) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let o = run(input, &out, extra);
-    assert!(o.status.success(), "cpm-convert failed: {}", stderr(&o));
+    assert!(o.code == Some(0), "cpm-convert failed: {}", stderr(&o));
     assert_matches_transformers(&out);
     assert_config(&out);
     assert_sums(&out);
@@ -201,7 +201,7 @@ fn dtype_f32_widens_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let o = run(&fixtures().join("ckpt"), &out, &["--dtype", "f32"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.code == Some(0), "{}", stderr(&o));
     let expected = std::fs::read(fixtures().join("hf/model.safetensors")).unwrap();
     let expected = SafeTensors::deserialize(&expected).unwrap();
     let got = std::fs::read(out.join("model.safetensors")).unwrap();
@@ -227,8 +227,8 @@ fn dtype_f32_widens_exactly() {
 #[test]
 fn dry_run_prints_the_plan_and_writes_nothing() {
     let o = cpm_convert(&[fixtures().join("ckpt").as_os_str(), "--dry-run".as_ref()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(o.code == Some(0), "{}", stderr(&o));
+    let s = &o.stdout;
     assert!(
         s.contains("transformer.layers.1.attention.query_key_value.weight"),
         "{s}"
@@ -240,21 +240,34 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
         "--dry-run".as_ref(),
         "--json".as_ref(),
     ]);
-    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json plan");
+    let plan: serde_json::Value = serde_json::from_str(&o.stdout).expect("--json plan");
     assert_eq!(plan["heads"]["count"], 4);
     assert_eq!(plan["model_parallel"], 2);
     assert_eq!(plan["entries"].as_array().map(Vec::len), Some(28));
 }
 
-/// A checkpoint directory assembled from fixture files, for the error paths.
-fn assemble(files: &[(&str, PathBuf)]) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
+/// A checkpoint directory assembled from fixture files, for the error paths, and an OUT_DIR
+/// beside it (never inside: an OUT_DIR inside the input is refused before anything else).
+struct Assembled {
+    _tmp: tempfile::TempDir,
+    ckpt: PathBuf,
+    out: PathBuf,
+}
+
+fn assemble(files: &[(&str, PathBuf)]) -> Assembled {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ckpt");
     for (name, src) in files {
-        let dst = d.path().join(name);
+        let dst = ckpt.join(name);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
         std::fs::copy(src, dst).unwrap();
     }
-    d
+    let out = tmp.path().join("out");
+    Assembled {
+        _tmp: tmp,
+        ckpt,
+        out,
+    }
 }
 
 fn rank(dir: &str, r: usize) -> PathBuf {
@@ -267,17 +280,17 @@ fn rank(dir: &str, r: usize) -> PathBuf {
 fn missing_rank_is_an_error() {
     // mp_world_size says 2, only rank 0 is there.
     let d = assemble(&[("mp_rank_00_model_states.pt", rank("ckpt/100", 0))]);
-    let out = d.path().join("out");
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &[]),
+        &run(&d.ckpt, &out, &[]),
         &out,
         &["mp_world_size = 2", "1 rank file"],
     );
     // No mp_world_size (older DeepSpeed): a gap in the rank numbers.
     let d = assemble(&[("mp_rank_01_model_states.pt", rank("ckpt-legacy", 1))]);
-    let out = d.path().join("out");
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &["--heads", "4"]),
+        &run(&d.ckpt, &out, &["--heads", "4"]),
         &out,
         &["rank 0 is missing"],
     );
@@ -286,10 +299,10 @@ fn missing_rank_is_an_error() {
 #[test]
 fn tracker_naming_a_missing_iteration_is_an_error() {
     let d = assemble(&[("100/mp_rank_00_model_states.pt", rank("ckpt/100", 0))]);
-    std::fs::write(d.path().join("latest_checkpointed_iteration.txt"), "200\n").unwrap();
-    let out = d.path().join("out");
+    std::fs::write(d.ckpt.join("latest_checkpointed_iteration.txt"), "200\n").unwrap();
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &[]),
+        &run(&d.ckpt, &out, &[]),
         &out,
         &["iteration `200`", "does not exist"],
     );
@@ -304,9 +317,9 @@ fn ranks_disagreeing_on_a_replicated_tensor_is_an_error() {
             fixtures().join("broken/replicated-mismatch.pt"),
         ),
     ]);
-    let out = d.path().join("out");
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &[]),
+        &run(&d.ckpt, &out, &[]),
         &out,
         &[
             "transformer.final_layernorm.bias",
@@ -326,9 +339,9 @@ fn ranks_disagreeing_on_a_shape_is_an_error() {
             fixtures().join("broken/shape-mismatch.pt"),
         ),
     ]);
-    let out = d.path().join("out");
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &[]),
+        &run(&d.ckpt, &out, &[]),
         &out,
         &[
             "transformer.layers.1.mlp.dense_h_to_4h.weight",
@@ -347,9 +360,9 @@ fn ranks_disagreeing_on_a_dtype_is_an_error() {
             fixtures().join("broken/dtype-mismatch.pt"),
         ),
     ]);
-    let out = d.path().join("out");
+    let out = d.out.clone();
     assert_fails(
-        &run(d.path(), &out, &[]),
+        &run(&d.ckpt, &out, &[]),
         &out,
         &["transformer.final_layernorm.weight", "float16", "float32"],
     );
@@ -384,7 +397,7 @@ fn non_empty_output_directory_is_refused_then_replaced_with_force() {
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "precious").unwrap();
     let o = run(&fixtures().join("ckpt"), &out, &[]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.code, Some(2));
     assert!(
         stderr(&o).contains("not empty") && stderr(&o).contains("--force"),
         "{}",
@@ -396,7 +409,7 @@ fn non_empty_output_directory_is_refused_then_replaced_with_force() {
     );
 
     let o = run(&fixtures().join("ckpt"), &out, &["--force"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.code == Some(0), "{}", stderr(&o));
     assert!(
         !out.join("keep.txt").exists(),
         "--force replaces the directory whole"
@@ -420,7 +433,7 @@ fn empty_output_directory_is_used() {
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let o = run(&fixtures().join("ckpt"), &out, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.code == Some(0), "{}", stderr(&o));
     assert_matches_transformers(&out);
 }
 
@@ -435,7 +448,8 @@ fn not_a_checkpoint_is_an_error_naming_the_file() {
         &out,
         &["model.pt", "not a torch checkpoint"],
     );
-    let out2 = d.path().join("out2");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out2 = elsewhere.path().join("out2");
     assert_fails(&run(d.path(), &out2, &[]), &out2, &["no checkpoint here"]);
 }
 
@@ -444,7 +458,7 @@ fn quiet_success_prints_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let o = run(&fixtures().join("ckpt"), &out, &["--quiet"]);
-    assert!(o.status.success());
+    assert!(o.code == Some(0));
     assert!(o.stderr.is_empty(), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
     let o = run(&fixtures().join("ckpt"), &tmp.path().join("out2"), &[]);
@@ -464,7 +478,7 @@ fn stale_staging_directory_of_a_dead_process_is_removed() {
     std::fs::write(stale.join("model.safetensors"), b"partial").unwrap();
     let out = tmp.path().join("out");
     let o = run(&fixtures().join("ckpt"), &out, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.code == Some(0), "{}", stderr(&o));
     assert!(!stale.exists(), "stale staging directory should be removed");
     assert!(
         stderr(&o).contains("killed"),

@@ -1,14 +1,17 @@
 //! The `cpm-convert` command: flags, progress bar, messages, exit codes. The work is in the
 //! library.
 
+use std::cell::RefCell;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
 
-use cpm_convert::{Options, OutDtype, Progress};
+use cpm_convert::write::OutputFile;
+use cpm_convert::{Options, OutDtype, Plan, Progress};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -26,7 +29,14 @@ OUT_DIR receives model.safetensors, config.json and SHA256SUMS (check with
 `cd OUT_DIR && sha256sum -c SHA256SUMS`). It is written in a temporary directory beside it
 and renamed into place only when complete; a failed run leaves nothing behind.
 
-Exit codes: 0 success; 2 error (bad input, inconsistent ranks, refused output directory).";
+OUT_DIR may not be, contain or lie inside INPUT, a rank file or the mapping file.
+
+With --json, stdout holds exactly one JSON object: the summary (or the plan with --dry-run), or
+{\"error\": \"...\", \"warnings\": [...]}; stderr holds only warnings.
+
+Exit codes: 0 success; 2 error (bad input, inconsistent ranks, refused output directory);
+130 interrupted by SIGINT, 143 by SIGTERM (nothing written, OUT_DIR as it was); 135 an input
+file was truncated while being read (SIGBUS).";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -69,8 +79,9 @@ struct Cli {
     #[arg(long)]
     dry_run: bool,
 
-    /// Machine-readable output on stdout: the plan with --dry-run, else a summary; errors as
-    /// {"error": "..."}.
+    /// Machine-readable output: stdout holds one JSON object (the plan with --dry-run, else a
+    /// summary of the files written; errors as {"error": "...", "warnings": [...]}), stderr
+    /// only warnings.
     #[arg(long)]
     json: bool,
 
@@ -91,54 +102,162 @@ enum DtypeArg {
     F32,
 }
 
-struct Bar {
+/// The user interface the library reports to: progress bar, warnings (printed and kept for the
+/// JSON object), and the stop request set by SIGINT/SIGTERM.
+struct Ui {
     bar: ProgressBar,
-    /// Test hook: pause after this many tensors so a test can kill the process mid-conversion.
-    pause_after: Option<u64>,
-    tensors: std::sync::atomic::AtomicU64,
+    warnings: RefCell<Vec<String>>,
+    #[cfg(feature = "test-hooks")]
+    pause: Option<test_hooks::Pause>,
 }
 
-impl Progress for Bar {
+impl Ui {
+    fn new(show_bar: bool) -> Ui {
+        let bar = if show_bar {
+            let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        Ui {
+            bar,
+            warnings: RefCell::new(Vec::new()),
+            #[cfg(feature = "test-hooks")]
+            pause: test_hooks::Pause::from_env(),
+        }
+    }
+}
+
+impl Progress for Ui {
     fn begin(&self, total: u64) {
         self.bar.set_length(total);
-        if self.pause_after == Some(0) {
-            std::thread::sleep(std::time::Duration::from_secs(60));
-        }
     }
     fn advance(&self, bytes: u64) {
         self.bar.inc(bytes);
-        let done = self
-            .tensors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        if self.pause_after == Some(done) {
-            std::thread::sleep(std::time::Duration::from_secs(60));
+        #[cfg(feature = "test-hooks")]
+        if let Some(p) = &self.pause {
+            p.after_tensor(&|| self.cancelled());
         }
     }
     fn warn(&self, msg: &str) {
         self.bar
             .suspend(|| eprintln!("cpm-convert: warning: {msg}"));
+        self.warnings.borrow_mut().push(msg.to_string());
     }
+    fn cancelled(&self) -> bool {
+        signals::stop_signal().is_some()
+    }
+}
+
+/// `--json`'s result of a conversion: what was written, never the plan.
+#[derive(Serialize)]
+struct JsonSummary<'a> {
+    /// OUT_DIR as given (a non-UTF-8 name lossily: the object must always encode).
+    output: String,
+    /// model.safetensors, config.json, SHA256SUMS.
+    files: &'a [OutputFile],
+    tensors: usize,
+    /// The tensors' data alone.
+    tensor_bytes: u64,
+    /// model.safetensors' size, header included.
+    model_file_bytes: u64,
+    seconds: f64,
+    variant: &'a str,
+    model_parallel: usize,
+    warnings: Vec<String>,
+}
+
+/// `--dry-run --json`: the plan, and the sizes the writer would produce.
+#[derive(Serialize)]
+struct JsonPlan<'a> {
+    #[serde(flatten)]
+    plan: &'a Plan,
+    tensor_bytes: u64,
+    model_file_bytes: u64,
+    warnings: Vec<String>,
+}
+
+/// `--json`'s result of any failure, usage errors included.
+#[derive(Serialize)]
+struct JsonError<'a> {
+    error: &'a str,
+    warnings: Vec<String>,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    // A dry run writes nothing and reads only structure: the default ^C is the right one there.
+    let show_bar = !cli.quiet && !cli.json && std::io::stderr().is_terminal();
+    signals::install(cli.json, !cli.dry_run, show_bar);
+    let ui = Ui::new(show_bar);
+    match run(&cli, &ui) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if cli.json {
-                emit(&format!(
-                    "{}\n",
-                    serde_json::json!({ "error": format!("{e:#}") })
-                ));
-            }
-            eprintln!("cpm-convert: error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => fail(&cli, &ui, &e),
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+/// Help and version print as text with exit 0; a usage error is exit 2, and with `--json`
+/// anywhere among the arguments (before `--`) it is the JSON error object on stdout.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        emit(&e.to_string());
+        return ExitCode::SUCCESS;
+    }
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if json {
+        let text = e.to_string();
+        // clap's first paragraph is the message; the rest is usage and a hint to try --help.
+        let first = text.split("\n\n").next().unwrap_or(&text).trim();
+        let msg = first.strip_prefix("error: ").unwrap_or(first);
+        emit_json(&JsonError {
+            error: msg,
+            warnings: Vec::new(),
+        });
+    } else {
+        let _ = e.print();
+    }
+    ExitCode::from(2)
+}
+
+/// Report a failure: exit 2, or 128 + the signal number when a signal stopped the conversion.
+fn fail(cli: &Cli, ui: &Ui, e: &anyhow::Error) -> ExitCode {
+    ui.bar.finish_and_clear();
+    let interrupted = matches!(
+        e.downcast_ref::<cpm_convert::Error>(),
+        Some(cpm_convert::Error::Interrupted)
+    );
+    let msg = format!("{e:#}");
+    if cli.json {
+        emit_json(&JsonError {
+            error: &msg,
+            warnings: ui.warnings.take(),
+        });
+    } else if interrupted {
+        eprintln!("cpm-convert: {msg}");
+    } else {
+        eprintln!("cpm-convert: error: {msg}");
+    }
+    if interrupted {
+        let sig = signals::stop_signal().unwrap_or(libc::SIGINT);
+        ExitCode::from(u8::try_from(128 + sig).unwrap_or(130))
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
     let dtype = match cli.dtype {
         DtypeArg::Keep => OutDtype::Keep,
         DtypeArg::F16 => OutDtype::F16,
@@ -146,14 +265,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         DtypeArg::F32 => OutDtype::F32,
     };
     if cli.dry_run {
-        let src = cpm_convert::open(&cli.input, cli.mapping.as_deref())?;
-        let plan = cpm_convert::plan(&src, cli.heads, dtype)?;
-        if cli.json {
-            emit(&format!("{}\n", serde_json::to_string_pretty(&plan)?));
-        } else {
-            print_plan(&plan);
-        }
-        return Ok(());
+        return dry_run(cli, dtype);
     }
     let output = cli
         .output
@@ -168,35 +280,25 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         strict: cli.strict,
         mapping: cli.mapping.clone(),
     };
-    let bar = if cli.quiet || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-        b.set_style(
-            ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    };
-    let progress = Bar {
-        bar,
-        pause_after: std::env::var("CPM_CONVERT_TEST_PAUSE_AFTER")
-            .ok()
-            .and_then(|v| v.parse().ok()),
-        tensors: Default::default(),
-    };
-    let summary = cpm_convert::convert(&opts, &progress)?;
-    progress.bar.finish_and_clear();
+    let summary = cpm_convert::convert(&opts, ui)?;
+    ui.bar.finish_and_clear();
     if cli.json {
-        emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
-    }
-    if !cli.quiet {
+        emit_json(&JsonSummary {
+            output: summary.output.to_string_lossy().into_owned(),
+            files: &summary.files,
+            tensors: summary.tensors,
+            tensor_bytes: summary.tensor_bytes,
+            model_file_bytes: summary.model_file_bytes,
+            seconds: summary.seconds,
+            variant: &summary.variant,
+            model_parallel: summary.model_parallel,
+            warnings: ui.warnings.take(),
+        });
+    } else if !cli.quiet {
         eprintln!(
             "cpm-convert: wrote {} tensors, {} to {} in {:.2} s{}",
             summary.tensors,
-            human_bytes(summary.files.iter().map(|f| f.bytes).sum()),
+            human_bytes(summary.model_file_bytes),
             summary.output.display(),
             summary.seconds,
             if !summary.warnings.is_empty() {
@@ -207,6 +309,195 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--dry-run`: the plan and the sizes, from the checkpoint's structure alone.
+fn dry_run(cli: &Cli, dtype: OutDtype) -> anyhow::Result<()> {
+    let src = cpm_convert::open(&cli.input, cli.mapping.as_deref())?;
+    let plan = cpm_convert::plan(&src, cli.heads, dtype)?;
+    // The header the writer would produce, so the sizes agree with a real run's summary.
+    let metadata = cpm_convert::write::model_metadata(&src.ranks, &plan);
+    let header = cpm_convert::write::safetensors_header(&plan, &metadata)?;
+    let tensor_bytes = plan.total_bytes();
+    let model_file_bytes = tensor_bytes + header.len() as u64;
+    if cli.json {
+        emit_json(&JsonPlan {
+            plan: &plan,
+            tensor_bytes,
+            model_file_bytes,
+            warnings: Vec::new(),
+        });
+    } else {
+        print_plan(&plan, model_file_bytes);
+    }
+    Ok(())
+}
+
+/// One JSON object and a newline on stdout.
+fn emit_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => emit(&format!("{text}\n")),
+        // Our own structs of strings and numbers always encode; say so if one ever does not.
+        Err(e) => emit(&format!(
+            "{}\n",
+            serde_json::json!({ "error": format!("internal error: cannot encode the result: {e}"), "warnings": [] })
+        )),
+    }
+}
+
+/// Signals turned into a stop request (SIGINT, SIGTERM), a message (SIGBUS) or an error
+/// (SIGXFSZ). Everything a handler does is async-signal-safe: an atomic store, `write(2)`,
+/// `_exit(2)`.
+///
+/// Plain `libc` rather than `signal-hook`: signal-hook refuses SIGBUS (it forbids handlers for
+/// synchronous fault signals), and the flag handlers it would give us are these ten lines.
+mod signals {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+    static STOP: AtomicI32 = AtomicI32::new(0);
+    static JSON: AtomicBool = AtomicBool::new(false);
+    static BAR: AtomicBool = AtomicBool::new(false);
+
+    /// The signal that asked us to stop, if one did.
+    pub fn stop_signal() -> Option<i32> {
+        match STOP.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// `stop`: turn SIGINT/SIGTERM into a stop request (for a conversion, which then cleans up).
+    /// `bar`: a progress bar is drawn on stderr, so a message starts on a new line.
+    pub fn install(json: bool, stop: bool, bar: bool) {
+        JSON.store(json, Ordering::SeqCst);
+        BAR.store(bar, Ordering::SeqCst);
+        // SAFETY: installing dispositions at startup, before any other thread exists; the
+        // handlers only touch atomics and call async-signal-safe functions.
+        unsafe {
+            // A write past `ulimit -f` then fails with EFBIG, reported (and the staging
+            // directory removed) like any other write error, instead of killing the process.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            if stop {
+                set(libc::SIGINT, on_stop, true);
+                set(libc::SIGTERM, on_stop, true);
+            }
+            set(libc::SIGBUS, on_bus, false);
+        }
+    }
+
+    /// # Safety
+    /// `handler` must be async-signal-safe.
+    unsafe fn set(sig: libc::c_int, handler: extern "C" fn(libc::c_int), keep_ignored: bool) {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old);
+        // A signal ignored by whoever started us (nohup, `cmd &` in a script) stays ignored.
+        if keep_ignored && old.sa_sigaction == libc::SIG_IGN {
+            return;
+        }
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+
+    /// First SIGINT/SIGTERM: ask the conversion to stop at the next tensor (it then removes its
+    /// staging directory). A second one: stop now, leaving the staging directory for the next
+    /// run to remove.
+    extern "C" fn on_stop(sig: libc::c_int) {
+        if STOP.swap(sig, Ordering::SeqCst) != 0 {
+            say(AGAIN_TEXT, AGAIN_JSON);
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(128 + sig) }
+        }
+    }
+
+    /// A memory-mapped input page that no longer exists: the file shrank under us.
+    extern "C" fn on_bus(_: libc::c_int) {
+        say(BUS_TEXT, BUS_JSON);
+        // SAFETY: _exit is async-signal-safe; returning would fault again.
+        unsafe { libc::_exit(128 + libc::SIGBUS) }
+    }
+
+    // A handler cannot format: each message is written out twice, checked equal by a test.
+    pub(crate) const AGAIN_TEXT: &[u8] = b"cpm-convert: interrupted again: stopped at once; the \
+        next run removes the staging directory\n";
+    pub(crate) const AGAIN_JSON: &[u8] = b"{\"error\": \"interrupted again: stopped at once; the \
+        next run removes the staging directory\", \"warnings\": []}\n";
+    pub(crate) const BUS_TEXT: &[u8] = b"cpm-convert: error: bus error reading a memory-mapped \
+        input, most likely because an input file changed or was truncated during the conversion; \
+        OUT_DIR was not touched (the next run removes the staging directory)\n";
+    pub(crate) const BUS_JSON: &[u8] = b"{\"error\": \"bus error reading a memory-mapped input, \
+        most likely because an input file changed or was truncated during the conversion; OUT_DIR \
+        was not touched (the next run removes the staging directory)\", \"warnings\": []}\n";
+
+    /// The message on stderr, or with `--json` the JSON error object on stdout.
+    fn say(text: &[u8], json: &[u8]) {
+        let (fd, msg) = if JSON.load(Ordering::SeqCst) {
+            (1, json)
+        } else {
+            (2, text)
+        };
+        // SAFETY: write(2) of static buffers is async-signal-safe.
+        unsafe {
+            if fd == 2 && BAR.load(Ordering::SeqCst) {
+                libc::write(fd, b"\n".as_ptr().cast(), 1);
+            }
+            libc::write(fd, msg.as_ptr().cast(), msg.len());
+        }
+    }
+}
+
+/// Test-only pause, compiled in only with the `test-hooks` feature, which only the crate's own
+/// tests enable (through a dev-dependency on itself): a release build ignores these variables.
+///
+/// `CPM_CONVERT_TEST_PAUSE_AFTER=N`: after the N-th tensor, create `paused` in the directory
+/// `CPM_CONVERT_TEST_PAUSE_DIR` (if set), then wait until `resume` appears there, a stop signal
+/// arrives, or 60 s pass.
+#[cfg(feature = "test-hooks")]
+mod test_hooks {
+    use std::cell::Cell;
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    pub struct Pause {
+        after: usize,
+        dir: Option<PathBuf>,
+        done: Cell<usize>,
+    }
+
+    impl Pause {
+        pub fn from_env() -> Option<Pause> {
+            let after = std::env::var("CPM_CONVERT_TEST_PAUSE_AFTER")
+                .ok()?
+                .parse()
+                .ok()?;
+            let dir = std::env::var_os("CPM_CONVERT_TEST_PAUSE_DIR").map(PathBuf::from);
+            Some(Pause {
+                after,
+                dir,
+                done: Cell::new(0),
+            })
+        }
+
+        /// Called after each tensor.
+        pub fn after_tensor(&self, cancelled: &dyn Fn() -> bool) {
+            self.done.set(self.done.get() + 1);
+            if self.done.get() != self.after {
+                return;
+            }
+            if let Some(d) = &self.dir {
+                let _ = std::fs::write(d.join("paused"), b"");
+            }
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(60) && !cancelled() {
+                if self.dir.as_ref().is_some_and(|d| d.join("resume").exists()) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
 }
 
 fn human_bytes(b: u64) -> String {
@@ -231,7 +522,7 @@ fn emit(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
-fn print_plan(plan: &cpm_convert::Plan) {
+fn print_plan(plan: &Plan, model_file_bytes: u64) {
     let mut text = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(
@@ -298,9 +589,32 @@ fn print_plan(plan: &cpm_convert::Plan) {
     }
     let _ = writeln!(
         text,
-        "{} tensors, {} bytes to write",
+        "{} tensors: {} bytes of tensor data; model.safetensors will be {} bytes (header included)",
         plan.entries.len(),
-        plan.total_bytes()
+        plan.total_bytes(),
+        model_file_bytes
     );
     emit(&text);
+}
+
+#[cfg(test)]
+mod tests {
+    /// The signal handlers' fixed messages: the JSON one is valid JSON saying what the text says.
+    #[test]
+    fn signal_messages_agree_and_the_json_ones_parse() {
+        use super::signals::{AGAIN_JSON, AGAIN_TEXT, BUS_JSON, BUS_TEXT};
+        for (text, json, prefix) in [
+            (AGAIN_TEXT, AGAIN_JSON, "cpm-convert: "),
+            (BUS_TEXT, BUS_JSON, "cpm-convert: error: "),
+        ] {
+            let text = std::str::from_utf8(text).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+            assert_eq!(v["warnings"], serde_json::json!([]));
+            assert_eq!(
+                text.strip_prefix(prefix).unwrap(),
+                format!("{}\n", v["error"].as_str().unwrap())
+            );
+            assert_eq!(text.lines().count(), 1);
+        }
+    }
 }

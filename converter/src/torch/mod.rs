@@ -120,6 +120,23 @@ impl TorchFile {
             .advise_range(memmap2::Advice::PopulateRead, start as usize, len);
     }
 
+    /// Tell the kernel we are done with these pages (see [`Pages::release`]).
+    pub fn release(&self, span: &Range<u64>) {
+        self.pages().release(span)
+    }
+
+    /// A handle on the file's mapped bytes that another thread may use to release pages (the
+    /// object tree is single-threaded; the map is not).
+    pub fn pages(&self) -> Pages<'_> {
+        Pages(&self.map)
+    }
+}
+
+/// The mapped bytes of a [`TorchFile`], shareable across threads.
+#[derive(Clone, Copy)]
+pub struct Pages<'a>(&'a Mmap);
+
+impl Pages<'_> {
     /// Tell the kernel we are done with these pages, so a long conversion's resident set does
     /// not grow with the model (the page cache keeps them if memory allows).
     pub fn release(&self, span: &Range<u64>) {
@@ -130,7 +147,7 @@ impl TorchFile {
         // read (even one still in flight on another thread) faults them in again from the
         // file, with the same contents. Callers release a tensor after they are done with it.
         let _ = unsafe {
-            self.map
+            self.0
                 .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, len)
         };
     }
