@@ -363,11 +363,6 @@ pub fn memo_copies() -> Vec<Case> {
     vec![sets, encode]
 }
 
-/// A 1 MiB string, memoized once (memo 1) and reused.
-fn long_string() -> String {
-    "k".repeat(1 << 20)
-}
-
 /// How a message shows the 1 MiB string: its first 80 characters and its length.
 const LONG_SHOWN: &str = "… (1048576 bytes)";
 
@@ -382,120 +377,162 @@ fn persistent_id_of_memo_1(p: &mut Pk) -> &mut Pk {
         .raw(b"tQ")
 }
 
-/// Issue 8.2: one memoized 1 MiB string reused 20,000 times (a 1-2 MB file) was copied at each
-/// reuse, asking for ~20 GB. Each path is refused at the first reuse now (names are capped at
-/// 256 bytes), and copies of names are shared, never made.
-pub fn memo_long_strings() -> Vec<Case> {
-    let s = long_string();
-    let mut out = Vec::new();
-
-    // The storage key of each persistent id.
+/// A pickle whose first value, memo 1, is a string of `len` bytes.
+fn with_memo_1(len: usize) -> Pk {
     let mut p = Pk::new();
-    p.str(&s).raw(b"q\x010");
-    for _ in 0..20_000 {
+    p.str(&"k".repeat(len)).raw(b"q\x010");
+    p
+}
+
+/// Memo 1 (a `len`-byte string) as the storage key of `n` persistent ids.
+pub fn memo_key_in_persistent_ids(len: usize, n: usize) -> Vec<u8> {
+    let mut p = with_memo_1(len);
+    for _ in 0..n {
         persistent_id_of_memo_1(&mut p).raw(b"0");
     }
-    p.raw(b"}");
-    out.push(Case::pickle_refused(
-        "a memoized 1 MiB storage key in 20,000 persistent ids",
-        p.stop(),
-        &["storage key `kkk", LONG_SHOWN, "longer than 256 bytes"],
-    ));
+    p.raw(b"}").stop()
+}
 
-    // The key again in each _rebuild_tensor_v2 (storage memo 2, arguments memo 3).
-    let mut p = Pk::new();
-    p.str(&s).raw(b"q\x010");
+/// `_rebuild_tensor_v2` of one memoized storage (key: memo 1, `len` bytes) and memoized
+/// arguments (`ndim` dimensions), `n` times.
+pub fn memo_rebuilds(len: usize, ndim: usize, n: usize) -> Vec<u8> {
+    let mut p = with_memo_1(len);
     p.global("torch._utils", "_rebuild_tensor_v2")
         .raw(b"q\x040");
     p.mark();
     persistent_id_of_memo_1(&mut p);
     p.int(0)
-        .tuple_of_ints(&[1])
-        .tuple_of_ints(&[1])
+        .tuple_of_ints(&vec![1; ndim])
+        .tuple_of_ints(&vec![0; ndim])
         .raw(b"\x89)tq\x030");
-    for _ in 0..20_000 {
+    for _ in 0..n {
         p.raw(b"h\x04h\x03R0");
     }
-    p.raw(b"}");
-    out.push(Case::pickle_refused(
-        "a memoized 1 MiB storage key in 20,000 tensor rebuilds",
-        p.stop(),
-        &["storage key `kkk", LONG_SHOWN, "longer than 256 bytes"],
-    ));
+    p.raw(b"}").stop()
+}
 
-    // With a key torch could write (256 bytes), a million rebuilds of one memoized storage and
-    // size: shared keys, and dimensions charged to the budget.
-    let mut p = Pk::new();
-    p.str(&"k".repeat(256)).raw(b"q\x010");
-    p.global("torch._utils", "_rebuild_tensor_v2")
-        .raw(b"q\x040");
-    p.mark();
-    persistent_id_of_memo_1(&mut p);
-    p.int(0)
-        .tuple_of_ints(&[1; 64])
-        .tuple_of_ints(&[0; 64])
-        .raw(b"\x89)tq\x030");
-    for _ in 0..1_000_000 {
-        p.raw(b"h\x04h\x03R0");
+/// Memo 1 (a `len`-byte string) as the module (or class) name of `n` STACK_GLOBALs.
+pub fn memo_name_in_stack_globals(len: usize, n: usize, as_module: bool) -> Vec<u8> {
+    let mut p = with_memo_1(len);
+    let head: &[u8] = if as_module {
+        b"h\x01X\x01\x00\x00\x00x"
+    } else {
+        b"X\x05\x00\x00\x00torchh\x01"
+    };
+    for _ in 0..n {
+        p.raw(head).raw(b"\x930");
     }
-    p.raw(b"}");
-    out.push(Case::pickle_refused(
-        "a million rebuilds of one memoized 64-dimensional tensor",
-        p.stop(),
-        &["values would take more than", "for its tensors"],
-    ));
+    p.raw(b"}").stop()
+}
 
-    // STACK_GLOBAL module and class names.
-    for (what, head, needle) in [
-        ("module", "h\x01X\x01\x00\x00\x00x", "module name `kkk"),
-        ("class", "X\x05\x00\x00\x00torchh\x01", "class name `kkk"),
-    ] {
-        let mut p = Pk::new();
-        p.str(&s).raw(b"q\x010");
-        for _ in 0..20_000 {
-            p.raw(head.as_bytes()).raw(b"\x930");
-        }
-        p.raw(b"}");
-        out.push(Case::pickle_refused(
-            format!("a memoized 1 MiB {what} name in 20,000 STACK_GLOBALs"),
-            p.stop(),
-            &[needle, LONG_SHOWN, "longer than 256 bytes"],
-        ));
-    }
-
-    // REDUCE of an unknown global with the longest names allowed, 20,000 times: shared.
-    let long = "m".repeat(256);
-    let mut p = Pk::new();
-    p.str(&long).raw(b"q\x01").raw(b"h\x01\x93q\x020");
-    for _ in 0..20_000 {
+/// REDUCE of one memoized global whose module and class are memo 1 (`len` bytes), `n` times.
+pub fn memo_global_reduced(len: usize, n: usize) -> Vec<u8> {
+    let mut p = with_memo_1(len);
+    p.raw(b"h\x01h\x01\x93q\x020");
+    for _ in 0..n {
         p.raw(b"h\x02)R0");
     }
-    p.raw(b"}");
+    p.raw(b"}").stop()
+}
+
+/// A legacy file whose storage-key list names one memoized `len`-byte key `n` times.
+pub fn memo_legacy_keys(len: usize, n: usize) -> Vec<u8> {
+    let mut keys = Pk::new();
+    keys.mark().str(&"k".repeat(len)).raw(b"q\x00");
+    keys.raw(&b"h\x00".repeat(n.saturating_sub(1)));
+    keys.raw(b"l");
+    legacy_file(&Pk::new().raw(b"}").stop(), &keys.stop(), &[])
+}
+
+/// A checkpoint whose weights dict names `n` tensors by one memoized `len`-byte string.
+pub fn memo_weight_names(len: usize, n: usize) -> Vec<u8> {
+    let mut extra = Pk::default();
+    let t = T::half("0", Ckpt::numel(), 0, &[H]);
+    extra.str("module").raw(b"}").mark();
+    extra
+        .str(&"k".repeat(len))
+        .raw(b"q\x64")
+        .tensor(&t)
+        .raw(b"q\x65");
+    for _ in 0..n {
+        extra.raw(b"h\x64h\x65");
+    }
+    extra.raw(b"u");
+    let mut c = Ckpt::with_extra(&extra.0);
+    c.replace_module = true;
+    c.bytes()
+}
+
+/// Issue 8.2: one memoized 1 MiB string reused 20,000 times (a 1-2 MB file) was copied at each
+/// reuse, asking for ~20 GB. Each path is refused at the first use now (names are capped at 256
+/// bytes), and names are shared, never copied, below the cap.
+pub fn memo_long_strings() -> Vec<Case> {
+    const MIB: usize = 1 << 20;
+    const N: usize = 20_000;
+    let too_long = |what: &str| {
+        vec![
+            what.to_string(),
+            LONG_SHOWN.into(),
+            "longer than 256 bytes".into(),
+        ]
+    };
+    let mut out = Vec::new();
+    for (what, pickle, needles) in [
+        (
+            "storage key in 20,000 persistent ids",
+            memo_key_in_persistent_ids(MIB, N),
+            too_long("storage key `kkk"),
+        ),
+        (
+            "storage key in 20,000 tensor rebuilds",
+            memo_rebuilds(MIB, 1, N),
+            too_long("storage key `kkk"),
+        ),
+        (
+            "module name in 20,000 STACK_GLOBALs",
+            memo_name_in_stack_globals(MIB, N, true),
+            too_long("module name `kkk"),
+        ),
+        (
+            "class name in 20,000 STACK_GLOBALs",
+            memo_name_in_stack_globals(MIB, N, false),
+            too_long("class name `kkk"),
+        ),
+        (
+            "global REDUCEd 20,000 times",
+            memo_global_reduced(MIB, N),
+            too_long("module name `kkk"),
+        ),
+    ] {
+        let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+        out.push(Case::pickle_refused(
+            format!("a memoized 1 MiB {what}"),
+            pickle,
+            &needles,
+        ));
+    }
+    // Names as long as allowed, reused: shared, so they cost nothing; a million rebuilds of a
+    // 64-dimensional tensor are refused by the budget (their dimensions are copies).
+    out.push(Case::pickle_refused(
+        "a million rebuilds of one memoized 64-dimensional tensor",
+        memo_rebuilds(256, 64, 1_000_000),
+        &["values would take more than", "for its tensors"],
+    ));
     out.push(Case::pickle_refused(
         "REDUCE of a memoized global with 256-byte names, 20,000 times",
-        p.stop(),
+        memo_global_reduced(256, N),
         &["no tensors found"],
     ));
-
     // A GLOBAL line longer than any module name.
-    let mut p = Pk::new();
-    p.raw(b"c").raw(&[b'm'; 300]).raw(b"\nx\n");
     out.push(Case::pickle_refused(
         "a 300-byte GLOBAL module name",
-        p.stop(),
+        Pk::new().raw(b"c").raw(&[b'm'; 300]).raw(b"\nx\n").stop(),
         &["not terminated by a newline within 256 bytes"],
     ));
-
-    // The legacy format's storage-key list: one memoized 1 MiB key, 20,000 times.
-    let mut keys = Pk::new();
-    keys.mark().str(&s).raw(b"q\x00");
-    keys.raw(&b"h\x00".repeat(19_999));
-    keys.raw(b"l");
-    let object = Pk::new().raw(b"}").stop();
     out.push(
         Case::refused(
             "a memoized 1 MiB key 20,000 times in the legacy key list",
-            legacy_file(&object, &keys.stop(), &[]),
+            memo_legacy_keys(MIB, N),
             &[
                 "legacy storage key `kkk",
                 LONG_SHOWN,
@@ -504,27 +541,63 @@ pub fn memo_long_strings() -> Vec<Case> {
         )
         .args(&["--heads", "1"]),
     );
-
-    // The weights dict: every tensor named by one memoized 1 MiB string.
-    let mut extra = Pk::default();
-    let t = T::half("0", Ckpt::numel(), 0, &[H]);
-    extra.str("module").raw(b"}").mark();
-    extra.str(&s).raw(b"q\x64").tensor(&t).raw(b"q\x65");
-    for _ in 0..20_000 {
-        extra.raw(b"h\x64h\x65");
-    }
-    extra.raw(b"u");
-    let mut c = Ckpt::with_extra(&extra.0);
-    c.replace_module = true;
     out.push(Case::refused(
         "one memoized 1 MiB tensor name for 20,000 weights",
-        c.bytes(),
+        memo_weight_names(MIB, N),
         &[
             "tensor names of `module` add up to more bytes than the file holds",
             LONG_SHOWN,
         ],
     ));
     out
+}
+
+/// Small versions of the memo cases for the fuzz corpora (fuzz inputs are at most 64 KB):
+/// (target, file name, bytes).
+pub fn fuzz_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    vec![
+        (
+            "pickle",
+            "memo-long-key.pkl",
+            memo_key_in_persistent_ids(300, 8),
+        ),
+        ("pickle", "memo-rebuilds.pkl", memo_rebuilds(256, 8, 200)),
+        (
+            "pickle",
+            "memo-long-module.pkl",
+            memo_name_in_stack_globals(300, 8, true),
+        ),
+        (
+            "pickle",
+            "memo-long-class.pkl",
+            memo_name_in_stack_globals(300, 8, false),
+        ),
+        (
+            "pickle",
+            "memo-global-reduced.pkl",
+            memo_global_reduced(200, 8),
+        ),
+        (
+            "pickle",
+            "memoize-flood.pkl",
+            Pk::new().raw(b"N").raw(&[0x94; 4000]).raw(b"0}").stop(),
+        ),
+        (
+            "torch_zip",
+            "memo-long-key.pt",
+            torch_zip(&memo_key_in_persistent_ids(300, 8), &[]),
+        ),
+        (
+            "torch_zip",
+            "memo-weight-names.pt",
+            memo_weight_names(300, 8),
+        ),
+        (
+            "torch_legacy",
+            "memo-long-keys.pt",
+            memo_legacy_keys(300, 8),
+        ),
+    ]
 }
 
 pub fn value_floods() -> Vec<Case> {
