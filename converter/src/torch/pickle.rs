@@ -204,6 +204,16 @@ impl<'a> Machine<'a> {
         Ok(self.stack.split_off(m))
     }
 
+    /// The values above the last mark, for the opcodes that build from one; none for their
+    /// EMPTY_* twins.
+    fn mark_items(&mut self, from_mark: bool) -> Result<Vec<Value>> {
+        if from_mark {
+            self.pop_mark()
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     fn memo_put(&mut self, idx: u32) -> Result<()> {
         let v = self.top()?.clone();
         if !self.memo.contains_key(&idx) {
@@ -389,12 +399,9 @@ impl<'a> Machine<'a> {
                     self.charge_bytes(b.len())?;
                     self.push(Value::Bytes(Rc::new(b.to_vec())))?
                 }
-                b')' => {
-                    let v = self.tuple(Vec::new())?;
-                    self.push(v)?
-                }
-                b't' => {
-                    let items = self.pop_mark()?;
+                // EMPTY_TUPLE, TUPLE (from the mark).
+                b')' | b't' => {
+                    let items = self.mark_items(op == b't')?;
                     let v = self.tuple(items)?;
                     self.push(v)?
                 }
@@ -408,12 +415,9 @@ impl<'a> Machine<'a> {
                     let v = self.tuple(items)?;
                     self.push(v)?
                 }
-                b']' => {
-                    let v = self.list(Vec::new())?;
-                    self.push(v)?
-                }
-                b'l' => {
-                    let items = self.pop_mark()?;
+                // EMPTY_LIST, LIST.
+                b']' | b'l' => {
+                    let items = self.mark_items(op == b'l')?;
                     let v = self.list(items)?;
                     self.push(v)?
                 }
@@ -425,12 +429,9 @@ impl<'a> Machine<'a> {
                     let items = self.pop_mark()?;
                     self.append(items)?
                 }
-                b'}' => {
-                    let v = self.dict(Vec::new())?;
-                    self.push(v)?
-                }
-                b'd' => {
-                    let items = self.pop_mark()?;
+                // EMPTY_DICT, DICT.
+                b'}' | b'd' => {
+                    let items = self.mark_items(op == b'd')?;
                     let pairs = pairs(items).map_err(|m| self.err(m))?;
                     let v = self.dict(pairs)?;
                     self.push(v)?
@@ -445,10 +446,6 @@ impl<'a> Machine<'a> {
                     let p = pairs(items).map_err(|m| self.err(m))?;
                     self.set_items(p)?
                 }
-                0x8f => {
-                    let v = self.set(Vec::new())?;
-                    self.push(v)?
-                }
                 0x90 => {
                     let items = self.pop_mark()?;
                     match self.top()? {
@@ -458,8 +455,9 @@ impl<'a> Machine<'a> {
                         }
                     }
                 }
-                0x91 => {
-                    let items = self.pop_mark()?;
+                // EMPTY_SET, FROZENSET.
+                0x8f | 0x91 => {
+                    let items = self.mark_items(op == 0x91)?;
                     let v = self.set(items)?;
                     self.push(v)?
                 }
@@ -486,14 +484,11 @@ impl<'a> Machine<'a> {
                     let v = self.reduce(callable, args, 0)?;
                     self.push(v)?
                 }
-                0x81 => {
-                    let args = self.pop()?;
-                    let cls = self.pop()?;
-                    let v = self.new_object(cls, args)?;
-                    self.push(v)?
-                }
-                0x92 => {
-                    let _kwargs = self.pop()?;
+                // NEWOBJ, NEWOBJ_EX (whose keyword arguments mean nothing to us).
+                0x81 | 0x92 => {
+                    if op == 0x92 {
+                        self.pop()?;
+                    }
                     let args = self.pop()?;
                     let cls = self.pop()?;
                     let v = self.new_object(cls, args)?;
@@ -508,24 +503,23 @@ impl<'a> Machine<'a> {
                     let v = self.persistent(pid)?;
                     self.push(v)?
                 }
-                b'q' => {
-                    let i = self.u8()? as u32;
+                // BINPUT, LONG_BINPUT, MEMOIZE (the next free index).
+                b'q' | b'r' | 0x94 => {
+                    let i = match op {
+                        b'q' => self.u8()? as u32,
+                        b'r' => self.u32()?,
+                        _ => u32::try_from(self.memo.len())
+                            .map_err(|_| self.err("memo overflow"))?,
+                    };
                     self.memo_put(i)?
                 }
-                b'r' => {
-                    let i = self.u32()?;
-                    self.memo_put(i)?
-                }
-                0x94 => {
-                    let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflow"))?;
-                    self.memo_put(i)?
-                }
-                b'h' => {
-                    let i = self.u8()? as u32;
-                    self.memo_get(i)?
-                }
-                b'j' => {
-                    let i = self.u32()?;
+                // BINGET, LONG_BINGET.
+                b'h' | b'j' => {
+                    let i = if op == b'h' {
+                        self.u8()? as u32
+                    } else {
+                        self.u32()?
+                    };
                     self.memo_get(i)?
                 }
                 0x82..=0x84 => {
