@@ -257,10 +257,7 @@ fn claimed_entries(bytes: &[u8]) -> Option<u64> {
         Some(u64::from_le_bytes(b))
     };
     let mut most = None;
-    for at in (tail_start..bytes.len().saturating_sub(3)).rev() {
-        if &bytes[at..at + 4] != b"PK\x05\x06" {
-            continue;
-        }
+    for at in eocd_signatures(bytes, tail_start) {
         let Some(n) = u16_at(at + 10) else { continue };
         let mut n = u64::from(n);
         if n == 0xffff {
@@ -280,4 +277,24 @@ fn claimed_entries(bytes: &[u8]) -> Option<u64> {
         most = most.max(Some(n));
     }
     most
+}
+
+/// Offsets at or after `from` where an end-of-central-directory signature (`PK\x05\x06`)
+/// starts. Eight bytes at a time, skipping words without a `P`: the 64 KiB tail of a file is
+/// searched on every open, and the truncation tests open tens of thousands of files.
+fn eocd_signatures(bytes: &[u8], from: usize) -> impl Iterator<Item = usize> + '_ {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_p = |w: u64| {
+        let x = w ^ (ONES * u64::from(b'P'));
+        x.wrapping_sub(ONES) & !x & HIGHS != 0
+    };
+    let tail = bytes.get(from..).unwrap_or_default();
+    tail.chunks(8)
+        .enumerate()
+        .filter(move |(_, c)| {
+            c.len() < 8 || has_p(u64::from_le_bytes((*c).try_into().unwrap_or([0; 8])))
+        })
+        .flat_map(move |(i, c)| (0..c.len()).map(move |j| from + i * 8 + j))
+        .filter(move |&at| bytes.get(at..at + 4) == Some(b"PK\x05\x06"))
 }
