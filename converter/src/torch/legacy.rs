@@ -24,8 +24,10 @@ pub(super) fn read(
 ) -> Result<(Value, Arena, HashMap<String, Range<u64>>)> {
     let bad = |msg: String| Error::format(path, msg);
     let mut pos = 0usize;
-    let next = |pos: &mut usize| -> Result<pickle::Parsed> {
-        let p = pickle::parse(&bytes[*pos..], path, *pos as u64)?;
+    // One budget for the five pickles: each alone could otherwise cost what the file allows.
+    let mut budget = pickle::Budget::for_bytes(bytes.len());
+    let mut next = |pos: &mut usize| -> Result<pickle::Parsed> {
+        let p = pickle::parse_within(&bytes[*pos..], path, *pos as u64, &mut budget)?;
         *pos += p.consumed;
         Ok(p)
     };

@@ -50,9 +50,29 @@ pub struct Parsed {
     pub arena: Arena,
 }
 
+/// Heap bytes the values of one or more pickles may cost (see [`BUDGET_SLACK`]). Pickles read
+/// from one file share one: the legacy format's five pickles together get what one would.
+pub struct Budget {
+    left: usize,
+    limit: usize,
+}
+
+impl Budget {
+    /// What the pickles in `len` bytes of file may cost: `len` + [`BUDGET_SLACK`].
+    pub fn for_bytes(len: usize) -> Budget {
+        let limit = len.saturating_add(BUDGET_SLACK);
+        Budget { left: limit, limit }
+    }
+}
+
 /// Parse one pickle starting at `data[0]`. `base` is the offset of `data` in the file, for
 /// messages.
 pub fn parse(data: &[u8], path: &Path, base: u64) -> Result<Parsed> {
+    parse_within(data, path, base, &mut Budget::for_bytes(data.len()))
+}
+
+/// [`parse`], charging what the values cost to `budget`, shared with other pickles of the file.
+pub fn parse_within(data: &[u8], path: &Path, base: u64, budget: &mut Budget) -> Result<Parsed> {
     let mut m = Machine {
         data,
         pos: 0,
@@ -62,7 +82,7 @@ pub fn parse(data: &[u8], path: &Path, base: u64) -> Result<Parsed> {
         marks: Vec::new(),
         memo: HashMap::new(),
         storages: Vec::new(),
-        budget: data.len().saturating_add(BUDGET_SLACK),
+        budget,
         pushed: 0,
         arena: Arena::default(),
     };
@@ -75,7 +95,7 @@ pub fn parse(data: &[u8], path: &Path, base: u64) -> Result<Parsed> {
     })
 }
 
-struct Machine<'a> {
+struct Machine<'a, 'b> {
     data: &'a [u8],
     pos: usize,
     path: &'a Path,
@@ -84,15 +104,15 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
     storages: Vec<Rc<StorageRef>>,
-    /// Heap bytes the values may still cost (see [`BUDGET_SLACK`]).
-    budget: usize,
+    /// Heap bytes the values may still cost.
+    budget: &'b mut Budget,
     /// Values created so far (see [`MAX_VALUES`]).
     pushed: usize,
     /// Every mutable container created, to break cycles when the tree is dropped.
     arena: Arena,
 }
 
-impl<'a> Machine<'a> {
+impl<'a> Machine<'a, '_> {
     fn err(&self, msg: impl Into<String>) -> Error {
         Error::Pickle {
             path: self.path.to_path_buf(),
@@ -273,12 +293,12 @@ impl<'a> Machine<'a> {
     /// containers, which is where memo reuse could turn a small file into a huge value
     /// (`set(<memoized list>)` a million times).
     fn charge(&mut self, n: usize, what: &str) -> Result<()> {
-        self.budget = self.budget.checked_sub(n).ok_or_else(|| {
+        self.budget.left = self.budget.left.checked_sub(n).ok_or_else(|| {
             self.err(format!(
                 "the pickle's values would take more than {} bytes of memory (its size + {} MiB) \
                  for {what}; a checkpoint needs far less (memo reuse or a flood of values that \
                  would explode memory)",
-                self.data.len().saturating_add(BUDGET_SLACK),
+                self.budget.limit,
                 BUDGET_SLACK >> 20
             ))
         })?;

@@ -130,7 +130,8 @@ pub(super) fn read(
             if order != b"little" {
                 return Err(bad(format!(
                     "byte order `{}` is not supported (only little-endian checkpoints)",
-                    String::from_utf8_lossy(order)
+                    // Any length the file likes: show its start only.
+                    String::from_utf8_lossy(&order[..order.len().min(16)])
                 )));
             }
         } else if let Some(key) = rest.strip_prefix("data/") {
@@ -227,8 +228,8 @@ fn local_payload_start(bytes: &[u8], at: u64, central_name: &[u8]) -> Result<u64
     if local_name != central_name {
         return Err(format!(
             "local header at byte {at} names `{}`, the central directory `{}`",
-            String::from_utf8_lossy(local_name),
-            String::from_utf8_lossy(central_name)
+            shorten(&String::from_utf8_lossy(local_name)),
+            shorten(&String::from_utf8_lossy(central_name))
         ));
     }
     let start = at

@@ -634,7 +634,19 @@ pub fn value_floods() -> Vec<Case> {
         p.stop(),
         &["values would take more than"],
     );
-    vec![dups, memos, objects]
+    // The legacy format's pickles share one budget: an object and a key list that each fit
+    // what the file allows alone, but not together.
+    let flood = |head: &[u8]| {
+        let mut p = Pk::new();
+        p.mark().raw(head).raw(&vec![b'2'; 600_000]).raw(b"l");
+        p.stop()
+    };
+    let legacy = Case::refused(
+        "two legacy pickles of 600,000 values each",
+        legacy_file(&flood(b"K\x01"), &flood(b"X\x01\x00\x00\x000"), &[]),
+        &["values would take more than"],
+    );
+    vec![dups, memos, objects, legacy]
 }
 
 pub fn length_fields() -> Vec<Case> {
