@@ -1086,11 +1086,39 @@ pub fn zip_entry_counts() -> Vec<Case> {
     let eocd = z.len() - 22;
     assert_eq!(&z[eocd..eocd + 4], b"PK\x05\x06");
     z[eocd + 8..eocd + 12].copy_from_slice(&[0x60, 0xea, 0x60, 0xea]);
-    vec![Case::refused(
+    let classic = Case::refused(
         "a central directory claiming 60,000 entries",
         z,
         &["claims 60000 entries (at most 50000)"],
-    )]
+    );
+    // The same claim in a zip64 end record, which the classic one (0xFFFF entries) defers to.
+    let z = Ckpt::new().bytes();
+    let eocd = z.len() - 22;
+    let u32_at = |at: usize| u64::from(u32::from_le_bytes(z[at..at + 4].try_into().unwrap()));
+    let (cd_size, cd_offset) = (u32_at(eocd + 12), u32_at(eocd + 16));
+    let mut zip64 = z[..eocd].to_vec();
+    let record_at = zip64.len() as u64;
+    zip64.extend(b"PK\x06\x06");
+    zip64.extend(44u64.to_le_bytes()); // size of the rest of the record
+    zip64.extend([45, 0, 45, 0]); // versions made by and needed
+    zip64.extend([0; 8]); // this disk, the directory's disk
+    zip64.extend(100_000u64.to_le_bytes()); // entries on this disk
+    zip64.extend(100_000u64.to_le_bytes()); // entries in all
+    zip64.extend(cd_size.to_le_bytes());
+    zip64.extend(cd_offset.to_le_bytes());
+    zip64.extend(b"PK\x06\x07");
+    zip64.extend(0u32.to_le_bytes());
+    zip64.extend(record_at.to_le_bytes());
+    zip64.extend(1u32.to_le_bytes());
+    let mut end = z[eocd..].to_vec();
+    end[8..12].copy_from_slice(&[0xff; 4]);
+    zip64.extend(end);
+    let zip64 = Case::refused(
+        "a zip64 central directory claiming 100,000 entries",
+        zip64,
+        &["claims 100000 entries (at most 50000)"],
+    );
+    vec![classic, zip64]
 }
 
 // ---------------------------------------------------------------------------------------------
