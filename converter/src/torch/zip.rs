@@ -272,7 +272,8 @@ fn claimed_entries(bytes: &[u8]) -> Option<u64> {
             if let Some(r) =
                 record.filter(|&r| bytes.get(r..r.saturating_add(4)) == Some(b"PK\x06\x06"))
             {
-                n = n.max(u64_at(r + 32).unwrap_or(0));
+                // 0xFFFF is a placeholder here: the zip64 record's count is the claim.
+                n = u64_at(r + 32).unwrap_or(n);
             }
         }
         most = most.max(Some(n));

@@ -1091,8 +1091,26 @@ pub fn zip_entry_counts() -> Vec<Case> {
         z,
         &["claims 60000 entries (at most 50000)"],
     );
-    // The same claim in a zip64 end record, which the classic one (0xFFFF entries) defers to.
-    let z = Ckpt::new().bytes();
+    // The same claim in a zip64 end record, which the classic one (0xFFFF entries) defers to;
+    // with the true count there, the file converts.
+    vec![
+        classic,
+        Case::refused(
+            "a zip64 central directory claiming 100,000 entries",
+            with_zip64_end(Ckpt::new().bytes(), 100_000),
+            &["claims 100000 entries (at most 50000)"],
+        ),
+        Case::converts(
+            "a zip64 end record with the true count",
+            with_zip64_end(Ckpt::new().bytes(), 4),
+        )
+        .args(&["--heads", "1"]),
+    ]
+}
+
+/// `z` with a zip64 end-of-central-directory record (and locator) claiming `entries`, and the
+/// classic record's counts set to 0xFFFF, "see the zip64 record".
+fn with_zip64_end(z: Vec<u8>, entries: u64) -> Vec<u8> {
     let eocd = z.len() - 22;
     let u32_at = |at: usize| u64::from(u32::from_le_bytes(z[at..at + 4].try_into().unwrap()));
     let (cd_size, cd_offset) = (u32_at(eocd + 12), u32_at(eocd + 16));
@@ -1102,8 +1120,8 @@ pub fn zip_entry_counts() -> Vec<Case> {
     zip64.extend(44u64.to_le_bytes()); // size of the rest of the record
     zip64.extend([45, 0, 45, 0]); // versions made by and needed
     zip64.extend([0; 8]); // this disk, the directory's disk
-    zip64.extend(100_000u64.to_le_bytes()); // entries on this disk
-    zip64.extend(100_000u64.to_le_bytes()); // entries in all
+    zip64.extend(entries.to_le_bytes()); // entries on this disk
+    zip64.extend(entries.to_le_bytes()); // entries in all
     zip64.extend(cd_size.to_le_bytes());
     zip64.extend(cd_offset.to_le_bytes());
     zip64.extend(b"PK\x06\x07");
@@ -1113,12 +1131,7 @@ pub fn zip_entry_counts() -> Vec<Case> {
     let mut end = z[eocd..].to_vec();
     end[8..12].copy_from_slice(&[0xff; 4]);
     zip64.extend(end);
-    let zip64 = Case::refused(
-        "a zip64 central directory claiming 100,000 entries",
-        zip64,
-        &["claims 100000 entries (at most 50000)"],
-    );
-    vec![classic, zip64]
+    zip64
 }
 
 // ---------------------------------------------------------------------------------------------
