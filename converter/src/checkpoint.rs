@@ -236,21 +236,31 @@ fn weights(file: &TorchFile, mapping: &Mapping) -> Result<Vec<(String, TensorRef
         )
     })?;
     let mut out = Vec::with_capacity(items.len());
+    // Each name is copied out of the tree. Real names are distinct strings stored in the file,
+    // so together they are shorter than it; one memoized name reused for every key is not.
+    let mut name_budget = file.file_len();
     for (k, v) in items {
-        let name = k
-            .as_str()
-            .ok_or_else(|| {
-                Error::format(
-                    &file.path,
-                    format!("a key of `{keyname}` is {}, not a string", k.describe()),
-                )
-            })?
-            .to_string();
-        match &v {
-            Value::Tensor(t) => out.push((name, TensorRef::clone(t))),
+        let name = k.as_str().ok_or_else(|| {
+            Error::format(
+                &file.path,
+                format!("a key of `{keyname}` is {}, not a string", k.describe()),
+            )
+        })?;
+        let Value::Tensor(t) = &v else {
             // Non-tensor entries (a `_metadata`-like value) carry no weights.
-            _ => continue,
-        }
+            continue;
+        };
+        name_budget = name_budget.checked_sub(name.len() as u64).ok_or_else(|| {
+            Error::format(
+                &file.path,
+                format!(
+                    "the tensor names of `{keyname}` add up to more bytes than the file holds \
+                         (one memoized name reused, e.g. `{}`)",
+                    crate::torch::value::shorten(name)
+                ),
+            )
+        })?;
+        out.push((name.to_string(), TensorRef::clone(t)));
     }
     if out.is_empty() {
         return Err(Error::format(

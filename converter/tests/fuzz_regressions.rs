@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+mod cases;
 #[path = "../../fuzz/fuzz_targets/common.rs"]
 mod common;
 
@@ -51,4 +52,30 @@ fn torch_legacy_inputs_replay_cleanly() {
     replay("torch_legacy", |d| {
         common::torch_file(&common::with_magic(common::LEGACY_MAGIC, d))
     });
+}
+
+/// The seeds built by `cases::fuzz_seeds` (small versions of the hostile memo cases) are the
+/// committed files: `CPM_WRITE_SEEDS=1 cargo test --test fuzz_regressions` rewrites them.
+#[test]
+fn seeds_built_in_rust_match_their_builders() {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let write = std::env::var_os("CPM_WRITE_SEEDS").is_some();
+    for (target, name, bytes) in cases::fuzz_seeds() {
+        assert!(
+            bytes.len() <= 65536,
+            "{name}: fuzz inputs are at most 64 KB"
+        );
+        let path = seeds.join(target).join(name);
+        if write {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let committed = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (write it with CPM_WRITE_SEEDS=1)", path.display())
+        });
+        assert!(
+            committed == bytes,
+            "{} differs from its builder",
+            path.display()
+        );
+    }
 }

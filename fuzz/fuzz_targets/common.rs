@@ -60,7 +60,7 @@ pub fn torch_file(bytes: &[u8]) {
 }
 
 pub const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
-pub const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+pub const LEGACY_MAGIC: &[u8] = torch::LEGACY_PREFIX;
 
 /// `data`, starting with `magic` (prepended unless already there), so every input reaches the
 /// reader under test.

@@ -5,12 +5,17 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
+use std::rc::Rc;
 
 use super::pickle;
-use super::value::{Arena, Value};
+use super::value::{shorten, Arena, Value, MAX_NAME_BYTES};
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8] = &[0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+/// How a legacy file begins: pickle protocol 2 (`\x80\x02`), then LONG1 of 10 bytes
+/// (`\x8a\x0a`) holding torch's magic number. Defined once; the fuzz targets use it too.
+pub const PREFIX: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+/// The magic number itself, as the first pickle's integer bytes (little-endian).
+const MAGIC: &[u8] = PREFIX.split_at(4).1;
 const PROTOCOL_VERSION: i64 = 1001;
 
 pub(super) fn read(
@@ -19,8 +24,10 @@ pub(super) fn read(
 ) -> Result<(Value, Arena, HashMap<String, Range<u64>>)> {
     let bad = |msg: String| Error::format(path, msg);
     let mut pos = 0usize;
-    let next = |pos: &mut usize| -> Result<pickle::Parsed> {
-        let p = pickle::parse(&bytes[*pos..], path, *pos as u64)?;
+    // One budget for the five pickles: each alone could otherwise cost what the file allows.
+    let mut budget = pickle::Budget::for_bytes(bytes.len());
+    let mut next = |pos: &mut usize| -> Result<pickle::Parsed> {
+        let p = pickle::parse_within(&bytes[*pos..], path, *pos as u64, &mut budget)?;
         *pos += p.consumed;
         Ok(p)
     };
@@ -48,13 +55,20 @@ pub(super) fn read(
     }
     let object = next(&mut pos)?;
     let key_list = next(&mut pos)?;
-    let keys: Vec<String> = match &key_list.value {
+    // Shared, not copied: the list may name one memoized string a million times.
+    let keys: Vec<Rc<str>> = match &key_list.value {
         Value::List(l) => l
             .borrow()
             .iter()
-            .map(|k| k.as_str().map(str::to_string))
-            .collect::<Option<_>>()
-            .ok_or_else(|| bad("legacy storage key list holds a non-string".into()))?,
+            .map(|k| match k {
+                Value::Str(s) if s.len() <= MAX_NAME_BYTES => Ok(Rc::clone(s)),
+                Value::Str(s) => Err(bad(format!(
+                    "legacy storage key `{}` is longer than {MAX_NAME_BYTES} bytes",
+                    shorten(s)
+                ))),
+                _ => Err(bad("legacy storage key list holds a non-string".into())),
+            })
+            .collect::<Result<_>>()?,
         other => {
             return Err(bad(format!(
                 "expected the list of storage keys after the object, found {}",
@@ -67,13 +81,13 @@ pub(super) fn read(
     let mut elem: HashMap<&str, (u64, u64)> = HashMap::new();
     for s in &object.storages {
         let es = s.dtype.map(|d| d.size() as u64).unwrap_or(1);
-        elem.insert(s.key.as_str(), (es, s.numel));
+        elem.insert(&*s.key, (es, s.numel));
     }
     let mut storages = HashMap::new();
     let mut at = pos as u64;
     let len = bytes.len() as u64;
     for key in &keys {
-        let (es, declared) = *elem.get(key.as_str()).ok_or_else(|| {
+        let (es, declared) = *elem.get(&**key).ok_or_else(|| {
             bad(format!(
                 "storage `{key}` is listed but no tensor of the object uses it"
             ))
@@ -107,16 +121,16 @@ pub(super) fn read(
                      end of the file at {len} (truncated?)"
                 ))
             })?;
-        if storages.insert(key.clone(), start..end).is_some() {
+        if storages.insert(key.to_string(), start..end).is_some() {
             return Err(bad(format!("storage `{key}` is listed twice")));
         }
         at = end;
     }
     for s in &object.storages {
-        if !storages.contains_key(&s.key) {
+        if !storages.contains_key(&*s.key) {
             return Err(bad(format!(
                 "the object refers to storage `{}`, which the file does not hold",
-                s.key
+                shorten(&s.key)
             )));
         }
     }

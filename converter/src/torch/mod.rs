@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+pub use legacy::PREFIX as LEGACY_PREFIX;
 pub use tensor::{Dtype, TensorRef};
 pub use value::{Arena, Value};
 
@@ -50,8 +51,6 @@ pub struct TorchFile {
     /// Declared after `root`, so it drops after it and frees any reference cycles.
     _arena: Arena,
 }
-
-const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
 
 impl TorchFile {
     /// Map `path` and parse its object tree; no tensor data is read.
@@ -174,7 +173,7 @@ pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Contents> {
     }
     let (format, (root, arena, storages)) = if bytes.starts_with(b"PK\x03\x04") {
         (Format::Zip, zip::read(bytes, path)?)
-    } else if bytes.starts_with(LEGACY_MAGIC) {
+    } else if bytes.starts_with(LEGACY_PREFIX) {
         (Format::Legacy, legacy::read(bytes, path)?)
     } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
         return Err(Error::format(
@@ -206,13 +205,13 @@ pub fn span(
     name: &str,
     t: &TensorRef,
 ) -> Result<Range<u64>> {
-    let storage = storages.get(&t.storage_key).ok_or_else(|| {
+    let storage = storages.get(&*t.storage_key).ok_or_else(|| {
         Error::tensor(
             path,
             name,
             format!(
                 "refers to storage `{}`, which the file does not contain",
-                t.storage_key
+                value::shorten(&t.storage_key)
             ),
         )
     })?;

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::cell::RefCell;
 
 use super::tensor::{Dtype, TensorRef};
-use super::value::{Arena, Global, Object, StorageRef, Value};
+use super::value::{shorten, Arena, Global, Object, StorageRef, Value, MAX_NAME_BYTES};
 use crate::error::{Error, Result};
 
 /// Deepest MARK nesting we accept; real checkpoints stay below a few dozen.
@@ -22,18 +22,22 @@ const MAX_STACK: usize = 1 << 22;
 /// Most memo entries.
 const MAX_MEMO: usize = 1 << 22;
 /// Most values one pickle may create (every opcode that pushes creates one). A 32-layer CPM
-/// checkpoint's object tree holds some tens of thousands; this bounds the tree's memory at a few
-/// hundred megabytes whatever the file (a value plus its share of a container is ~50 bytes).
+/// checkpoint's object tree holds some tens of thousands. The memory budget below is the
+/// tighter bound for all but the largest pickles; this one keeps the count itself sane.
 const MAX_VALUES: usize = 1 << 23;
 /// Longest tensor rank.
 const MAX_NDIM: usize = 64;
 /// Nesting of `_rebuild_from_type_v2` inside itself; torch writes one level.
 const MAX_REBUILD_DEPTH: usize = 4;
-/// Values (and bytes) the machine may copy out of existing containers beyond this slack plus
-/// a multiple of the pickle's size. Copies are where memo reuse could turn a small file into a
-/// huge value (`set(<memoized list>)` a million times); everything else costs file bytes.
-const COPY_SLACK: usize = 1 << 20;
-const COPY_PER_BYTE: usize = 4;
+/// Heap bytes the machine may charge beyond the pickle's own size: every value pushed, every
+/// container, object, string and memo entry created, every copy out of an existing container.
+/// What is really allocated stays within ~3x the charge (a vector's spare capacity, the stack's
+/// high-water mark), so the tree of a pickle of N bytes costs at most ~3N + 48 MiB, whatever
+/// the opcodes: one-byte DUPs and MEMOIZEs, memo reuse, copies. A real checkpoint's pickle (a
+/// few hundred kilobytes) charges a few megabytes.
+const BUDGET_SLACK: usize = 16 << 20;
+/// What a value costs beyond its slot: an `Rc` header and an arena handle.
+const SHARED_OVERHEAD: usize = 32;
 
 /// What one pickle program produced.
 pub struct Parsed {
@@ -46,9 +50,29 @@ pub struct Parsed {
     pub arena: Arena,
 }
 
+/// Heap bytes the values of one or more pickles may cost (see [`BUDGET_SLACK`]). Pickles read
+/// from one file share one: the legacy format's five pickles together get what one would.
+pub struct Budget {
+    left: usize,
+    limit: usize,
+}
+
+impl Budget {
+    /// What the pickles in `len` bytes of file may cost: `len` + [`BUDGET_SLACK`].
+    pub fn for_bytes(len: usize) -> Budget {
+        let limit = len.saturating_add(BUDGET_SLACK);
+        Budget { left: limit, limit }
+    }
+}
+
 /// Parse one pickle starting at `data[0]`. `base` is the offset of `data` in the file, for
 /// messages.
 pub fn parse(data: &[u8], path: &Path, base: u64) -> Result<Parsed> {
+    parse_within(data, path, base, &mut Budget::for_bytes(data.len()))
+}
+
+/// [`parse`], charging what the values cost to `budget`, shared with other pickles of the file.
+pub fn parse_within(data: &[u8], path: &Path, base: u64, budget: &mut Budget) -> Result<Parsed> {
     let mut m = Machine {
         data,
         pos: 0,
@@ -58,10 +82,7 @@ pub fn parse(data: &[u8], path: &Path, base: u64) -> Result<Parsed> {
         marks: Vec::new(),
         memo: HashMap::new(),
         storages: Vec::new(),
-        copy_budget: data
-            .len()
-            .saturating_mul(COPY_PER_BYTE)
-            .saturating_add(COPY_SLACK),
+        budget,
         pushed: 0,
         arena: Arena::default(),
     };
@@ -74,7 +95,7 @@ pub fn parse(data: &[u8], path: &Path, base: u64) -> Result<Parsed> {
     })
 }
 
-struct Machine<'a> {
+struct Machine<'a, 'b> {
     data: &'a [u8],
     pos: usize,
     path: &'a Path,
@@ -83,15 +104,15 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
     storages: Vec<Rc<StorageRef>>,
-    /// What copies out of existing containers may still cost (see [`COPY_SLACK`]).
-    copy_budget: usize,
+    /// Heap bytes the values may still cost.
+    budget: &'b mut Budget,
     /// Values created so far (see [`MAX_VALUES`]).
     pushed: usize,
     /// Every mutable container created, to break cycles when the tree is dropped.
     arena: Arena,
 }
 
-impl<'a> Machine<'a> {
+impl<'a> Machine<'a, '_> {
     fn err(&self, msg: impl Into<String>) -> Error {
         Error::Pickle {
             path: self.path.to_path_buf(),
@@ -147,10 +168,12 @@ impl<'a> Machine<'a> {
         let rest = &self.data[self.pos..];
         let nl = rest
             .iter()
-            .take(4096)
+            .take(MAX_NAME_BYTES + 1)
             .position(|&b| b == b'\n')
             .ok_or_else(|| {
-                self.err("GLOBAL name is not terminated by a newline within 4096 bytes")
+                self.err(format!(
+                    "GLOBAL name is not terminated by a newline within {MAX_NAME_BYTES} bytes"
+                ))
             })?;
         let s =
             std::str::from_utf8(&rest[..nl]).map_err(|_| self.err("GLOBAL name is not UTF-8"))?;
@@ -168,6 +191,8 @@ impl<'a> Machine<'a> {
                 "more than {MAX_VALUES} values; a checkpoint's object tree holds far fewer"
             )));
         }
+        // The slot on the stack, later in a container or the memo.
+        self.charge(std::mem::size_of::<Value>(), "its values")?;
         self.stack.push(v);
         Ok(())
     }
@@ -199,10 +224,24 @@ impl<'a> Machine<'a> {
         Ok(self.stack.split_off(m))
     }
 
+    /// The values above the last mark, for the opcodes that build from one; none for their
+    /// EMPTY_* twins.
+    fn mark_items(&mut self, from_mark: bool) -> Result<Vec<Value>> {
+        if from_mark {
+            self.pop_mark()
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     fn memo_put(&mut self, idx: u32) -> Result<()> {
         let v = self.top()?.clone();
-        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&idx) {
-            return Err(self.err(format!("more than {MAX_MEMO} memo entries")));
+        if !self.memo.contains_key(&idx) {
+            if self.memo.len() >= MAX_MEMO {
+                return Err(self.err(format!("more than {MAX_MEMO} memo entries")));
+            }
+            // MEMOIZE is one byte; its entry is a key, a value and the table's spare room.
+            self.charge(2 * std::mem::size_of::<(u32, Value)>(), "its memo")?;
         }
         self.memo.insert(idx, v);
         Ok(())
@@ -217,41 +256,63 @@ impl<'a> Machine<'a> {
         self.push(v)
     }
 
-    /// A new mutable container, registered in the arena.
-    fn container(&mut self, v: Value) -> Value {
+    /// A new mutable container, registered in the arena and charged to the budget.
+    fn container(&mut self, v: Value, size: usize) -> Result<Value> {
+        self.charge(size + SHARED_OVERHEAD, "its containers")?;
         self.arena.register(&v);
-        v
+        Ok(v)
     }
 
-    fn list(&mut self, items: Vec<Value>) -> Value {
-        self.container(Value::List(Rc::new(RefCell::new(items))))
+    fn list(&mut self, items: Vec<Value>) -> Result<Value> {
+        let size = std::mem::size_of::<RefCell<Vec<Value>>>();
+        self.container(Value::List(Rc::new(RefCell::new(items))), size)
     }
 
-    fn set(&mut self, items: Vec<Value>) -> Value {
-        self.container(Value::Set(Rc::new(RefCell::new(items))))
+    fn set(&mut self, items: Vec<Value>) -> Result<Value> {
+        let size = std::mem::size_of::<RefCell<Vec<Value>>>();
+        self.container(Value::Set(Rc::new(RefCell::new(items))), size)
     }
 
-    fn dict(&mut self, pairs: Vec<(Value, Value)>) -> Value {
-        self.container(Value::Dict(Rc::new(RefCell::new(pairs))))
+    fn dict(&mut self, pairs: Vec<(Value, Value)>) -> Result<Value> {
+        let size = std::mem::size_of::<RefCell<Vec<(Value, Value)>>>();
+        self.container(Value::Dict(Rc::new(RefCell::new(pairs))), size)
     }
 
-    fn object(&mut self, o: Object) -> Value {
-        self.container(Value::Object(Rc::new(RefCell::new(o))))
+    fn object(&mut self, o: Object) -> Result<Value> {
+        let size = std::mem::size_of::<RefCell<Object>>();
+        self.container(Value::Object(Rc::new(RefCell::new(o))), size)
     }
 
-    /// Account for copying `n` values or bytes out of an existing container.
-    fn charge(&mut self, n: usize) -> Result<()> {
-        self.copy_budget = self.copy_budget.checked_sub(n).ok_or_else(|| {
+    /// An immutable tuple of values already charged (they were pushed).
+    fn tuple(&mut self, items: Vec<Value>) -> Result<Value> {
+        self.charge(SHARED_OVERHEAD, "its tuples")?;
+        Ok(Value::Tuple(Rc::new(items)))
+    }
+
+    /// Account for `n` bytes of heap the values will hold: new ones, or copies out of existing
+    /// containers, which is where memo reuse could turn a small file into a huge value
+    /// (`set(<memoized list>)` a million times).
+    fn charge(&mut self, n: usize, what: &str) -> Result<()> {
+        self.budget.left = self.budget.left.checked_sub(n).ok_or_else(|| {
             self.err(format!(
-                "the pickle copies more values than {COPY_PER_BYTE}x its size allows \
-                 (memo reuse that would explode memory)"
+                "the pickle's values would take more than {} bytes of memory (its size + {} MiB) \
+                 for {what}; a checkpoint needs far less (memo reuse or a flood of values that \
+                 would explode memory)",
+                self.budget.limit,
+                BUDGET_SLACK >> 20
             ))
         })?;
         Ok(())
     }
 
-    fn str_value(&self, b: &[u8]) -> Result<Value> {
+    /// Bytes copied from the file into a new string or byte string.
+    fn charge_bytes(&mut self, n: usize) -> Result<()> {
+        self.charge(n.saturating_add(SHARED_OVERHEAD), "its strings")
+    }
+
+    fn str_value(&mut self, b: &[u8]) -> Result<Value> {
         let s = std::str::from_utf8(b).map_err(|_| self.err("string is not valid UTF-8"))?;
+        self.charge_bytes(s.len())?;
         Ok(Value::Str(Rc::from(s)))
     }
 
@@ -303,18 +364,15 @@ impl<'a> Machine<'a> {
                     let v = self.u16()?;
                     self.push(Value::Int(v as i64))?
                 }
-                0x8a => {
-                    let n = self.u8()? as u64;
+                0x8a | 0x8b => {
+                    let n = if op == 0x8a {
+                        self.u8()? as u64
+                    } else {
+                        let n = self.u32()? as i32;
+                        u64::try_from(n).map_err(|_| self.err("LONG4 with a negative length"))?
+                    };
                     let b = self.len_bytes(n)?;
-                    let v = long_value(b);
-                    self.push(v)?
-                }
-                0x8b => {
-                    let n = self.u32()? as i32;
-                    if n < 0 {
-                        return Err(self.err("LONG4 with a negative length"));
-                    }
-                    let b = self.len_bytes(n as u64)?;
+                    self.charge_bytes(b.len())?;
                     let v = long_value(b);
                     self.push(v)?
                 }
@@ -324,20 +382,12 @@ impl<'a> Machine<'a> {
                     a.copy_from_slice(b);
                     self.push(Value::Float(f64::from_be_bytes(a)))?
                 }
-                b'X' => {
-                    let n = self.u32()? as u64;
-                    let b = self.len_bytes(n)?;
-                    let v = self.str_value(b)?;
-                    self.push(v)?
-                }
-                0x8c => {
-                    let n = self.u8()? as u64;
-                    let b = self.len_bytes(n)?;
-                    let v = self.str_value(b)?;
-                    self.push(v)?
-                }
-                0x8d => {
-                    let n = self.u64()?;
+                b'X' | 0x8c | 0x8d => {
+                    let n = match op {
+                        b'X' => self.u32()? as u64,
+                        0x8c => self.u8()? as u64,
+                        _ => self.u64()?,
+                    };
                     let b = self.len_bytes(n)?;
                     let v = self.str_value(b)?;
                     self.push(v)?
@@ -354,6 +404,8 @@ impl<'a> Machine<'a> {
                         self.u8()? as u64
                     };
                     let b = self.len_bytes(n)?;
+                    // Latin-1 to UTF-8 at most doubles the bytes.
+                    self.charge_bytes(b.len().saturating_mul(2))?;
                     let s: String = b.iter().map(|&c| c as char).collect();
                     self.push(Value::Str(Rc::from(s.as_str())))?
                 }
@@ -364,12 +416,14 @@ impl<'a> Machine<'a> {
                         _ => self.u64()?,
                     };
                     let b = self.len_bytes(n)?;
+                    self.charge_bytes(b.len())?;
                     self.push(Value::Bytes(Rc::new(b.to_vec())))?
                 }
-                b')' => self.push(Value::Tuple(Rc::new(Vec::new())))?,
-                b't' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::Tuple(Rc::new(items)))?
+                // EMPTY_TUPLE, TUPLE (from the mark).
+                b')' | b't' => {
+                    let items = self.mark_items(op == b't')?;
+                    let v = self.tuple(items)?;
+                    self.push(v)?
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -378,15 +432,13 @@ impl<'a> Machine<'a> {
                         items.push(self.pop()?);
                     }
                     items.reverse();
-                    self.push(Value::Tuple(Rc::new(items)))?
-                }
-                b']' => {
-                    let v = self.list(Vec::new());
+                    let v = self.tuple(items)?;
                     self.push(v)?
                 }
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    let v = self.list(items);
+                // EMPTY_LIST, LIST.
+                b']' | b'l' => {
+                    let items = self.mark_items(op == b'l')?;
+                    let v = self.list(items)?;
                     self.push(v)?
                 }
                 b'a' => {
@@ -397,14 +449,11 @@ impl<'a> Machine<'a> {
                     let items = self.pop_mark()?;
                     self.append(items)?
                 }
-                b'}' => {
-                    let v = self.dict(Vec::new());
-                    self.push(v)?
-                }
-                b'd' => {
-                    let items = self.pop_mark()?;
+                // EMPTY_DICT, DICT.
+                b'}' | b'd' => {
+                    let items = self.mark_items(op == b'd')?;
                     let pairs = pairs(items).map_err(|m| self.err(m))?;
-                    let v = self.dict(pairs);
+                    let v = self.dict(pairs)?;
                     self.push(v)?
                 }
                 b's' => {
@@ -417,10 +466,6 @@ impl<'a> Machine<'a> {
                     let p = pairs(items).map_err(|m| self.err(m))?;
                     self.set_items(p)?
                 }
-                0x8f => {
-                    let v = self.set(Vec::new());
-                    self.push(v)?
-                }
                 0x90 => {
                     let items = self.pop_mark()?;
                     match self.top()? {
@@ -430,22 +475,24 @@ impl<'a> Machine<'a> {
                         }
                     }
                 }
-                0x91 => {
-                    let items = self.pop_mark()?;
-                    let v = self.set(items);
+                // EMPTY_SET, FROZENSET.
+                0x8f | 0x91 => {
+                    let items = self.mark_items(op == 0x91)?;
+                    let v = self.set(items)?;
                     self.push(v)?
                 }
                 b'c' => {
-                    let module = self.line()?.to_string();
-                    let name = self.line()?.to_string();
-                    self.push(global(module, name))?
+                    let module: Rc<str> = Rc::from(self.line()?);
+                    let name: Rc<str> = Rc::from(self.line()?);
+                    let g = self.global(module, name)?;
+                    self.push(g)?
                 }
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    match (module.as_str(), name.as_str()) {
-                        (Some(m), Some(n)) => {
-                            let g = global(m.to_string(), n.to_string());
+                    match (&module, &name) {
+                        (Value::Str(m), Value::Str(n)) => {
+                            let g = self.global(Rc::clone(m), Rc::clone(n))?;
                             self.push(g)?
                         }
                         _ => return Err(self.err("STACK_GLOBAL needs two strings")),
@@ -457,14 +504,11 @@ impl<'a> Machine<'a> {
                     let v = self.reduce(callable, args, 0)?;
                     self.push(v)?
                 }
-                0x81 => {
-                    let args = self.pop()?;
-                    let cls = self.pop()?;
-                    let v = self.new_object(cls, args)?;
-                    self.push(v)?
-                }
-                0x92 => {
-                    let _kwargs = self.pop()?;
+                // NEWOBJ, NEWOBJ_EX (whose keyword arguments mean nothing to us).
+                0x81 | 0x92 => {
+                    if op == 0x92 {
+                        self.pop()?;
+                    }
                     let args = self.pop()?;
                     let cls = self.pop()?;
                     let v = self.new_object(cls, args)?;
@@ -479,24 +523,23 @@ impl<'a> Machine<'a> {
                     let v = self.persistent(pid)?;
                     self.push(v)?
                 }
-                b'q' => {
-                    let i = self.u8()? as u32;
+                // BINPUT, LONG_BINPUT, MEMOIZE (the next free index).
+                b'q' | b'r' | 0x94 => {
+                    let i = match op {
+                        b'q' => self.u8()? as u32,
+                        b'r' => self.u32()?,
+                        _ => u32::try_from(self.memo.len())
+                            .map_err(|_| self.err("memo overflow"))?,
+                    };
                     self.memo_put(i)?
                 }
-                b'r' => {
-                    let i = self.u32()?;
-                    self.memo_put(i)?
-                }
-                0x94 => {
-                    let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflow"))?;
-                    self.memo_put(i)?
-                }
-                b'h' => {
-                    let i = self.u8()? as u32;
-                    self.memo_get(i)?
-                }
-                b'j' => {
-                    let i = self.u32()?;
+                // BINGET, LONG_BINGET.
+                b'h' | b'j' => {
+                    let i = if op == b'h' {
+                        self.u8()? as u32
+                    } else {
+                        self.u32()?
+                    };
                     self.memo_get(i)?
                 }
                 0x82..=0x84 => {
@@ -547,18 +590,18 @@ impl<'a> Machine<'a> {
 
     fn new_object(&mut self, cls: Value, args: Value) -> Result<Value> {
         let class = match &cls {
-            Value::Global(g) => Global::clone(g),
+            Value::Global(g) => Rc::clone(g),
             other => return Err(self.err(format!("NEWOBJ of {}, not a class", other.describe()))),
         };
         let args = match &args {
             Value::Tuple(t) => Rc::clone(t),
             _ => return Err(self.err("NEWOBJ arguments are not a tuple")),
         };
-        Ok(self.object(Object {
+        self.object(Object {
             class: Some(class),
             args,
             ..Object::default()
-        }))
+        })
     }
 
     fn persistent(&mut self, pid: Value) -> Result<Value> {
@@ -573,24 +616,20 @@ impl<'a> Machine<'a> {
             )));
         }
         let class = match &t[1] {
-            Value::Global(g) => g.name.clone(),
+            Value::Global(g) => Rc::clone(&g.name),
             other => {
                 return Err(self.err(format!("storage type {} is not a class", other.describe())))
             }
         };
-        let dtype = if class == "UntypedStorage" {
-            None
-        } else {
-            Some(
-                Dtype::from_storage_class(&class)
-                    .ok_or_else(|| self.err(format!("unknown storage type `{class}`")))?,
-            )
-        };
-        let key = t[2]
-            .as_str()
-            .map(str::to_string)
-            .or_else(|| t[2].as_int().map(|i| i.to_string()))
-            .ok_or_else(|| self.err("storage key is not a string"))?;
+        let dtype =
+            if &*class == "UntypedStorage" {
+                None
+            } else {
+                Some(Dtype::from_storage_class(&class).ok_or_else(|| {
+                    self.err(format!("unknown storage type `{}`", shorten(&class)))
+                })?)
+            };
+        let key = self.storage_key(&t[2])?;
         let numel = t[4]
             .as_int()
             .and_then(|n| u64::try_from(n).ok())
@@ -605,6 +644,10 @@ impl<'a> Machine<'a> {
                     .ok_or_else(|| self.err(format!("storage `{key}` view has a bad offset")))?;
             }
         }
+        self.charge(
+            std::mem::size_of::<StorageRef>() + 2 * SHARED_OVERHEAD,
+            "its storages",
+        )?;
         let s = Rc::new(StorageRef {
             key,
             dtype,
@@ -613,6 +656,52 @@ impl<'a> Machine<'a> {
         });
         self.storages.push(s.clone());
         Ok(Value::Storage(s))
+    }
+
+    /// A persistent id's storage key: shared, not copied (one memoized key may name every
+    /// storage), and at most [`MAX_NAME_BYTES`] long.
+    fn storage_key(&mut self, v: &Value) -> Result<Rc<str>> {
+        let key = match v {
+            Value::Str(s) => Rc::clone(s),
+            Value::Int(i) => {
+                self.charge_bytes(20)?;
+                Rc::from(i.to_string().as_str())
+            }
+            other => {
+                return Err(self.err(format!("storage key {} is not a string", other.describe())))
+            }
+        };
+        if key.len() > MAX_NAME_BYTES {
+            return Err(self.err(format!(
+                "storage key `{}` is longer than {MAX_NAME_BYTES} bytes; torch writes short keys",
+                shorten(&key)
+            )));
+        }
+        Ok(key)
+    }
+
+    /// A global `module.name`, never resolved. Both names are shared with the strings the pickle
+    /// built (a memoized name may be reused a million times) and at most [`MAX_NAME_BYTES`].
+    fn global(&mut self, module: Rc<str>, name: Rc<str>) -> Result<Value> {
+        for (what, s) in [("module", &module), ("class", &name)] {
+            if s.len() > MAX_NAME_BYTES {
+                return Err(self.err(format!(
+                    "{what} name `{}` is longer than {MAX_NAME_BYTES} bytes",
+                    shorten(s)
+                )));
+            }
+        }
+        // Protocol-2 pickles spell Python 3's `builtins` the Python 2 way.
+        let module = if &*module == "__builtin__" {
+            Rc::from("builtins")
+        } else {
+            module
+        };
+        self.charge(
+            std::mem::size_of::<Global>() + SHARED_OVERHEAD,
+            "its globals",
+        )?;
+        Ok(Value::Global(Rc::new(Global { module, name })))
     }
 
     /// REDUCE: meaningful for torch's rebuild functions and a few containers only.
@@ -626,12 +715,13 @@ impl<'a> Machine<'a> {
             _ => {
                 return Err(self.err(format!(
                     "REDUCE arguments for {}.{} are not a tuple",
-                    g.module, g.name
+                    shorten(&g.module),
+                    shorten(&g.name)
                 )))
             }
         };
-        let m = g.module.as_str();
-        let n = g.name.as_str();
+        let m = &*g.module;
+        let n = &*g.name;
         match (m, n) {
             ("torch._utils", "_rebuild_tensor" | "_rebuild_tensor_v2" | "_rebuild_tensor_v3") => {
                 self.rebuild_tensor(n, &argv)
@@ -652,7 +742,7 @@ impl<'a> Machine<'a> {
                     _ => Err(self.err("_rebuild_from_type_v2 needs (func, type, args, state)")),
                 }
             }
-            ("collections", "OrderedDict") => Ok(self.dict(Vec::new())),
+            ("collections", "OrderedDict") => self.dict(Vec::new()),
             ("torch", "Size") => argv
                 .first()
                 .cloned()
@@ -660,22 +750,21 @@ impl<'a> Machine<'a> {
             ("builtins" | "__builtin__", "set" | "frozenset") => {
                 let items = match argv.first() {
                     Some(Value::List(l)) => {
-                        let n = l.borrow().len();
-                        self.charge(n)?;
+                        self.charge_copy(l.borrow().len())?;
                         l.borrow().clone()
                     }
                     Some(Value::Tuple(t)) => {
-                        self.charge(t.len())?;
+                        self.charge_copy(t.len())?;
                         t.to_vec()
                     }
                     _ => Vec::new(),
                 };
-                Ok(self.set(items))
+                self.set(items)
             }
             ("_codecs", "encode") => match argv.first() {
                 // Protocol-2 bytes: a latin-1 str re-encoded.
                 Some(Value::Str(s)) => {
-                    self.charge(s.len())?;
+                    self.charge(s.len(), "copies of memoized strings")?;
                     let b: Option<Vec<u8>> =
                         s.chars().map(|c| u8::try_from(c as u32).ok()).collect();
                     b.map(|b| Value::Bytes(Rc::new(b)))
@@ -683,15 +772,21 @@ impl<'a> Machine<'a> {
                 }
                 _ => Err(self.err("_codecs.encode without a str")),
             },
-            _ => Ok(self.object(Object {
-                class: Some((*g).clone()),
+            _ => self.object(Object {
+                class: Some(g),
                 args: argv,
                 ..Object::default()
-            })),
+            }),
         }
     }
 
-    fn rebuild_tensor(&self, func: &str, a: &[Value]) -> Result<Value> {
+    /// Account for copying `n` values out of an existing container.
+    fn charge_copy(&mut self, n: usize) -> Result<()> {
+        let bytes = n.saturating_mul(std::mem::size_of::<Value>());
+        self.charge(bytes, "copies of memoized containers")
+    }
+
+    fn rebuild_tensor(&mut self, func: &str, a: &[Value]) -> Result<Value> {
         let need = if func == "_rebuild_tensor_v3" { 7 } else { 4 };
         if a.len() < need {
             return Err(self.err(format!(
@@ -715,6 +810,12 @@ impl<'a> Machine<'a> {
             .map_err(|_| self.err(format!("{func}: negative storage offset {offset}")))?;
         let shape = dims(&a[2]).map_err(|m| self.err(format!("{func}: size {m}")))?;
         let stride = dims(&a[3]).map_err(|m| self.err(format!("{func}: stride {m}")))?;
+        // The dimensions are copied out of tuples a pickle may memoize and reuse.
+        let dims_bytes = (shape.len() + stride.len()) * std::mem::size_of::<u64>();
+        self.charge(
+            dims_bytes + std::mem::size_of::<TensorRef>() + SHARED_OVERHEAD,
+            "its tensors",
+        )?;
         if shape.len() != stride.len() {
             return Err(self.err(format!(
                 "{func}: size {shape:?} and stride {stride:?} differ in rank"
@@ -722,8 +823,10 @@ impl<'a> Machine<'a> {
         }
         let dtype = if func == "_rebuild_tensor_v3" {
             match &a[6] {
-                Value::Global(g) if g.module == "torch" => Dtype::from_torch_name(&g.name)
-                    .ok_or_else(|| self.err(format!("unsupported dtype torch.{}", g.name)))?,
+                Value::Global(g) if &*g.module == "torch" => Dtype::from_torch_name(&g.name)
+                    .ok_or_else(|| {
+                        self.err(format!("unsupported dtype torch.{}", shorten(&g.name)))
+                    })?,
                 other => {
                     return Err(self.err(format!(
                         "{func}: dtype {} is not a torch dtype",
@@ -756,15 +859,6 @@ impl<'a> Machine<'a> {
             stride,
         })))
     }
-}
-
-fn global(module: String, name: String) -> Value {
-    let module = if module == "__builtin__" {
-        "builtins".to_string()
-    } else {
-        module
-    };
-    Value::Global(Rc::new(Global { module, name }))
 }
 
 fn long_value(b: &[u8]) -> Value {
@@ -834,7 +928,7 @@ mod tests {
         match &v {
             Value::Object(o) => {
                 let o = o.borrow();
-                assert_eq!(o.class.as_ref().map(|c| c.name.as_str()), Some("system"));
+                assert_eq!(o.class.as_ref().map(|c| &*c.name), Some("system"));
             }
             other => panic!("expected an inert object, got {}", other.describe()),
         }
@@ -843,8 +937,10 @@ mod tests {
     #[test]
     fn deep_nesting_drops_without_recursion() {
         // Each new list holds the previous one, which only the memo kept: one owner per level.
+        // 100,000 levels (about what the memory budget allows a 700 KB pickle) would overflow a
+        // test thread's 2 MiB stack several times over if dropping recursed.
         let mut p = b"\x80\x02]q\x000".to_vec();
-        for _ in 0..1_000_000 {
+        for _ in 0..100_000 {
             p.extend_from_slice(b"]h\x00aq\x000");
         }
         p.extend_from_slice(b"h\x00.");

@@ -1,6 +1,10 @@
 //! One description of a tensor, whatever file format it came from: which storage, where in it,
 //! which shape and strides, which element type.
 
+use std::rc::Rc;
+
+use super::value::shorten;
+
 /// Element types a torch checkpoint may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dtype {
@@ -99,7 +103,9 @@ impl Dtype {
 /// A tensor as a pickle describes it; `offset` and `stride` are in elements.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorRef {
-    pub storage_key: String,
+    /// Shared with the storage's persistent id: a thousand tensors on one storage (or one
+    /// memoized key reused a million times) hold one copy of the key.
+    pub storage_key: Rc<str>,
     pub dtype: Dtype,
     pub offset: u64,
     pub shape: Vec<u64>,
@@ -168,7 +174,7 @@ impl TensorRef {
         if end > storage_bytes {
             return Err(format!(
                 "needs bytes {start}..{end} of its storage `{}`, which holds {storage_bytes} bytes",
-                self.storage_key
+                shorten(&self.storage_key)
             ));
         }
         // Strides that make elements overlap (torch's `expand`) would let a few bytes of
@@ -183,7 +189,7 @@ impl TensorRef {
                 self.shape,
                 self.stride,
                 end - start,
-                self.storage_key
+                shorten(&self.storage_key)
             ));
         }
         Ok((start, end))

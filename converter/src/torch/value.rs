@@ -11,22 +11,41 @@ use std::rc::{Rc, Weak};
 use super::tensor::{Dtype, TensorRef};
 
 /// A Python global named by a pickle (`module.name`), never resolved to anything executable.
+/// Both names are shared, not owned: a pickle can memoize one string and name a million globals
+/// with it, and each copy would cost the string's length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Global {
-    pub module: String,
-    pub name: String,
+    pub module: Rc<str>,
+    pub name: Rc<str>,
 }
 
 impl Global {
     pub fn is(&self, module: &str, name: &str) -> bool {
-        self.module == module && self.name == name
+        &*self.module == module && &*self.name == name
+    }
+}
+
+/// Longest storage key, module or class name a pickle may use. Torch writes keys such as `0` or
+/// `140234…` and module paths of a few dozen bytes; 256 leaves room for anything real.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Longest name shown whole in a message; a longer one is cut (a hostile 1 MiB key must not
+/// make a 2 MiB error message).
+const SHOWN_CHARS: usize = 80;
+
+/// `s` as a message shows it: whole when short, else its first characters and its length.
+pub fn shorten(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(SHOWN_CHARS) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}… ({} bytes)", &s[..cut], s.len())),
     }
 }
 
 /// A storage named by a persistent id: which blob holds it and how its elements are typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageRef {
-    pub key: String,
+    /// Shared with every tensor on this storage (see [`Global`]).
+    pub key: Rc<str>,
     /// `None` for `UntypedStorage`: the tensor rebuild names the dtype.
     pub dtype: Option<Dtype>,
     /// Elements (bytes for untyped storages) the persistent id claims.
@@ -38,7 +57,9 @@ pub struct StorageRef {
 /// An object we do not interpret: enough to show it and to walk into it.
 #[derive(Debug, Default)]
 pub struct Object {
-    pub class: Option<Global>,
+    /// Shared with the global the pickle named: REDUCE of one memoized global a million times
+    /// must not copy its names.
+    pub class: Option<Rc<Global>>,
     /// Shared with the tuple the pickle passed: memo reuse must not copy it.
     pub args: Rc<Vec<Value>>,
     pub state: Option<Value>,
@@ -145,24 +166,21 @@ impl Value {
             Value::Int(i) => write!(s, "{i}"),
             Value::BigInt(b) => write!(s, "<int of {} bytes>", b.len()),
             Value::Float(f) => write!(s, "{f}"),
-            Value::Str(x) if x.len() > 40 => {
-                write!(s, "'{}…'", x.chars().take(40).collect::<String>())
-            }
-            Value::Str(x) => write!(s, "'{x}'"),
+            Value::Str(x) => write!(s, "'{}'", shorten(x)),
             Value::Bytes(b) => write!(s, "<{} bytes>", b.len()),
             Value::Tuple(t) => write!(s, "<tuple of {}>", t.len()),
             Value::List(l) => write!(s, "<list of {}>", l.borrow().len()),
             Value::Dict(d) => write!(s, "<dict of {}>", d.borrow().len()),
             Value::Set(x) => write!(s, "<set of {}>", x.borrow().len()),
-            Value::Global(g) => write!(s, "{}.{}", g.module, g.name),
+            Value::Global(g) => write!(s, "{}.{}", shorten(&g.module), shorten(&g.name)),
             Value::Object(o) => {
                 let o = o.borrow();
                 match &o.class {
-                    Some(c) => write!(s, "<{}.{} object>", c.module, c.name),
+                    Some(c) => write!(s, "<{}.{} object>", shorten(&c.module), shorten(&c.name)),
                     None => write!(s, "<object>"),
                 }
             }
-            Value::Storage(st) => write!(s, "<storage {}>", st.key),
+            Value::Storage(st) => write!(s, "<storage {}>", shorten(&st.key)),
             Value::Tensor(t) => write!(s, "<tensor {} {:?}>", t.dtype.torch_name(), t.shape),
         };
         out
@@ -185,23 +203,12 @@ impl Value {
             }
             Value::Dict(d) if Rc::strong_count(d) == 1 => {
                 if let Ok(mut v) = d.try_borrow_mut() {
-                    for (k, x) in v.drain(..) {
-                        out.push(k);
-                        out.push(x);
-                    }
+                    drain_pairs(&mut v, out);
                 }
             }
             Value::Object(o) if Rc::strong_count(o) == 1 => {
                 if let Ok(mut o) = o.try_borrow_mut() {
-                    out.push(Value::Tuple(std::mem::take(&mut o.args)));
-                    out.append(&mut o.list);
-                    if let Some(s) = o.state.take() {
-                        out.push(s);
-                    }
-                    for (k, x) in o.items.drain(..) {
-                        out.push(k);
-                        out.push(x);
-                    }
+                    drain_object(&mut o, out);
                 }
             }
             _ => {}
@@ -218,6 +225,24 @@ impl Drop for Value {
             // `v` now holds no children of its own, so its drop is shallow.
         }
     }
+}
+
+/// Move a dict's keys and values into `out`, leaving it empty.
+fn drain_pairs(pairs: &mut Vec<(Value, Value)>, out: &mut Vec<Value>) {
+    for (k, x) in pairs.drain(..) {
+        out.push(k);
+        out.push(x);
+    }
+}
+
+/// Move everything an object holds into `out`, leaving it empty.
+fn drain_object(o: &mut Object, out: &mut Vec<Value>) {
+    out.push(Value::Tuple(std::mem::take(&mut o.args)));
+    out.append(&mut o.list);
+    if let Some(s) = o.state.take() {
+        out.push(s);
+    }
+    drain_pairs(&mut o.items, out);
 }
 
 /// Weak handles to every mutable container one pickle created. Dropping the arena empties the
@@ -270,31 +295,39 @@ impl Drop for Arena {
                 WeakContainer::Pairs(w) => {
                     if let Some(rc) = w.upgrade() {
                         if let Ok(mut v) = rc.try_borrow_mut() {
-                            for (k, x) in v.drain(..) {
-                                pending.push(k);
-                                pending.push(x);
-                            }
+                            drain_pairs(&mut v, &mut pending);
                         }
                     }
                 }
                 WeakContainer::Object(w) => {
                     if let Some(rc) = w.upgrade() {
                         if let Ok(mut o) = rc.try_borrow_mut() {
-                            let o = &mut *o;
-                            pending.push(Value::Tuple(std::mem::take(&mut o.args)));
-                            pending.append(&mut o.list);
-                            if let Some(s) = o.state.take() {
-                                pending.push(s);
-                            }
-                            for (k, x) in o.items.drain(..) {
-                                pending.push(k);
-                                pending.push(x);
-                            }
+                            drain_object(&mut o, &mut pending);
                         }
                     }
                 }
             }
         }
         drop(pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten;
+
+    #[test]
+    fn short_names_are_shown_whole_and_long_ones_cut_with_their_length() {
+        assert_eq!(shorten("0"), "0");
+        let exactly = "k".repeat(80);
+        assert_eq!(shorten(&exactly), exactly.as_str());
+        let long = "k".repeat(1 << 20);
+        assert_eq!(
+            shorten(&long),
+            format!("{}… (1048576 bytes)", "k".repeat(80))
+        );
+        // Cut at a character, never inside one.
+        let wide = "é".repeat(100);
+        assert_eq!(shorten(&wide), format!("{}… (200 bytes)", "é".repeat(80)));
     }
 }

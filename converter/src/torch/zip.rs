@@ -9,25 +9,31 @@ use std::path::Path;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::pickle;
-use super::value::{Arena, Value};
+use super::value::{shorten, Arena, Value};
 use crate::error::{Error, Result};
 
-/// Most entries we accept; a checkpoint has one per storage plus a handful.
-const MAX_ENTRIES: usize = 1 << 20;
+/// Most entries we accept; a checkpoint has one per storage plus a handful (a 32-layer model
+/// with its optimizer state, some 1,500). The zip crate keeps ~300 bytes per entry, so this
+/// bounds its directory at ~15 MB whatever the file claims.
+const MAX_ENTRIES: u64 = 50_000;
+/// Bytes from the end of a zip in which its end-of-central-directory record must start
+/// (the record, 22 bytes, plus a comment of at most 65,535).
+const EOCD_SEARCH: usize = 22 + 0xffff;
 
 pub(super) fn read(
     bytes: &[u8],
     path: &Path,
 ) -> Result<(Value, Arena, HashMap<String, Range<u64>>)> {
     let bad = |msg: String| Error::format(path, msg);
-    let mut archive = ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| bad(format!("not a readable zip archive: {e}")))?;
-    if archive.len() > MAX_ENTRIES {
+    // Before the zip crate reads (and allocates for) the central directory.
+    if let Some(n) = claimed_entries(bytes).filter(|&n| n > MAX_ENTRIES) {
         return Err(bad(format!(
-            "{} zip entries (at most {MAX_ENTRIES})",
-            archive.len()
+            "the zip central directory claims {n} entries (at most {MAX_ENTRIES}); a checkpoint \
+             has one per storage"
         )));
     }
+    let mut archive = ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| bad(format!("not a readable zip archive: {e}")))?;
 
     // The zip crate keeps one entry per name, so a second entry of the same name would vanish
     // silently (and a reader could be shown either one).
@@ -53,24 +59,25 @@ pub(super) fn read(
             .name()
             .map_err(|e| bad(format!("zip entry {i}: {e}")))?
             .into_owned();
+        // Names come from the file (up to 64 KiB each): messages show them shortened.
+        let shown = shorten(&name).into_owned();
         // Torch puts everything under one folder, named after the saved file; take it from
         // the first entry rather than assuming it.
         let (p, rest) = name.split_once('/').ok_or_else(|| {
             bad(format!(
-                "zip entry `{name}` is not inside a folder, as torch writes"
+                "zip entry `{shown}` is not inside a folder, as torch writes"
             ))
         })?;
         match &prefix {
             None => prefix = Some(p.to_string()),
             Some(q) if q != p => {
                 return Err(bad(format!(
-                    "zip entries in two folders, `{q}/` and `{p}/`; a torch checkpoint has one"
+                    "zip entries in two folders, `{}/` and `{}/`; a torch checkpoint has one",
+                    shorten(q),
+                    shorten(p)
                 )))
             }
             _ => {}
-        }
-        if !seen.insert(name.clone()) {
-            return Err(bad(format!("zip entry `{name}` appears twice")));
         }
         let is_data = rest == "data.pkl" || rest.starts_with("data/") || rest == "byteorder";
         if rest == "constants.pkl" {
@@ -81,9 +88,14 @@ pub(super) fn read(
         if !is_data {
             continue;
         }
+        // Names are kept only for the entries we use, whose names the file holds twice
+        // (central and local header): the copies never outgrow the file.
+        if !seen.insert(name.clone()) {
+            return Err(bad(format!("zip entry `{}` appears twice", shorten(&name))));
+        }
         if entry.compression() != CompressionMethod::Stored {
             return Err(bad(format!(
-                "zip entry `{name}` is compressed ({:?}); torch writes stored entries, which we \
+                "zip entry `{shown}` is compressed ({:?}); torch writes stored entries, which we \
                  read in place",
                 entry.compression()
             )));
@@ -91,11 +103,11 @@ pub(super) fn read(
         // The payload follows the local header; read it ourselves and make sure it describes
         // the same entry as the central directory.
         let start = local_payload_start(bytes, entry.header_start(), entry.name_raw())
-            .map_err(|m| bad(format!("zip entry `{name}`: {m}")))?;
+            .map_err(|m| bad(format!("zip entry `{shown}`: {m}")))?;
         let size = entry.size();
         if entry.compressed_size() != size {
             return Err(bad(format!(
-                "zip entry `{name}` is stored but its sizes differ ({} vs {size})",
+                "zip entry `{shown}` is stored but its sizes differ ({} vs {size})",
                 entry.compressed_size()
             )));
         }
@@ -104,7 +116,7 @@ pub(super) fn read(
             .filter(|&e| e <= bytes.len() as u64)
             .ok_or_else(|| {
                 bad(format!(
-                    "zip entry `{name}` claims bytes {start}..{} but the file has {} (truncated?)",
+                    "zip entry `{shown}` claims bytes {start}..{} but the file has {} (truncated?)",
                     start.saturating_add(size),
                     bytes.len()
                 ))
@@ -118,7 +130,8 @@ pub(super) fn read(
             if order != b"little" {
                 return Err(bad(format!(
                     "byte order `{}` is not supported (only little-endian checkpoints)",
-                    String::from_utf8_lossy(order)
+                    // Any length the file likes: show its start only.
+                    String::from_utf8_lossy(&order[..order.len().min(16)])
                 )));
             }
         } else if let Some(key) = rest.strip_prefix("data/") {
@@ -130,9 +143,14 @@ pub(super) fn read(
         if let [(a, an), (b, bn)] = w {
             if b.start < a.end {
                 return Err(bad(format!(
-                    "zip entries `{an}` (bytes {}..{}) and `{bn}` (bytes {}..{}) overlap: the \
+                    "zip entries `{}` (bytes {}..{}) and `{}` (bytes {}..{}) overlap: the \
                      central directory does not describe a well-formed archive",
-                    a.start, a.end, b.start, b.end
+                    shorten(an),
+                    a.start,
+                    a.end,
+                    shorten(bn),
+                    b.start,
+                    b.end
                 )));
             }
         }
@@ -143,10 +161,10 @@ pub(super) fn read(
     })?;
     let parsed = pickle::parse(&bytes[pr.start as usize..pr.end as usize], path, pr.start)?;
     for s in &parsed.storages {
-        let range = storages.get_mut(&s.key).ok_or_else(|| {
+        let range = storages.get_mut(&*s.key).ok_or_else(|| {
+            let key = shorten(&s.key);
             bad(format!(
-                "the object refers to storage `{}`, but there is no entry data/{}",
-                s.key, s.key
+                "the object refers to storage `{key}`, but there is no entry data/{key}"
             ))
         })?;
         let es = s.dtype.map(|d| d.size() as u64).unwrap_or(1);
@@ -154,7 +172,7 @@ pub(super) fn read(
         if need.map_or(true, |n| n > range.end - range.start) {
             return Err(bad(format!(
                 "storage `{}` should hold {} elements of {} bytes but its entry has {} bytes",
-                s.key,
+                shorten(&s.key),
                 s.numel,
                 es,
                 range.end - range.start
@@ -210,8 +228,8 @@ fn local_payload_start(bytes: &[u8], at: u64, central_name: &[u8]) -> Result<u64
     if local_name != central_name {
         return Err(format!(
             "local header at byte {at} names `{}`, the central directory `{}`",
-            String::from_utf8_lossy(local_name),
-            String::from_utf8_lossy(central_name)
+            shorten(&String::from_utf8_lossy(local_name)),
+            shorten(&String::from_utf8_lossy(central_name))
         ));
     }
     let start = at
@@ -223,4 +241,62 @@ fn local_payload_start(bytes: &[u8], at: u64, central_name: &[u8]) -> Result<u64
         ));
     }
     Ok(start)
+}
+
+/// The largest entry count any end-of-central-directory record in the zip's tail claims (a
+/// zip64 record's, where the classic one defers to it), or `None` if there is none. Every
+/// candidate counts: the zip crate may settle on any of them.
+fn claimed_entries(bytes: &[u8]) -> Option<u64> {
+    let tail_start = bytes.len().saturating_sub(EOCD_SEARCH);
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |at: usize| {
+        let b: [u8; 8] = bytes.get(at..at.checked_add(8)?)?.try_into().ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    let mut most = None;
+    for at in eocd_signatures(bytes, tail_start) {
+        let Some(n) = u16_at(at + 10) else { continue };
+        let mut n = u64::from(n);
+        if n == 0xffff {
+            // Zip64: a locator 20 bytes before points at the record holding the real count.
+            let locator = at
+                .checked_sub(20)
+                .filter(|&l| bytes.get(l..l + 4) == Some(b"PK\x06\x07"));
+            let record = locator
+                .and_then(|l| u64_at(l + 8))
+                .and_then(|r| usize::try_from(r).ok());
+            if let Some(r) =
+                record.filter(|&r| bytes.get(r..r.saturating_add(4)) == Some(b"PK\x06\x06"))
+            {
+                // 0xFFFF is a placeholder here: the zip64 record's count is the claim.
+                n = u64_at(r + 32).unwrap_or(n);
+            }
+        }
+        most = most.max(Some(n));
+    }
+    most
+}
+
+/// Offsets at or after `from` where an end-of-central-directory signature (`PK\x05\x06`)
+/// starts. Eight bytes at a time, skipping words without a `P`: the 64 KiB tail of a file is
+/// searched on every open, and the truncation tests open tens of thousands of files.
+fn eocd_signatures(bytes: &[u8], from: usize) -> impl Iterator<Item = usize> + '_ {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_p = |w: u64| {
+        let x = w ^ (ONES * u64::from(b'P'));
+        x.wrapping_sub(ONES) & !x & HIGHS != 0
+    };
+    let tail = bytes.get(from..).unwrap_or_default();
+    tail.chunks(8)
+        .enumerate()
+        .filter(move |(_, c)| {
+            c.len() < 8 || has_p(u64::from_le_bytes((*c).try_into().unwrap_or([0; 8])))
+        })
+        .flat_map(move |(i, c)| (0..c.len()).map(move |j| from + i * 8 + j))
+        .filter(move |&at| bytes.get(at..at + 4) == Some(b"PK\x05\x06"))
 }
