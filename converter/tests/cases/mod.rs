@@ -797,13 +797,18 @@ pub fn tensors_that_do_not_fit() -> Vec<Case> {
             embedding(|t| t.key = "9"),
             &["storage `9`", "no entry data/9"],
         ),
-        // The plan must not size anything by a layer number (issue 8: layers.100000000).
+        // The plan must not size anything by a layer number (issue 8: layers.100000000): the
+        // layers must run 0..L, and the first missing one is named.
         Case {
-            expect: Expect::Ends,
-            over_heap_bound: Some(
-                "plan.rs sizes a list by the largest layer number (1.6 GB here); fixed on \
-                 another branch (issue 8)",
-            ),
+            expect: Expect::Refused {
+                file: FILE.into(),
+                all: vec![
+                    "transformer.layers.0.input_layernorm.weight".into(),
+                    "layer 0 has no tensors".into(),
+                    "layers up to 100000000".into(),
+                ],
+                any: Vec::new(),
+            },
             ..Case::converts("a tensor of layer 100000000", {
                 let mut extra = Pk::default();
                 extra.str("module").raw(b"}").mark();
