@@ -8,7 +8,9 @@
 #![deny(missing_docs)]
 
 pub mod compare;
+pub mod config;
 pub mod error;
+pub mod files;
 pub mod fixture;
 pub mod forward;
 pub mod model;
