@@ -345,7 +345,7 @@ pub fn compare(
     let (batch, seq, vocab) = shape;
     let n = crate::error::checked_product(&[batch, seq, vocab], "batch * seq * vocab")?;
     if ours.len() != n || reference.len() != n {
-        return Err(Error::Overflow(format!(
+        return Err(Error::Internal(format!(
             "comparison of {} computed and {} reference logits for shape [{batch}, {seq}, {vocab}]",
             ours.len(),
             reference.len()
