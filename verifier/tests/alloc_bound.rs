@@ -63,6 +63,9 @@ fn every_hostile_case_stays_within_the_heap_bound() {
             count += 1;
         }
     }
-    assert!(count > 100, "only {count} cases: the shared list went missing");
+    assert!(
+        count > 100,
+        "only {count} cases: the shared list went missing"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -59,64 +59,64 @@ fn the_unchanged_fixture_passes() {
 
 #[test]
 fn safetensors_header_length_beyond_the_file_is_refused() {
-    check_all(cases::safetensors_header_lengths());
+    check_all(cases::model::safetensors_header_lengths());
 }
 
 #[test]
 fn safetensors_overlapping_or_out_of_range_offsets_are_refused() {
-    check_all(cases::safetensors_offsets());
+    check_all(cases::model::safetensors_offsets());
 }
 
 #[test]
 fn safetensors_non_utf8_names_and_non_json_headers_are_refused() {
-    check_all(cases::safetensors_names_and_headers());
+    check_all(cases::model::safetensors_names_and_headers());
 }
 
 #[test]
 fn safetensors_truncated_empty_or_random_is_refused() {
-    check_all(cases::safetensors_truncated_or_random());
+    check_all(cases::model::safetensors_truncated_or_random());
 }
 
 #[test]
 fn hostile_config_json_is_refused() {
-    check_all(cases::hostile_config_json());
+    check_all(cases::model::hostile_config_json());
 }
 
 #[test]
 fn fifos_devices_and_oversized_json_are_refused_without_hanging() {
     // Before: a FIFO config.json hung forever, /dev/zero read until memory ran out, and a
     // fixture.json pointing at /dev/zero was silently ignored (the run passed).
-    check_all(cases::special_and_oversized_files());
+    check_all(cases::files::special_and_oversized_files());
 }
 
 #[test]
 fn shard_indexes_with_many_shards_are_handled_in_linear_time_and_capped() {
-    check_all(cases::shard_indexes());
+    check_all(cases::files::shard_indexes());
 }
 
 #[test]
 fn npy_headers_that_lie_about_the_shape_are_refused() {
-    check_all(cases::npy_shape_lies());
+    check_all(cases::npy::npy_shape_lies());
 }
 
 #[test]
 fn npy_with_bad_headers_is_refused() {
-    check_all(cases::npy_bad_headers());
+    check_all(cases::npy::npy_bad_headers());
 }
 
 #[test]
 fn npy_headers_that_would_make_the_parser_backtrack_are_refused() {
-    check_all(cases::npy_backtracking_headers());
+    check_all(cases::npy::npy_backtracking_headers());
 }
 
 #[test]
 fn npy_truncated_empty_or_random_is_refused() {
-    check_all(cases::npy_truncated_or_random());
+    check_all(cases::npy::npy_truncated_or_random());
 }
 
 #[test]
 fn sizes_that_multiply_are_refused_or_run_in_bounded_memory() {
-    check_all(cases::multiplying_sizes());
+    check_all(cases::sizes::multiplying_sizes());
 }
 
 // ---------------------------------------------------------------------------------------------
