@@ -161,3 +161,29 @@ pub(crate) fn checked_product(dims: &[usize], what: &str) -> Result<usize> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| Error::Overflow(what.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_is_printed_once_by_a_chain_printer() {
+        let e = Error::io(
+            "model/config.json",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        );
+        let shown = format!("{:#}", anyhow::Error::new(e));
+        assert_eq!(shown.matches("no such file").count(), 1, "{shown}");
+        let bad = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let shown = format!("{:#}", anyhow::Error::new(Error::json("config.json", bad)));
+        assert_eq!(shown.matches("EOF").count(), 1, "{shown}");
+    }
+
+    #[test]
+    fn internal_errors_say_they_are_bugs_and_overflow_says_overflow() {
+        let e = Error::Internal("forward pass given unchecked ids".into()).to_string();
+        assert!(e.starts_with("internal error:") && e.ends_with("please report this"));
+        let e = checked_product(&[usize::MAX, 2], "batch * seq").unwrap_err();
+        assert_eq!(e.to_string(), "size overflow computing batch * seq");
+    }
+}

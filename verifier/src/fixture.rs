@@ -185,8 +185,23 @@ pub const MAX_SEQ: usize = 16_384;
 impl Fixture {
     /// Reads and cross-checks the fixture files (not yet against a model).
     pub fn open(dir: &Path) -> Result<Fixture> {
+        Self::read(dir, None)
+    }
+
+    /// Reads the fixture for a model configured by `c`: the ids are checked against the model's
+    /// `n_positions` and vocabulary before the (larger) logits are read, then the logits' vocab.
+    pub fn open_for(dir: &Path, c: &Config) -> Result<Fixture> {
+        let f = Self::read(dir, Some(c))?;
+        f.check_against(c)?;
+        Ok(f)
+    }
+
+    fn read(dir: &Path, c: Option<&Config>) -> Result<Fixture> {
         let (meta, has_meta) = read_meta(&dir.join("fixture.json"))?;
         let (input_ids, batch, seq) = read_ids(&dir.join("input_ids.npy"))?;
+        if let Some(c) = c {
+            check_ids(dir, &input_ids, seq, c)?;
+        }
         let (logits, logits_dtype, vocab) = read_logits(dir, batch, seq)?;
         Ok(Fixture {
             dir: dir.to_path_buf(),
@@ -218,27 +233,33 @@ impl Fixture {
                 self.vocab, c.vocab_size
             )));
         }
-        if self.seq > c.n_positions {
-            return Err(mismatch(format!(
-                "input_ids.npy has seq {} but the model has only n_positions {}",
-                self.seq, c.n_positions
-            )));
-        }
-        if let Some(i) = self
-            .input_ids
-            .iter()
-            .position(|&id| id as usize >= c.vocab_size)
-        {
-            return Err(mismatch(format!(
-                "input_ids.npy [{}, {}] is token {}, outside the model's vocabulary of {}",
-                i / self.seq,
-                i % self.seq,
-                self.input_ids[i],
-                c.vocab_size
-            )));
-        }
-        Ok(())
+        check_ids(&self.dir, &self.input_ids, self.seq, c)
     }
+}
+
+/// Checks rows of `seq` ids against the model: positions within `n_positions`, every id inside
+/// the vocabulary.
+fn check_ids(dir: &Path, ids: &[u32], seq: usize, c: &Config) -> Result<()> {
+    let mismatch = |detail: String| Error::FixtureMismatch {
+        dir: dir.to_path_buf(),
+        detail,
+    };
+    if seq > c.n_positions {
+        return Err(mismatch(format!(
+            "input_ids.npy has seq {seq} but the model has only n_positions {}",
+            c.n_positions
+        )));
+    }
+    if let Some(i) = ids.iter().position(|&id| id as usize >= c.vocab_size) {
+        return Err(mismatch(format!(
+            "input_ids.npy [{}, {}] is token {}, outside the model's vocabulary of {}",
+            i / seq,
+            i % seq,
+            ids[i],
+            c.vocab_size
+        )));
+    }
+    Ok(())
 }
 
 fn read_vec<T: npyz::Deserialize>(npy: NpyFile<BufReader<File>>, path: &Path) -> Result<Vec<T>> {

@@ -52,8 +52,7 @@ impl Default for Options {
 /// `Err` means the files could not be checked at all.
 pub fn verify(model_dir: &Path, fixture_dir: &Path, opts: &Options) -> Result<Report> {
     let model = model::Model::open(model_dir)?;
-    let fixture = fixture::Fixture::open(fixture_dir)?;
-    fixture.check_against(&model.config)?;
+    let fixture = fixture::Fixture::open_for(fixture_dir, &model.config)?;
     let tol = Tolerance::resolve(opts.atol, opts.rtol, &fixture)?;
     let mut warnings = Vec::new();
     let threads = opts.threads.clamp(1, forward::MAX_THREADS);

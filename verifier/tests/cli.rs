@@ -233,6 +233,18 @@ fn sequence_longer_than_n_positions_is_an_error() {
 }
 
 #[test]
+fn sequence_longer_than_n_positions_is_refused_before_the_logits_are_read() {
+    let fx = copy_dir(&fixtures().join("reference"));
+    write_npy(&fx.path().join("input_ids.npy"), &[1, 65], vec![3i64; 65]);
+    // Logits that would be an error of their own if they were read.
+    std::fs::write(fx.path().join("logits.npy"), b"not an npy file").unwrap();
+    let (code, j) = verify_json(&fixtures().join("hf"), fx.path(), &[]);
+    assert_eq!(code, 2, "{j:#}");
+    let e = error_of(&j);
+    assert!(e.contains("seq 65") && e.contains("n_positions 64"), "{e}");
+}
+
+#[test]
 fn config_disagreeing_with_a_tensor_shape_names_the_tensor() {
     let model = copy_dir(&fixtures().join("hf"));
     let path = model.path().join("config.json");

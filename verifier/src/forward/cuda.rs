@@ -179,6 +179,18 @@ fn check_libraries() -> Result<()> {
     }
 }
 
+/// Precise division and square roots, no flush-to-zero, no fused multiply-add contraction: the
+/// kernels should round like the CPU loops.
+fn compile_options() -> CompileOptions {
+    CompileOptions {
+        ftz: Some(false),
+        prec_sqrt: Some(true),
+        prec_div: Some(true),
+        fmad: Some(false),
+        ..Default::default()
+    }
+}
+
 /// A size as the `int` the kernels and cuBLAS take.
 fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::Overflow(format!("{what} ({v}) for CUDA's 32-bit sizes")))
@@ -247,16 +259,8 @@ impl Gpu {
                 "cuBLAS cublasSetMathMode: {status:?}"
             )));
         }
-        // Precise division and square roots, no flush-to-zero, no fused multiply-add
-        // contraction: the kernels should round like the CPU loops.
-        let opts = CompileOptions {
-            ftz: Some(false),
-            prec_sqrt: Some(true),
-            prec_div: Some(true),
-            fmad: Some(false),
-            ..Default::default()
-        };
-        let ptx = compile_ptx_with_opts(KERNELS, opts).map_err(|e| dev_err("NVRTC compile", e))?;
+        let ptx = compile_ptx_with_opts(KERNELS, compile_options())
+            .map_err(|e| dev_err("NVRTC compile", e))?;
         let module = ctx
             .load_module(ptx)
             .map_err(|e| dev_err("module load", e))?;
@@ -562,14 +566,8 @@ mod tests {
             eprintln!("libnvrtc not found: skipping (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
             return;
         }
-        let opts = CompileOptions {
-            ftz: Some(false),
-            prec_sqrt: Some(true),
-            prec_div: Some(true),
-            fmad: Some(false),
-            ..Default::default()
-        };
-        let ptx = compile_ptx_with_opts(KERNELS, opts).unwrap_or_else(|e| panic!("{e}"));
+        let ptx =
+            compile_ptx_with_opts(KERNELS, compile_options()).unwrap_or_else(|e| panic!("{e}"));
         let text = ptx.to_src();
         for name in [
             "embed",
