@@ -1,11 +1,15 @@
-//! Causal self-attention on the CPU, one query row at a time: the scores of one query (at most
-//! `seq` floats per thread) are all that is held, so memory is O(seq · width), not O(seq²).
+//! Causal self-attention on the CPU, a tile of query rows at a time: the scores of one tile
+//! (`ROWS_PER_TASK x seq` floats per thread) are all that is held, so memory is O(seq · width),
+//! not O(seq²). The products go through `gemm` like the rest of the forward pass.
 
+use gemm::Parallelism;
+
+use super::cpu::{matmul, View};
 use super::softmax;
 use crate::model::Config;
 
-/// Token rows per task. Later positions attend to more keys, so tasks are dealt round-robin to
-/// the threads rather than split into contiguous halves.
+/// Query rows per task (a tile of one batch row). Later positions attend to more keys, so tasks
+/// are dealt round-robin to the threads rather than split into contiguous halves.
 const ROWS_PER_TASK: usize = 16;
 
 /// The shape and scaling of one layer's attention.
@@ -43,90 +47,91 @@ impl Attention {
     }
 }
 
+/// Below this many multiply-adds (tokens x positions seen x width) attention runs on the
+/// calling thread: handing a few microseconds of work to other threads costs more than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 20;
+
 /// The attention context `[n, h]` for `qkv` rows `[n, 3h]` (`[q | k | v]`, each `heads * hd`
 /// wide), each batch row of `seq` positions attending causally within itself.
 pub fn attention(qkv: &[f32], a: &Attention, threads: usize) -> Vec<f32> {
+    use rayon::prelude::*;
     let n = qkv.len() / (3 * a.h);
     let mut ctx = vec![0f32; n * a.h];
-    let tasks: Vec<(usize, &mut [f32])> = ctx
-        .chunks_mut(ROWS_PER_TASK * a.h)
+    // (first token, its position in the batch row, the tile's context rows)
+    let tasks: Vec<(usize, usize, &mut [f32])> = ctx
+        .chunks_mut(a.seq * a.h)
         .enumerate()
-        .map(|(i, c)| (i * ROWS_PER_TASK, c))
+        .flat_map(|(b, row)| {
+            row.chunks_mut(ROWS_PER_TASK * a.h)
+                .enumerate()
+                .map(move |(t, c)| (b * a.seq + t * ROWS_PER_TASK, t * ROWS_PER_TASK, c))
+        })
         .collect();
-    let lanes = threads.clamp(1, tasks.len().max(1));
-    if lanes == 1 {
-        let mut scores = vec![0f32; a.seq];
-        for (first, out) in tasks {
-            attend_rows(qkv, a, first, out, &mut scores);
-        }
-        return ctx;
-    }
-    let mut dealt: Vec<Vec<(usize, &mut [f32])>> = (0..lanes).map(|_| Vec::new()).collect();
+    let work = n.saturating_mul(a.seq / 2 + 1).saturating_mul(a.h);
+    let lanes = if work < PARALLEL_MIN_WORK {
+        1
+    } else {
+        threads.clamp(1, tasks.len().max(1))
+    };
+    let mut dealt: Vec<Vec<_>> = (0..lanes).map(|_| Vec::new()).collect();
     for (i, task) in tasks.into_iter().enumerate() {
         dealt[i % lanes].push(task);
     }
-    std::thread::scope(|s| {
-        for lane in dealt {
-            s.spawn(move || {
-                let mut scores = vec![0f32; a.seq];
-                for (first, out) in lane {
-                    attend_rows(qkv, a, first, out, &mut scores);
-                }
-            });
+    let run_lane = |lane: Vec<(usize, usize, &mut [f32])>| {
+        let mut scores = vec![0f32; ROWS_PER_TASK * a.seq];
+        for (token, pos, out) in lane {
+            attend_tile(qkv, a, (token, pos), out, &mut scores);
         }
-    });
+    };
+    if lanes == 1 {
+        dealt.into_iter().for_each(run_lane);
+    } else {
+        dealt.into_par_iter().for_each(run_lane);
+    }
     ctx
 }
 
-/// Fills `out` (whole context rows, starting at token `first`) for every head.
-fn attend_rows(qkv: &[f32], a: &Attention, first: usize, out: &mut [f32], scores: &mut [f32]) {
+/// Fills `out`, the context rows of the queries from token `token` (position `pos` in its batch
+/// row) on, for every head: scores = q · kᵀ over the keys the tile's last query sees, a causal
+/// softmax per row, then `out = p · v`.
+fn attend_tile(
+    qkv: &[f32],
+    a: &Attention,
+    (token, pos): (usize, usize),
+    out: &mut [f32],
+    scores: &mut [f32],
+) {
     let (h, hd, w3) = (a.h, a.hd, 3 * a.h);
-    for (k, ctx_row) in out.chunks_exact_mut(h).enumerate() {
-        let token = first + k;
-        let i = token % a.seq;
-        let row0 = token - i; // the first token of this batch row
-        for head in 0..a.heads {
-            let q = &qkv[token * w3 + head * hd..][..hd];
-            // Causal: position i sees 0..=i. transformers fills the rest with the dtype's
-            // minimum, whose exp is exactly 0, so leaving them out is the same softmax.
-            let seen = &mut scores[..=i];
-            for (j, s) in seen.iter_mut().enumerate() {
-                let key = &qkv[(row0 + j) * w3 + h + head * hd..][..hd];
-                *s = dot(q, key) / a.divisor;
+    let rows = out.len() / h;
+    let keys = pos + rows; // positions 0..keys of this batch row are seen by some query here
+    let row0 = (token - pos) * w3; // the batch row's first qkv element
+    let scores = &mut scores[..rows * keys];
+    for head in 0..a.heads {
+        let at = |part: usize, first: usize, rs: usize, cs: usize| View {
+            data: qkv,
+            offset: row0 + first * w3 + part * h + head * hd,
+            rs,
+            cs,
+        };
+        let (q, kt, v) = (at(0, pos, w3, 1), at(1, 0, 1, w3), at(2, 0, w3, 1));
+        let none = Parallelism::None;
+        matmul(scores, 0, keys, q, kt, (rows, keys, hd), false, none);
+        for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
+            // Causal: position pos + r sees 0..=pos + r. transformers fills the rest with the
+            // dtype's minimum, whose exp is exactly 0, so dropping them is the same softmax.
+            let (seen, hidden) = row.split_at_mut(pos + r + 1);
+            for s in seen.iter_mut() {
+                *s /= a.divisor;
                 if let Some(d) = a.layer_div {
                     *s /= d;
                 }
             }
             softmax(seen);
-            let acc = &mut ctx_row[head * hd..(head + 1) * hd];
-            acc.fill(0.0);
-            for (j, &p) in seen.iter().enumerate() {
-                let v = &qkv[(row0 + j) * w3 + 2 * h + head * hd..][..hd];
-                for (o, &x) in acc.iter_mut().zip(v) {
-                    *o += p * x;
-                }
-            }
+            hidden.fill(0.0);
         }
+        let p = View::rows(scores, keys);
+        matmul(out, head * hd, h, p, v, (rows, hd, keys), false, none);
     }
-}
-
-/// Dot product with eight independent partial sums, which the compiler keeps in one vector
-/// register (a single running sum would serialise every addition).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -165,11 +170,12 @@ mod tests {
 
     #[test]
     fn row_at_a_time_matches_the_full_matrix_on_every_thread_count() {
+        // Large enough to run in parallel (above PARALLEL_MIN_WORK).
         let a = Attention {
-            h: 12,
+            h: 96,
             heads: 3,
-            hd: 4,
-            seq: 37,
+            hd: 32,
+            seq: 257,
             divisor: 2.0,
             layer_div: None,
         };
@@ -187,11 +193,5 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(worst < 1e-5, "{threads} threads: max diff {worst}");
         }
-    }
-
-    #[test]
-    fn dot_handles_lengths_off_the_vector_width() {
-        let a: Vec<f32> = (0..13).map(|i| i as f32).collect();
-        assert_eq!(dot(&a, &a), (0..13).map(|i| (i * i) as f32).sum::<f32>());
     }
 }

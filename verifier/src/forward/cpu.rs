@@ -9,15 +9,15 @@ use crate::model::{Config, Model};
 
 /// A row-major or strided matrix view: element (i, j) is `data[offset + i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    offset: usize,
-    rs: usize,
-    cs: usize,
+pub(super) struct View<'a> {
+    pub(super) data: &'a [f32],
+    pub(super) offset: usize,
+    pub(super) rs: usize,
+    pub(super) cs: usize,
 }
 
 impl<'a> View<'a> {
-    fn rows(data: &'a [f32], cols: usize) -> Self {
+    pub(super) fn rows(data: &'a [f32], cols: usize) -> Self {
         View {
             data,
             offset: 0,
@@ -40,7 +40,7 @@ impl<'a> View<'a> {
 /// `dst[m x n] = (accumulate ? dst : 0) + lhs[m x k] * rhs[k x n]`, `dst` row-major with row
 /// stride `dst_rs` starting at `dst_off`.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     dst: &mut [f32],
     dst_off: usize,
     dst_rs: usize,
