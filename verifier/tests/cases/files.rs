@@ -110,8 +110,45 @@ fn index_case(name: String, tensors: usize, shards: usize, needles_: &[&str]) ->
     })
 }
 
+/// Renames tiny/hf's model.safetensors to a shard and writes an index listing its tensors, plus
+/// `extra` (a name the shard does not hold) when given.
+fn one_shard_index(d: &Path, extra: Option<&str>) {
+    let shard = "model-00001-of-00001.safetensors";
+    std::fs::rename(d.join("model.safetensors"), d.join(shard)).expect("rename");
+    let st = std::fs::read(d.join(shard)).expect("read the shard");
+    let n = u64::from_le_bytes(st[..8].try_into().expect("8 bytes")) as usize;
+    let header: Map<String, Value> = serde_json::from_slice(&st[8..8 + n]).expect("header");
+    let mut map: Map<String, Value> = header
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .map(|k| (k.clone(), json!(shard)))
+        .collect();
+    if let Some(name) = extra {
+        map.insert(name.into(), json!(shard));
+    }
+    let index = json!({ "metadata": {}, "weight_map": map });
+    write(
+        &d.join("model.safetensors.index.json"),
+        index.to_string().as_bytes(),
+    );
+}
+
 pub fn shard_indexes() -> Vec<Case> {
+    let mut valid = model_case("a valid one-shard index".into(), &[], |d| {
+        one_shard_index(d, None)
+    });
+    valid.expect = Expect::Runs;
     vec![
+        valid,
+        model_case(
+            "index listing a tensor its shard lacks".into(),
+            &[
+                "model.safetensors.index.json",
+                "`ghost`",
+                "which does not hold it",
+            ],
+            |d| one_shard_index(d, Some("ghost")),
+        ),
         // Quadratic before: 10,000 distinct names took seconds to deduplicate. Now the first
         // missing shard is reported at once.
         index_case(
