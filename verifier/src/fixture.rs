@@ -367,12 +367,11 @@ fn read_logits(dir: &Path, batch: usize, seq: usize) -> Result<(Vec<f32>, Logits
             (wide, LogitsDtype::F16)
         }
         _ => {
+            let want = "float32 (or float16 with fixture.json tolerances)";
             return Err(npy_err(
                 &path,
-                format!(
-                "dtype {kind}{size}, expected float32 (or float16 with fixture.json tolerances)"
-            ),
-            ))
+                format!("dtype {kind}{size}, expected {want}"),
+            ));
         }
     };
     if logits.len() != n {
