@@ -86,14 +86,16 @@ fn help_and_version_stay_plain_text_with_exit_0_even_with_json() {
 }
 
 #[test]
-fn help_examples_name_fixtures_that_exist() {
+fn help_examples_name_paths_that_exist() {
     let help = run_args(&["--help"]).stdout;
     let root = testkit::fixtures().join("..");
     let named: Vec<&str> = help
-        .split_whitespace()
-        .filter(|w| w.starts_with("fixtures/"))
+        .lines()
+        .filter(|l| l.trim_start().starts_with("cpm-verify "))
+        .flat_map(|l| l.split_whitespace())
+        .filter(|w| w.contains('/'))
         .collect();
-    assert!(!named.is_empty(), "{help}");
+    assert!(named.len() >= 4, "no example paths in {help}");
     for path in named {
         assert!(
             root.join(path).is_dir(),

@@ -12,7 +12,7 @@ const AFTER_HELP: &str = "\
 Examples (the fixtures ship with the repository):
   cpm-verify fixtures/tiny/hf fixtures/tiny/reference
   cpm-verify fixtures/tiny/hf fixtures/tiny/reference-megatron --json > verify.json
-  cpm-verify out/cpm-lm ci/cpm-lm-ref --device cuda --atol 2e-3 --threads 8
+  cpm-verify fixtures/tiny/hf fixtures/tiny/reference --device cuda --atol 2e-3 --threads 8
 
 Tolerance: an element passes when |ours - ref| <= atol + rtol * |ref|; the run passes when every
 element does and the argmax agrees at every position (except where the reference's two largest
