@@ -219,8 +219,14 @@ impl Model {
                 name: canonical.to_string(),
                 tried: "(not among the tensors validated at open)".into(),
             })?;
-        let entry = &self.tensors[stored];
-        let shard = &self.shards[entry.shard];
+        // `names` is built from `tensors` and entries from `shards`, so both lookups succeed.
+        let entry = self
+            .tensors
+            .get(stored)
+            .ok_or_else(|| Error::Internal(format!("validated tensor `{stored}` has no entry")))?;
+        let shard = self.shards.get(entry.shard).ok_or_else(|| {
+            Error::Internal(format!("tensor `{stored}` refers to a shard never mapped"))
+        })?;
         let bytes = shard
             .map
             .get(entry.start..entry.end)
