@@ -91,12 +91,16 @@ pub struct Worst {
 /// The figures for one batch row, or for all of them.
 #[derive(Debug, Clone, Serialize)]
 pub struct Figures {
+    /// Whether these figures pass: every element within tolerance, none non-finite, and every
+    /// argmax agreeing except excused near-ties.
+    pub pass: bool,
     /// Largest |ours - ref| (over finite values of ours).
     pub max_abs_diff: f64,
     /// Mean |ours - ref| (over finite values of ours).
     pub mean_abs_diff: f64,
-    /// Largest |ours - ref| / |ref| over elements whose reference is not zero.
-    pub max_rel_diff: f64,
+    /// Largest |ours - ref| / |ref| over elements whose reference is not zero; `None` (JSON
+    /// `null`, "n/a" in the table) when every reference is zero, where it is undefined.
+    pub max_rel_diff: Option<f64>,
     /// Fraction of positions whose argmax agrees with the reference's (0..1).
     pub top1_agreement: f64,
     /// Mean KL(reference || ours) of the softmaxes over positions, natural log.
@@ -112,10 +116,8 @@ pub struct Figures {
     /// Positions whose argmax differs but the reference's top two logits are within tolerance
     /// of each other (closer than the sum of their tolerances): excused.
     pub top1_ties_excused: usize,
-    /// Positions compared.
-    pub positions: usize,
-    /// Whether these figures pass on their own.
-    pub pass: bool,
+    /// Positions compared (token positions, each a vector of `vocab` logits).
+    pub tokens: usize,
     /// The element with the largest absolute difference.
     pub worst: Option<Worst>,
 }
@@ -130,16 +132,34 @@ pub struct Row {
     pub figures: Figures,
 }
 
-/// The outcome of one verification; `--json` prints exactly this.
+/// What [`compare`] measures: the overall figures and the same per batch row.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    /// Over every position.
+    pub overall: Figures,
+    /// Per batch row.
+    pub rows: Vec<Row>,
+}
+
+/// How the forward pass ran (known to the caller that ran it, not to [`compare`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// Wall time of the forward pass alone, weight widening included, file checks excluded.
+    pub forward_seconds: f64,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// CPU threads used for matrix products.
+    pub threads: usize,
+}
+
+/// The outcome of one verification; `--json` prints exactly this, every key once:
+/// the overall [`Figures`] (`pass`, `max_abs_diff`, ..., `tokens`, `worst`) flattened, then the
+/// shape, the tolerance, the [`RunInfo`] flattened, `description`, `warnings` and `rows`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// Every element within tolerance and every argmax agreeing (except excused near-ties).
-    pub pass: bool,
-    /// The overall figures.
+    /// The overall figures; `pass` is the verdict.
     #[serde(flatten)]
     pub overall: Figures,
-    /// Positions compared: batch x seq.
-    pub tokens: usize,
     /// Batch rows.
     pub batch: usize,
     /// Positions per row.
@@ -150,16 +170,22 @@ pub struct Report {
     pub atol: f64,
     /// Relative tolerance used.
     pub rtol: f64,
-    /// Wall time of the forward pass alone, weight widening included, file checks excluded.
-    pub forward_seconds: f64,
-    /// `cpu` or `cuda:N`.
-    pub device: String,
-    /// CPU threads used for matrix products.
-    pub threads: usize,
+    /// How the forward pass ran.
+    #[serde(flatten)]
+    pub run: RunInfo,
     /// `description` from fixture.json.
     pub description: Option<String>,
+    /// Anything the run adjusted or doubted without failing (also printed on stderr).
+    pub warnings: Vec<String>,
     /// The same figures per batch row.
     pub rows: Vec<Row>,
+}
+
+impl Report {
+    /// Every element within tolerance and every argmax agreeing (except excused near-ties).
+    pub fn pass(&self) -> bool {
+        self.overall.pass
+    }
 }
 
 /// Running sums over a set of positions.
@@ -168,7 +194,7 @@ struct Acc {
     max_abs: f64,
     sum_abs: f64,
     finite: usize,
-    max_rel: f64,
+    max_rel: Option<f64>,
     agree: usize,
     kl_sum: f64,
     kl_max: f64,
@@ -186,7 +212,7 @@ impl Acc {
         self.max_abs = self.max_abs.max(o.max_abs);
         self.sum_abs += o.sum_abs;
         self.finite += o.finite;
-        self.max_rel = self.max_rel.max(o.max_rel);
+        self.max_rel = max_opt(self.max_rel, o.max_rel);
         self.agree += o.agree;
         self.kl_sum += o.kl_sum;
         self.kl_max = self.kl_max.max(o.kl_max);
@@ -207,6 +233,7 @@ impl Acc {
         let pass = self.out == 0 && self.non_finite == 0 && self.mismatches == 0;
         let frac = |n: usize, d: usize| if d == 0 { 0.0 } else { n as f64 / d as f64 };
         Figures {
+            pass,
             max_abs_diff: self.max_abs,
             mean_abs_diff: if self.finite == 0 {
                 0.0
@@ -225,10 +252,18 @@ impl Acc {
             non_finite: self.non_finite,
             top1_mismatches: self.mismatches,
             top1_ties_excused: self.ties,
-            positions: self.positions,
-            pass,
+            tokens: self.positions,
             worst: self.worst.as_ref().map(|(_, w)| w.clone()),
         }
+    }
+}
+
+/// The larger of two optional values (`None` when both are).
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) => x,
+        (None, y) => y,
     }
 }
 
@@ -289,7 +324,7 @@ fn one_position(
         acc.finite += 1;
         acc.sum_abs += d;
         if r != 0.0 {
-            acc.max_rel = acc.max_rel.max(d / f64::from(r).abs());
+            acc.max_rel = max_opt(acc.max_rel, Some(d / f64::from(r).abs()));
         }
         if d.is_nan() || d > tol.at(r) {
             acc.out += 1;
@@ -341,30 +376,25 @@ pub fn compare(
     reference: &[f32],
     shape: (usize, usize, usize),
     tol: Tolerance,
-) -> Result<Report> {
+) -> Result<Comparison> {
     let (batch, seq, vocab) = shape;
     let n = crate::error::checked_product(&[batch, seq, vocab], "batch * seq * vocab")?;
     if ours.len() != n || reference.len() != n {
-        return Err(Error::Overflow(format!(
+        return Err(Error::Internal(format!(
             "comparison of {} computed and {} reference logits for shape [{batch}, {seq}, {vocab}]",
             ours.len(),
             reference.len()
         )));
     }
     let mut total = Acc::default();
+    // One entry per batch row of logits already in memory.
     let mut rows = Vec::with_capacity(batch);
     for b in 0..batch {
         let mut acc = Acc::default();
         for t in 0..seq {
             let at = (b * seq + t) * vocab;
-            one_position(
-                &mut acc,
-                &ours[at..at + vocab],
-                &reference[at..at + vocab],
-                tol,
-                b,
-                t,
-            );
+            let (o, r) = (&ours[at..at + vocab], &reference[at..at + vocab]);
+            one_position(&mut acc, o, r, tol, b, t);
         }
         total.merge(&acc);
         rows.push(Row {
@@ -372,20 +402,8 @@ pub fn compare(
             figures: acc.figures(),
         });
     }
-    let overall = total.figures();
-    Ok(Report {
-        pass: overall.pass,
-        overall,
-        tokens: batch * seq,
-        batch,
-        seq,
-        vocab,
-        atol: tol.atol,
-        rtol: tol.rtol,
-        forward_seconds: 0.0,
-        device: String::new(),
-        threads: 0,
-        description: None,
+    Ok(Comparison {
+        overall: total.figures(),
         rows,
     })
 }
@@ -403,7 +421,7 @@ mod tests {
     fn identical_logits_pass_with_zero_divergence() {
         let r = vec![1.0, 2.0, 3.0, -1.0, 0.5, 0.25];
         let rep = compare(&r, &r, (1, 2, 3), TOL).unwrap();
-        assert!(rep.pass);
+        assert!(rep.overall.pass);
         assert_eq!(rep.overall.max_abs_diff, 0.0);
         assert_eq!(rep.overall.kl_max, 0.0);
         assert_eq!(rep.overall.top1_agreement, 1.0);
@@ -415,7 +433,7 @@ mod tests {
         let mut o = r.clone();
         o[0] += 0.0021; // tolerance at 1.0 is 0.002
         let rep = compare(&o, &r, (1, 1, 3), TOL).unwrap();
-        assert!(!rep.pass);
+        assert!(!rep.overall.pass);
         assert_eq!(rep.overall.out_of_tolerance, 1);
         assert_eq!(rep.overall.worst.as_ref().unwrap().token, 0);
     }
@@ -426,13 +444,13 @@ mod tests {
         let r = vec![3.0f32, 2.9995, 0.0];
         let o = vec![2.9996f32, 3.0, 0.0];
         let rep = compare(&o, &r, (1, 1, 3), TOL).unwrap();
-        assert!(rep.pass, "{rep:?}");
+        assert!(rep.overall.pass, "{rep:?}");
         assert_eq!(rep.overall.top1_ties_excused, 1);
         assert_eq!(rep.overall.top1_agreement, 0.0);
         // A clear swap (and out of tolerance).
         let o = vec![2.0f32, 3.0, 0.0];
         let rep = compare(&o, &[3.0, 2.0, 0.0], (1, 1, 3), TOL).unwrap();
-        assert!(!rep.pass);
+        assert!(!rep.overall.pass);
         assert_eq!(rep.overall.top1_mismatches, 1);
     }
 
@@ -441,7 +459,7 @@ mod tests {
         let r = vec![1.0f32, 2.0];
         let o = vec![f32::NAN, 2.0];
         let rep = compare(&o, &r, (1, 1, 2), TOL).unwrap();
-        assert!(!rep.pass);
+        assert!(!rep.overall.pass);
         assert_eq!(rep.overall.non_finite, 1);
     }
 
@@ -461,5 +479,14 @@ mod tests {
         assert!(rep.rows[0].figures.pass);
         assert!(!rep.rows[1].figures.pass);
         assert_eq!(rep.rows[1].figures.max_abs_diff, 0.5);
+    }
+
+    #[test]
+    fn relative_difference_is_undefined_when_every_reference_is_zero() {
+        let rep = compare(&[0.5, 0.0], &[0.0, 0.0], (1, 1, 2), TOL).unwrap();
+        assert!(!rep.overall.pass);
+        assert_eq!(rep.overall.max_rel_diff, None);
+        let rep = compare(&[0.5, 2.0], &[0.0, 1.0], (1, 1, 2), TOL).unwrap();
+        assert_eq!(rep.overall.max_rel_diff, Some(1.0));
     }
 }

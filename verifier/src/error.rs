@@ -6,21 +6,40 @@ use std::path::PathBuf;
 /// Why a verification could not be carried out (as opposed to a mismatch, which is a result).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be opened, mapped or read.
-    #[error("{}: {source}", path.display())]
+    /// A file could not be opened, mapped or read. The OS error is part of the message and
+    /// deliberately not a `source()`, so a chain printer (anyhow's `{:#}`) says it once.
+    #[error("{}: {err}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The operating system's reason.
-        source: std::io::Error,
+        err: std::io::Error,
+    },
+    /// A path the verifier reads is not a regular file (after following symlinks): a FIFO would
+    /// block forever, a device like `/dev/zero` never ends.
+    #[error("{}: is {kind}, not a regular file", path.display())]
+    NotAFile {
+        /// The path as given.
+        path: PathBuf,
+        /// What it is instead ("a FIFO", "a character device", "a directory", ...).
+        kind: &'static str,
+    },
+    /// An input exceeds one of the verifier's stated limits (SECURITY.md lists them).
+    #[error("{}: {detail}", path.display())]
+    Limit {
+        /// The file (or directory) whose content is too large.
+        path: PathBuf,
+        /// What exceeds which limit, with both numbers.
+        detail: String,
     },
     /// A JSON file (config, shard index, fixture.json) is not valid JSON of the expected form.
-    #[error("{}: not valid JSON of the expected form: {source}", path.display())]
+    /// As with [`Error::Io`], the parser's message is in the text and not a `source()`.
+    #[error("{}: not valid JSON of the expected form: {err}", path.display())]
     Json {
         /// The file.
         path: PathBuf,
         /// What the parser said.
-        source: serde_json::Error,
+        err: serde_json::Error,
     },
     /// `config.json` lacks a field the forward pass needs, or holds an unusable value.
     #[error("{}: {detail}", path.display())]
@@ -101,6 +120,10 @@ pub enum Error {
     /// A size computed from the files does not fit in memory addresses.
     #[error("size overflow computing {0}")]
     Overflow(String),
+    /// A broken internal precondition (a caller skipped a check it promised): a bug to report,
+    /// never the input's fault.
+    #[error("internal error: {0}; please report this")]
+    Internal(String),
     /// The requested device cannot be used.
     #[error("device: {0}")]
     Device(String),
@@ -110,10 +133,24 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err,
+        }
+    }
+
+    pub(crate) fn json(path: impl Into<PathBuf>, err: serde_json::Error) -> Self {
+        Error::Json {
+            path: path.into(),
+            err,
+        }
+    }
+
+    pub(crate) fn limit(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        Error::Limit {
+            path: path.into(),
+            detail: detail.into(),
         }
     }
 }
@@ -123,4 +160,30 @@ pub(crate) fn checked_product(dims: &[usize], what: &str) -> Result<usize> {
     dims.iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| Error::Overflow(what.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_is_printed_once_by_a_chain_printer() {
+        let e = Error::io(
+            "model/config.json",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        );
+        let shown = format!("{:#}", anyhow::Error::new(e));
+        assert_eq!(shown.matches("no such file").count(), 1, "{shown}");
+        let bad = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let shown = format!("{:#}", anyhow::Error::new(Error::json("config.json", bad)));
+        assert_eq!(shown.matches("EOF").count(), 1, "{shown}");
+    }
+
+    #[test]
+    fn internal_errors_say_they_are_bugs_and_overflow_says_overflow() {
+        let e = Error::Internal("forward pass given unchecked ids".into()).to_string();
+        assert!(e.starts_with("internal error:") && e.ends_with("please report this"));
+        let e = checked_product(&[usize::MAX, 2], "batch * seq").unwrap_err();
+        assert_eq!(e.to_string(), "size overflow computing batch * seq");
+    }
 }

@@ -9,6 +9,7 @@ use npyz::{DType, NpyFile, Order, TypeChar};
 use serde::Deserialize;
 
 use crate::error::{checked_product, Error, Result};
+use crate::files;
 use crate::model::Config;
 
 /// `fixture.json`. Unknown keys (e.g. the recording's torch version) are kept out of the way.
@@ -72,11 +73,10 @@ const MAX_NPY_NESTING: usize = 8;
 
 /// Checks the header's size and nesting before `npyz` parses it: its Python-literal parser
 /// backtracks exponentially on nested brackets (a 213-byte header took minutes).
-fn check_npy_header(path: &Path) -> Result<()> {
+fn check_npy_header(path: &Path, file: &mut File) -> Result<()> {
     use std::io::Read;
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut pre = Vec::with_capacity(12);
-    (&mut file)
+    (&mut *file)
         .take(12)
         .read_to_end(&mut pre)
         .map_err(|e| Error::io(path, e))?;
@@ -97,9 +97,9 @@ fn check_npy_header(path: &Path) -> Result<()> {
             format!("header of {len} bytes; numpy writes and reads at most {MAX_NPY_HEADER}"),
         ));
     }
+    // len <= MAX_NPY_HEADER, checked above.
     let mut header = Vec::with_capacity(len);
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
-        .map_err(|e| Error::io(path, e))?;
+    std::io::Seek::seek(file, std::io::SeekFrom::Start(start)).map_err(|e| Error::io(path, e))?;
     file.take(len as u64)
         .read_to_end(&mut header)
         .map_err(|e| Error::io(path, e))?;
@@ -125,8 +125,9 @@ fn check_npy_header(path: &Path) -> Result<()> {
 }
 
 fn open_npy(path: &Path) -> Result<OpenNpy> {
-    check_npy_header(path)?;
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let (mut file, have) = files::open_regular(path)?;
+    check_npy_header(path, &mut file)?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
     let npy = NpyFile::new(BufReader::new(file))
         .map_err(|e| npy_err(path, format!("not a readable .npy file: {e}")))?;
     if npy.order() != Order::C {
@@ -168,9 +169,6 @@ fn open_npy(path: &Path) -> Result<OpenNpy> {
     let mut dims = shape.clone();
     dims.push(usize::try_from(size).map_err(|_| npy_err(path, "element size too large"))?);
     let need = checked_product(&dims, &format!("the data size of {}", path.display()))?;
-    let have = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
     if (need as u64) > have {
         return Err(npy_err(
             path,
@@ -180,127 +178,31 @@ fn open_npy(path: &Path) -> Result<OpenNpy> {
     Ok((npy, kind, size, shape))
 }
 
+/// The most positions per row a fixture may hold. Attention time grows with its square; a row of
+/// 16,384 positions at CPM-LM's vocabulary is already 2 GB of float32 logits.
+pub const MAX_SEQ: usize = 16_384;
+
 impl Fixture {
     /// Reads and cross-checks the fixture files (not yet against a model).
     pub fn open(dir: &Path) -> Result<Fixture> {
-        let meta_path = dir.join("fixture.json");
-        let (meta, has_meta) = if meta_path.is_file() {
-            let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-            let meta: FixtureMeta = serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: meta_path.clone(),
-                source,
-            })?;
-            (meta, true)
-        } else {
-            (FixtureMeta::default(), false)
-        };
+        Self::read(dir, None)
+    }
 
-        let ids_path = dir.join("input_ids.npy");
-        let (npy, kind, size, ids_shape) = open_npy(&ids_path)?;
-        let &[batch, seq] = ids_shape.as_slice() else {
-            return Err(npy_err(
-                &ids_path,
-                format!("shape {ids_shape:?}, expected [batch, seq]"),
-            ));
-        };
-        if batch == 0 || seq == 0 {
-            return Err(npy_err(&ids_path, format!("shape {ids_shape:?} is empty")));
-        }
-        let tokens = checked_product(&[batch, seq], "batch * seq")?;
-        let wide: Vec<i128> = match (kind, size) {
-            ('i', 4) => read_vec::<i32>(npy, &ids_path)?
-                .into_iter()
-                .map(i128::from)
-                .collect(),
-            ('i', 8) => read_vec::<i64>(npy, &ids_path)?
-                .into_iter()
-                .map(i128::from)
-                .collect(),
-            ('u', 4) => read_vec::<u32>(npy, &ids_path)?
-                .into_iter()
-                .map(i128::from)
-                .collect(),
-            ('u', 8) => read_vec::<u64>(npy, &ids_path)?
-                .into_iter()
-                .map(i128::from)
-                .collect(),
-            _ => {
-                return Err(npy_err(
-                    &ids_path,
-                    format!("dtype {kind}{size}, expected int32 or int64 token ids"),
-                ))
-            }
-        };
-        if wide.len() != tokens {
-            return Err(npy_err(
-                &ids_path,
-                format!("holds {} values, shape says {tokens}", wide.len()),
-            ));
-        }
-        let mut input_ids = Vec::with_capacity(tokens);
-        for (i, &id) in wide.iter().enumerate() {
-            let id = u32::try_from(id).map_err(|_| {
-                npy_err(
-                    &ids_path,
-                    format!(
-                        "token id {id} at [{}, {}] is not a valid id",
-                        i / seq,
-                        i % seq
-                    ),
-                )
-            })?;
-            input_ids.push(id);
-        }
+    /// Reads the fixture for a model configured by `c`: the ids are checked against the model's
+    /// `n_positions` and vocabulary before the (larger) logits are read, then the logits' vocab.
+    pub fn open_for(dir: &Path, c: &Config) -> Result<Fixture> {
+        let f = Self::read(dir, Some(c))?;
+        f.check_against(c)?;
+        Ok(f)
+    }
 
-        let logits_path = dir.join("logits.npy");
-        let (npy, kind, size, lshape) = open_npy(&logits_path)?;
-        let &[lb, ls, vocab] = lshape.as_slice() else {
-            return Err(npy_err(
-                &logits_path,
-                format!("shape {lshape:?}, expected [batch, seq, vocab]"),
-            ));
-        };
-        if (lb, ls) != (batch, seq) {
-            return Err(Error::FixtureMismatch {
-                dir: dir.to_path_buf(),
-                detail: format!(
-                    "logits.npy is [{lb}, {ls}, {vocab}] but input_ids.npy is [{batch}, {seq}]"
-                ),
-            });
+    fn read(dir: &Path, c: Option<&Config>) -> Result<Fixture> {
+        let (meta, has_meta) = read_meta(&dir.join("fixture.json"))?;
+        let (input_ids, batch, seq) = read_ids(&dir.join("input_ids.npy"))?;
+        if let Some(c) = c {
+            check_ids(dir, &input_ids, seq, c)?;
         }
-        let n = checked_product(&[batch, seq, vocab], "batch * seq * vocab")?;
-        let (logits, logits_dtype) = match (kind, size) {
-            ('f', 4) => (read_vec::<f32>(npy, &logits_path)?, LogitsDtype::F32),
-            ('f', 2) => (
-                read_vec::<half::f16>(npy, &logits_path)?
-                    .into_iter()
-                    .map(half::f16::to_f32)
-                    .collect(),
-                LogitsDtype::F16,
-            ),
-            _ => {
-                return Err(npy_err(
-                    &logits_path,
-                    format!("dtype {kind}{size}, expected float32 (or float16 with fixture.json tolerances)"),
-                ))
-            }
-        };
-        if logits.len() != n {
-            return Err(npy_err(
-                &logits_path,
-                format!("holds {} values, shape says {n}", logits.len()),
-            ));
-        }
-        if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
-            let (b, t, v) = (i / (seq * vocab), (i / vocab) % seq, i % vocab);
-            return Err(npy_err(
-                &logits_path,
-                format!(
-                    "reference logit [{b}, {t}, {v}] is {}, not a finite number",
-                    logits[i]
-                ),
-            ));
-        }
+        let (logits, logits_dtype, vocab) = read_logits(dir, batch, seq)?;
         Ok(Fixture {
             dir: dir.to_path_buf(),
             input_ids,
@@ -331,30 +233,162 @@ impl Fixture {
                 self.vocab, c.vocab_size
             )));
         }
-        if self.seq > c.n_positions {
-            return Err(mismatch(format!(
-                "input_ids.npy has seq {} but the model has only n_positions {}",
-                self.seq, c.n_positions
-            )));
-        }
-        if let Some(i) = self
-            .input_ids
-            .iter()
-            .position(|&id| id as usize >= c.vocab_size)
-        {
-            return Err(mismatch(format!(
-                "input_ids.npy [{}, {}] is token {}, outside the model's vocabulary of {}",
-                i / self.seq,
-                i % self.seq,
-                self.input_ids[i],
-                c.vocab_size
-            )));
-        }
-        Ok(())
+        check_ids(&self.dir, &self.input_ids, self.seq, c)
     }
+}
+
+/// Checks rows of `seq` ids against the model: positions within `n_positions`, every id inside
+/// the vocabulary.
+fn check_ids(dir: &Path, ids: &[u32], seq: usize, c: &Config) -> Result<()> {
+    let mismatch = |detail: String| Error::FixtureMismatch {
+        dir: dir.to_path_buf(),
+        detail,
+    };
+    if seq > c.n_positions {
+        return Err(mismatch(format!(
+            "input_ids.npy has seq {seq} but the model has only n_positions {}",
+            c.n_positions
+        )));
+    }
+    if let Some(i) = ids.iter().position(|&id| id as usize >= c.vocab_size) {
+        return Err(mismatch(format!(
+            "input_ids.npy [{}, {}] is token {}, outside the model's vocabulary of {}",
+            i / seq,
+            i % seq,
+            ids[i],
+            c.vocab_size
+        )));
+    }
+    Ok(())
 }
 
 fn read_vec<T: npyz::Deserialize>(npy: NpyFile<BufReader<File>>, path: &Path) -> Result<Vec<T>> {
     npy.into_vec::<T>()
         .map_err(|e| npy_err(path, format!("cannot read the data: {e}")))
+}
+
+/// `fixture.json` when present; a file that exists but cannot be read or parsed is an error.
+fn read_meta(path: &Path) -> Result<(FixtureMeta, bool)> {
+    if !files::exists(path)? {
+        return Ok((FixtureMeta::default(), false));
+    }
+    let text = files::read_capped(path, files::MAX_FIXTURE_JSON_BYTES)?;
+    let meta = serde_json::from_slice(&text).map_err(|e| Error::json(path, e))?;
+    Ok((meta, true))
+}
+
+/// `input_ids.npy`: `[batch, seq]` integer ids, each a valid `u32`.
+fn read_ids(path: &Path) -> Result<(Vec<u32>, usize, usize)> {
+    let (npy, kind, size, shape) = open_npy(path)?;
+    let &[batch, seq] = shape.as_slice() else {
+        return Err(npy_err(
+            path,
+            format!("shape {shape:?}, expected [batch, seq]"),
+        ));
+    };
+    if batch == 0 || seq == 0 {
+        return Err(npy_err(path, format!("shape {shape:?} is empty")));
+    }
+    if seq > MAX_SEQ {
+        return Err(Error::limit(
+            path,
+            format!("seq {seq}; cpm-verify compares at most {MAX_SEQ} positions per row"),
+        ));
+    }
+    let tokens = checked_product(&[batch, seq], "batch * seq")?;
+    let ids = match (kind, size) {
+        ('i', 4) => narrow_ids::<i32>(npy, path, seq)?,
+        ('i', 8) => narrow_ids::<i64>(npy, path, seq)?,
+        ('u', 4) => narrow_ids::<u32>(npy, path, seq)?,
+        ('u', 8) => narrow_ids::<u64>(npy, path, seq)?,
+        _ => {
+            return Err(npy_err(
+                path,
+                format!("dtype {kind}{size}, expected int32 or int64 token ids"),
+            ))
+        }
+    };
+    if ids.len() != tokens {
+        return Err(npy_err(
+            path,
+            format!("holds {} values, shape says {tokens}", ids.len()),
+        ));
+    }
+    Ok((ids, batch, seq))
+}
+
+/// Reads ids of type `T` and converts each to `u32`, naming the first that does not fit.
+fn narrow_ids<T>(npy: NpyFile<BufReader<File>>, path: &Path, seq: usize) -> Result<Vec<u32>>
+where
+    T: npyz::Deserialize + Copy + std::fmt::Display + TryInto<u32>,
+{
+    let wide = read_vec::<T>(npy, path)?;
+    let mut ids = Vec::with_capacity(wide.len());
+    for (i, &id) in wide.iter().enumerate() {
+        let narrow = id.try_into().map_err(|_| {
+            npy_err(
+                path,
+                format!(
+                    "token id {id} at [{}, {}] is not a valid id",
+                    i / seq,
+                    i % seq
+                ),
+            )
+        })?;
+        ids.push(narrow);
+    }
+    Ok(ids)
+}
+
+/// `logits.npy`: `[batch, seq, vocab]` finite floats, widened to f32.
+fn read_logits(dir: &Path, batch: usize, seq: usize) -> Result<(Vec<f32>, LogitsDtype, usize)> {
+    let path = dir.join("logits.npy");
+    let (npy, kind, size, shape) = open_npy(&path)?;
+    let &[lb, ls, vocab] = shape.as_slice() else {
+        return Err(npy_err(
+            &path,
+            format!("shape {shape:?}, expected [batch, seq, vocab]"),
+        ));
+    };
+    if (lb, ls) != (batch, seq) {
+        return Err(Error::FixtureMismatch {
+            dir: dir.to_path_buf(),
+            detail: format!(
+                "logits.npy is [{lb}, {ls}, {vocab}] but input_ids.npy is [{batch}, {seq}]"
+            ),
+        });
+    }
+    let n = checked_product(&[batch, seq, vocab], "batch * seq * vocab")?;
+    let (logits, dtype) = match (kind, size) {
+        ('f', 4) => (read_vec::<f32>(npy, &path)?, LogitsDtype::F32),
+        ('f', 2) => {
+            let half = read_vec::<half::f16>(npy, &path)?;
+            let wide = half.into_iter().map(half::f16::to_f32).collect();
+            (wide, LogitsDtype::F16)
+        }
+        _ => {
+            let want = "float32 (or float16 with fixture.json tolerances)";
+            return Err(npy_err(
+                &path,
+                format!("dtype {kind}{size}, expected {want}"),
+            ));
+        }
+    };
+    if logits.len() != n {
+        return Err(npy_err(
+            &path,
+            format!("holds {} values, shape says {n}", logits.len()),
+        ));
+    }
+    if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
+        let (b, t, v) = (i / (seq * vocab), (i / vocab) % seq, i % vocab);
+        return Err(npy_err(
+            &path,
+            format!(
+                "reference logit [{b}, {t}, {v}] is {}, not a finite number",
+                logits[i]
+            ),
+        ));
+    }
+    Ok((logits, dtype, vocab))
 }

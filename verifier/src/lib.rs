@@ -8,12 +8,14 @@
 #![deny(missing_docs)]
 
 pub mod compare;
+pub mod config;
 pub mod error;
+pub mod files;
 pub mod fixture;
 pub mod forward;
 pub mod model;
 
-pub use compare::{Report, Tolerance};
+pub use compare::{Report, RunInfo, Tolerance};
 pub use error::{Error, Result};
 pub use forward::Device;
 
@@ -46,20 +48,39 @@ impl Default for Options {
 
 /// Runs the model in `model_dir` on the fixture in `fixture_dir` and compares the logits.
 ///
-/// A returned [`Report`] with `pass == false` is a mismatch (the port is wrong); an `Err` means the
-/// files could not be checked at all.
+/// A returned [`Report`] whose `overall.pass` is false is a mismatch (the port is wrong); an
+/// `Err` means the files could not be checked at all.
 pub fn verify(model_dir: &Path, fixture_dir: &Path, opts: &Options) -> Result<Report> {
     let model = model::Model::open(model_dir)?;
-    let fixture = fixture::Fixture::open(fixture_dir)?;
-    fixture.check_against(&model.config)?;
+    let fixture = fixture::Fixture::open_for(fixture_dir, &model.config)?;
     let tol = Tolerance::resolve(opts.atol, opts.rtol, &fixture)?;
+    let mut warnings = Vec::new();
+    let threads = opts.threads.clamp(1, forward::MAX_THREADS);
+    if threads != opts.threads {
+        warnings.push(format!(
+            "--threads {} is outside 1..={}; using {threads}",
+            opts.threads,
+            forward::MAX_THREADS
+        ));
+    }
     let start = Instant::now();
     let ours = forward::run(&model, &fixture.input_ids, fixture.batch, fixture.seq, opts)?;
-    let forward_seconds = start.elapsed().as_secs_f64();
-    let mut report = compare::compare(&ours, &fixture.logits, fixture.shape(), tol)?;
-    report.forward_seconds = forward_seconds;
-    report.device = opts.device.to_string();
-    report.threads = opts.threads;
-    report.description = fixture.meta.description.clone();
-    Ok(report)
+    let run = RunInfo {
+        forward_seconds: start.elapsed().as_secs_f64(),
+        device: opts.device.to_string(),
+        threads,
+    };
+    let cmp = compare::compare(&ours, &fixture.logits, fixture.shape(), tol)?;
+    Ok(Report {
+        overall: cmp.overall,
+        batch: fixture.batch,
+        seq: fixture.seq,
+        vocab: fixture.vocab,
+        atol: tol.atol,
+        rtol: tol.rtol,
+        run,
+        description: fixture.meta.description.clone(),
+        warnings,
+        rows: cmp.rows,
+    })
 }

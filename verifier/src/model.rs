@@ -8,185 +8,16 @@
 //! at a time whatever the model's size.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
+pub use crate::config::{Activation, Config};
 use crate::error::{checked_product, Error, Result};
-
-/// The element-wise non-linearity between `c_fc` and `mlp.c_proj` (`activation_function`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation (GPT-2, CPM-LM).
-    GeluTanh,
-    /// `gelu`: the exact erf form.
-    GeluErf,
-    /// `relu`.
-    Relu,
-    /// `silu` / `swish`: x * sigmoid(x).
-    Silu,
-    /// `quick_gelu`: x * sigmoid(1.702 x).
-    QuickGelu,
-}
-
-impl Activation {
-    /// Maps transformers' `ACT2FN` key to the function; `None` for names we do not implement.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "gelu" => Activation::GeluErf,
-            "relu" => Activation::Relu,
-            "silu" | "swish" => Activation::Silu,
-            "quick_gelu" => Activation::QuickGelu,
-            _ => return None,
-        })
-    }
-}
-
-/// The fields of a GPT-2 `config.json` that change the forward pass. Absent fields take
-/// transformers' `GPT2Config` defaults, because that is what transformers would run.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// `vocab_size`.
-    pub vocab_size: usize,
-    /// `n_positions` (alias `max_position_embeddings`).
-    pub n_positions: usize,
-    /// `n_embd` (alias `hidden_size`).
-    pub n_embd: usize,
-    /// `n_layer` (alias `num_hidden_layers`).
-    pub n_layer: usize,
-    /// `n_head` (alias `num_attention_heads`).
-    pub n_head: usize,
-    /// `n_inner`, or 4 * `n_embd` when null or absent.
-    pub n_inner: usize,
-    /// `activation_function`.
-    pub activation: Activation,
-    /// The `activation_function` string as written.
-    pub activation_name: String,
-    /// `layer_norm_epsilon`.
-    pub layer_norm_epsilon: f64,
-    /// `scale_attn_weights`: divide scores by sqrt(head_dim).
-    pub scale_attn_weights: bool,
-    /// `scale_attn_by_inverse_layer_idx`: also divide scores by (layer index + 1).
-    pub scale_attn_by_inverse_layer_idx: bool,
-    /// `tie_word_embeddings`: the LM head is `wte` when `lm_head.weight` is absent.
-    pub tie_word_embeddings: bool,
-}
-
-impl Config {
-    /// The width of one attention head.
-    pub fn head_dim(&self) -> usize {
-        // n_head > 0 and divisibility are checked in `from_json`.
-        self.n_embd / self.n_head
-    }
-
-    /// Parses a `config.json` text; `path` is only used in error messages.
-    pub fn from_json(text: &str, path: &Path) -> Result<Config> {
-        let v: Value = serde_json::from_str(text).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let bad = |detail: String| Error::Config {
-            path: path.to_path_buf(),
-            detail,
-        };
-        let obj = v
-            .as_object()
-            .ok_or_else(|| bad("the top level is not a JSON object".into()))?;
-        if let Some(mt) = obj.get("model_type") {
-            if mt.as_str() != Some("gpt2") {
-                return Err(bad(format!(
-                    "model_type is {mt}, expected \"gpt2\": this verifier runs GPT-2 only"
-                )));
-            }
-        }
-        // Each field may appear under its GPT-2 name or its generic alias (GPT2Config.attribute_map).
-        let field = |names: &[&str]| {
-            names
-                .iter()
-                .find_map(|n| obj.get(*n).filter(|x| !x.is_null()))
-        };
-        let size = |names: &[&str], default: usize| -> Result<usize> {
-            match field(names) {
-                None => Ok(default),
-                Some(x) => x
-                    .as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "`{}` is {x}, expected a positive integer",
-                            names[0]
-                        ))
-                    }),
-            }
-        };
-        let flag = |name: &str, default: bool| -> Result<bool> {
-            match field(&[name]) {
-                None => Ok(default),
-                Some(x) => x
-                    .as_bool()
-                    .ok_or_else(|| bad(format!("`{name}` is {x}, expected true or false"))),
-            }
-        };
-        let vocab_size = size(&["vocab_size"], 50257)?;
-        let n_positions = size(&["n_positions", "max_position_embeddings"], 1024)?;
-        let n_embd = size(&["n_embd", "hidden_size"], 768)?;
-        let n_layer = size(&["n_layer", "num_hidden_layers"], 12)?;
-        let n_head = size(&["n_head", "num_attention_heads"], 12)?;
-        let default_inner = n_embd
-            .checked_mul(4)
-            .ok_or_else(|| Error::Overflow(format!("4 * n_embd in {}", path.display())))?;
-        let n_inner = size(&["n_inner"], default_inner)?;
-        if n_embd % n_head != 0 {
-            return Err(bad(format!(
-                "n_embd {n_embd} is not divisible by n_head {n_head}"
-            )));
-        }
-        let activation_name = match field(&["activation_function"]) {
-            None => "gelu_new".to_string(),
-            Some(x) => x
-                .as_str()
-                .ok_or_else(|| bad(format!("`activation_function` is {x}, expected a string")))?
-                .to_string(),
-        };
-        let activation = Activation::from_name(&activation_name).ok_or_else(|| {
-            bad(format!(
-                "activation_function \"{activation_name}\" is not supported \
-                 (supported: gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu, silu, swish, quick_gelu)"
-            ))
-        })?;
-        let layer_norm_epsilon = match field(&["layer_norm_epsilon"]) {
-            None => 1e-5,
-            Some(x) => x
-                .as_f64()
-                .filter(|e| e.is_finite() && *e >= 0.0)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "`layer_norm_epsilon` is {x}, expected a number >= 0"
-                    ))
-                })?,
-        };
-        Ok(Config {
-            vocab_size,
-            n_positions,
-            n_embd,
-            n_layer,
-            n_head,
-            n_inner,
-            activation,
-            activation_name,
-            layer_norm_epsilon,
-            scale_attn_weights: flag("scale_attn_weights", true)?,
-            scale_attn_by_inverse_layer_idx: flag("scale_attn_by_inverse_layer_idx", false)?,
-            tie_word_embeddings: flag("tie_word_embeddings", true)?,
-        })
-    }
-}
+use crate::files;
 
 /// One safetensors file, mapped.
 struct Shard {
@@ -237,91 +68,34 @@ fn layer_tensors(c: &Config) -> Vec<(&'static str, Vec<usize>)> {
     ]
 }
 
+/// The most shard files an index may name. Public checkpoints use at most a few thousand; each
+/// shard is one memory map, and Linux allows 65,530 per process by default.
+pub const MAX_SHARDS: usize = 16_384;
+
+/// The safetensors files of a model directory and, when sharded, the index and its map.
+type Layout = (Vec<PathBuf>, Option<(PathBuf, Vec<(String, String)>)>);
+
 impl Model {
     /// Opens and validates a model directory.
     pub fn open(dir: &Path) -> Result<Model> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let text = files::read_capped(&config_path, files::MAX_CONFIG_BYTES)?;
         let config = Config::from_json(&text, &config_path)?;
+        drop(text);
         // 3 * n_embd etc. must not overflow anywhere later.
         checked_product(
             &[config.n_embd, 3, config.n_inner.max(1)],
             &format!("layer sizes from {}", config_path.display()),
         )?;
-
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let (files, weight_map) = if single.is_file() {
-            (vec![single], None)
-        } else if index.is_file() {
-            let (files, map) = read_index(&index)?;
-            (files, Some((index, map)))
-        } else {
-            return Err(Error::io(
-                &single,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "neither model.safetensors nor model.safetensors.index.json exists",
-                ),
-            ));
-        };
-
+        let (files, weight_map) = model_files(dir)?;
         let mut shards = Vec::with_capacity(files.len());
         let mut tensors = HashMap::new();
         for (i, path) in files.into_iter().enumerate() {
-            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            // SAFETY: the map is read-only; if another process truncates the file while we run,
-            // reads may fault. That is the usual contract of safetensors loaders and acceptable
-            // for a verification tool reading files it was pointed at.
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let (header_len, meta) =
-                SafeTensors::read_metadata(&map).map_err(|e| Error::Safetensors {
-                    path: path.clone(),
-                    detail: e.to_string(),
-                })?;
-            // read_metadata proved 8 + header_len + data_len == file length, so these add up.
-            let data_start = header_len
-                .checked_add(8)
-                .ok_or_else(|| Error::Overflow(format!("{} header", path.display())))?;
-            for (name, info) in meta.tensors() {
-                let (s, e) = info.data_offsets;
-                let entry = Entry {
-                    shard: i,
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    start: data_start + s,
-                    end: data_start + e,
-                };
-                if tensors.insert(name.clone(), entry).is_some() {
-                    return Err(Error::Safetensors {
-                        path: path.clone(),
-                        detail: format!("tensor `{name}` also appears in an earlier shard"),
-                    });
-                }
-            }
-            shards.push(Shard { path, map });
+            shards.push(map_shard(path, i, &mut tensors)?);
         }
         if let Some((index, map)) = weight_map {
-            for (name, file) in &map {
-                let Some(entry) = tensors.get(name) else {
-                    return Err(Error::ShardIndex {
-                        path: index.clone(),
-                        detail: format!("lists `{name}` in {file}, which does not hold it"),
-                    });
-                };
-                let holder = &shards[entry.shard].path;
-                if holder.file_name().and_then(|f| f.to_str()) != Some(file.as_str()) {
-                    return Err(Error::ShardIndex {
-                        path: index.clone(),
-                        detail: format!(
-                            "lists `{name}` in {file}, but it is in {}",
-                            holder.display()
-                        ),
-                    });
-                }
-            }
+            check_index(&index, &map, &tensors, &shards)?;
         }
-
         let mut model = Model {
             dir: dir.to_path_buf(),
             config,
@@ -445,8 +219,14 @@ impl Model {
                 name: canonical.to_string(),
                 tried: "(not among the tensors validated at open)".into(),
             })?;
-        let entry = &self.tensors[stored];
-        let shard = &self.shards[entry.shard];
+        // `names` is built from `tensors` and entries from `shards`, so both lookups succeed.
+        let entry = self
+            .tensors
+            .get(stored)
+            .ok_or_else(|| Error::Internal(format!("validated tensor `{stored}` has no entry")))?;
+        let shard = self.shards.get(entry.shard).ok_or_else(|| {
+            Error::Internal(format!("tensor `{stored}` refers to a shard never mapped"))
+        })?;
         let bytes = shard
             .map
             .get(entry.start..entry.end)
@@ -556,27 +336,112 @@ fn widen_16(src: &[u8], dst: &mut [f32], f: impl Fn(u16) -> f32) {
     }
 }
 
-/// Reads `model.safetensors.index.json`: the shard files (in first-seen order) and the
-/// tensor-to-file map.
-#[allow(clippy::type_complexity)]
-fn read_index(index: &Path) -> Result<(Vec<PathBuf>, Vec<(String, String)>)> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: index.to_path_buf(),
-        source,
+/// `model.safetensors` when it exists (whatever it is: a FIFO there is an error, not a reason
+/// to look for an index), else the shards of `model.safetensors.index.json`.
+fn model_files(dir: &Path) -> Result<Layout> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if files::exists(&single)? {
+        return Ok((vec![single], None));
+    }
+    if files::exists(&index)? {
+        let (files, map) = read_index(&index)?;
+        return Ok((files, Some((index, map))));
+    }
+    Err(Error::io(
+        &single,
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "neither model.safetensors nor model.safetensors.index.json exists",
+        ),
+    ))
+}
+
+/// Maps shard number `i`, validates its header and records its tensors in `tensors`.
+fn map_shard(path: PathBuf, i: usize, tensors: &mut HashMap<String, Entry>) -> Result<Shard> {
+    let (file, _) = files::open_regular(&path)?;
+    // SAFETY: the map is read-only; if another process truncates the file while we run,
+    // reads may fault. That is the usual contract of safetensors loaders and acceptable
+    // for a verification tool reading files it was pointed at.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+    let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| Error::Safetensors {
+        path: path.clone(),
+        detail: e.to_string(),
     })?;
+    // read_metadata proved 8 + header_len + data_len == file length, so these add up.
+    let data_start = header_len
+        .checked_add(8)
+        .ok_or_else(|| Error::Overflow(format!("{} header", path.display())))?;
+    for (name, info) in meta.tensors() {
+        let (s, e) = info.data_offsets;
+        let entry = Entry {
+            shard: i,
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            start: data_start + s,
+            end: data_start + e,
+        };
+        if tensors.insert(name.clone(), entry).is_some() {
+            return Err(Error::Safetensors {
+                path,
+                detail: format!("tensor `{name}` also appears in an earlier shard"),
+            });
+        }
+    }
+    Ok(Shard { path, map })
+}
+
+/// Checks that every tensor the index lists is in the shard the index names.
+fn check_index(
+    index: &Path,
+    map: &[(String, String)],
+    tensors: &HashMap<String, Entry>,
+    shards: &[Shard],
+) -> Result<()> {
     let bad = |detail: String| Error::ShardIndex {
         path: index.to_path_buf(),
         detail,
     };
-    let map = v
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    for (name, file) in map {
+        let Some(entry) = tensors.get(name) else {
+            return Err(bad(format!(
+                "lists `{name}` in {file}, which does not hold it"
+            )));
+        };
+        let holder = &shards[entry.shard].path;
+        if holder.file_name().and_then(|f| f.to_str()) != Some(file.as_str()) {
+            return Err(bad(format!(
+                "lists `{name}` in {file}, but it is in {}",
+                holder.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `model.safetensors.index.json`; other keys (`metadata`) are ignored.
+#[derive(serde::Deserialize)]
+struct IndexFile {
+    weight_map: serde_json::Map<String, Value>,
+}
+
+/// Reads `model.safetensors.index.json`: the shard files (in first-seen order) and the
+/// tensor-to-file map.
+#[allow(clippy::type_complexity)]
+fn read_index(index: &Path) -> Result<(Vec<PathBuf>, Vec<(String, String)>)> {
+    let text = files::read_capped(index, files::MAX_INDEX_BYTES)?;
+    let parsed: IndexFile = serde_json::from_slice(&text).map_err(|e| Error::json(index, e))?;
+    drop(text);
+    let bad = |detail: String| Error::ShardIndex {
+        path: index.to_path_buf(),
+        detail,
+    };
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = Vec::new();
-    let mut pairs = Vec::with_capacity(map.len());
-    for (name, file) in map {
+    let mut seen: HashSet<&str> = HashSet::new();
+    // At most one pair per entry of a file already read whole and capped.
+    let mut pairs = Vec::with_capacity(parsed.weight_map.len());
+    for (name, file) in &parsed.weight_map {
         let file = file
             .as_str()
             .ok_or_else(|| bad(format!("`{name}` maps to {file}, expected a file name")))?;
@@ -586,61 +451,16 @@ fn read_index(index: &Path) -> Result<(Vec<PathBuf>, Vec<(String, String)>)> {
                 "`{name}` maps to \"{file}\", which is not a plain file name"
             )));
         }
-        let path = dir.join(file);
-        if !files.contains(&path) {
-            files.push(path);
+        if seen.insert(file) {
+            if seen.len() > MAX_SHARDS {
+                return Err(Error::limit(
+                    index,
+                    format!("names more than {MAX_SHARDS} shard files; cpm-verify maps at most {MAX_SHARDS}"),
+                ));
+            }
+            files.push(dir.join(file));
         }
         pairs.push((name.clone(), file.to_string()));
     }
     Ok((files, pairs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config> {
-        Config::from_json(text, Path::new("config.json"))
-    }
-
-    #[test]
-    fn generic_aliases_and_defaults_are_read_like_transformers() {
-        let c = parse(
-            r#"{"hidden_size": 128, "num_attention_heads": 8, "num_hidden_layers": 3,
-                          "max_position_embeddings": 32, "vocab_size": 50, "n_inner": null}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            (c.n_embd, c.n_head, c.n_layer, c.n_positions),
-            (128, 8, 3, 32)
-        );
-        assert_eq!(c.n_inner, 512, "null n_inner means 4 * n_embd");
-        assert_eq!(
-            c.activation,
-            Activation::GeluTanh,
-            "GPT2Config's default is gelu_new"
-        );
-        assert_eq!(c.layer_norm_epsilon, 1e-5);
-        assert!(
-            c.scale_attn_weights && c.tie_word_embeddings && !c.scale_attn_by_inverse_layer_idx
-        );
-    }
-
-    #[test]
-    fn other_architectures_and_bad_values_are_refused_with_the_field_named() {
-        let e = parse(r#"{"model_type": "gpt_neo"}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("gpt_neo"), "{e}");
-        let e = parse(r#"{"n_embd": 64, "n_head": 5}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not divisible"), "{e}");
-        let e = parse(r#"{"n_layer": -1}"#).unwrap_err().to_string();
-        assert!(e.contains("`n_layer`"), "{e}");
-        let e = parse(r#"{"scale_attn_weights": "yes"}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("scale_attn_weights"), "{e}");
-    }
 }

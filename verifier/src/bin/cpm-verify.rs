@@ -9,10 +9,10 @@ use clap::Parser;
 use cpm_verify::{compare::Figures, Device, Options, Report};
 
 const AFTER_HELP: &str = "\
-Examples:
-  cpm-verify out/cpm-lm fixtures/cpm-lm-reference
-  cpm-verify out/cpm-lm fixtures/cpm-lm-reference --json > verify.json
-  cpm-verify out/cpm-lm fixtures/cpm-lm-reference --device cuda --atol 2e-3
+Examples (the fixtures ship with the repository):
+  cpm-verify fixtures/tiny/hf fixtures/tiny/reference
+  cpm-verify fixtures/tiny/hf fixtures/tiny/reference-megatron --json > verify.json
+  cpm-verify fixtures/tiny/hf fixtures/tiny/reference --device cuda --atol 2e-3 --threads 8
 
 Tolerance: an element passes when |ours - ref| <= atol + rtol * |ref|; the run passes when every
 element does and the argmax agrees at every position (except where the reference's two largest
@@ -26,7 +26,13 @@ Exit codes:
 
 /// Check a Hugging Face GPT-2 port against logits recorded from the original implementation.
 #[derive(Parser, Debug)]
-#[command(name = "cpm-verify", version, after_help = AFTER_HELP)]
+#[command(
+    name = "cpm-verify",
+    version,
+    after_help = AFTER_HELP,
+    override_usage = "cpm-verify MODEL_DIR FIXTURE_DIR [--atol X] [--rtol X] [--json] \
+                      [--device cpu|cuda|cuda:N] [--threads N]"
+)]
 struct Cli {
     /// Model directory: config.json plus model.safetensors or model.safetensors.index.json.
     model_dir: PathBuf,
@@ -52,14 +58,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // Usage errors are exit 2 like every other error; --json callers still get JSON.
-            if e.use_stderr() && std::env::args().any(|a| a == "--json") {
-                emit(&serde_json::json!({ "error": e.to_string().trim() }).to_string());
-                return ExitCode::from(2);
-            }
-            e.exit();
-        }
+        Err(e) => return usage_error(e),
     };
     let mut opts = Options {
         device: cli.device,
@@ -68,41 +67,62 @@ fn main() -> ExitCode {
         ..Options::default()
     };
     if let Some(t) = cli.threads {
-        opts.threads = t.max(1);
+        opts.threads = t;
     }
     match cpm_verify::verify(&cli.model_dir, &cli.fixture_dir, &opts) {
         Ok(report) => {
+            for w in &report.warnings {
+                eprintln!("cpm-verify: warning: {w}");
+            }
             if cli.json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => emit(&s),
-                    Err(e) => {
-                        emit(&serde_json::json!({ "error": e.to_string() }).to_string());
-                        return ExitCode::from(2);
-                    }
+                    Err(e) => return json_error(&format!("encoding the report: {e}")),
                 }
             } else {
                 emit(&table(&cli, &report));
             }
-            ExitCode::from(if report.pass { 0 } else { 1 })
+            ExitCode::from(if report.pass() { 0 } else { 1 })
         }
         Err(e) => {
-            let msg = anyhow::Error::new(e).to_string();
+            let msg = format!("{:#}", anyhow::Error::new(e));
             if cli.json {
-                emit(&serde_json::json!({ "error": msg }).to_string());
-            } else {
-                eprintln!("cpm-verify: error: {msg}");
+                return json_error(&msg);
             }
+            eprintln!("cpm-verify: error: {msg}");
             ExitCode::from(2)
         }
     }
 }
 
+/// `--help` and `--version` print plain text (exit 0); other usage errors are exit 2 like every
+/// error, and a `--json` caller gets them as the one JSON object on stdout.
+fn usage_error(e: clap::Error) -> ExitCode {
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    if e.use_stderr() && json {
+        let text = e.to_string();
+        let text = text.trim();
+        return json_error(text.strip_prefix("error: ").unwrap_or(text));
+    }
+    // Prints help/version on stdout, errors on stderr, and exits (0 or 2).
+    e.exit()
+}
+
+fn json_error(msg: &str) -> ExitCode {
+    emit(&serde_json::json!({ "error": msg }).to_string());
+    ExitCode::from(2)
+}
+
 fn row_line(label: &str, f: &Figures) -> String {
+    // Undefined when every reference in the row is zero.
+    let rel = f
+        .max_rel_diff
+        .map_or_else(|| "n/a".to_string(), |r| format!("{r:.3e}"));
     format!(
-        "{label:<5} {:>10.3e} {:>10.3e} {:>10.3e} {:>7.1}% {:>10.3e} {:>10.3e} {:>8} {}",
+        "{label:<5} {:>10.3e} {:>10.3e} {:>10} {:>7.1}% {:>10.3e} {:>10.3e} {:>8} {}",
         f.max_abs_diff,
         f.mean_abs_diff,
-        f.max_rel_diff,
+        rel,
         100.0 * f.top1_agreement,
         f.kl_mean,
         f.kl_max,
@@ -117,7 +137,7 @@ fn table(cli: &Cli, r: &Report) -> String {
     let _ = writeln!(
         t,
         "cpm-verify: {}  model {}  fixture {}",
-        if r.pass { "PASS" } else { "MISMATCH" },
+        if r.pass() { "PASS" } else { "MISMATCH" },
         cli.model_dir.display(),
         cli.fixture_dir.display()
     );
@@ -127,7 +147,7 @@ fn table(cli: &Cli, r: &Report) -> String {
     let _ = writeln!(
         t,
         "  {} x {} tokens, vocab {}, device {} ({} threads), forward {:.3} s, atol {:e} rtol {:e}",
-        r.batch, r.seq, r.vocab, r.device, r.threads, r.forward_seconds, r.atol, r.rtol
+        r.batch, r.seq, r.vocab, r.run.device, r.run.threads, r.run.forward_seconds, r.atol, r.rtol
     );
     let _ = writeln!(
         t,

@@ -2,21 +2,22 @@
 
 use gemm::Parallelism;
 
-use super::{activate, layer_norm, softmax};
-use crate::error::Result;
-use crate::model::Model;
+use super::attention::{attention, Attention};
+use super::{activate, layer_norm};
+use crate::error::{Error, Result};
+use crate::model::{Config, Model};
 
 /// A row-major or strided matrix view: element (i, j) is `data[offset + i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    offset: usize,
-    rs: usize,
-    cs: usize,
+pub(super) struct View<'a> {
+    pub(super) data: &'a [f32],
+    pub(super) offset: usize,
+    pub(super) rs: usize,
+    pub(super) cs: usize,
 }
 
 impl<'a> View<'a> {
-    fn rows(data: &'a [f32], cols: usize) -> Self {
+    pub(super) fn rows(data: &'a [f32], cols: usize) -> Self {
         View {
             data,
             offset: 0,
@@ -39,7 +40,7 @@ impl<'a> View<'a> {
 /// `dst[m x n] = (accumulate ? dst : 0) + lhs[m x k] * rhs[k x n]`, `dst` row-major with row
 /// stride `dst_rs` starting at `dst_off`.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     dst: &mut [f32],
     dst_off: usize,
     dst_rs: usize,
@@ -110,7 +111,7 @@ fn conv1d(
     y
 }
 
-/// The tensors of one block, in the order the forward pass destructures them.
+/// The tensors of one block, in the order [`Layer`]'s fields are filled.
 const LAYER_TENSORS: [&str; 12] = [
     "ln_1.weight",
     "ln_1.bias",
@@ -126,6 +127,56 @@ const LAYER_TENSORS: [&str; 12] = [
     "mlp.c_proj.bias",
 ];
 
+/// One block's weights, widened to f32.
+struct Layer<'a> {
+    ln1_w: &'a [f32],
+    ln1_b: &'a [f32],
+    attn_w: &'a [f32],
+    attn_b: &'a [f32],
+    proj_w: &'a [f32],
+    proj_b: &'a [f32],
+    ln2_w: &'a [f32],
+    ln2_b: &'a [f32],
+    fc_w: &'a [f32],
+    fc_b: &'a [f32],
+    out_w: &'a [f32],
+    out_b: &'a [f32],
+}
+
+impl<'a> Layer<'a> {
+    /// Widens layer `l` into `bufs` (one buffer per tensor, reused by every layer so that no
+    /// fresh pages are touched after the first).
+    fn load(
+        model: &'a Model,
+        l: usize,
+        bufs: &'a mut [Vec<f32>; 12],
+        threads: usize,
+    ) -> Result<Self> {
+        let mut slots = bufs.iter_mut().zip(LAYER_TENSORS);
+        // Struct fields are evaluated in source order, which is LAYER_TENSORS' order.
+        let mut next = || -> Result<&'a [f32]> {
+            let (buf, name) = slots
+                .next()
+                .ok_or_else(|| Error::Internal("more layer tensors read than listed".into()))?;
+            model.tensor_f32_in(&format!("h.{l}.{name}"), buf, threads)
+        };
+        Ok(Layer {
+            ln1_w: next()?,
+            ln1_b: next()?,
+            attn_w: next()?,
+            attn_b: next()?,
+            proj_w: next()?,
+            proj_b: next()?,
+            ln2_w: next()?,
+            ln2_b: next()?,
+            fc_w: next()?,
+            fc_b: next()?,
+            out_w: next()?,
+            out_b: next()?,
+        })
+    }
+}
+
 /// Computes logits `[batch, seq, vocab]`; see [`super::run`] for the preconditions.
 pub fn forward(
     model: &Model,
@@ -135,154 +186,97 @@ pub fn forward(
     threads: usize,
 ) -> Result<Vec<f32>> {
     let c = &model.config;
-    let (h, inner, nh, hd) = (c.n_embd, c.n_inner, c.n_head, c.head_dim());
-    let n = batch * seq;
-    let eps = c.layer_norm_epsilon;
     let par = if threads <= 1 {
         Parallelism::None
     } else {
         Parallelism::Rayon(threads)
     };
-
-    // h = wte[ids] + wpe[0..T). wte stays widened: the tied head needs it again at the end.
+    // wte stays widened: the tied head needs it again at the end.
     let mut wte_buf = Vec::new();
     let wte = model.tensor_f32_in("wte.weight", &mut wte_buf, threads)?;
-    let mut x = vec![0f32; n * h];
-    {
-        let wpe = model.tensor_f32("wpe.weight")?;
-        for (i, (row, &id)) in x.chunks_exact_mut(h).zip(ids).enumerate() {
-            let (id, t) = (id as usize, i % seq);
-            let (e, p) = (&wte[id * h..(id + 1) * h], &wpe[t * h..(t + 1) * h]);
-            for ((v, &a), &b) in row.iter_mut().zip(e).zip(p) {
-                *v = a + b;
-            }
-        }
-    }
-
-    let mut scores = vec![0f32; seq * seq];
-    // One buffer per layer tensor, reused by every layer: no fresh pages after the first.
-    let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); LAYER_TENSORS.len()];
+    let mut x = embed(model, wte, ids, seq)?;
+    let mut bufs: [Vec<f32>; 12] = Default::default();
     for l in 0..c.n_layer {
-        let mut w: Vec<&[f32]> = Vec::with_capacity(LAYER_TENSORS.len());
-        for (buf, name) in bufs.iter_mut().zip(LAYER_TENSORS) {
-            w.push(model.tensor_f32_in(&format!("h.{l}.{name}"), buf, threads)?);
-        }
-        let &[ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, out_w, out_b] =
-            w.as_slice()
-        else {
-            // Cannot fire: the loop above pushes exactly one slice per entry of LAYER_TENSORS
-            // (12), or returns an error first; no input changes that count.
-            unreachable!("one slice per entry of LAYER_TENSORS");
-        };
-        // Attention sub-block.
-        let mut a = x.clone();
-        layer_norm(&mut a, h, ln1_w, ln1_b, eps);
-        let qkv = conv1d(&a, n, h, attn_w, attn_b, 3 * h, par);
-        drop(a);
-        // transformers divides by a tensor holding sqrt(head_dim) (and the layer number).
-        let mut divisor = 1f32;
-        if c.scale_attn_weights {
-            divisor = (hd as f64).sqrt() as f32;
-        }
-        let layer_div = (l + 1) as f32;
-        let mut ctx = vec![0f32; n * h];
-        for b in 0..batch {
-            let base = b * seq * 3 * h;
-            for head in 0..nh {
-                // q, k, v of this head are strided views into the [T, 3H] qkv rows.
-                let q = View {
-                    data: &qkv,
-                    offset: base + head * hd,
-                    rs: 3 * h,
-                    cs: 1,
-                };
-                let kt = View {
-                    data: &qkv,
-                    offset: base + h + head * hd,
-                    rs: 1,
-                    cs: 3 * h,
-                };
-                let v = View {
-                    data: &qkv,
-                    offset: base + 2 * h + head * hd,
-                    rs: 3 * h,
-                    cs: 1,
-                };
-                matmul(
-                    &mut scores,
-                    0,
-                    seq,
-                    q,
-                    kt,
-                    (seq, seq, hd),
-                    false,
-                    Parallelism::None,
-                );
-                for (i, row) in scores.chunks_exact_mut(seq).enumerate() {
-                    // Causal: position i sees 0..=i. transformers fills the rest with the dtype's
-                    // minimum, whose exp is exactly 0, so dropping them is the same softmax.
-                    let (seen, hidden) = row.split_at_mut(i + 1);
-                    for s in seen.iter_mut() {
-                        *s /= divisor;
-                        if c.scale_attn_by_inverse_layer_idx {
-                            *s /= layer_div;
-                        }
-                    }
-                    softmax(seen);
-                    hidden.fill(0.0);
-                }
-                let p = View::rows(&scores, seq);
-                matmul(
-                    &mut ctx,
-                    b * seq * h + head * hd,
-                    h,
-                    p,
-                    v,
-                    (seq, hd, seq),
-                    false,
-                    Parallelism::None,
-                );
-            }
-        }
-        drop(qkv);
-        let o = conv1d(&ctx, n, h, proj_w, proj_b, h, par);
-        drop(ctx);
-        for (xv, ov) in x.iter_mut().zip(&o) {
-            *xv += ov;
-        }
-        drop(o);
-
-        // MLP sub-block.
-        let mut m = x.clone();
-        layer_norm(&mut m, h, ln2_w, ln2_b, eps);
-        let mut f = conv1d(&m, n, h, fc_w, fc_b, inner, par);
-        drop(m);
-        for v in f.iter_mut() {
-            *v = activate(c.activation, *v);
-        }
-        let o = conv1d(&f, n, inner, out_w, out_b, h, par);
-        drop(f);
-        for (xv, ov) in x.iter_mut().zip(&o) {
-            *xv += ov;
-        }
+        let w = Layer::load(model, l, &mut bufs, threads)?;
+        let attn = Attention::new(c, l, seq);
+        attention_block(&mut x, &w, &attn, c.layer_norm_epsilon, threads, par);
+        mlp_block(&mut x, &w, c, par);
     }
-
-    layer_norm(
-        &mut x,
-        h,
-        &model.tensor_f32("ln_f.weight")?,
-        &model.tensor_f32("ln_f.bias")?,
-        eps,
-    );
-    // logits = h @ head^T, head [vocab, H] row-major: read it transposed through its strides.
     drop(bufs);
+    let (ln_w, ln_b) = (
+        model.tensor_f32("ln_f.weight")?,
+        model.tensor_f32("ln_f.bias")?,
+    );
+    layer_norm(&mut x, c.n_embd, &ln_w, &ln_b, c.layer_norm_epsilon);
+    let n = batch * seq;
     let mut head_buf = Vec::new();
     let head = if model.has_lm_head() {
         model.tensor_f32_in("lm_head.weight", &mut head_buf, threads)?
     } else {
         wte
     };
-    let v = c.vocab_size;
+    Ok(lm_head(&x, head, n, c.n_embd, c.vocab_size, par))
+}
+
+/// `x[t] = wte[ids[t]] + wpe[t % seq]`.
+fn embed(model: &Model, wte: &[f32], ids: &[u32], seq: usize) -> Result<Vec<f32>> {
+    let h = model.config.n_embd;
+    let wpe = model.tensor_f32("wpe.weight")?;
+    let mut x = vec![0f32; ids.len() * h];
+    for (i, (row, &id)) in x.chunks_exact_mut(h).zip(ids).enumerate() {
+        let (id, t) = (id as usize, i % seq);
+        let (e, p) = (&wte[id * h..(id + 1) * h], &wpe[t * h..(t + 1) * h]);
+        for ((v, &a), &b) in row.iter_mut().zip(e).zip(p) {
+            *v = a + b;
+        }
+    }
+    Ok(x)
+}
+
+/// `x += c_proj(attention(c_attn(ln_1(x))))`.
+fn attention_block(
+    x: &mut [f32],
+    w: &Layer<'_>,
+    attn: &Attention,
+    eps: f64,
+    threads: usize,
+    par: Parallelism,
+) {
+    let h = attn.h;
+    let n = x.len() / h;
+    let mut a = x.to_vec();
+    layer_norm(&mut a, h, w.ln1_w, w.ln1_b, eps);
+    let qkv = conv1d(&a, n, h, w.attn_w, w.attn_b, 3 * h, par);
+    drop(a);
+    let ctx = attention(&qkv, attn, threads);
+    drop(qkv);
+    let o = conv1d(&ctx, n, h, w.proj_w, w.proj_b, h, par);
+    add_into(x, &o);
+}
+
+/// `x += mlp.c_proj(act(c_fc(ln_2(x))))`.
+fn mlp_block(x: &mut [f32], w: &Layer<'_>, c: &Config, par: Parallelism) {
+    let (h, inner) = (c.n_embd, c.n_inner);
+    let n = x.len() / h;
+    let mut m = x.to_vec();
+    layer_norm(&mut m, h, w.ln2_w, w.ln2_b, c.layer_norm_epsilon);
+    let mut f = conv1d(&m, n, h, w.fc_w, w.fc_b, inner, par);
+    drop(m);
+    for v in f.iter_mut() {
+        *v = activate(c.activation, *v);
+    }
+    let o = conv1d(&f, n, inner, w.out_w, w.out_b, h, par);
+    add_into(x, &o);
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (xv, yv) in x.iter_mut().zip(y) {
+        *xv += yv;
+    }
+}
+
+/// `logits = x @ head^T`, head `[vocab, h]` row-major, read transposed through its strides.
+fn lm_head(x: &[f32], head: &[f32], n: usize, h: usize, v: usize, par: Parallelism) -> Vec<f32> {
     let mut logits = vec![0f32; n * v];
     let head_t = View {
         data: head,
@@ -294,11 +288,11 @@ pub fn forward(
         &mut logits,
         0,
         v,
-        View::rows(&x, h),
+        View::rows(x, h),
         head_t,
         (n, v, h),
         false,
         par,
     );
-    Ok(logits)
+    logits
 }

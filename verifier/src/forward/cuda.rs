@@ -179,6 +179,18 @@ fn check_libraries() -> Result<()> {
     }
 }
 
+/// Precise division and square roots, no flush-to-zero, no fused multiply-add contraction: the
+/// kernels should round like the CPU loops.
+fn compile_options() -> CompileOptions {
+    CompileOptions {
+        ftz: Some(false),
+        prec_sqrt: Some(true),
+        prec_div: Some(true),
+        fmad: Some(false),
+        ..Default::default()
+    }
+}
+
 /// A size as the `int` the kernels and cuBLAS take.
 fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::Overflow(format!("{what} ({v}) for CUDA's 32-bit sizes")))
@@ -197,12 +209,32 @@ struct Gpu {
 
 /// Grid for a grid-stride loop over `n` elements.
 fn flat(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_535) as u32;
+    let count = n.div_ceil(THREADS as usize).clamp(1, 65_535) as u32;
+    blocks((count, 1, 1), 0)
+}
+
+/// One block of [`THREADS`] per grid cell, with `shared` bytes of dynamic shared memory.
+fn blocks(grid_dim: (u32, u32, u32), shared: u32) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (blocks, 1, 1),
+        grid_dim,
         block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: shared,
     }
+}
+
+/// Launches kernel `$kernel` of `$gpu` on `$cfg` with the arguments in order, naming the kernel
+/// in any error. Every use carries a `SAFETY:` comment saying why its buffers hold what the
+/// launch geometry makes the kernel touch.
+macro_rules! launch {
+    ($gpu:expr, $kernel:ident, $cfg:expr; $($arg:expr),+ $(,)?) => {{
+        let mut builder = $gpu.stream.launch_builder(&$gpu.$kernel);
+        $( builder.arg($arg); )+
+        // SAFETY: the arguments match the kernel's signature in KERNELS; the caller's comment
+        // states why every index the kernel computes is in bounds.
+        unsafe { builder.launch($cfg) }
+            .map(|_| ())
+            .map_err(|e| dev_err(stringify!($kernel), e))
+    }};
 }
 
 impl Gpu {
@@ -227,16 +259,8 @@ impl Gpu {
                 "cuBLAS cublasSetMathMode: {status:?}"
             )));
         }
-        // Precise division and square roots, no flush-to-zero, no fused multiply-add
-        // contraction: the kernels should round like the CPU loops.
-        let opts = CompileOptions {
-            ftz: Some(false),
-            prec_sqrt: Some(true),
-            prec_div: Some(true),
-            fmad: Some(false),
-            ..Default::default()
-        };
-        let ptx = compile_ptx_with_opts(KERNELS, opts).map_err(|e| dev_err("NVRTC compile", e))?;
+        let ptx = compile_ptx_with_opts(KERNELS, compile_options())
+            .map_err(|e| dev_err("NVRTC compile", e))?;
         let module = ctx
             .load_module(ptx)
             .map_err(|e| dev_err("module load", e))?;
@@ -332,16 +356,7 @@ impl Gpu {
         let mut y = self.zeros(n)?;
         let (n64, cols) = (n as u64, int(out, "Conv1D width")?);
         // SAFETY: y holds rows * out floats and b holds out; the kernel indexes i < n, i % cols.
-        unsafe {
-            self.stream
-                .launch_builder(&self.fill_bias)
-                .arg(&mut y)
-                .arg(&b)
-                .arg(&n64)
-                .arg(&cols)
-                .launch(flat(n))
-        }
-        .map_err(|e| dev_err("fill_bias", e))?;
+        launch!(self, fill_bias, flat(n); &mut y, &b, &n64, &cols)?;
         let (o, r, i) = (cols, int(rows, "tokens")?, int(inp, "Conv1D input")?);
         self.gemm(false, (o, r, i), &w, o, x, i, &mut y, o, 1.0)?;
         Ok(y)
@@ -358,41 +373,59 @@ impl Gpu {
     ) -> Result<CudaSlice<f32>> {
         let (w, b) = (self.upload(w)?, self.upload(b)?);
         let mut out = self.zeros(rows * h)?;
-        let hi = int(h, "n_embd")?;
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let (hi, rows) = (int(h, "n_embd")?, int(rows, "tokens")?.unsigned_abs());
         // SAFETY: one block per row of h floats in x and out; w and b hold h floats.
-        unsafe {
-            self.stream
-                .launch_builder(&self.layer_norm)
-                .arg(&mut out)
-                .arg(x)
-                .arg(&w)
-                .arg(&b)
-                .arg(&hi)
-                .arg(&eps)
-                .launch(cfg)
-        }
-        .map_err(|e| dev_err("layer_norm", e))?;
+        launch!(self, layer_norm, blocks((rows, 1, 1), 0); &mut out, x, &w, &b, &hi, &eps)?;
         Ok(out)
     }
 
     fn add(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>, n: usize) -> Result<()> {
         let n64 = n as u64;
         // SAFETY: x and y both hold n floats.
-        unsafe {
-            self.stream
-                .launch_builder(&self.add)
-                .arg(x)
-                .arg(y)
-                .arg(&n64)
-                .launch(flat(n))
-        }
-        .map_err(|e| dev_err("add", e))?;
+        launch!(self, add, flat(n); x, y, &n64)?;
         Ok(())
+    }
+}
+
+/// The sizes of one run, checked against CUDA's 32-bit sizes and grid limits.
+struct Dims {
+    /// Tokens (batch x seq).
+    n: usize,
+    batch: usize,
+    seq: usize,
+    h: usize,
+    inner: usize,
+    vocab: usize,
+}
+
+impl Dims {
+    fn new(model: &Model, batch: usize, seq: usize) -> Result<Dims> {
+        let c = &model.config;
+        let (h, inner, nh, v) = (c.n_embd, c.n_inner, c.n_head, c.vocab_size);
+        let n = batch * seq;
+        // Launch geometry limits (grid.x of 2^31-1 for rows, 65535 for grid.y/z).
+        int(n, "tokens")?;
+        int(n * v.max(3 * h).max(inner), "activation size")?;
+        if nh > 65_535 || batch > 65_535 {
+            return Err(Error::Device(format!(
+                "{nh} heads x batch {batch} exceed CUDA's grid limits"
+            )));
+        }
+        // The attention kernel keeps one query's scores (seq floats) in shared memory.
+        if seq * 4 > SHARED_LIMIT {
+            return Err(Error::Device(format!(
+                "seq {seq} needs {} bytes of shared memory per attention block; the limit is {SHARED_LIMIT}",
+                seq * 4
+            )));
+        }
+        Ok(Dims {
+            n,
+            batch,
+            seq,
+            h,
+            inner,
+            vocab: v,
+        })
     }
 }
 
@@ -406,60 +439,81 @@ pub fn forward(
     ordinal: usize,
 ) -> Result<Vec<f32>> {
     let gpu = Gpu::new(ordinal)?;
+    let d = Dims::new(model, batch, seq)?;
     let c = &model.config;
-    let (h, inner, nh, hd, v) = (c.n_embd, c.n_inner, c.n_head, c.head_dim(), c.vocab_size);
-    let n = batch * seq;
+    let mut x = embed(&gpu, model, ids, &d)?;
+    for l in 0..c.n_layer {
+        attention_block(&gpu, model, l, &mut x, &d)?;
+        mlp_block(&gpu, model, l, &mut x, &d)?;
+        // Finish this layer before its weights' host buffers are dropped and the next widened.
+        gpu.stream
+            .synchronize()
+            .map_err(|e| dev_err("synchronize", e))?;
+    }
+    lm_head(&gpu, model, &x, &d)
+}
+
+/// `x[t] = wte[ids[t]] + wpe[t % seq]` on the device.
+fn embed(gpu: &Gpu, model: &Model, ids: &[u32], d: &Dims) -> Result<CudaSlice<f32>> {
+    let (hi, seqi) = (int(d.h, "n_embd")?, int(d.seq, "seq")?);
+    let mut x = gpu.zeros(d.n * d.h)?;
+    let wte = gpu.upload(&model.tensor_f32("wte.weight")?)?;
+    let wpe = gpu.upload(&model.tensor_f32("wpe.weight")?)?;
+    let ids_d = gpu
+        .stream
+        .clone_htod(ids)
+        .map_err(|e| dev_err("copy ids", e))?;
+    let rows = int(d.n, "tokens")?.unsigned_abs();
+    // SAFETY: ids < vocab and position < n_positions were checked; x holds n * h floats.
+    launch!(gpu, embed, blocks((rows, 1, 1), 0); &mut x, &wte, &wpe, &ids_d, &seqi, &hi)?;
+    Ok(x)
+}
+
+/// `x += c_proj(attention(c_attn(ln_1(x))))` for layer `l`.
+fn attention_block(
+    gpu: &Gpu,
+    model: &Model,
+    l: usize,
+    x: &mut CudaSlice<f32>,
+    d: &Dims,
+) -> Result<()> {
+    let c = &model.config;
+    let (n, h, hd) = (d.n, d.h, c.head_dim());
+    let w = |name: &str| model.tensor_f32(&format!("h.{l}.{name}"));
     let eps = c.layer_norm_epsilon;
-    // Launch geometry limits (grid.x of 2^31-1 for rows, 65535 for grid.y/z).
-    int(n, "tokens")?;
-    int(n * v.max(3 * h).max(inner), "activation size")?;
-    if nh > 65_535 || batch > 65_535 {
-        return Err(Error::Device(format!(
-            "{nh} heads x batch {batch} exceed CUDA's grid limits"
-        )));
-    }
-    if seq * 4 > SHARED_LIMIT {
-        return Err(Error::Device(format!(
-            "seq {seq} needs {} bytes of shared memory per attention block; the limit is {SHARED_LIMIT}",
-            seq * 4
-        )));
-    }
-    let (hi, hdi, seqi) = (int(h, "n_embd")?, int(hd, "head_dim")?, int(seq, "seq")?);
-
-    let mut x = gpu.zeros(n * h)?;
-    {
-        let wte = gpu.upload(&model.tensor_f32("wte.weight")?)?;
-        let wpe = gpu.upload(&model.tensor_f32("wpe.weight")?)?;
-        let ids_d = gpu
-            .stream
-            .clone_htod(ids)
-            .map_err(|e| dev_err("copy ids", e))?;
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: ids < vocab and position < n_positions were checked; x holds n * h floats.
-        unsafe {
-            gpu.stream
-                .launch_builder(&gpu.embed)
-                .arg(&mut x)
-                .arg(&wte)
-                .arg(&wpe)
-                .arg(&ids_d)
-                .arg(&seqi)
-                .arg(&hi)
-                .launch(cfg)
-        }
-        .map_err(|e| dev_err("embed", e))?;
-    }
-
+    let a = gpu.layer_norm(x, n, h, &w("ln_1.weight")?, &w("ln_1.bias")?, eps)?;
+    let (qkv_w, qkv_b) = (w("attn.c_attn.weight")?, w("attn.c_attn.bias")?);
+    let qkv = gpu.conv1d(&a, n, h, &qkv_w, &qkv_b, 3 * h)?;
+    drop(a);
+    let mut ctx = gpu.zeros(n * h)?;
+    // transformers divides by a tensor holding sqrt(head_dim) (and the layer number).
     let divisor = if c.scale_attn_weights {
         (hd as f64).sqrt() as f32
     } else {
         1.0
     };
-    let use_layer_div = i32::from(c.scale_attn_by_inverse_layer_idx);
+    let (layer_div, use_layer_div) = ((l + 1) as f32, i32::from(c.scale_attn_by_inverse_layer_idx));
+    let (seqi, hi, hdi) = (int(d.seq, "seq")?, int(h, "n_embd")?, int(hd, "head_dim")?);
+    let grid = (seqi.unsigned_abs(), c.n_head as u32, d.batch as u32);
+    // SAFETY: grid covers (position, head, row) within qkv's [n, 3h] and ctx's [n, h] (Dims
+    // checked heads and batch against the grid limits); shared memory holds seq floats.
+    launch!(gpu, attention, blocks(grid, seqi.unsigned_abs() * 4);
+        &mut ctx, &qkv, &seqi, &hi, &hdi, &divisor, &layer_div, &use_layer_div)?;
+    drop(qkv);
+    let (proj_w, proj_b) = (w("attn.c_proj.weight")?, w("attn.c_proj.bias")?);
+    let o = gpu.conv1d(&ctx, n, h, &proj_w, &proj_b, h)?;
+    gpu.add(x, &o, n * h)
+}
+
+/// `x += mlp.c_proj(act(c_fc(ln_2(x))))` for layer `l`.
+fn mlp_block(gpu: &Gpu, model: &Model, l: usize, x: &mut CudaSlice<f32>, d: &Dims) -> Result<()> {
+    let c = &model.config;
+    let (n, h, inner) = (d.n, d.h, d.inner);
+    let w = |name: &str| model.tensor_f32(&format!("h.{l}.{name}"));
+    let eps = c.layer_norm_epsilon;
+    let m = gpu.layer_norm(x, n, h, &w("ln_2.weight")?, &w("ln_2.bias")?, eps)?;
+    let (fc_w, fc_b) = (w("mlp.c_fc.weight")?, w("mlp.c_fc.bias")?);
+    let mut f = gpu.conv1d(&m, n, h, &fc_w, &fc_b, inner)?;
     let act_kind: i32 = match c.activation {
         Activation::GeluTanh => 0,
         Activation::GeluErf => 1,
@@ -467,95 +521,22 @@ pub fn forward(
         Activation::Silu => 3,
         Activation::QuickGelu => 4,
     };
-    for l in 0..c.n_layer {
-        let w = |name: &str| model.tensor_f32(&format!("h.{l}.{name}"));
-        let a = gpu.layer_norm(&x, n, h, &w("ln_1.weight")?, &w("ln_1.bias")?, eps)?;
-        let qkv = gpu.conv1d(
-            &a,
-            n,
-            h,
-            &w("attn.c_attn.weight")?,
-            &w("attn.c_attn.bias")?,
-            3 * h,
-        )?;
-        drop(a);
-        let mut ctx = gpu.zeros(n * h)?;
-        let layer_div = (l + 1) as f32;
-        let cfg = LaunchConfig {
-            grid_dim: (seq as u32, nh as u32, batch as u32),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: (seq * 4) as u32,
-        };
-        // SAFETY: grid covers (position, head, row) within qkv's [n, 3h] and ctx's [n, h];
-        // shared memory holds seq floats.
-        unsafe {
-            gpu.stream
-                .launch_builder(&gpu.attention)
-                .arg(&mut ctx)
-                .arg(&qkv)
-                .arg(&seqi)
-                .arg(&hi)
-                .arg(&hdi)
-                .arg(&divisor)
-                .arg(&layer_div)
-                .arg(&use_layer_div)
-                .launch(cfg)
-        }
-        .map_err(|e| dev_err("attention", e))?;
-        drop(qkv);
-        let o = gpu.conv1d(
-            &ctx,
-            n,
-            h,
-            &w("attn.c_proj.weight")?,
-            &w("attn.c_proj.bias")?,
-            h,
-        )?;
-        gpu.add(&mut x, &o, n * h)?;
+    let nf = (n * inner) as u64;
+    // SAFETY: f holds n * inner floats.
+    launch!(gpu, activate, flat(n * inner); &mut f, &nf, &act_kind)?;
+    let (out_w, out_b) = (w("mlp.c_proj.weight")?, w("mlp.c_proj.bias")?);
+    let o = gpu.conv1d(&f, n, inner, &out_w, &out_b, h)?;
+    gpu.add(x, &o, n * h)
+}
 
-        let m = gpu.layer_norm(&x, n, h, &w("ln_2.weight")?, &w("ln_2.bias")?, eps)?;
-        let mut f = gpu.conv1d(
-            &m,
-            n,
-            h,
-            &w("mlp.c_fc.weight")?,
-            &w("mlp.c_fc.bias")?,
-            inner,
-        )?;
-        let nf = (n * inner) as u64;
-        // SAFETY: f holds n * inner floats.
-        unsafe {
-            gpu.stream
-                .launch_builder(&gpu.activate)
-                .arg(&mut f)
-                .arg(&nf)
-                .arg(&act_kind)
-                .launch(flat(n * inner))
-        }
-        .map_err(|e| dev_err("activate", e))?;
-        let o = gpu.conv1d(
-            &f,
-            n,
-            inner,
-            &w("mlp.c_proj.weight")?,
-            &w("mlp.c_proj.bias")?,
-            h,
-        )?;
-        gpu.add(&mut x, &o, n * h)?;
-        // Finish this layer before its weights' host buffers are dropped and the next widened.
-        gpu.stream
-            .synchronize()
-            .map_err(|e| dev_err("synchronize", e))?;
-    }
-
-    let xf = gpu.layer_norm(
-        &x,
-        n,
-        h,
-        &model.tensor_f32("ln_f.weight")?,
-        &model.tensor_f32("ln_f.bias")?,
-        eps,
-    )?;
+/// Final LayerNorm and `logits = ln_f(x) @ head^T`, copied back to the host.
+fn lm_head(gpu: &Gpu, model: &Model, x: &CudaSlice<f32>, d: &Dims) -> Result<Vec<f32>> {
+    let (n, h, v) = (d.n, d.h, d.vocab);
+    let (ln_w, ln_b) = (
+        model.tensor_f32("ln_f.weight")?,
+        model.tensor_f32("ln_f.bias")?,
+    );
+    let xf = gpu.layer_norm(x, n, h, &ln_w, &ln_b, model.config.layer_norm_epsilon)?;
     let head = if model.has_lm_head() {
         model.tensor_f32("lm_head.weight")?
     } else {
@@ -565,7 +546,7 @@ pub fn forward(
     let mut logits = gpu.zeros(n * v)?;
     // Row-major logits [n, v] = column-major [v x n] = head (row-major [v, h], i.e. column-major
     // [h x v], transposed) times xf (column-major [h x n]).
-    let (vi, ni) = (int(v, "vocab_size")?, int(n, "tokens")?);
+    let (vi, ni, hi) = (int(v, "vocab_size")?, int(n, "tokens")?, int(h, "n_embd")?);
     gpu.gemm(true, (vi, ni, hi), &head, hi, &xf, hi, &mut logits, vi, 0.0)?;
     gpu.stream
         .clone_dtoh(&logits)
@@ -585,14 +566,8 @@ mod tests {
             eprintln!("libnvrtc not found: skipping (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
             return;
         }
-        let opts = CompileOptions {
-            ftz: Some(false),
-            prec_sqrt: Some(true),
-            prec_div: Some(true),
-            fmad: Some(false),
-            ..Default::default()
-        };
-        let ptx = compile_ptx_with_opts(KERNELS, opts).unwrap_or_else(|e| panic!("{e}"));
+        let ptx =
+            compile_ptx_with_opts(KERNELS, compile_options()).unwrap_or_else(|e| panic!("{e}"));
         let text = ptx.to_src();
         for name in [
             "embed",

@@ -1,6 +1,7 @@
 //! The GPT-2 forward pass (transformers' `GPT2LMHeadModel` in eval mode), on the CPU or CUDA.
 //! Both devices compute in f32 whatever the stored dtype and read one layer's weights at a time.
 
+mod attention;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -58,19 +59,15 @@ pub fn run(
     let tokens = checked_product(&[batch, seq], "batch * seq")?;
     if ids.len() != tokens || seq > c.n_positions || ids.iter().any(|&i| i as usize >= c.vocab_size)
     {
-        return Err(Error::Overflow(format!(
+        return Err(Error::Internal(format!(
             "forward pass given {} ids for [{batch}, {seq}] that were not checked against the model",
             ids.len()
         )));
     }
-    // Every buffer below is at most one of these; proving they fit once keeps the loops simple.
-    checked_product(
-        &[tokens, c.vocab_size.max(c.n_inner).max(3 * c.n_embd), 4],
-        "activation buffers",
-    )?;
-    checked_product(&[seq, seq, 4], "attention scores")?;
+    check_activations(model, tokens)?;
+    let threads = opts.threads.clamp(1, MAX_THREADS);
     match opts.device {
-        Device::Cpu => cpu::forward(model, ids, batch, seq, opts.threads.max(1)),
+        Device::Cpu => cpu::forward(model, ids, batch, seq, threads),
         #[cfg(feature = "cuda")]
         Device::Cuda(ordinal) => cuda::forward(model, ids, batch, seq, ordinal),
         #[cfg(not(feature = "cuda"))]
@@ -80,6 +77,38 @@ pub fn run(
                 .into(),
         )),
     }
+}
+
+/// The most bytes of activations (the residual stream, q/k/v, the attention context and the MLP's
+/// inner layer, for every token at once) the forward pass may hold. CPM-LM-Large (n_embd 2560,
+/// n_inner 10240) at batch 4 x 1024 positions needs 0.4 GB; the cap refuses inputs whose sizes
+/// multiply to more (many tokens times a wide model) before an allocation can fail.
+pub const MAX_ACTIVATION_BYTES: usize = 4 << 30;
+/// More threads than this only add memory (one score row each in attention).
+pub const MAX_THREADS: usize = 1024;
+
+/// Refuses a token count whose activations would exceed [`MAX_ACTIVATION_BYTES`]. The logits
+/// (tokens x vocab) are not counted: the fixture's own logits file is at least half their size.
+fn check_activations(model: &Model, tokens: usize) -> Result<()> {
+    let c = &model.config;
+    // Live at once at worst: x, the LayerNorm copy, q/k/v and the context (6h), or x, the copy
+    // and the MLP's inner layer (2h + inner).
+    let h = c.n_embd;
+    let width = h
+        .saturating_mul(6)
+        .max(h.saturating_mul(2).saturating_add(c.n_inner));
+    let bytes = checked_product(&[tokens, width, 4], "activation buffers")?;
+    if bytes > MAX_ACTIVATION_BYTES {
+        return Err(Error::limit(
+            &model.dir,
+            format!(
+                "{tokens} tokens at n_embd {} and n_inner {} need {bytes} bytes of activations; \
+                 cpm-verify holds at most {MAX_ACTIVATION_BYTES}: verify fewer tokens at a time",
+                c.n_embd, c.n_inner
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The activation of one value, as transformers computes it (in f32 unless noted).

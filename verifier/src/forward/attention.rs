@@ -1,0 +1,197 @@
+//! Causal self-attention on the CPU, a tile of query rows at a time: the scores of one tile
+//! (`ROWS_PER_TASK x seq` floats per thread) are all that is held, so memory is O(seq · width),
+//! not O(seq²). The products go through `gemm` like the rest of the forward pass.
+
+use gemm::Parallelism;
+
+use super::cpu::{matmul, View};
+use super::softmax;
+use crate::model::Config;
+
+/// Query rows per task (a tile of one batch row). Later positions attend to more keys, so tasks
+/// are dealt round-robin to the threads rather than split into contiguous halves.
+const ROWS_PER_TASK: usize = 16;
+
+/// The shape and scaling of one layer's attention.
+pub struct Attention {
+    /// `n_embd`.
+    pub h: usize,
+    /// `n_head`.
+    pub heads: usize,
+    /// `n_embd / n_head`.
+    pub hd: usize,
+    /// Positions per batch row.
+    pub seq: usize,
+    /// transformers divides by a tensor holding sqrt(head_dim) when `scale_attn_weights`...
+    divisor: f32,
+    /// ...and then by (layer index + 1) when `scale_attn_by_inverse_layer_idx`.
+    layer_div: Option<f32>,
+}
+
+impl Attention {
+    /// Layer `l` of the model configured by `c`, on rows of `seq` positions.
+    pub fn new(c: &Config, l: usize, seq: usize) -> Self {
+        let hd = c.head_dim();
+        Attention {
+            h: c.n_embd,
+            heads: c.n_head,
+            hd,
+            seq,
+            divisor: if c.scale_attn_weights {
+                (hd as f64).sqrt() as f32
+            } else {
+                1.0
+            },
+            layer_div: c.scale_attn_by_inverse_layer_idx.then_some((l + 1) as f32),
+        }
+    }
+}
+
+/// Below this many multiply-adds (tokens x positions seen x width) attention runs on the
+/// calling thread: handing a few microseconds of work to other threads costs more than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 20;
+
+/// The attention context `[n, h]` for `qkv` rows `[n, 3h]` (`[q | k | v]`, each `heads * hd`
+/// wide), each batch row of `seq` positions attending causally within itself.
+pub fn attention(qkv: &[f32], a: &Attention, threads: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let n = qkv.len() / (3 * a.h);
+    let mut ctx = vec![0f32; n * a.h];
+    // (first token, its position in the batch row, the tile's context rows)
+    let tasks: Vec<(usize, usize, &mut [f32])> = ctx
+        .chunks_mut(a.seq * a.h)
+        .enumerate()
+        .flat_map(|(b, row)| {
+            row.chunks_mut(ROWS_PER_TASK * a.h)
+                .enumerate()
+                .map(move |(t, c)| (b * a.seq + t * ROWS_PER_TASK, t * ROWS_PER_TASK, c))
+        })
+        .collect();
+    let work = n.saturating_mul(a.seq / 2 + 1).saturating_mul(a.h);
+    let lanes = if work < PARALLEL_MIN_WORK {
+        1
+    } else {
+        threads.clamp(1, tasks.len().max(1))
+    };
+    let mut dealt: Vec<Vec<_>> = (0..lanes).map(|_| Vec::new()).collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        dealt[i % lanes].push(task);
+    }
+    let run_lane = |lane: Vec<(usize, usize, &mut [f32])>| {
+        let mut scores = vec![0f32; ROWS_PER_TASK * a.seq];
+        for (token, pos, out) in lane {
+            attend_tile(qkv, a, (token, pos), out, &mut scores);
+        }
+    };
+    if lanes == 1 {
+        dealt.into_iter().for_each(run_lane);
+    } else {
+        dealt.into_par_iter().for_each(run_lane);
+    }
+    ctx
+}
+
+/// Fills `out`, the context rows of the queries from token `token` (position `pos` in its batch
+/// row) on, for every head: scores = q · kᵀ over the keys the tile's last query sees, a causal
+/// softmax per row, then `out = p · v`.
+fn attend_tile(
+    qkv: &[f32],
+    a: &Attention,
+    (token, pos): (usize, usize),
+    out: &mut [f32],
+    scores: &mut [f32],
+) {
+    let (h, hd, w3) = (a.h, a.hd, 3 * a.h);
+    let rows = out.len() / h;
+    let keys = pos + rows; // positions 0..keys of this batch row are seen by some query here
+    let row0 = (token - pos) * w3; // the batch row's first qkv element
+    let scores = &mut scores[..rows * keys];
+    for head in 0..a.heads {
+        let at = |part: usize, first: usize, rs: usize, cs: usize| View {
+            data: qkv,
+            offset: row0 + first * w3 + part * h + head * hd,
+            rs,
+            cs,
+        };
+        let (q, kt, v) = (at(0, pos, w3, 1), at(1, 0, 1, w3), at(2, 0, w3, 1));
+        let none = Parallelism::None;
+        matmul(scores, 0, keys, q, kt, (rows, keys, hd), false, none);
+        for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
+            // Causal: position pos + r sees 0..=pos + r. transformers fills the rest with the
+            // dtype's minimum, whose exp is exactly 0, so dropping them is the same softmax.
+            let (seen, hidden) = row.split_at_mut(pos + r + 1);
+            for s in seen.iter_mut() {
+                *s /= a.divisor;
+                if let Some(d) = a.layer_div {
+                    *s /= d;
+                }
+            }
+            softmax(seen);
+            hidden.fill(0.0);
+        }
+        let p = View::rows(scores, keys);
+        matmul(out, head * hd, h, p, v, (rows, hd, keys), false, none);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The O(seq²) definition: full score matrix, mask, softmax, weighted sum.
+    fn reference(qkv: &[f32], a: &Attention) -> Vec<f32> {
+        let (h, hd, w3, seq) = (a.h, a.hd, 3 * a.h, a.seq);
+        let n = qkv.len() / w3;
+        let mut ctx = vec![0f32; n * h];
+        for t in 0..n {
+            let (i, row0) = (t % seq, t - t % seq);
+            for head in 0..a.heads {
+                let mut s: Vec<f32> = (0..=i)
+                    .map(|j| {
+                        (0..hd)
+                            .map(|d| {
+                                qkv[t * w3 + head * hd + d]
+                                    * qkv[(row0 + j) * w3 + h + head * hd + d]
+                            })
+                            .sum::<f32>()
+                            / a.divisor
+                    })
+                    .collect();
+                softmax(&mut s);
+                for d in 0..hd {
+                    ctx[t * h + head * hd + d] = (0..=i)
+                        .map(|j| s[j] * qkv[(row0 + j) * w3 + 2 * h + head * hd + d])
+                        .sum();
+                }
+            }
+        }
+        ctx
+    }
+
+    #[test]
+    fn row_at_a_time_matches_the_full_matrix_on_every_thread_count() {
+        // Large enough to run in parallel (above PARALLEL_MIN_WORK).
+        let a = Attention {
+            h: 96,
+            heads: 3,
+            hd: 32,
+            seq: 257,
+            divisor: 2.0,
+            layer_div: None,
+        };
+        let n = 2 * a.seq;
+        let qkv: Vec<f32> = (0..n * 3 * a.h)
+            .map(|i| ((i * 7919 % 113) as f32 - 56.0) / 40.0)
+            .collect();
+        let want = reference(&qkv, &a);
+        for threads in [1, 2, 5] {
+            let got = attention(&qkv, &a, threads);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{threads} threads: max diff {worst}");
+        }
+    }
+}
