@@ -83,6 +83,23 @@ pub fn copy_dir(src: &Path) -> tempfile::TempDir {
     dir
 }
 
+/// `n` bytes of deterministic noise (xorshift64) for random-file cases: the same `seed` gives the
+/// same bytes, so a failing case can be rebuilt.
+pub fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    if x == 0 {
+        x = 1; // xorshift never leaves zero
+    }
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A global allocator that counts live heap bytes and their peak. Install it in a test binary
 /// with `#[global_allocator] static A: testkit::CountingAlloc = testkit::CountingAlloc;` and
 /// measure with [`peak_heap_during`]. Counts are process-wide: measure in one test function that

@@ -1205,19 +1205,6 @@ pub fn truncations() -> Vec<Case> {
     out
 }
 
-/// Deterministic noise.
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 pub fn empty_and_random() -> Vec<Case> {
     let mut out = vec![Case::refused(
         "an empty file",
@@ -1227,7 +1214,7 @@ pub fn empty_and_random() -> Vec<Case> {
     for n in [1, 7, 100, 4096, 1 << 20] {
         out.push(Case::refused(
             format!("{n} random bytes"),
-            noise(n as u64, n),
+            testkit::noise(n as u64, n),
             &["not a torch checkpoint"],
         ));
         // Behind each format's signature, so the zip and pickle readers see the noise.
@@ -1236,7 +1223,7 @@ pub fn empty_and_random() -> Vec<Case> {
             ("legacy", cpm_convert::torch::LEGACY_PREFIX),
         ] {
             let mut b = magic.to_vec();
-            b.extend(noise(n as u64 + 1, n));
+            b.extend(testkit::noise(n as u64 + 1, n));
             out.push(Case::refused(
                 format!("{format} magic and {n} random bytes"),
                 b,

@@ -92,18 +92,6 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).expect("write a case file");
 }
 
-/// Deterministic noise (xorshift), so a failing case can be rebuilt.
-pub(crate) fn noise(n: usize, mut x: u64) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Every case, by group name.
 pub fn all() -> Vec<(&'static str, Vec<Case>)> {
     vec![

@@ -158,7 +158,7 @@ pub fn safetensors_truncated_or_random() -> Vec<Case> {
         .map(|cut| safetensors_case(format!("cut at {cut}"), &real[..cut], &[]))
         .collect();
     for n in [1usize, 16, 4096, 1 << 20] {
-        let b = noise(n, 0x2545_f491_4f6c_dd1d);
+        let b = testkit::noise(0x2545_f491_4f6c_dd1d, n);
         cases.push(safetensors_case(format!("{n} random bytes"), &b, &[]));
     }
     cases
