@@ -9,7 +9,7 @@ use std::path::Path;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::pickle;
-use super::value::{shorten, Arena, Value};
+use super::value::{shorten, Arena, StorageRef, Value};
 use crate::error::{Error, Result};
 
 /// Most entries we accept; a checkpoint has one per storage plus a handful (a 32-layer model
@@ -25,18 +25,37 @@ pub(super) fn read(
     path: &Path,
 ) -> Result<(Value, Arena, HashMap<String, Range<u64>>)> {
     let bad = |msg: String| Error::format(path, msg);
-    // Before the zip crate reads (and allocates for) the central directory.
+    let mut archive = open_archive(bytes, path)?;
+    let mut found = Found::default();
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| bad(format!("zip entry {i}: {e}")))?;
+        found.add(bytes, &entry).map_err(bad)?;
+    }
+    check_no_overlap(&mut found.used).map_err(bad)?;
+    let pr = found.pickle.ok_or_else(|| {
+        bad("zip archive has no `<folder>/data.pkl`: not a torch checkpoint".into())
+    })?;
+    let parsed = pickle::parse(&bytes[pr.start as usize..pr.end as usize], path, pr.start)?;
+    let mut storages = found.storages;
+    bind_storages(&parsed.storages, &mut storages).map_err(bad)?;
+    Ok((parsed.value, parsed.arena, storages))
+}
+
+/// The zip crate's view of the archive, after the checks it does not make itself: the entry
+/// count claimed (before it allocates for them) and duplicate names (it keeps one silently, so a
+/// reader could be shown either).
+fn open_archive<'b>(bytes: &'b [u8], path: &Path) -> Result<ZipArchive<Cursor<&'b [u8]>>> {
+    let bad = |msg: String| Error::format(path, msg);
     if let Some(n) = claimed_entries(bytes).filter(|&n| n > MAX_ENTRIES) {
         return Err(bad(format!(
             "the zip central directory claims {n} entries (at most {MAX_ENTRIES}); a checkpoint \
              has one per storage"
         )));
     }
-    let mut archive = ZipArchive::new(Cursor::new(bytes))
+    let archive = ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| bad(format!("not a readable zip archive: {e}")))?;
-
-    // The zip crate keeps one entry per name, so a second entry of the same name would vanish
-    // silently (and a reader could be shown either one).
     if archive.has_duplicate_names() {
         return Err(bad(
             "the zip central directory lists a name more than once (duplicate entries); a torch \
@@ -44,105 +63,128 @@ pub(super) fn read(
                 .into(),
         ));
     }
+    Ok(archive)
+}
 
-    let mut prefix: Option<String> = None;
-    let mut pickle_range = None;
-    let mut storages = HashMap::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    // Payload ranges of the entries we use, to refuse entries that share bytes.
-    let mut used: Vec<(Range<u64>, String)> = Vec::new();
-    for i in 0..archive.len() {
-        let entry = archive
-            .by_index_raw(i)
-            .map_err(|e| bad(format!("zip entry {i}: {e}")))?;
-        let name = entry
-            .name()
-            .map_err(|e| bad(format!("zip entry {i}: {e}")))?
-            .into_owned();
+/// What the entries we use hold, collected entry by entry.
+#[derive(Default)]
+struct Found {
+    /// The folder every entry lives in.
+    prefix: Option<String>,
+    pickle: Option<Range<u64>>,
+    storages: HashMap<String, Range<u64>>,
+    seen: HashSet<String>,
+    /// Payload ranges of the entries we use, to refuse entries that share bytes.
+    used: Vec<(Range<u64>, String)>,
+}
+
+impl Found {
+    fn add(
+        &mut self,
+        bytes: &[u8],
+        entry: &zip::read::ZipFile<'_, Cursor<&[u8]>>,
+    ) -> Result<(), String> {
+        let name = entry.name().map_err(|e| e.to_string())?.into_owned();
         // Names come from the file (up to 64 KiB each): messages show them shortened.
         let shown = shorten(&name).into_owned();
-        // Torch puts everything under one folder, named after the saved file; take it from
-        // the first entry rather than assuming it.
-        let (p, rest) = name.split_once('/').ok_or_else(|| {
-            bad(format!(
-                "zip entry `{shown}` is not inside a folder, as torch writes"
-            ))
-        })?;
-        match &prefix {
-            None => prefix = Some(p.to_string()),
-            Some(q) if q != p => {
-                return Err(bad(format!(
-                    "zip entries in two folders, `{}/` and `{}/`; a torch checkpoint has one",
-                    shorten(q),
-                    shorten(p)
-                )))
-            }
-            _ => {}
-        }
-        let is_data = rest == "data.pkl" || rest.starts_with("data/") || rest == "byteorder";
-        if rest == "constants.pkl" {
-            return Err(bad(
-                "this is a TorchScript archive (it has constants.pkl), not a checkpoint".into(),
-            ));
-        }
-        if !is_data {
-            continue;
-        }
+        let Some(rest) = self.entry_in_folder(&name)? else {
+            return Ok(());
+        };
         // Names are kept only for the entries we use, whose names the file holds twice
         // (central and local header): the copies never outgrow the file.
-        if !seen.insert(name.clone()) {
-            return Err(bad(format!("zip entry `{}` appears twice", shorten(&name))));
+        if !self.seen.insert(name.clone()) {
+            return Err(format!("zip entry `{shown}` appears twice"));
         }
-        if entry.compression() != CompressionMethod::Stored {
-            return Err(bad(format!(
-                "zip entry `{shown}` is compressed ({:?}); torch writes stored entries, which we \
-                 read in place",
-                entry.compression()
-            )));
-        }
-        // The payload follows the local header; read it ourselves and make sure it describes
-        // the same entry as the central directory.
-        let start = local_payload_start(bytes, entry.header_start(), entry.name_raw())
-            .map_err(|m| bad(format!("zip entry `{shown}`: {m}")))?;
-        let size = entry.size();
-        if entry.compressed_size() != size {
-            return Err(bad(format!(
-                "zip entry `{shown}` is stored but its sizes differ ({} vs {size})",
-                entry.compressed_size()
-            )));
-        }
-        let end = start
-            .checked_add(size)
-            .filter(|&e| e <= bytes.len() as u64)
-            .ok_or_else(|| {
-                bad(format!(
-                    "zip entry `{shown}` claims bytes {start}..{} but the file has {} (truncated?)",
-                    start.saturating_add(size),
-                    bytes.len()
-                ))
-            })?;
-        let range = start..end;
-        used.push((range.clone(), name.clone()));
+        let range = payload(bytes, entry).map_err(|m| format!("zip entry `{shown}`{m}"))?;
+        self.used.push((range.clone(), name.clone()));
         if rest == "data.pkl" {
-            pickle_range = Some(range);
+            self.pickle = Some(range);
         } else if rest == "byteorder" {
             let order = &bytes[range.start as usize..range.end as usize];
             if order != b"little" {
-                return Err(bad(format!(
+                return Err(format!(
                     "byte order `{}` is not supported (only little-endian checkpoints)",
                     // Any length the file likes: show its start only.
                     String::from_utf8_lossy(&order[..order.len().min(16)])
-                )));
+                ));
             }
         } else if let Some(key) = rest.strip_prefix("data/") {
-            storages.insert(key.to_string(), range);
+            self.storages.insert(key.to_string(), range);
         }
+        Ok(())
     }
+
+    /// The part of `name` after the one folder torch puts everything under (named after the
+    /// saved file: taken from the first entry rather than assumed), when it is an entry we use.
+    fn entry_in_folder<'n>(&mut self, name: &'n str) -> Result<Option<&'n str>, String> {
+        let (p, rest) = name.split_once('/').ok_or_else(|| {
+            format!(
+                "zip entry `{}` is not inside a folder, as torch writes",
+                shorten(name)
+            )
+        })?;
+        match &self.prefix {
+            None => self.prefix = Some(p.to_string()),
+            Some(q) if q != p => {
+                return Err(format!(
+                    "zip entries in two folders, `{}/` and `{}/`; a torch checkpoint has one",
+                    shorten(q),
+                    shorten(p)
+                ))
+            }
+            _ => {}
+        }
+        if rest == "constants.pkl" {
+            return Err(
+                "this is a TorchScript archive (it has constants.pkl), not a checkpoint".into(),
+            );
+        }
+        let used = rest == "data.pkl" || rest.starts_with("data/") || rest == "byteorder";
+        Ok(used.then_some(rest))
+    }
+}
+
+/// A stored entry's payload in `bytes`, read from its local header and checked against the
+/// central directory. Errors continue a sentence that starts with the entry's name.
+fn payload(
+    bytes: &[u8],
+    entry: &zip::read::ZipFile<'_, Cursor<&[u8]>>,
+) -> Result<Range<u64>, String> {
+    if entry.compression() != CompressionMethod::Stored {
+        return Err(format!(
+            " is compressed ({:?}); torch writes stored entries, which we read in place",
+            entry.compression()
+        ));
+    }
+    let start = local_payload_start(bytes, entry.header_start(), entry.name_raw())
+        .map_err(|m| format!(": {m}"))?;
+    let size = entry.size();
+    if entry.compressed_size() != size {
+        return Err(format!(
+            " is stored but its sizes differ ({} vs {size})",
+            entry.compressed_size()
+        ));
+    }
+    let end = start
+        .checked_add(size)
+        .filter(|&e| e <= bytes.len() as u64)
+        .ok_or_else(|| {
+            format!(
+                " claims bytes {start}..{} but the file has {} (truncated?)",
+                start.saturating_add(size),
+                bytes.len()
+            )
+        })?;
+    Ok(start..end)
+}
+
+/// Two entries we read may not share bytes.
+fn check_no_overlap(used: &mut [(Range<u64>, String)]) -> Result<(), String> {
     used.sort_by_key(|(r, _)| (r.start, r.end));
     for w in used.windows(2) {
         if let [(a, an), (b, bn)] = w {
             if b.start < a.end {
-                return Err(bad(format!(
+                return Err(format!(
                     "zip entries `{}` (bytes {}..{}) and `{}` (bytes {}..{}) overlap: the \
                      central directory does not describe a well-formed archive",
                     shorten(an),
@@ -151,39 +193,40 @@ pub(super) fn read(
                     shorten(bn),
                     b.start,
                     b.end
-                )));
+                ));
             }
         }
     }
+    Ok(())
+}
 
-    let pr = pickle_range.ok_or_else(|| {
-        bad("zip archive has no `<folder>/data.pkl`: not a torch checkpoint".into())
-    })?;
-    let parsed = pickle::parse(&bytes[pr.start as usize..pr.end as usize], path, pr.start)?;
-    for s in &parsed.storages {
+/// Every storage the pickle names has an entry large enough for it; each range is cut to what
+/// the storage declares, so tensors are checked against that and never against any slack.
+fn bind_storages(
+    declared: &[std::rc::Rc<StorageRef>],
+    storages: &mut HashMap<String, Range<u64>>,
+) -> Result<(), String> {
+    for s in declared {
         let range = storages.get_mut(&*s.key).ok_or_else(|| {
             let key = shorten(&s.key);
-            bad(format!(
-                "the object refers to storage `{key}`, but there is no entry data/{key}"
-            ))
+            format!("the object refers to storage `{key}`, but there is no entry data/{key}")
         })?;
         let es = s.dtype.map(|d| d.size() as u64).unwrap_or(1);
         let need = s.numel.checked_mul(es);
         if need.map_or(true, |n| n > range.end - range.start) {
-            return Err(bad(format!(
+            return Err(format!(
                 "storage `{}` should hold {} elements of {} bytes but its entry has {} bytes",
                 shorten(&s.key),
                 s.numel,
                 es,
                 range.end - range.start
-            )));
+            ));
         }
-        // Tensors are checked against what the storage declares, not against any slack.
         if let Some(n) = need {
             range.end = range.start + n;
         }
     }
-    Ok((parsed.value, parsed.arena, storages))
+    Ok(())
 }
 
 /// Size of a zip local file header before its name and extra field.
