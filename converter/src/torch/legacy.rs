@@ -8,7 +8,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::pickle;
-use super::value::{shorten, Arena, Value, MAX_NAME_BYTES};
+use super::value::{shorten, Arena, StorageRef, Value, MAX_NAME_BYTES};
 use crate::error::{Error, Result};
 
 /// How a legacy file begins: pickle protocol 2 (`\x80\x02`), then LONG1 of 10 bytes
@@ -31,84 +31,92 @@ pub(super) fn read(
         *pos += p.consumed;
         Ok(p)
     };
-
     let magic = next(&mut pos)?;
-    match &magic.value {
-        Value::BigInt(b) if b.as_slice() == MAGIC => {}
-        other => {
-            return Err(bad(format!(
-                "legacy torch file with a wrong magic number ({})",
-                other.describe()
-            )))
-        }
-    }
     let proto = next(&mut pos)?;
-    if proto.value.as_int() != Some(PROTOCOL_VERSION) {
-        return Err(bad(format!(
-            "legacy protocol version {} (expected {PROTOCOL_VERSION})",
-            proto.value.describe()
-        )));
-    }
     let sys = next(&mut pos)?;
-    if let Some(Value::Bool(false)) = sys.value.get("little_endian") {
-        return Err(bad("big-endian legacy checkpoints are not supported".into()));
-    }
+    check_preamble(&magic.value, &proto.value, &sys.value).map_err(bad)?;
     let object = next(&mut pos)?;
     let key_list = next(&mut pos)?;
-    // Shared, not copied: the list may name one memoized string a million times.
-    let keys: Vec<Rc<str>> = match &key_list.value {
-        Value::List(l) => l
-            .borrow()
-            .iter()
-            .map(|k| match k {
-                Value::Str(s) if s.len() <= MAX_NAME_BYTES => Ok(Rc::clone(s)),
-                Value::Str(s) => Err(bad(format!(
-                    "legacy storage key `{}` is longer than {MAX_NAME_BYTES} bytes",
-                    shorten(s)
-                ))),
-                _ => Err(bad("legacy storage key list holds a non-string".into())),
-            })
-            .collect::<Result<_>>()?,
-        other => {
-            return Err(bad(format!(
-                "expected the list of storage keys after the object, found {}",
-                other.describe()
-            )))
-        }
-    };
-
-    // Element size per root key, from the persistent ids the object used.
-    let mut elem: HashMap<&str, (u64, u64)> = HashMap::new();
-    for s in &object.storages {
-        let es = s.dtype.map(|d| d.size() as u64).unwrap_or(1);
-        elem.insert(&*s.key, (es, s.numel));
+    let keys = storage_keys(&key_list.value).map_err(bad)?;
+    let storages = walk_storages(bytes, pos as u64, &keys, &object.storages).map_err(bad)?;
+    let mut arena = Arena::default();
+    for p in [magic, proto, sys, key_list] {
+        arena.extend(p.arena);
     }
-    let mut storages = HashMap::new();
-    let mut at = pos as u64;
-    let len = bytes.len() as u64;
-    for key in &keys {
-        let (es, declared) = *elem.get(&**key).ok_or_else(|| {
-            bad(format!(
-                "storage `{key}` is listed but no tensor of the object uses it"
+    arena.extend(object.arena);
+    Ok((object.value, arena, storages))
+}
+
+/// The first three pickles: torch's magic number, protocol version 1001, little-endian data.
+fn check_preamble(magic: &Value, proto: &Value, sys: &Value) -> Result<(), String> {
+    match magic {
+        Value::BigInt(b) if b.as_slice() == MAGIC => {}
+        other => {
+            return Err(format!(
+                "legacy torch file with a wrong magic number ({})",
+                other.describe()
             ))
-        })?;
-        if at.checked_add(8).map_or(true, |e| e > len) {
-            return Err(bad(format!(
-                "file ends at byte {len} before the element count of storage `{key}` (truncated?)"
-            )));
         }
-        let mut n = [0u8; 8];
-        n.copy_from_slice(&bytes[at as usize..at as usize + 8]);
-        let count = i64::from_le_bytes(n);
-        let count = u64::try_from(count).map_err(|_| {
-            bad(format!(
-                "storage `{key}` has a negative element count {count}"
-            ))
+    }
+    if proto.as_int() != Some(PROTOCOL_VERSION) {
+        return Err(format!(
+            "legacy protocol version {} (expected {PROTOCOL_VERSION})",
+            proto.describe()
+        ));
+    }
+    if let Some(Value::Bool(false)) = sys.get("little_endian") {
+        return Err("big-endian legacy checkpoints are not supported".into());
+    }
+    Ok(())
+}
+
+/// The fifth pickle: the storage keys, in the order their data follows. Shared, not copied: the
+/// list may name one memoized string a million times.
+fn storage_keys(list: &Value) -> Result<Vec<Rc<str>>, String> {
+    let Value::List(l) = list else {
+        return Err(format!(
+            "expected the list of storage keys after the object, found {}",
+            list.describe()
+        ));
+    };
+    l.borrow()
+        .iter()
+        .map(|k| match k {
+            Value::Str(s) if s.len() <= MAX_NAME_BYTES => Ok(Rc::clone(s)),
+            Value::Str(s) => Err(format!(
+                "legacy storage key `{}` is longer than {MAX_NAME_BYTES} bytes",
+                shorten(s)
+            )),
+            _ => Err("legacy storage key list holds a non-string".into()),
+        })
+        .collect()
+}
+
+/// Locate every storage by walking the element counts from `at`: each key's i64 count must
+/// equal what the object declares, and its bytes must lie inside the file. Every storage the
+/// object uses must be found.
+fn walk_storages(
+    bytes: &[u8],
+    mut at: u64,
+    keys: &[Rc<str>],
+    used: &[Rc<StorageRef>],
+) -> Result<HashMap<String, Range<u64>>, String> {
+    // Element size and count per root key, from the persistent ids the object used.
+    let elem: HashMap<&str, (u64, u64)> = used
+        .iter()
+        .map(|s| (&*s.key, (s.dtype.map_or(1, |d| d.size() as u64), s.numel)))
+        .collect();
+    let len = bytes.len() as u64;
+    let mut storages = HashMap::new();
+    for key in keys {
+        let (es, declared) = *elem.get(&**key).ok_or_else(|| {
+            format!("storage `{key}` is listed but no tensor of the object uses it")
         })?;
+        let count = element_count(bytes, at, key)?;
         if count != declared {
-            return Err(bad(format!(
+            return Err(format!(
                 "storage `{key}` holds {count} elements but the object declares {declared}"
-            )));
+            ));
         }
         let start = at + 8;
         let end = count
@@ -116,28 +124,40 @@ pub(super) fn read(
             .and_then(|b| start.checked_add(b))
             .filter(|&e| e <= len)
             .ok_or_else(|| {
-                bad(format!(
-                    "storage `{key}` claims {count} elements of {es} bytes from byte {start}, past the \
-                     end of the file at {len} (truncated?)"
-                ))
+                format!(
+                    "storage `{key}` claims {count} elements of {es} bytes from byte {start}, past \
+                     the end of the file at {len} (truncated?)"
+                )
             })?;
         if storages.insert(key.to_string(), start..end).is_some() {
-            return Err(bad(format!("storage `{key}` is listed twice")));
+            return Err(format!("storage `{key}` is listed twice"));
         }
         at = end;
     }
-    for s in &object.storages {
-        if !storages.contains_key(&*s.key) {
-            return Err(bad(format!(
-                "the object refers to storage `{}`, which the file does not hold",
-                shorten(&s.key)
-            )));
-        }
+    if let Some(s) = used.iter().find(|s| !storages.contains_key(&*s.key)) {
+        return Err(format!(
+            "the object refers to storage `{}`, which the file does not hold",
+            shorten(&s.key)
+        ));
     }
-    let mut arena = Arena::default();
-    for p in [magic, proto, sys, key_list] {
-        arena.extend(p.arena);
-    }
-    arena.extend(object.arena);
-    Ok((object.value, arena, storages))
+    Ok(storages)
+}
+
+/// The little-endian i64 element count at byte `at`.
+fn element_count(bytes: &[u8], at: u64, key: &str) -> Result<u64, String> {
+    let len = bytes.len() as u64;
+    let field = at
+        .checked_add(8)
+        .filter(|&e| e <= len)
+        .and_then(|e| bytes.get(at as usize..e as usize))
+        .ok_or_else(|| {
+            format!(
+                "file ends at byte {len} before the element count of storage `{key}` (truncated?)"
+            )
+        })?;
+    let mut n = [0u8; 8];
+    n.copy_from_slice(field);
+    let count = i64::from_le_bytes(n);
+    u64::try_from(count)
+        .map_err(|_| format!("storage `{key}` has a negative element count {count}"))
 }
