@@ -18,6 +18,7 @@
 //! transpose buffers) and the writer's and hasher's bounded queues: README, "Memory".
 
 pub mod checkpoint;
+pub mod diff;
 pub mod error;
 pub mod gpt2_config;
 pub mod mapping;

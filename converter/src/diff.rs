@@ -1,0 +1,902 @@
+//! Comparing two checkpoints' tensor maps (`cpm-diff`).
+//!
+//! Each input is opened and planned exactly as `cpm-convert` would convert it ([`crate::open`],
+//! [`crate::plan`]): the plan's entries are the canonical GPT-2 map (target name, shape, dtype),
+//! so a checkpoint and the directory converted from it compare equal, and any family the library
+//! learns to read is compared without changes here. `raw` compares the names as stored instead,
+//! rank by rank.
+//!
+//! Values (optional) stream one tensor pair at a time: each side's parts are read from its memory
+//! map, merged into the canonical layout by [`merge::merge`] (the converter's own merge), widened
+//! to f32 in small chunks and compared; sums accumulate in f64. The pages of a pair are released
+//! once it is compared, so the resident set stays near the largest tensor pair.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+use half::{bf16, f16};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::mapping::Split;
+use crate::plan::{Entry, OutDtype, Plan};
+use crate::torch::{Dtype, TensorRef};
+use crate::{Progress, Source};
+
+/// What to compare and how.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Attention heads for both sides (only needed where a side's layout needs them to merge).
+    pub heads: Option<u64>,
+    /// A mapping file for both sides; `None` uses the built-in CPM-LM mapping.
+    pub mapping: Option<std::path::PathBuf>,
+    /// Compare the weights as stored (names, shapes, dtypes of each rank file), not mapped.
+    pub raw: bool,
+    /// Compare the values of every tensor present on both sides with the same shape.
+    pub values: bool,
+    /// Largest absolute difference still counted as equal; 0 means bit-for-bit after widening
+    /// to f32. Either way a NaN equals only a bit-identical NaN.
+    pub atol: f64,
+    /// Do not report dtype differences (values are compared after widening anyway).
+    pub dtype_insensitive: bool,
+}
+
+/// A tensor present on one side only.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub dtype: String,
+}
+
+/// A tensor present on both sides whose shape or dtype differs: one per differing attribute.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "what", rename_all = "lowercase")]
+pub enum Change {
+    Shape {
+        name: String,
+        a: Vec<u64>,
+        b: Vec<u64>,
+    },
+    Dtype {
+        name: String,
+        a: String,
+        b: String,
+    },
+}
+
+impl Change {
+    pub fn name(&self) -> &str {
+        match self {
+            Change::Shape { name, .. } | Change::Dtype { name, .. } => name,
+        }
+    }
+}
+
+/// The figures of one tensor whose values differ (compared in f32, summed in f64). Figures that
+/// are not finite (a NaN or Inf among the values, or ‖A‖ = 0) are `None`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Values {
+    pub name: String,
+    /// The largest |a - b| over the pairs where neither is NaN.
+    pub max_abs_diff: Option<f64>,
+    /// Elements that are not equal (see [`Options::atol`]).
+    pub differing: u64,
+    pub elements: u64,
+    /// `differing / elements`.
+    pub fraction: f64,
+    /// The first differing element in row-major order, one index per dimension.
+    pub first_index: Vec<u64>,
+    /// ‖A − B‖ / ‖A‖ (Euclidean norms over all elements).
+    pub rel_diff: Option<f64>,
+    /// A·B / (‖A‖ ‖B‖).
+    pub cosine: Option<f64>,
+}
+
+/// Counts for the one-line summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub tensors_a: usize,
+    pub tensors_b: usize,
+    pub common: usize,
+    pub only_in_a: usize,
+    pub only_in_b: usize,
+    /// Common tensors whose shape or dtype differs.
+    pub changed: usize,
+    /// With values: common tensors of equal shape whose values were compared.
+    pub compared: Option<usize>,
+    pub identical: Option<usize>,
+    pub differing: Option<usize>,
+}
+
+/// The result of a comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub only_in_a: Vec<Tensor>,
+    pub only_in_b: Vec<Tensor>,
+    pub changed: Vec<Change>,
+    /// The tensors whose values differ; `None` when values were not compared.
+    pub values: Option<Vec<Values>>,
+    pub summary: Summary,
+    /// No tensor only on one side, none changed, and (with values) none differing.
+    pub equal: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Compare the checkpoints at `a` and `b`. Problems that do not stop the comparison go to
+/// `progress.warn` and into the report.
+pub fn diff(a: &Path, b: &Path, opts: &Options, progress: &dyn Progress) -> Result<Report> {
+    let mut warnings = Vec::new();
+    let mut warn = |msg: String| {
+        progress.warn(&msg);
+        warnings.push(msg);
+    };
+    let src_a = crate::open(a, opts.mapping.as_deref())?;
+    let src_b = crate::open(b, opts.mapping.as_deref())?;
+    let (side_a, side_b) = sides(src_a, a, src_b, b, opts, &mut warn)?;
+    let mut report = compare_maps(&side_a, &side_b, opts);
+    if opts.values {
+        let found = compare_all_values(&side_a, &side_b, opts, progress)?;
+        report.summary.compared = Some(found.compared);
+        report.summary.identical = Some(found.compared - found.differing.len());
+        report.summary.differing = Some(found.differing.len());
+        report.equal &= found.differing.is_empty();
+        report.values = Some(found.differing);
+    }
+    report.warnings = warnings;
+    Ok(report)
+}
+
+/// Both sides' maps: canonical (planned) or raw.
+fn sides(
+    src_a: Source,
+    a: &Path,
+    src_b: Source,
+    b: &Path,
+    opts: &Options,
+    warn: &mut dyn FnMut(String),
+) -> Result<(Side, Side)> {
+    let (side_a, side_b) = if opts.raw {
+        let qualify = src_a.ranks.len() > 1 || src_b.ranks.len() > 1;
+        (
+            Side::raw(src_a, who("A", a), qualify)?,
+            Side::raw(src_b, who("B", b), qualify)?,
+        )
+    } else {
+        let a = Side::canonical(src_a, who("A", a), opts.heads, warn)?;
+        let b = Side::canonical(src_b, who("B", b), opts.heads, warn)?;
+        if let (Some(ha), Some(hb)) = (&a.heads, &b.heads) {
+            if ha.count != hb.count {
+                warn(format!(
+                    "A has {} attention heads ({}), B has {} ({}); the tensors cannot show this",
+                    ha.count, ha.source, hb.count, hb.source
+                ));
+            }
+        }
+        (a, b)
+    };
+    Ok((side_a, side_b))
+}
+
+fn who(label: &str, path: &Path) -> String {
+    format!("{label} ({})", path.display())
+}
+
+/// Name the side in messages that name no file (ranks that disagree, a head count).
+fn in_side(who: &str, e: Error) -> Error {
+    let at = |msg: String| format!("{who}: {msg}");
+    match e {
+        Error::Merge { msg } => Error::Merge { msg: at(msg) },
+        Error::Usage { msg } => Error::Usage { msg: at(msg) },
+        Error::Values { tensor, msg } => Error::Values {
+            tensor,
+            msg: at(msg),
+        },
+        other => other,
+    }
+}
+
+/// One tensor of a side's map, and how to produce its values.
+struct Item {
+    name: String,
+    shape: Vec<u64>,
+    dtype: Dtype,
+    how: How,
+}
+
+enum How {
+    /// A canonical tensor: the plan entry that merges it from every rank.
+    Planned(Box<Entry>),
+    /// A tensor as stored in one rank file.
+    Stored {
+        rank: usize,
+        source: String,
+        tensor: TensorRef,
+    },
+}
+
+/// One input, opened, with its map.
+struct Side {
+    src: Source,
+    names: Vec<String>,
+    items: Vec<Item>,
+    /// The head count the plan used, when the checkpoint (or `--heads`) gave one.
+    heads: Option<crate::plan::Heads>,
+    /// "A (path)", for messages.
+    who: String,
+}
+
+impl Side {
+    /// The canonical map: what `cpm-convert` would write (dtype kept).
+    fn canonical(
+        src: Source,
+        who: String,
+        heads: Option<u64>,
+        warn: &mut dyn FnMut(String),
+    ) -> Result<Side> {
+        let (plan, known) = plan_side(&src, heads, &who, warn).map_err(|e| in_side(&who, e))?;
+        let items = plan
+            .entries
+            .into_iter()
+            .map(|e| Item {
+                name: e.target.clone(),
+                shape: e.shape.clone(),
+                dtype: e.dtype,
+                how: How::Planned(Box::new(e)),
+            })
+            .collect();
+        Ok(Side {
+            names: src.rank_names(),
+            src,
+            items,
+            heads: known.then_some(plan.heads),
+            who,
+        })
+    }
+
+    /// The weights as stored, each rank file's names prefixed with `mp_rank_XX:` when either
+    /// side has more than one rank (rank file names differ between layouts; ranks do not).
+    fn raw(src: Source, who: String, qualify: bool) -> Result<Side> {
+        let mut items = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (r, rank) in src.ranks.iter().enumerate() {
+            for (name, t) in &rank.weights {
+                let shown = if qualify {
+                    format!("mp_rank_{r:02}:{name}")
+                } else {
+                    name.clone()
+                };
+                if !seen.insert(shown.clone()) {
+                    return Err(Error::tensor(
+                        &rank.file.path,
+                        name,
+                        "appears twice in the weights dict",
+                    ));
+                }
+                items.push(Item {
+                    name: shown,
+                    shape: t.shape.clone(),
+                    dtype: t.dtype,
+                    how: How::Stored {
+                        rank: r,
+                        source: name.clone(),
+                        tensor: t.clone(),
+                    },
+                });
+            }
+        }
+        Ok(Side {
+            names: src.rank_names(),
+            src,
+            items,
+            heads: None,
+            who,
+        })
+    }
+}
+
+/// Plan one side as `cpm-convert` would. A checkpoint that records no head count, and whose
+/// tensors need none to merge, is still compared: heads only matter to config.json there. Returns
+/// the plan and whether its head count is known.
+fn plan_side(
+    src: &Source,
+    heads: Option<u64>,
+    who: &str,
+    warn: &mut dyn FnMut(String),
+) -> Result<(Plan, bool)> {
+    let err = match crate::plan(src, heads, OutDtype::Keep) {
+        Ok(p) => return Ok((p, true)),
+        Err(e @ Error::Usage { .. }) if heads.is_none() => e,
+        Err(e) => return Err(e),
+    };
+    // A stand-in count that passes the plan's checks (it divides over the ranks). If the
+    // checkpoint records a count, any stand-in contradicts it and the first error stands.
+    let stand_in = src.ranks.len() as u64;
+    match crate::plan(src, Some(stand_in), OutDtype::Keep) {
+        Ok(p) if !p.entries.iter().any(|e| merge_needs_heads(e.split)) => {
+            warn(format!(
+                "{who} records no attention-head count; none of its tensors needs one to merge, \
+                 so it is compared without (cpm-convert would ask for --heads)"
+            ));
+            Ok((p, false))
+        }
+        _ => Err(err),
+    }
+}
+
+/// Whether merging a tensor split this way depends on the head count. No wildcard on purpose: a
+/// new split must decide here whether the stand-in head count of [`plan_side`] is safe for it.
+fn merge_needs_heads(split: Split) -> bool {
+    match split {
+        Split::Replicated | Split::Dim0 | Split::Dim1 | Split::QkvDim0 => false,
+    }
+}
+
+fn describe(item: &Item) -> Tensor {
+    Tensor {
+        name: item.name.clone(),
+        shape: item.shape.clone(),
+        dtype: item.dtype.safetensors_name().to_string(),
+    }
+}
+
+/// Names on one side only, and shape/dtype changes of the common ones (A's order, then B's).
+fn compare_maps(a: &Side, b: &Side, opts: &Options) -> Report {
+    let in_a: HashMap<&str, &Item> = a.items.iter().map(|i| (i.name.as_str(), i)).collect();
+    let in_b: HashMap<&str, &Item> = b.items.iter().map(|i| (i.name.as_str(), i)).collect();
+    let only_in_a: Vec<Tensor> = a
+        .items
+        .iter()
+        .filter(|i| !in_b.contains_key(i.name.as_str()))
+        .map(describe)
+        .collect();
+    let only_in_b: Vec<Tensor> = b
+        .items
+        .iter()
+        .filter(|i| !in_a.contains_key(i.name.as_str()))
+        .map(describe)
+        .collect();
+    let mut changed = Vec::new();
+    let mut changed_tensors = 0;
+    for ia in &a.items {
+        let Some(ib) = in_b.get(ia.name.as_str()) else {
+            continue;
+        };
+        let before = changed.len();
+        if ia.shape != ib.shape {
+            changed.push(Change::Shape {
+                name: ia.name.clone(),
+                a: ia.shape.clone(),
+                b: ib.shape.clone(),
+            });
+        }
+        if ia.dtype != ib.dtype && !opts.dtype_insensitive {
+            changed.push(Change::Dtype {
+                name: ia.name.clone(),
+                a: ia.dtype.safetensors_name().into(),
+                b: ib.dtype.safetensors_name().into(),
+            });
+        }
+        changed_tensors += usize::from(changed.len() > before);
+    }
+    let summary = Summary {
+        tensors_a: a.items.len(),
+        tensors_b: b.items.len(),
+        common: a.items.len() - only_in_a.len(),
+        only_in_a: only_in_a.len(),
+        only_in_b: only_in_b.len(),
+        changed: changed_tensors,
+        compared: None,
+        identical: None,
+        differing: None,
+    };
+    Report {
+        equal: only_in_a.is_empty() && only_in_b.is_empty() && changed.is_empty(),
+        only_in_a,
+        only_in_b,
+        changed,
+        values: None,
+        summary,
+        warnings: Vec::new(),
+    }
+}
+
+struct Found {
+    compared: usize,
+    differing: Vec<Values>,
+}
+
+/// Compare the values of every common tensor of equal shape, one pair at a time, in A's order.
+fn compare_all_values(
+    a: &Side,
+    b: &Side,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Found> {
+    let in_b: HashMap<&str, &Item> = b.items.iter().map(|i| (i.name.as_str(), i)).collect();
+    let mut found = Found {
+        compared: 0,
+        differing: Vec::new(),
+    };
+    // One scratch buffer per side, reused for every transposed merge: fresh allocations of a
+    // large tensor would cost a page fault per page, every time.
+    let mut bufs = (Vec::new(), Vec::new());
+    for ia in &a.items {
+        let Some(ib) = in_b.get(ia.name.as_str()) else {
+            continue;
+        };
+        if ia.shape != ib.shape {
+            continue;
+        }
+        if progress.cancelled() {
+            return Err(Error::Interrupted);
+        }
+        found.compared += 1;
+        if let Some(v) = compare_pair(a, ia, b, ib, opts, &mut bufs)? {
+            found.differing.push(v);
+        }
+    }
+    Ok(found)
+}
+
+/// Compare one tensor pair's values; `None` when they are equal. The pages of both are released
+/// afterwards, whatever the outcome.
+fn compare_pair(
+    a: &Side,
+    ia: &Item,
+    b: &Side,
+    ib: &Item,
+    opts: &Options,
+    bufs: &mut (Vec<u8>, Vec<u8>),
+) -> Result<Option<Values>> {
+    let (pa, spans_a) = a.parts(ia).map_err(|e| in_side(&a.who, e))?;
+    let result = b
+        .parts(ib)
+        .map_err(|e| in_side(&b.who, e))
+        .and_then(|(pb, spans_b)| {
+            let r = compare_parts(a, ia, pa, b, ib, pb, opts, bufs);
+            b.release(&spans_b);
+            r
+        });
+    a.release(&spans_a);
+    result
+}
+
+/// The pair's parts, read: equal raw parts of the same layout are equal tensors (the common case,
+/// decided by a memory compare); otherwise both are merged into the canonical layout and compared
+/// element by element.
+#[allow(clippy::too_many_arguments)]
+fn compare_parts(
+    a: &Side,
+    ia: &Item,
+    pa: Vec<Cow<'_, [u8]>>,
+    b: &Side,
+    ib: &Item,
+    pb: Vec<Cow<'_, [u8]>>,
+    opts: &Options,
+    bufs: &mut (Vec<u8>, Vec<u8>),
+) -> Result<Option<Values>> {
+    if same_layout(ia, ib) && pa.iter().zip(&pb).all(|(x, y)| x[..] == y[..]) {
+        // The merge would also check that replicated copies agree across ranks; keep that.
+        a.check_replicated(ia, &pa)
+            .map_err(|e| in_side(&a.who, e))?;
+        b.check_replicated(ib, &pb)
+            .map_err(|e| in_side(&b.who, e))?;
+        return Ok(None);
+    }
+    let ma = a
+        .merge(ia, pa, &mut bufs.0)
+        .map_err(|e| in_side(&a.who, e))?;
+    let mb = b
+        .merge(ib, pb, &mut bufs.1)
+        .map_err(|e| in_side(&b.who, e))?;
+    let v = compare_streams(ia, &ma, ib, &mb, opts.atol);
+    recycle(ma, &mut bufs.0);
+    recycle(mb, &mut bufs.1);
+    Ok(v)
+}
+
+/// Same dtype and the same way of merging the same part shapes: equal parts make equal tensors.
+fn same_layout(ia: &Item, ib: &Item) -> bool {
+    if ia.dtype != ib.dtype {
+        return false;
+    }
+    match (&ia.how, &ib.how) {
+        (How::Planned(x), How::Planned(y)) => {
+            x.split == y.split
+                && x.transpose == y.transpose
+                && x.rank_shapes == y.rank_shapes
+                && x.source_dtype == y.source_dtype
+        }
+        (How::Stored { tensor: x, .. }, How::Stored { tensor: y, .. }) => x.shape == y.shape,
+        _ => false,
+    }
+}
+
+/// Keep the larger of a merged buffer and the scratch buffer for the next merge.
+fn recycle(pieces: Vec<Cow<'_, [u8]>>, buf: &mut Vec<u8>) {
+    for p in pieces {
+        if let Cow::Owned(v) = p {
+            if v.capacity() > buf.capacity() {
+                *buf = v;
+            }
+        }
+    }
+}
+
+type Spans = Vec<(usize, Range<u64>)>;
+
+impl Side {
+    /// The item's parts (one per rank for a canonical tensor, one for a stored one), as stored,
+    /// and the spans to release afterwards.
+    fn parts(&self, item: &Item) -> Result<(Vec<Cow<'_, [u8]>>, Spans)> {
+        match &item.how {
+            How::Planned(e) => {
+                let spans = self.src.spans(e)?;
+                let parts = self.src.read(e, &spans)?;
+                Ok((parts, spans.into_iter().enumerate().collect()))
+            }
+            How::Stored {
+                rank,
+                source,
+                tensor,
+            } => {
+                let file = &self.src.ranks[*rank].file;
+                let span = file.span(source, tensor)?;
+                file.prefetch(&span);
+                let part = file.read_at(source, tensor, &span)?;
+                Ok((vec![part], vec![(*rank, span)]))
+            }
+        }
+    }
+
+    /// Drop our view of these pages (the page cache keeps them if memory allows).
+    fn release(&self, spans: &Spans) {
+        for (r, s) in spans {
+            if let Some(rank) = self.src.ranks.get(*r) {
+                rank.file.release(s);
+            }
+        }
+    }
+
+    /// The tensor in canonical row-major order, in its stored dtype.
+    fn merge<'a>(
+        &self,
+        item: &Item,
+        parts: Vec<Cow<'a, [u8]>>,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<Cow<'a, [u8]>>> {
+        let How::Planned(e) = &item.how else {
+            return Ok(parts);
+        };
+        // Every byte of the buffer is overwritten (merge's contract): only grow it.
+        let mut alloc = |n: usize| {
+            let mut v = std::mem::take(buf);
+            v.resize(n, 0);
+            v
+        };
+        crate::merge::merge(e, parts, &self.names, &mut alloc)
+    }
+
+    fn check_replicated(&self, item: &Item, parts: &[Cow<'_, [u8]>]) -> Result<()> {
+        match &item.how {
+            How::Planned(e) if e.split == Split::Replicated && parts.len() > 1 => {
+                let borrowed = parts.iter().map(|p| Cow::Borrowed(&p[..])).collect();
+                crate::merge::merge(e, borrowed, &self.names, &mut |n| vec![0; n]).map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Elements per step of the comparison: a few KiB per side, in L1.
+const CHUNK: usize = 2048;
+
+/// A tensor's bytes as a sequence of pieces, read element by element in order.
+struct Stream<'p> {
+    pieces: &'p [Cow<'p, [u8]>],
+    dtype: Dtype,
+    piece: usize,
+    at: usize,
+}
+
+impl<'p> Stream<'p> {
+    fn new(pieces: &'p [Cow<'p, [u8]>], dtype: Dtype) -> Self {
+        Stream {
+            pieces,
+            dtype,
+            piece: 0,
+            at: 0,
+        }
+    }
+
+    /// The next up to `max` whole elements' bytes, within one piece; empty at the end.
+    fn next_bytes(&mut self, max: usize) -> &'p [u8] {
+        let es = self.dtype.size();
+        while let Some(p) = self.pieces.get(self.piece) {
+            let rest = &p[self.at.min(p.len())..];
+            let n = (rest.len() / es).min(max) * es;
+            if n > 0 {
+                self.at += n;
+                return &rest[..n];
+            }
+            self.piece += 1;
+            self.at = 0;
+        }
+        &[]
+    }
+
+    /// Fill `out` with the next elements, widened; returns how many were written.
+    fn fill<W: Wide>(&mut self, out: &mut [W]) -> usize {
+        let es = self.dtype.size();
+        let mut n = 0;
+        while n < out.len() {
+            let bytes = self.next_bytes(out.len() - n);
+            if bytes.is_empty() {
+                break;
+            }
+            let m = bytes.len() / es;
+            W::widen(bytes, self.dtype, &mut out[n..n + m]);
+            n += m;
+        }
+        n
+    }
+}
+
+/// Whether two byte streams hold the same bytes (piece boundaries may differ).
+fn same_bytes(mut a: Stream<'_>, mut b: Stream<'_>) -> bool {
+    let (mut x, mut y): (&[u8], &[u8]) = (&[], &[]);
+    loop {
+        if x.is_empty() {
+            x = a.next_bytes(usize::MAX);
+        }
+        if y.is_empty() {
+            y = b.next_bytes(usize::MAX);
+        }
+        let n = x.len().min(y.len());
+        if n == 0 {
+            return x.is_empty() && y.is_empty();
+        }
+        if x[..n] != y[..n] {
+            return false;
+        }
+        (x, y) = (&x[n..], &y[n..]);
+    }
+}
+
+/// Compare two merged tensors of equal shape. Equal bytes in the same dtype are equal values
+/// (a memory compare); anything else is widened and compared element by element.
+fn compare_streams(
+    ia: &Item,
+    ma: &[Cow<'_, [u8]>],
+    ib: &Item,
+    mb: &[Cow<'_, [u8]>],
+    atol: f64,
+) -> Option<Values> {
+    let (sa, sb) = (Stream::new(ma, ia.dtype), Stream::new(mb, ib.dtype));
+    if ia.dtype == ib.dtype && same_bytes(Stream::new(ma, ia.dtype), Stream::new(mb, ib.dtype)) {
+        return None;
+    }
+    let fig = if ia.dtype.is_float() && ib.dtype.is_float() {
+        figures::<f32>(sa, sb, atol)
+    } else {
+        figures::<f64>(sa, sb, atol)
+    };
+    (fig.differing > 0).then(|| fig.values(&ia.name, &ia.shape))
+}
+
+/// Run the accumulator over both streams, a chunk at a time.
+fn figures<W: Wide>(mut sa: Stream<'_>, mut sb: Stream<'_>, atol: f64) -> Figures {
+    let mut fig = Figures::new(atol);
+    let mut xa = vec![W::default(); CHUNK];
+    let mut xb = vec![W::default(); CHUNK];
+    loop {
+        let (n, m) = (sa.fill(&mut xa), sb.fill(&mut xb));
+        let n = n.min(m);
+        if n == 0 {
+            return fig;
+        }
+        fig.add(&xa[..n], &xb[..n]);
+    }
+}
+
+/// Values the comparison runs on: f32 for float tensors (exact for f16, bf16, f32; f64 rounds),
+/// f64 for integer and boolean ones (raw mode only; exact up to 2^53).
+trait Wide: Copy + Default {
+    fn f64(self) -> f64;
+    /// Bit-for-bit equality (so NaN equals only the identical NaN, and -0 is not +0).
+    fn same(self, o: Self) -> bool;
+    fn widen(bytes: &[u8], dtype: Dtype, out: &mut [Self]);
+}
+
+impl Wide for f32 {
+    fn f64(self) -> f64 {
+        self as f64
+    }
+    fn same(self, o: f32) -> bool {
+        self.to_bits() == o.to_bits()
+    }
+    fn widen(bytes: &[u8], dtype: Dtype, out: &mut [f32]) {
+        widen_f32(bytes, dtype, out)
+    }
+}
+
+impl Wide for f64 {
+    fn f64(self) -> f64 {
+        self
+    }
+    fn same(self, o: f64) -> bool {
+        self.to_bits() == o.to_bits()
+    }
+    fn widen(bytes: &[u8], dtype: Dtype, out: &mut [f64]) {
+        let es = dtype.size();
+        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(es)) {
+            *o = element_f64(c, dtype);
+        }
+    }
+}
+
+/// Little-endian float elements to f32 (exact except from F64, rounded to nearest).
+fn widen_f32(bytes: &[u8], dtype: Dtype, out: &mut [f32]) {
+    match dtype {
+        Dtype::F16 | Dtype::BF16 => {
+            let mut bits = [0u16; CHUNK];
+            let bits = &mut bits[..out.len().min(CHUNK)];
+            for (b, c) in bits.iter_mut().zip(bytes.chunks_exact(2)) {
+                *b = u16::from_le_bytes([c[0], c[1]]);
+            }
+            let out = &mut out[..bits.len()];
+            if dtype == Dtype::F16 {
+                bits.reinterpret_cast::<f16>().convert_to_f32_slice(out);
+            } else {
+                bits.reinterpret_cast::<bf16>().convert_to_f32_slice(out);
+            }
+        }
+        Dtype::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        _ => {
+            let es = dtype.size();
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(es)) {
+                *o = element_f64(c, dtype) as f32;
+            }
+        }
+    }
+}
+
+/// One little-endian element of any dtype as f64 (exact for floats; integers up to 2^53).
+fn element_f64(c: &[u8], dtype: Dtype) -> f64 {
+    let mut w = [0u8; 8];
+    w[..c.len().min(8)].copy_from_slice(&c[..c.len().min(8)]);
+    match dtype {
+        Dtype::F64 => f64::from_le_bytes(w),
+        Dtype::F32 => f32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64,
+        Dtype::F16 => f16::from_le_bytes([w[0], w[1]]).to_f64(),
+        Dtype::BF16 => bf16::from_le_bytes([w[0], w[1]]).to_f64(),
+        Dtype::I64 => i64::from_le_bytes(w) as f64,
+        Dtype::I32 => i32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64,
+        Dtype::I16 => i16::from_le_bytes([w[0], w[1]]) as f64,
+        Dtype::I8 => w[0] as i8 as f64,
+        Dtype::U8 | Dtype::Bool => w[0] as f64,
+    }
+}
+
+/// Independent sums, so the compiler can keep them in vector registers (f64 addition is not
+/// reassociated on its own).
+const LANES: usize = 4;
+
+/// Running figures of one tensor pair.
+struct Figures {
+    atol: f64,
+    elements: u64,
+    differing: u64,
+    first: Option<u64>,
+    max_abs: [f64; LANES],
+    d2: [f64; LANES],
+    a2: [f64; LANES],
+    b2: [f64; LANES],
+    ab: [f64; LANES],
+}
+
+impl Figures {
+    fn new(atol: f64) -> Self {
+        Figures {
+            atol,
+            elements: 0,
+            differing: 0,
+            first: None,
+            max_abs: [0.0; LANES],
+            d2: [0.0; LANES],
+            a2: [0.0; LANES],
+            b2: [0.0; LANES],
+            ab: [0.0; LANES],
+        }
+    }
+
+    /// Add a chunk of pairs (equal lengths).
+    fn add<W: Wide>(&mut self, a: &[W], b: &[W]) {
+        let atol = self.atol;
+        let mut ndiff = [0u64; LANES];
+        let body = a.len() / LANES * LANES;
+        for (ca, cb) in a[..body]
+            .chunks_exact(LANES)
+            .zip(b[..body].chunks_exact(LANES))
+        {
+            for l in 0..LANES {
+                let (x, y) = (ca[l].f64(), cb[l].f64());
+                let d = x - y;
+                self.d2[l] += d * d;
+                self.a2[l] += x * x;
+                self.b2[l] += y * y;
+                self.ab[l] += x * y;
+                // A NaN difference compares false: it is never "within atol", never a maximum.
+                let ad = d.abs();
+                ndiff[l] += u64::from(!(ca[l].same(cb[l]) || ad <= atol));
+                self.max_abs[l] = if ad > self.max_abs[l] {
+                    ad
+                } else {
+                    self.max_abs[l]
+                };
+            }
+        }
+        for (i, (x, y)) in a[body..].iter().zip(&b[body..]).enumerate() {
+            let l = i % LANES;
+            let (xf, yf) = (x.f64(), y.f64());
+            let d = xf - yf;
+            self.d2[l] += d * d;
+            self.a2[l] += xf * xf;
+            self.b2[l] += yf * yf;
+            self.ab[l] += xf * yf;
+            ndiff[l] += u64::from(!(x.same(*y) || d.abs() <= atol));
+            self.max_abs[l] = if d.abs() > self.max_abs[l] {
+                d.abs()
+            } else {
+                self.max_abs[l]
+            };
+        }
+        let n: u64 = ndiff.iter().sum();
+        if n > 0 && self.first.is_none() {
+            let at = a
+                .iter()
+                .zip(b)
+                .position(|(x, y)| !(x.same(*y) || (x.f64() - y.f64()).abs() <= atol));
+            self.first = at.map(|i| self.elements + i as u64);
+        }
+        self.differing += n;
+        self.elements += a.len() as u64;
+    }
+
+    fn values(&self, name: &str, shape: &[u64]) -> Values {
+        let sum = |v: &[f64; LANES]| v.iter().sum::<f64>();
+        let finite = |x: f64| x.is_finite().then_some(x);
+        let (d2, a2, b2, ab) = (sum(&self.d2), sum(&self.a2), sum(&self.b2), sum(&self.ab));
+        let max = self.max_abs.iter().fold(0.0f64, |m, &x| m.max(x));
+        Values {
+            name: name.to_string(),
+            max_abs_diff: finite(max),
+            differing: self.differing,
+            elements: self.elements,
+            fraction: self.differing as f64 / (self.elements.max(1)) as f64,
+            first_index: unravel(self.first.unwrap_or(0), shape),
+            rel_diff: finite(d2.sqrt() / a2.sqrt()),
+            cosine: finite(ab / (a2.sqrt() * b2.sqrt())),
+        }
+    }
+}
+
+/// A row-major linear index as one index per dimension.
+fn unravel(mut i: u64, shape: &[u64]) -> Vec<u64> {
+    let mut idx = vec![0; shape.len()];
+    for (k, &d) in shape.iter().enumerate().rev() {
+        if d > 0 {
+            idx[k] = i % d;
+            i /= d;
+        }
+    }
+    idx
+}
