@@ -467,10 +467,9 @@ fn a_missing_layer_is_named_tensor_by_tensor() {
         (&[4u64, 12][..], "F16")
     );
     assert!(r.only_in_b.is_empty() && r.changed.is_empty() && r.warnings.is_empty());
-    assert_eq!(
-        (r.summary.tensors_a, r.summary.tensors_b, r.summary.common),
-        (28, 16, 16)
-    );
+    let s = &r.summary;
+    assert_eq!((s.tensors_a, s.tensors_b, s.common), (28, 16, 16));
+    assert_eq!((s.only_in_a, s.only_in_b, s.changed), (12, 0, 0));
     // The other way round it is "only in B"; the text says so.
     let t = diff(&[&one, &two]);
     assert_eq!(t.code, Some(1));
