@@ -31,20 +31,25 @@ fn assert_nothing_left(out: &Path) {
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 }
 
-/// Write the case's files into a fresh directory and run cpm-convert on them.
-fn run_case(case: &Case) -> (testkit::Run, tempfile::TempDir, std::path::PathBuf) {
-    let parent = tempfile::tempdir().unwrap();
-    let dir = parent.path().join("input");
+/// Write the case's files into `parent/input`; returns the path to run on.
+fn write_input(case: &Case, parent: &Path) -> std::path::PathBuf {
+    let dir = parent.join("input");
     for (name, bytes) in &case.files {
         let f = dir.join(name);
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
         std::fs::write(&f, bytes).unwrap();
     }
-    let input = if case.dir_input {
-        dir.clone()
+    if case.dir_input {
+        dir
     } else {
         dir.join(&case.files[0].0)
-    };
+    }
+}
+
+/// Write the case's files into a fresh directory and run cpm-convert on them.
+fn run_case(case: &Case) -> (testkit::Run, tempfile::TempDir, std::path::PathBuf) {
+    let parent = tempfile::tempdir().unwrap();
+    let input = write_input(case, parent.path());
     let out = parent.path().join("out");
     let mut args = vec![
         input.into_os_string(),
@@ -231,4 +236,68 @@ fn a_fifo_posing_as_a_rank_file_is_refused_not_waited_on() {
     );
     assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
     assert_nothing_left(&out);
+}
+
+/// cpm-diff reads the same inputs (issue 10.4): every case, as A, against a valid checkpoint as
+/// B. Mapped, with values, against the builder's checkpoint (same shapes, so the values of every
+/// tensor the case leaves readable are compared): a case cpm-convert refuses is exit 2 with the
+/// same kind of message, one it converts is exit 0 (equal to B) or 1. Raw, with values, against
+/// the tiny fixture: the stored tensors are all read without a plan's checks, so only a clean end
+/// (0, 1 or 2, a bounded message) is required. Never a panic, never past the deadline.
+#[test]
+fn cpm_diff_ends_cleanly_on_every_case() {
+    const DIFF: &str = env!("CARGO_BIN_EXE_cpm-diff");
+    let d = tempfile::tempdir().unwrap();
+    let marker = d.path().join("PWNED");
+    let valid = d.path().join("valid.pt");
+    std::fs::write(&valid, cases::Ckpt::new().bytes()).unwrap();
+    let fixture = cases::fixtures().join("ckpt");
+    let all = cases::all(&marker);
+    assert!(all.len() > 100, "{} cases", all.len());
+    for case in &all {
+        let parent = tempfile::tempdir().unwrap();
+        let a = write_input(case, parent.path());
+        let name = &case.name;
+        let r = testkit::run(
+            DIFF,
+            &[a.as_os_str(), valid.as_os_str(), "--values".as_ref()],
+            &[],
+        );
+        let e = &r.stderr;
+        assert!(!e.contains("panicked"), "{name}: {e}");
+        assert!(e.len() <= MAX_MESSAGE, "{name}: a {}-byte message", e.len());
+        match &case.expect {
+            Expect::Refused { file, .. } => {
+                assert_eq!(r.code, Some(2), "{name}: {e}");
+                let named = if file.is_empty() {
+                    "input"
+                } else {
+                    file.as_str()
+                };
+                assert!(
+                    e.contains(named),
+                    "{name}: message does not name {named:?}: {e}"
+                );
+            }
+            // The builder's own checkpoint is B: equal. Any other that converts may differ.
+            Expect::Converts if name == "builder" => assert_eq!(r.code, Some(0), "{e}"),
+            Expect::Converts => assert!(matches!(r.code, Some(0 | 1)), "{name}: {e}"),
+            Expect::Ends => assert!(matches!(r.code, Some(0..=2)), "{name}: {e}"),
+        }
+        let args = [
+            a.as_os_str(),
+            fixture.as_os_str(),
+            "--raw".as_ref(),
+            "--values".as_ref(),
+        ];
+        let r = testkit::run(DIFF, &args, &[]);
+        assert!(matches!(r.code, Some(0..=2)), "{name} (raw): {r:?}");
+        assert!(!r.stderr.contains("panicked"), "{name} (raw): {}", r.stderr);
+        assert!(
+            r.stderr.len() <= MAX_MESSAGE,
+            "{name} (raw): {} bytes",
+            r.stderr.len()
+        );
+    }
+    assert!(!marker.exists(), "a code-execution payload ran");
 }
