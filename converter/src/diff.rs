@@ -806,7 +806,8 @@ struct Figures {
 impl Figures {
     fn new(atol: f64) -> Self {
         Figures {
-            atol,
+            // At 0 only identical bits are equal (so -0 is not +0): no difference is <= -1.
+            atol: if atol > 0.0 { atol } else { -1.0 },
             elements: 0,
             differing: 0,
             first: None,
@@ -899,4 +900,138 @@ fn unravel(mut i: u64, shape: &[u64]) -> Vec<u64> {
         }
     }
     idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn item(name: &str, shape: &[u64], dtype: Dtype) -> Item {
+        let tensor = TensorRef {
+            storage_key: "0".into(),
+            dtype,
+            offset: 0,
+            shape: shape.to_vec(),
+            stride: vec![1; shape.len()],
+        };
+        Item {
+            name: name.into(),
+            shape: shape.to_vec(),
+            dtype,
+            how: How::Stored {
+                rank: 0,
+                source: name.into(),
+                tensor,
+            },
+        }
+    }
+
+    /// Compare `a` (as one f32 piece) with `b` (as f32 pieces split at `cuts`).
+    fn compare(a: &[f32], b: &[f32], cuts: &[usize], atol: f64) -> Option<Values> {
+        let shape = [a.len() as u64];
+        let pa = vec![Cow::Owned(f32_bytes(a))];
+        let mut pb = Vec::new();
+        let mut last = 0;
+        for &c in cuts.iter().chain([b.len()].iter()) {
+            pb.push(Cow::Owned(f32_bytes(&b[last..c])));
+            last = c;
+        }
+        let (ia, ib) = (item("t", &shape, Dtype::F32), item("t", &shape, Dtype::F32));
+        compare_streams(&ia, &pa, &ib, &pb, atol)
+    }
+
+    #[test]
+    fn nan_equals_only_the_identical_nan_and_minus_zero_is_not_plus_zero_at_atol_0() {
+        let quiet = f32::from_bits(0x7fc0_0000);
+        let other = f32::from_bits(0x7fc0_0001);
+        assert!(compare(&[1.0, quiet], &[1.0, quiet], &[], 0.0).is_none());
+        let v = compare(&[1.0, quiet], &[1.0, other], &[], 0.0).expect("payloads differ");
+        assert_eq!((v.differing, v.first_index.as_slice()), (1, &[1u64][..]));
+        assert_eq!(v.max_abs_diff, Some(0.0), "a NaN pair has no magnitude");
+        assert!(
+            v.rel_diff.is_none() && v.cosine.is_none(),
+            "NaN figures are null"
+        );
+        // A NaN is never within any tolerance.
+        assert!(compare(&[quiet], &[1.0], &[], 1e30).is_some());
+        let v = compare(&[0.0], &[-0.0], &[], 0.0).expect("bit-for-bit");
+        assert_eq!(v.max_abs_diff, Some(0.0));
+        assert!(compare(&[0.0], &[-0.0], &[], 1e-30).is_none());
+    }
+
+    #[test]
+    fn atol_is_inclusive_and_measured_exactly_in_f64() {
+        let (a, b) = (1.0f32, 1.0f32 + f32::EPSILON);
+        let d = (b as f64) - (a as f64);
+        assert!(compare(&[a], &[b], &[], d).is_none());
+        assert!(compare(&[a], &[b], &[], d * 0.5).is_some());
+        assert!(compare(&[f32::INFINITY], &[f32::INFINITY], &[], 0.5).is_none());
+        let v = compare(&[f32::INFINITY], &[1.0], &[], 0.5).expect("inf vs 1");
+        assert_eq!(
+            v.max_abs_diff, None,
+            "an infinite difference is not a finite figure"
+        );
+    }
+
+    #[test]
+    fn figures_agree_with_a_plain_f64_computation_across_chunks_lanes_and_pieces() {
+        // Long enough for several chunks, a length that leaves a lane tail, pieces of B cut
+        // at odd places, and the first difference past the first chunk.
+        let n = 3 * CHUNK + 7;
+        let a: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let mut b = a.clone();
+        for &k in &[CHUNK + 5, 2 * CHUNK + 1, n - 1] {
+            b[k] += 0.5 + k as f32 / 1e4;
+        }
+        let v = compare(&a, &b, &[1, 333, CHUNK + 3, 2 * CHUNK + 2], 0.0).expect("differs");
+        assert_eq!((v.differing, v.elements), (3, n as u64));
+        assert_eq!(v.first_index, [(CHUNK + 5) as u64]);
+        let (mut d2, mut a2, mut b2, mut ab, mut max) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        for (x, y) in a.iter().zip(&b) {
+            let (x, y) = (*x as f64, *y as f64);
+            d2 += (x - y) * (x - y);
+            a2 += x * x;
+            b2 += y * y;
+            ab += x * y;
+            max = max.max((x - y).abs());
+        }
+        assert_eq!(v.max_abs_diff, Some(max));
+        let close = |x: Option<f64>, y: f64| (x.unwrap() - y).abs() <= 1e-12 * y.abs();
+        assert!(close(v.rel_diff, d2.sqrt() / a2.sqrt()), "{v:?}");
+        assert!(close(v.cosine, ab / (a2.sqrt() * b2.sqrt())), "{v:?}");
+        // Equal values in differently cut pieces are equal.
+        assert!(compare(&a, &a, &[1, CHUNK, CHUNK + 1], 0.0).is_none());
+    }
+
+    #[test]
+    fn f16_and_f32_of_the_same_values_are_equal_and_integers_compare_exactly() {
+        let xs = [0.5f32, -3.25, 65504.0, 1.0e-7];
+        let h: Vec<u8> = xs
+            .iter()
+            .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+            .collect();
+        let w: Vec<f32> = xs.iter().map(|x| f16::from_f32(*x).to_f32()).collect();
+        let (ia, ib) = (item("t", &[4], Dtype::F16), item("t", &[4], Dtype::F32));
+        let (pa, pb) = (vec![Cow::Owned(h)], vec![Cow::Owned(f32_bytes(&w))]);
+        assert!(compare_streams(&ia, &pa, &ib, &pb, 0.0).is_none());
+        // 2^53 + 1 and 2^53 are one apart as integers but equal as f32 (and f64).
+        let big = |v: i64| vec![Cow::Owned(v.to_le_bytes().to_vec())];
+        let (ia, ib) = (item("t", &[1], Dtype::I64), item("t", &[1], Dtype::I64));
+        let v = compare_streams(&ia, &big(3), &ib, &big(4), 0.0).expect("3 vs 4");
+        assert_eq!(v.max_abs_diff, Some(1.0));
+    }
+
+    #[test]
+    fn unravel_gives_row_major_indices() {
+        assert_eq!(unravel(0, &[2, 3]), [0, 0]);
+        assert_eq!(unravel(5, &[2, 3]), [1, 2]);
+        assert_eq!(unravel(7, &[2, 3, 4]), [0, 1, 3]);
+        assert_eq!(unravel(3, &[4]), [3]);
+    }
 }
