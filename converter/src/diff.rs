@@ -457,7 +457,17 @@ fn compare_pair(
         .parts(ib)
         .map_err(|e| in_side(&b.who, e))
         .and_then(|(pb, spans_b)| {
-            let r = compare_parts(a, ia, pa, b, ib, pb, opts, bufs);
+            let ra = Read {
+                side: a,
+                item: ia,
+                parts: pa,
+            };
+            let rb = Read {
+                side: b,
+                item: ib,
+                parts: pb,
+            };
+            let r = compare_parts(ra, rb, opts.atol, bufs);
             b.release(&spans_b);
             r
         });
@@ -465,35 +475,39 @@ fn compare_pair(
     result
 }
 
-/// The pair's parts, read: equal raw parts of the same layout are equal tensors (the common case,
-/// decided by a memory compare); otherwise both are merged into the canonical layout and compared
-/// element by element.
-#[allow(clippy::too_many_arguments)]
+/// One side's tensor, read but not merged.
+struct Read<'s> {
+    side: &'s Side,
+    item: &'s Item,
+    parts: Vec<Cow<'s, [u8]>>,
+}
+
+/// Equal raw parts of the same layout are equal tensors (the common case, decided by a memory
+/// compare); otherwise both are merged into the canonical layout and compared element by element.
 fn compare_parts(
-    a: &Side,
-    ia: &Item,
-    pa: Vec<Cow<'_, [u8]>>,
-    b: &Side,
-    ib: &Item,
-    pb: Vec<Cow<'_, [u8]>>,
-    opts: &Options,
+    a: Read<'_>,
+    b: Read<'_>,
+    atol: f64,
     bufs: &mut (Vec<u8>, Vec<u8>),
 ) -> Result<Option<Values>> {
-    if same_layout(ia, ib) && pa.iter().zip(&pb).all(|(x, y)| x[..] == y[..]) {
+    let blame = |r: &Read<'_>| {
+        let who = r.side.who.clone();
+        move |e| in_side(&who, e)
+    };
+    if same_layout(a.item, b.item) && a.parts.iter().zip(&b.parts).all(|(x, y)| x[..] == y[..]) {
         // The merge would also check that replicated copies agree across ranks; keep that.
-        a.check_replicated(ia, &pa)
-            .map_err(|e| in_side(&a.who, e))?;
-        b.check_replicated(ib, &pb)
-            .map_err(|e| in_side(&b.who, e))?;
+        a.side
+            .check_replicated(a.item, &a.parts)
+            .map_err(blame(&a))?;
+        b.side
+            .check_replicated(b.item, &b.parts)
+            .map_err(blame(&b))?;
         return Ok(None);
     }
-    let ma = a
-        .merge(ia, pa, &mut bufs.0)
-        .map_err(|e| in_side(&a.who, e))?;
-    let mb = b
-        .merge(ib, pb, &mut bufs.1)
-        .map_err(|e| in_side(&b.who, e))?;
-    let v = compare_streams(ia, &ma, ib, &mb, opts.atol);
+    let (ea, eb) = (blame(&a), blame(&b));
+    let ma = a.side.merge(a.item, a.parts, &mut bufs.0).map_err(ea)?;
+    let mb = b.side.merge(b.item, b.parts, &mut bufs.1).map_err(eb)?;
+    let v = compare_streams(a.item, &ma, b.item, &mb, atol);
     recycle(ma, &mut bufs.0);
     recycle(mb, &mut bufs.1);
     Ok(v)

@@ -208,16 +208,27 @@ fn render(r: &Report) -> String {
 fn value_line(v: &Values) -> String {
     let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("n/a".into(), f);
     format!(
-        "{}  {} of {} elements ({:.4}%) from {}; max |a-b| {}; |A-B|/|A| {}; cosine {}",
+        "{}  {} of {} elements ({}) from {}; max |a-b| {}; |A-B|/|A| {}; cosine {}",
         v.name,
         v.differing,
         v.elements,
-        v.fraction * 100.0,
+        percent(v.fraction),
         shape(&v.first_index),
         opt(v.max_abs_diff, &|x| format!("{x}")),
         opt(v.rel_diff, &|x| format!("{x:.3e}")),
-        opt(v.cosine, &|x| format!("{x:.8}")),
+        // Every digit: a cosine is interesting where it differs from 1 in the 9th place.
+        opt(v.cosine, &|x| format!("{x}")),
     )
+}
+
+/// A fraction as a percentage that does not round a single element of millions to 0.
+fn percent(f: f64) -> String {
+    let p = f * 100.0;
+    if p >= 0.01 {
+        format!("{p:.2}%")
+    } else {
+        format!("{p:.2e}%")
+    }
 }
 
 fn summary_line(r: &Report) -> String {
