@@ -504,6 +504,11 @@ fn compare_parts(
             .map_err(blame(&b))?;
         return Ok(None);
     }
+    if let Some(same) = same_untransposed(&a, &b, bufs)? {
+        if same {
+            return Ok(None);
+        }
+    }
     let (ea, eb) = (blame(&a), blame(&b));
     let ma = a.side.merge(a.item, a.parts, &mut bufs.0).map_err(ea)?;
     let mb = b.side.merge(b.item, b.parts, &mut bufs.1).map_err(eb)?;
@@ -511,6 +516,54 @@ fn compare_parts(
     recycle(ma, &mut bufs.0);
     recycle(mb, &mut bufs.1);
     Ok(v)
+}
+
+/// Where both sides transpose the same dtype, compare the merges before the transpose: the
+/// same bytes there are the same tensor, and a merge without a transpose mostly borrows the
+/// parts (a transpose costs more than all the rest of a comparison). `None` when not applicable.
+fn same_untransposed(
+    a: &Read<'_>,
+    b: &Read<'_>,
+    bufs: &mut (Vec<u8>, Vec<u8>),
+) -> Result<Option<bool>> {
+    let (How::Planned(ea), How::Planned(eb)) = (&a.item.how, &b.item.how) else {
+        return Ok(None);
+    };
+    if !(ea.transpose && eb.transpose && ea.source_dtype == eb.source_dtype) {
+        return Ok(None);
+    }
+    let untransposed = |e: &Entry| {
+        let mut e = e.clone();
+        let (rows, cols) = e.merged_dims();
+        (e.transpose, e.shape) = (false, vec![rows, cols]);
+        e
+    };
+    let (ua, ub) = (untransposed(ea), untransposed(eb));
+    let names = (&a.side.names, &b.side.names);
+    let ma = merge_with(&ua, a.parts.clone(), names.0, &mut bufs.0);
+    let ma = ma.map_err(|e| in_side(&a.side.who, e))?;
+    let mb = merge_with(&ub, b.parts.clone(), names.1, &mut bufs.1);
+    let mb = mb.map_err(|e| in_side(&b.side.who, e))?;
+    let same = same_bytes(Stream::new(&ma, ua.dtype), Stream::new(&mb, ub.dtype));
+    recycle(ma, &mut bufs.0);
+    recycle(mb, &mut bufs.1);
+    Ok(Some(same))
+}
+
+/// [`merge::merge`](crate::merge::merge) with a recycled scratch buffer: every byte of the
+/// buffer is overwritten (merge's contract), so it is only grown, never cleared.
+fn merge_with<'a>(
+    e: &Entry,
+    parts: Vec<Cow<'a, [u8]>>,
+    names: &[String],
+    buf: &mut Vec<u8>,
+) -> Result<Vec<Cow<'a, [u8]>>> {
+    let mut alloc = |n: usize| {
+        let mut v = std::mem::take(buf);
+        v.resize(n, 0);
+        v
+    };
+    crate::merge::merge(e, parts, names, &mut alloc)
 }
 
 /// Same dtype and the same way of merging the same part shapes: equal parts make equal tensors.
@@ -586,13 +639,7 @@ impl Side {
         let How::Planned(e) = &item.how else {
             return Ok(parts);
         };
-        // Every byte of the buffer is overwritten (merge's contract): only grow it.
-        let mut alloc = |n: usize| {
-            let mut v = std::mem::take(buf);
-            v.resize(n, 0);
-            v
-        };
-        crate::merge::merge(e, parts, &self.names, &mut alloc)
+        merge_with(e, parts, &self.names, buf)
     }
 
     fn check_replicated(&self, item: &Item, parts: &[Cow<'_, [u8]>]) -> Result<()> {
