@@ -16,8 +16,8 @@ use cpm_convert::Progress;
 
 const AFTER_HELP: &str = "\
 Examples:
-  cpm-diff CPM-large cpm-lm-hf --values
-      check a conversion: every tensor of the port equals the original's (exit 0)
+  cpm-diff CPM-large CPM-large-copy --values
+      every tensor of the copy equals the original's, bit for bit (exit 0)
   cpm-diff fixtures/tiny/ckpt fixtures/tiny/ckpt-mp1 --values
       the same model saved over 2 and over 1 model-parallel ranks: equal
   cpm-diff old.pt new.pt --values --atol 1e-3 --json
@@ -28,7 +28,8 @@ Examples:
 A and B are anything cpm-convert reads: a checkpoint root holding
 latest_checkpointed_iteration.txt, an iteration directory of mp_rank_XX files, or one .pt file.
 Both are mapped to canonical GPT-2 names and layout first (exactly what cpm-convert would write,
-dtype kept), so a checkpoint and its conversion compare equal; --raw compares the names as stored.
+dtype kept), so the same model saved in another layout compares equal; --raw compares the names
+as stored.
 
 The report lists the tensors only in A, only in B, and those whose shape or dtype differ; with
 --values, every common tensor of equal shape is also compared in f32 (f64 sums), one pair in
@@ -61,7 +62,7 @@ struct Cli {
     #[arg(long)]
     values: bool,
 
-    /// Values within X of each other count as equal (default 0: bit-for-bit after widening).
+    /// Values within X of each other count as equal (0: bit-for-bit after widening to f32).
     #[arg(long, value_name = "X", default_value_t = 0.0, value_parser = parse_atol)]
     atol: f64,
 
