@@ -216,7 +216,13 @@ fn value_line(v: &Values) -> String {
         percent(v.fraction),
         shape(&v.first_index),
         opt(v.max_abs_diff, &|x| format!("{x}")),
-        opt(v.rel_diff, &|x| format!("{x:.3e}")),
+        opt(v.rel_diff, &|x| {
+            if (1e-3..1e4).contains(&x) {
+                format!("{x:.4}")
+            } else {
+                format!("{x:.3e}")
+            }
+        }),
         // Every digit: a cosine is interesting where it differs from 1 in the 9th place.
         opt(v.cosine, &|x| format!("{x}")),
     )
