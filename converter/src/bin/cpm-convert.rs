@@ -373,6 +373,9 @@ fn dry_run(cli: &Cli, dtype: OutDtype) -> anyhow::Result<()> {
             warnings: plan.notes.clone(),
         });
     } else {
+        for n in &plan.notes {
+            eprintln!("cpm-convert: warning: {n}");
+        }
         print_plan(&plan, model_file_bytes);
     }
     Ok(())
@@ -572,16 +575,19 @@ fn print_plan(plan: &Plan, model_file_bytes: u64) {
     use std::fmt::Write as _;
     let _ = writeln!(
         text,
-        "variant {}, model-parallel size {}, {} layers, hidden {}, {} heads ({}), vocab {}, {} positions, inner {}",
+        "family {}, tensor-parallel {} x pipeline {}, {} layers, hidden {}, {} heads ({}), vocab {}, {} positions, inner {}, activation {} ({})",
         plan.variant,
         plan.model_parallel,
+        plan.pipeline_stages,
         plan.layers,
         plan.hidden,
         plan.heads.count,
         plan.heads.source,
         plan.vocab,
         plan.positions,
-        plan.inner
+        plan.inner,
+        plan.activation.name,
+        plan.activation.source
     );
     let shape = |s: &[u64]| {
         format!(
