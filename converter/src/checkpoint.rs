@@ -176,20 +176,31 @@ fn rank_files(dir: &Path) -> Result<Layout> {
     })
 }
 
-/// One opened rank: the file and the weights found in it, in file order.
+/// One opened file of a checkpoint: its place in the tensor-parallel × pipeline grid and the
+/// weights found in it, in file order, names with the family's prefixes stripped.
 pub struct Rank {
     pub file: TorchFile,
     pub display: String,
+    pub tp: usize,
+    pub pp: usize,
     pub weights: Vec<(String, TensorRef)>,
 }
 
 impl Rank {
-    pub fn open(path: &Path, display: String, mapping: &Mapping) -> Result<Rank> {
+    pub fn open(
+        path: &Path,
+        display: String,
+        tp: usize,
+        pp: usize,
+        mapping: &Mapping,
+    ) -> Result<Rank> {
         let file = TorchFile::open(path)?;
         let weights = weights(&file, mapping)?;
         Ok(Rank {
             file,
             display,
+            tp,
+            pp,
             weights,
         })
     }
@@ -198,71 +209,45 @@ impl Rank {
     pub fn top_int(&self, key: &str) -> Option<i64> {
         self.file.root.get(key).and_then(|v| v.as_int())
     }
-
-    /// An integer field of the training arguments (argparse.Namespace or dict), if present.
-    pub fn arg_int(&self, args_key: &str, field: &str) -> Option<i64> {
-        self.file.root.get(args_key)?.get(field)?.as_int()
-    }
 }
 
-/// The weights dict: the first of the mapping's `weights_keys` present, else the top level
-/// itself when it holds tensors (a bare state dict).
-fn weights(file: &TorchFile, mapping: &Mapping) -> Result<Vec<(String, TensorRef)>> {
-    let top = match &file.root {
-        Value::Dict(_) => file.root.clone(),
-        other => {
-            return Err(Error::format(
-                &file.path,
-                format!("top-level object is {}, expected a dict", other.describe()),
-            ))
-        }
-    };
-    let (dict, keyname) = match mapping
+/// Nested dicts deeper than this are not searched for weights (Megatron nests four levels).
+const MAX_WEIGHT_DEPTH: usize = 8;
+
+/// The weights: under the first of the mapping's `weights_keys` present (a dotted path; `""`
+/// or none present: the top level itself), nested dicts flattened with `.`, non-tensor values
+/// skipped.
+pub fn weights(file: &TorchFile, mapping: &Mapping) -> Result<Vec<(String, TensorRef)>> {
+    if !matches!(file.root, Value::Dict(_)) {
+        return Err(Error::format(
+            &file.path,
+            format!(
+                "top-level object is {}, expected a dict",
+                file.root.describe()
+            ),
+        ));
+    }
+    let (dict, keyname) = mapping
         .variant
         .weights_keys
         .iter()
-        .find_map(|k| top.get(k).map(|v| (v, k.as_str())))
-    {
-        Some(found) => found,
-        None => (top, "<top level>"),
+        .find_map(|k| dotted(&file.root, k).map(|v| (v, k.as_str())))
+        .unwrap_or((file.root.clone(), ""));
+    let mut w = Walk {
+        file,
+        keyname: if keyname.is_empty() {
+            "<top level>"
+        } else {
+            keyname
+        },
+        strip: &mapping.variant.strip_prefixes,
+        // Each name is copied out of the tree. Real names are distinct strings stored in the
+        // file, so together they are shorter than it; one memoized name reused is not.
+        name_budget: file.file_len(),
+        out: Vec::new(),
     };
-    let items = dict.dict_items().ok_or_else(|| {
-        Error::format(
-            &file.path,
-            format!(
-                "`{keyname}` is {}, expected a dict of tensors",
-                dict.describe()
-            ),
-        )
-    })?;
-    let mut out = Vec::with_capacity(items.len());
-    // Each name is copied out of the tree. Real names are distinct strings stored in the file,
-    // so together they are shorter than it; one memoized name reused for every key is not.
-    let mut name_budget = file.file_len();
-    for (k, v) in items {
-        let name = k.as_str().ok_or_else(|| {
-            Error::format(
-                &file.path,
-                format!("a key of `{keyname}` is {}, not a string", k.describe()),
-            )
-        })?;
-        let Value::Tensor(t) = &v else {
-            // Non-tensor entries (a `_metadata`-like value) carry no weights.
-            continue;
-        };
-        name_budget = name_budget.checked_sub(name.len() as u64).ok_or_else(|| {
-            Error::format(
-                &file.path,
-                format!(
-                    "the tensor names of `{keyname}` add up to more bytes than the file holds \
-                         (one memoized name reused, e.g. `{}`)",
-                    crate::torch::value::shorten(name)
-                ),
-            )
-        })?;
-        out.push((name.to_string(), TensorRef::clone(t)));
-    }
-    if out.is_empty() {
+    w.dict(&dict, "", 0)?;
+    if w.out.is_empty() {
         return Err(Error::format(
             &file.path,
             format!(
@@ -271,5 +256,88 @@ fn weights(file: &TorchFile, mapping: &Mapping) -> Result<Vec<(String, TensorRef
             ),
         ));
     }
-    Ok(out)
+    Ok(w.out)
+}
+
+/// The value at a dotted path of dict keys (`model.language_model`); `""` is `v` itself.
+fn dotted(v: &Value, path: &str) -> Option<Value> {
+    if path.is_empty() {
+        return Some(v.clone());
+    }
+    let mut cur = v.clone();
+    for key in path.split('.') {
+        cur = cur.get(key)?;
+    }
+    Some(cur)
+}
+
+struct Walk<'a> {
+    file: &'a TorchFile,
+    keyname: &'a str,
+    strip: &'a [String],
+    name_budget: u64,
+    out: Vec<(String, TensorRef)>,
+}
+
+impl Walk<'_> {
+    fn dict(&mut self, dict: &Value, prefix: &str, depth: usize) -> Result<()> {
+        let items = dict.dict_items().ok_or_else(|| {
+            Error::format(
+                &self.file.path,
+                format!(
+                    "`{}` is {}, expected a dict of tensors",
+                    self.keyname,
+                    dict.describe()
+                ),
+            )
+        })?;
+        for (k, v) in items {
+            let key = k.as_str().ok_or_else(|| {
+                Error::format(
+                    &self.file.path,
+                    format!(
+                        "a key of `{}` is {}, not a string",
+                        self.keyname,
+                        k.describe()
+                    ),
+                )
+            })?;
+            match &v {
+                Value::Tensor(t) => {
+                    let name = self.name(prefix, key)?;
+                    self.out.push((name, TensorRef::clone(t)));
+                }
+                Value::Dict(_) if depth < MAX_WEIGHT_DEPTH => {
+                    let name = self.name(prefix, key)?;
+                    self.dict(&v, &format!("{name}."), depth + 1)?;
+                }
+                // Non-tensor entries (`_metadata`, `_extra_state` bytes, None) carry no weights.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `prefix + key` with the family's prefixes stripped, charged to the name budget.
+    fn name(&mut self, prefix: &str, key: &str) -> Result<String> {
+        let len = (prefix.len() + key.len()) as u64;
+        self.name_budget = self.name_budget.checked_sub(len).ok_or_else(|| {
+            Error::format(
+                &self.file.path,
+                format!(
+                    "the tensor names of `{}` add up to more bytes than the file holds (one \
+                     memoized name reused, e.g. `{}`)",
+                    self.keyname,
+                    crate::torch::value::shorten(key)
+                ),
+            )
+        })?;
+        let full = format!("{prefix}{key}");
+        let stripped = self
+            .strip
+            .iter()
+            .find_map(|p| full.strip_prefix(p.as_str()))
+            .map(str::to_string);
+        Ok(stripped.unwrap_or(full))
+    }
 }

@@ -22,17 +22,19 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::mapping::Split;
-use crate::plan::{Entry, OutDtype, Plan};
+use crate::plan::{Entry, Hints, OutDtype, Plan};
 use crate::torch::{Dtype, TensorRef};
-use crate::{Progress, Source};
+use crate::{Family, Progress, Source};
 
 /// What to compare and how.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Attention heads for both sides (only needed where a side's layout needs them to merge).
     pub heads: Option<u64>,
-    /// A mapping file for both sides; `None` uses the built-in CPM-LM mapping.
-    pub mapping: Option<std::path::PathBuf>,
+    /// Keep only the first N vocabulary rows on both sides (cut the padding), as cpm-convert.
+    pub vocab_size: Option<u64>,
+    /// How both sides' families are chosen: detected, named (`--from`) or a mapping file.
+    pub family: Family,
     /// Compare the weights as stored (names, shapes, dtypes of each rank file), not mapped.
     pub raw: bool,
     /// Compare the values of every tensor present on both sides with the same shape.
@@ -134,8 +136,8 @@ pub fn diff(a: &Path, b: &Path, opts: &Options, progress: &dyn Progress) -> Resu
         progress.warn(&msg);
         warnings.push(msg);
     };
-    let src_a = crate::open(a, opts.mapping.as_deref())?;
-    let src_b = crate::open(b, opts.mapping.as_deref())?;
+    let src_a = crate::open(a, &opts.family)?;
+    let src_b = crate::open(b, &opts.family)?;
     let (side_a, side_b) = sides(src_a, a, src_b, b, opts, &mut warn)?;
     let mut report = compare_maps(&side_a, &side_b, opts);
     if opts.values {
@@ -166,8 +168,12 @@ fn sides(
             Side::raw(src_b, who("B", b), qualify)?,
         )
     } else {
-        let a = Side::canonical(src_a, who("A", a), opts.heads, warn)?;
-        let b = Side::canonical(src_b, who("B", b), opts.heads, warn)?;
+        let hints = Hints {
+            heads: opts.heads,
+            vocab_size: opts.vocab_size,
+        };
+        let a = Side::canonical(src_a, who("A", a), hints, opts.values, warn)?;
+        let b = Side::canonical(src_b, who("B", b), hints, opts.values, warn)?;
         if let (Some(ha), Some(hb)) = (&a.heads, &b.heads) {
             if ha.count != hb.count {
                 warn(format!(
@@ -221,7 +227,6 @@ enum How {
 /// One input, opened, with its map.
 struct Side {
     src: Source,
-    names: Vec<String>,
     items: Vec<Item>,
     /// The head count the plan used, when the checkpoint (or `--heads`) gave one.
     heads: Option<crate::plan::Heads>,
@@ -230,14 +235,22 @@ struct Side {
 }
 
 impl Side {
-    /// The canonical map: what `cpm-convert` would write (dtype kept).
+    /// The canonical map: what `cpm-convert` would write (dtype kept). With `values`, the copies
+    /// the checkpoint keeps of a written tensor are checked as cpm-convert checks them.
     fn canonical(
         src: Source,
         who: String,
-        heads: Option<u64>,
+        hints: Hints,
+        values: bool,
         warn: &mut dyn FnMut(String),
     ) -> Result<Side> {
-        let (plan, known) = plan_side(&src, heads, &who, warn).map_err(|e| in_side(&who, e))?;
+        let (plan, known) = plan_side(&src, hints, &who, warn).map_err(|e| in_side(&who, e))?;
+        for n in &plan.notes {
+            warn(format!("{who}: {n}"));
+        }
+        if values {
+            check_copies(&src, &plan).map_err(|e| in_side(&who, e))?;
+        }
         let items = plan
             .entries
             .into_iter()
@@ -249,7 +262,6 @@ impl Side {
             })
             .collect();
         Ok(Side {
-            names: src.rank_names(),
             src,
             items,
             heads: known.then_some(plan.heads),
@@ -257,17 +269,19 @@ impl Side {
         })
     }
 
-    /// The weights as stored, each rank file's names prefixed with `mp_rank_XX:` when either
-    /// side has more than one rank (rank file names differ between layouts; ranks do not).
+    /// The weights as stored. When either side has more than one rank file, each name is
+    /// prefixed with its rank as Megatron names the files (`mp_rank_01:`, or `mp_rank_01_002:`
+    /// with pipeline stages): file names differ between layouts, ranks do not.
     fn raw(src: Source, who: String, qualify: bool) -> Result<Side> {
+        let staged = src.ranks.iter().any(|r| r.pp > 0);
         let mut items = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (r, rank) in src.ranks.iter().enumerate() {
             for (name, t) in &rank.weights {
-                let shown = if qualify {
-                    format!("mp_rank_{r:02}:{name}")
-                } else {
-                    name.clone()
+                let shown = match (qualify, staged) {
+                    (false, _) => name.clone(),
+                    (true, false) => format!("mp_rank_{:02}:{name}", rank.tp),
+                    (true, true) => format!("mp_rank_{:02}_{:03}:{name}", rank.tp, rank.pp),
                 };
                 if !seen.insert(shown.clone()) {
                     return Err(Error::tensor(
@@ -289,7 +303,6 @@ impl Side {
             }
         }
         Ok(Side {
-            names: src.rank_names(),
             src,
             items,
             heads: None,
@@ -303,19 +316,24 @@ impl Side {
 /// the plan and whether its head count is known.
 fn plan_side(
     src: &Source,
-    heads: Option<u64>,
+    hints: Hints,
     who: &str,
     warn: &mut dyn FnMut(String),
 ) -> Result<(Plan, bool)> {
-    let err = match crate::plan(src, heads, OutDtype::Keep) {
+    let err = match crate::plan(src, hints, OutDtype::Keep) {
         Ok(p) => return Ok((p, true)),
-        Err(e @ Error::Usage { .. }) if heads.is_none() => e,
+        Err(e @ Error::Usage { .. }) if hints.heads.is_none() => e,
         Err(e) => return Err(e),
     };
-    // A stand-in count that passes the plan's checks (it divides over the ranks). If the
-    // checkpoint records a count, any stand-in contradicts it and the first error stands.
-    let stand_in = src.ranks.len() as u64;
-    match crate::plan(src, Some(stand_in), OutDtype::Keep) {
+    // A stand-in count that passes the plan's checks (it divides over the tensor-parallel
+    // ranks). If the checkpoint records a count, any stand-in contradicts it and the first error
+    // stands; if a tensor needs the count to merge, the first error stands too.
+    let tp = src.ranks.iter().map(|r| r.tp + 1).max().unwrap_or(1);
+    let stand_in = Hints {
+        heads: Some(tp as u64),
+        ..hints
+    };
+    match crate::plan(src, stand_in, OutDtype::Keep) {
         Ok(p) if !p.entries.iter().any(|e| merge_needs_heads(e.split)) => {
             warn(format!(
                 "{who} records no attention-head count; none of its tensors needs one to merge, \
@@ -332,7 +350,38 @@ fn plan_side(
 fn merge_needs_heads(split: Split) -> bool {
     match split {
         Split::Replicated | Split::Dim0 | Split::Dim1 | Split::QkvDim0 => false,
+        Split::QkvHeadsDim3 | Split::QkvHeads3Dim | Split::Qkv => true,
     }
+}
+
+/// Every copy a checkpoint keeps of an output tensor (Megatron's `word_embeddings_for_head`)
+/// must hold the same bits as that tensor, or cpm-convert refuses the checkpoint.
+fn check_copies(src: &Source, plan: &Plan) -> Result<()> {
+    let merged = |e: &Entry, buf: &mut Vec<u8>| -> Result<(Vec<u8>, Spans)> {
+        let spans = src.spans(e)?;
+        let parts = src.read(e, &spans)?;
+        let pieces = merge_with(e, parts, &src.part_names(e), buf)?;
+        let bytes = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+        Ok((bytes, e.sources.iter().map(|p| p.rank).zip(spans).collect()))
+    };
+    for c in &plan.checks {
+        let of = plan.entry(&c.of).ok_or_else(|| {
+            Error::internal(format!("the copy `{}` names no tensor", c.entry.source))
+        })?;
+        let mut buf = Vec::new();
+        let (copy, spans_c) = merged(&c.entry, &mut buf)?;
+        let (orig, spans_o) = merged(of, &mut buf)?;
+        release(src, &spans_c);
+        release(src, &spans_o);
+        if copy != orig {
+            return Err(Error::merge(format!(
+                "tensor `{}` must be a copy of `{}` (as written from `{}`), but their values \
+                 differ; the checkpoint is inconsistent",
+                c.entry.source, c.of, of.source
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn describe(item: &Item) -> Tensor {
@@ -532,19 +581,20 @@ fn same_untransposed(
     if !(ea.transpose && eb.transpose && ea.source_dtype == eb.source_dtype) {
         return Ok(None);
     }
+    // The same entry with the transpose left out: the merged matrix, [shape[1], shape[0]].
     let untransposed = |e: &Entry| {
         let mut e = e.clone();
-        let (rows, cols) = e.merged_dims();
-        (e.transpose, e.shape) = (false, vec![rows, cols]);
+        e.transpose = false;
+        e.shape.reverse();
         e
     };
     let (ua, ub) = (untransposed(ea), untransposed(eb));
-    let names = (&a.side.names, &b.side.names);
-    let ma = merge_with(&ua, a.parts.clone(), names.0, &mut bufs.0);
+    let names = (a.side.src.part_names(ea), b.side.src.part_names(eb));
+    let ma = merge_with(&ua, a.parts.clone(), &names.0, &mut bufs.0);
     let ma = ma.map_err(|e| in_side(&a.side.who, e))?;
-    let mb = merge_with(&ub, b.parts.clone(), names.1, &mut bufs.1);
+    let mb = merge_with(&ub, b.parts.clone(), &names.1, &mut bufs.1);
     let mb = mb.map_err(|e| in_side(&b.side.who, e))?;
-    let same = same_bytes(Stream::new(&ma, ua.dtype), Stream::new(&mb, ub.dtype));
+    let same = crate::merge::same_bytes(&ma, &mb);
     recycle(ma, &mut bufs.0);
     recycle(mb, &mut bufs.1);
     Ok(Some(same))
@@ -577,6 +627,9 @@ fn same_layout(ia: &Item, ib: &Item) -> bool {
                 && x.transpose == y.transpose
                 && x.rank_shapes == y.rank_shapes
                 && x.source_dtype == y.source_dtype
+                && x.zeros == y.zeros
+                && x.keep_rows == y.keep_rows
+                && (x.heads == y.heads || !merge_needs_heads(x.split))
         }
         (How::Stored { tensor: x, .. }, How::Stored { tensor: y, .. }) => x.shape == y.shape,
         _ => false,
@@ -594,17 +647,28 @@ fn recycle(pieces: Vec<Cow<'_, [u8]>>, buf: &mut Vec<u8>) {
     }
 }
 
+/// Byte spans read, with the index of the rank file each lies in.
 type Spans = Vec<(usize, Range<u64>)>;
 
+/// Drop our view of these pages (the page cache keeps them if memory allows).
+fn release(src: &Source, spans: &Spans) {
+    for (r, s) in spans {
+        if let Some(rank) = src.ranks.get(*r) {
+            rank.file.release(s);
+        }
+    }
+}
+
 impl Side {
-    /// The item's parts (one per rank for a canonical tensor, one for a stored one), as stored,
-    /// and the spans to release afterwards.
+    /// The item's parts (one per tensor-parallel rank for a canonical tensor, one for a stored
+    /// one), as stored, and the spans to release afterwards.
     fn parts(&self, item: &Item) -> Result<(Vec<Cow<'_, [u8]>>, Spans)> {
         match &item.how {
             How::Planned(e) => {
                 let spans = self.src.spans(e)?;
                 let parts = self.src.read(e, &spans)?;
-                Ok((parts, spans.into_iter().enumerate().collect()))
+                let ranks = e.sources.iter().map(|p| p.rank);
+                Ok((parts, ranks.zip(spans).collect()))
             }
             How::Stored {
                 rank,
@@ -620,13 +684,8 @@ impl Side {
         }
     }
 
-    /// Drop our view of these pages (the page cache keeps them if memory allows).
     fn release(&self, spans: &Spans) {
-        for (r, s) in spans {
-            if let Some(rank) = self.src.ranks.get(*r) {
-                rank.file.release(s);
-            }
-        }
+        release(&self.src, spans)
     }
 
     /// The tensor in canonical row-major order, in its stored dtype.
@@ -639,14 +698,15 @@ impl Side {
         let How::Planned(e) = &item.how else {
             return Ok(parts);
         };
-        merge_with(e, parts, &self.names, buf)
+        merge_with(e, parts, &self.src.part_names(e), buf)
     }
 
     fn check_replicated(&self, item: &Item, parts: &[Cow<'_, [u8]>]) -> Result<()> {
         match &item.how {
             How::Planned(e) if e.split == Split::Replicated && parts.len() > 1 => {
                 let borrowed = parts.iter().map(|p| Cow::Borrowed(&p[..])).collect();
-                crate::merge::merge(e, borrowed, &self.names, &mut |n| vec![0; n]).map(|_| ())
+                let names = self.src.part_names(e);
+                crate::merge::merge(e, borrowed, &names, &mut |n| vec![0; n]).map(|_| ())
             }
             _ => Ok(()),
         }
@@ -707,27 +767,6 @@ impl<'p> Stream<'p> {
     }
 }
 
-/// Whether two byte streams hold the same bytes (piece boundaries may differ).
-fn same_bytes(mut a: Stream<'_>, mut b: Stream<'_>) -> bool {
-    let (mut x, mut y): (&[u8], &[u8]) = (&[], &[]);
-    loop {
-        if x.is_empty() {
-            x = a.next_bytes(usize::MAX);
-        }
-        if y.is_empty() {
-            y = b.next_bytes(usize::MAX);
-        }
-        let n = x.len().min(y.len());
-        if n == 0 {
-            return x.is_empty() && y.is_empty();
-        }
-        if x[..n] != y[..n] {
-            return false;
-        }
-        (x, y) = (&x[n..], &y[n..]);
-    }
-}
-
 /// Compare two merged tensors of equal shape. Equal bytes in the same dtype are equal values
 /// (a memory compare); anything else is widened and compared element by element.
 fn compare_streams(
@@ -737,10 +776,10 @@ fn compare_streams(
     mb: &[Cow<'_, [u8]>],
     atol: f64,
 ) -> Option<Values> {
-    let (sa, sb) = (Stream::new(ma, ia.dtype), Stream::new(mb, ib.dtype));
-    if ia.dtype == ib.dtype && same_bytes(Stream::new(ma, ia.dtype), Stream::new(mb, ib.dtype)) {
+    if ia.dtype == ib.dtype && crate::merge::same_bytes(ma, mb) {
         return None;
     }
+    let (sa, sb) = (Stream::new(ma, ia.dtype), Stream::new(mb, ib.dtype));
     let fig = if ia.dtype.is_float() && ib.dtype.is_float() {
         figures::<f32>(sa, sb, atol)
     } else {

@@ -54,10 +54,7 @@ pub fn config(plan: &Plan, mapping: &Mapping, dtype: Dtype) -> Value {
     for (k, v) in [
         ("model_type", json!("gpt2")),
         ("architectures", json!(["GPT2LMHeadModel"])),
-        (
-            "activation_function",
-            json!(mapping.config.activation_function),
-        ),
+        ("activation_function", json!(plan.activation.name)),
         (
             "layer_norm_epsilon",
             json!(mapping.config.layer_norm_epsilon),
@@ -87,7 +84,7 @@ pub fn config(plan: &Plan, mapping: &Mapping, dtype: Dtype) -> Value {
 mod tests {
     use super::*;
     use crate::mapping::Split;
-    use crate::plan::{Entry, Heads};
+    use crate::plan::{Activation, Entry, Heads};
 
     fn entry(target: &str, dtype: Dtype, shape: Vec<u64>) -> Entry {
         Entry {
@@ -99,6 +96,9 @@ mod tests {
             dtype,
             rank_shapes: vec![shape.clone()],
             shape,
+            zeros: false,
+            keep_rows: None,
+            heads: 2,
             sources: Vec::new(),
             dims: Vec::new(),
         }
@@ -117,7 +117,15 @@ mod tests {
                 count: 2,
                 source: "test".into(),
             },
+            activation: Activation {
+                name: "gelu_new".into(),
+                source: "test".into(),
+            },
+            pipeline_stages: 1,
             entries,
+            checks: Vec::new(),
+            tied_copies: Vec::new(),
+            notes: Vec::new(),
         }
     }
 

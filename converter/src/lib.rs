@@ -24,6 +24,7 @@ pub mod gpt2_config;
 pub mod mapping;
 pub mod merge;
 pub mod plan;
+pub mod source;
 pub mod torch;
 pub mod write;
 
@@ -32,9 +33,8 @@ use std::time::Instant;
 
 pub use error::{Error, Result};
 pub use mapping::Mapping;
-pub use plan::{OutDtype, Plan};
-
-use checkpoint::Rank;
+pub use plan::{Hints, OutDtype, Plan};
+pub use source::{open, Family, Source};
 
 /// What to convert and how.
 #[derive(Debug, Clone)]
@@ -43,10 +43,14 @@ pub struct Options {
     pub output: PathBuf,
     pub dtype: OutDtype,
     pub heads: Option<u64>,
+    /// Keep only the first N vocabulary rows (cut the padding).
+    pub vocab_size: Option<u64>,
+    /// config.json's activation_function, overriding what the checkpoint implies.
+    pub activation: Option<String>,
     pub force: bool,
     pub strict: bool,
-    /// A mapping file; `None` uses the built-in CPM-LM mapping.
-    pub mapping: Option<PathBuf>,
+    /// Which family's mapping reads the input.
+    pub family: Family,
 }
 
 /// Hooks for a user interface; all optional.
@@ -68,7 +72,10 @@ pub trait Progress {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
     pub output: PathBuf,
+    /// The input's family (its mapping's name) and how it was chosen.
     pub variant: String,
+    pub family_from: String,
+    pub activation: plan::Activation,
     pub model_parallel: usize,
     pub tensors: usize,
     /// The tensors' data alone.
@@ -82,31 +89,9 @@ pub struct Summary {
     pub warnings: Vec<String>,
 }
 
-/// An opened checkpoint: its mapping and ranks, structure parsed, no tensor data read.
-pub struct Source {
-    pub mapping: Mapping,
-    pub ranks: Vec<Rank>,
-}
-
-/// Find and open the checkpoint at `input`.
-pub fn open(input: &Path, mapping: Option<&Path>) -> Result<Source> {
-    let mapping = match mapping {
-        Some(p) => Mapping::load(p)?,
-        None => Mapping::cpm_lm()?,
-    };
-    let layout = checkpoint::discover(input)?;
-    let ranks = layout
-        .ranks
-        .iter()
-        .zip(layout.display)
-        .map(|(path, shown)| Rank::open(path, shown, &mapping))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Source { mapping, ranks })
-}
-
 /// Plan the conversion of an opened checkpoint.
-pub fn plan(src: &Source, heads: Option<u64>, dtype: OutDtype) -> Result<Plan> {
-    plan::build(&src.ranks, &src.mapping, heads, dtype)
+pub fn plan(src: &Source, hints: plan::Hints, dtype: OutDtype) -> Result<Plan> {
+    plan::build(&src.ranks, &src.mapping, src.config.as_ref(), hints, dtype)
 }
 
 /// Convert end to end: read -> plan -> merge -> write.
@@ -114,12 +99,29 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let started = Instant::now();
     // Refuse an OUT_DIR that is, holds or lies inside an input, then a non-empty one, before
     // doing any work.
-    write::check_outside_inputs(&opts.output, &opts.input, opts.mapping.as_deref())?;
+    let mapping_file = match &opts.family {
+        Family::File(p) => Some(p.as_path()),
+        _ => None,
+    };
+    write::check_outside_inputs(&opts.output, &opts.input, mapping_file)?;
     write::check_target(&opts.output, opts.force)?;
-    let src = open(&opts.input, opts.mapping.as_deref())?;
-    let plan = plan(&src, opts.heads, opts.dtype)?;
+    let src = open(&opts.input, &opts.family)?;
+    let hints = Hints {
+        heads: opts.heads,
+        vocab_size: opts.vocab_size,
+    };
+    let mut plan = plan(&src, hints, opts.dtype)?;
+    if let Some(a) = &opts.activation {
+        plan.activation = plan::Activation {
+            name: a.clone(),
+            source: "--activation".into(),
+        };
+    }
     let staging = write::Staging::new(&opts.output, opts.force)?;
     let mut log = Log::new(progress);
+    for n in &plan.notes {
+        log.warn(n.clone());
+    }
     for p in &staging.removed_stale {
         log.warn(format!(
             "removed {}, left behind by a conversion that was killed",
@@ -142,6 +144,8 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     Ok(Summary {
         output: opts.output.clone(),
         variant: plan.variant.clone(),
+        family_from: src.family_from.clone(),
+        activation: plan.activation.clone(),
         model_parallel: plan.model_parallel,
         tensors: plan.entries.len(),
         tensor_bytes: plan.total_bytes(),
@@ -161,7 +165,6 @@ fn write_model(
     log: &mut Log,
 ) -> Result<write::OutputFile> {
     let header = write::safetensors_header(plan, &write::model_metadata(&src.ranks, plan))?;
-    let names = src.rank_names();
     log.progress.begin(plan.total_bytes());
     let path = dir.join("model.safetensors");
     let (sha256, bytes) = write::stream_model(&path, |sink| {
@@ -172,6 +175,7 @@ fn write_model(
             }
             let spans = src.spans(e)?;
             let parts = src.read(e, &spans)?;
+            let names = src.part_names(e);
             let merged = merge::tensor(e, parts, &names, opts.strict, &mut |n| sink.buffer(n))?;
             if merged.non_finite > 0 {
                 log.warn(non_finite_warning(e, merged.non_finite));
@@ -180,19 +184,48 @@ fn write_model(
                 sink.put(piece)?;
             }
             // Drop our view of the source pages once the writer and the hasher are past them.
-            let pages: Vec<_> = src.ranks.iter().map(|r| r.file.pages()).collect();
+            let pages: Vec<_> = e
+                .sources
+                .iter()
+                .map(|p| src.ranks[p.rank].file.pages())
+                .collect();
             sink.after_written(Box::new(move || {
                 pages.iter().zip(&spans).for_each(|(p, s)| p.release(s))
             }))?;
             log.progress.advance(e.nbytes());
         }
-        Ok(())
+        check_copies(src, plan)
     })?;
     Ok(write::OutputFile {
         name: "model.safetensors".into(),
         bytes,
         sha256,
     })
+}
+
+/// Every copy a checkpoint keeps of an output tensor (Megatron's `word_embeddings_for_head`)
+/// must hold the same bits as that tensor.
+fn check_copies(src: &Source, plan: &Plan) -> Result<()> {
+    for c in &plan.checks {
+        let of = plan.entry(&c.of).ok_or_else(|| {
+            Error::internal(format!(
+                "the copy `{}` names no written tensor",
+                c.entry.source
+            ))
+        })?;
+        let merged = |e: &plan::Entry| -> Result<Vec<std::borrow::Cow<'_, [u8]>>> {
+            let parts = src.read(e, &src.spans(e)?)?;
+            Ok(merge::tensor(e, parts, &src.part_names(e), false, &mut |n| vec![0; n])?.pieces)
+        };
+        if !merge::same_bytes(&merged(&c.entry)?, &merged(of)?) {
+            return Err(Error::merge(format!(
+                "tensor `{}` must be a copy of `{}` (as written from `{}`), but their values differ; \
+                 the checkpoint is inconsistent",
+                c.entry.source, c.of, of.source
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn non_finite_warning(e: &plan::Entry, n: u64) -> String {
@@ -227,40 +260,6 @@ fn write_small(dir: &Path, name: &str, bytes: &[u8]) -> Result<write::OutputFile
         bytes: bytes.len() as u64,
         sha256: write::small_file(&dir.join(name), bytes)?,
     })
-}
-
-impl Source {
-    /// The rank files' names, for messages.
-    pub fn rank_names(&self) -> Vec<String> {
-        self.ranks.iter().map(|r| r.display.clone()).collect()
-    }
-
-    /// Each rank's byte span of `e`'s source tensor, checked against its storage.
-    pub fn spans(&self, e: &plan::Entry) -> Result<Vec<std::ops::Range<u64>>> {
-        self.ranks
-            .iter()
-            .zip(&e.sources)
-            .map(|(r, t)| r.file.span(&e.source, t))
-            .collect()
-    }
-
-    /// Each rank's part of `e` (pages populated first: one system call instead of a fault per
-    /// 64 KiB).
-    pub fn read(
-        &self,
-        e: &plan::Entry,
-        spans: &[std::ops::Range<u64>],
-    ) -> Result<Vec<std::borrow::Cow<'_, [u8]>>> {
-        for (r, span) in self.ranks.iter().zip(spans) {
-            r.file.prefetch(span);
-        }
-        self.ranks
-            .iter()
-            .zip(&e.sources)
-            .zip(spans)
-            .map(|((r, t), span)| r.file.read_at(&e.source, t, span))
-            .collect()
-    }
 }
 
 /// Warnings, reported as they happen and kept for the summary.

@@ -10,14 +10,24 @@ use crate::error::{Error, Result};
 /// The placeholder for a block (layer) index in source and target patterns.
 pub const BLOCK: &str = "{bid}";
 
-/// How model-parallel ranks hold one tensor.
+/// How tensor-parallel ranks hold one tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Split {
     Replicated,
     Dim0,
     Dim1,
+    /// Fused query/key/value rows, laid out per rank as `[3, heads, head_dim]`: all q rows of
+    /// the rank's heads, then all k, then all v.
     QkvDim0,
+    /// Per rank `[heads, head_dim, 3]` (Megatron-LM checkpoint version 1.0).
+    #[serde(rename = "qkv-heads-dim-3")]
+    QkvHeadsDim3,
+    /// Per rank `[heads, 3, head_dim]` (Megatron-LM 2.0 and later, megatron-core).
+    #[serde(rename = "qkv-heads-3-dim")]
+    QkvHeads3Dim,
+    /// One of the three above, chosen by the checkpoint's version (`[variant.qkv]`).
+    Qkv,
 }
 
 impl Split {
@@ -27,19 +37,106 @@ impl Split {
             Split::Dim0 => "dim0",
             Split::Dim1 => "dim1",
             Split::QkvDim0 => "qkv-dim0",
+            Split::QkvHeadsDim3 => "qkv-heads-dim-3",
+            Split::QkvHeads3Dim => "qkv-heads-3-dim",
+            Split::Qkv => "qkv",
         }
     }
+
+    /// Fused query/key/value rows, in any layout.
+    pub fn is_qkv(self) -> bool {
+        matches!(
+            self,
+            Split::QkvDim0 | Split::QkvHeadsDim3 | Split::QkvHeads3Dim | Split::Qkv
+        )
+    }
+}
+
+/// One source name, or several alternatives (the first present is used): a family whose names
+/// changed between versions (`transformer.` / `encoder.`) lists each spelling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Sources {
+    One(String),
+    Any(Vec<String>),
+}
+
+impl Sources {
+    pub fn all(&self) -> &[String] {
+        match self {
+            Sources::One(s) => std::slice::from_ref(s),
+            Sources::Any(v) => v,
+        }
+    }
+
+    /// The first spelling, for messages.
+    pub fn first(&self) -> &str {
+        self.all().first().map_or("", String::as_str)
+    }
+}
+
+/// What to do when no rank holds a rule's tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Missing {
+    /// The checkpoint is incomplete: an error naming the tensor.
+    #[default]
+    Error,
+    /// The model has no such parameter (nanoGPT's `bias: false`): write zeros, which gives the
+    /// same function.
+    Zeros,
+    /// Optional (an output head that only untied models save).
+    Skip,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
-    pub source: String,
+    pub source: Sources,
     pub target: String,
     pub split: Split,
     pub transpose: bool,
     /// The target shape in model sizes, e.g. `["hidden", "3*hidden"]`.
     pub shape: Vec<String>,
+    #[serde(default)]
+    pub missing: Missing,
+    /// The target of another rule this tensor may be a copy of (a tied output head saved
+    /// anyway): when every rank's copy shares its storage with, or holds the same bytes as,
+    /// that tensor, it is not written and the head is tied.
+    #[serde(default)]
+    pub tied_to: Option<String>,
+    /// The target of another rule this tensor must equal bit for bit (Megatron's
+    /// `word_embeddings_for_head`): checked while converting, never written.
+    #[serde(default)]
+    pub copy_of: Option<String>,
+}
+
+/// How `split = "qkv"` rules are laid out, by the checkpoint's version number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QkvByVersion {
+    /// The top-level key holding the version (absent means 0).
+    pub version_key: String,
+    /// In order: the first whose `below` exceeds the version (or that has no `below`) applies.
+    pub layouts: Vec<QkvLayout>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QkvLayout {
+    pub below: Option<f64>,
+    pub split: Split,
+}
+
+/// The activation, read from training arguments where the family's code chose it from flags.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationRule {
+    /// A path into the checkpoint's top-level object, e.g. `args.openai_gelu`.
+    pub when: String,
+    /// The value that selects `activation` (a missing field never matches).
+    pub equals: toml::Value,
+    pub activation: String,
 }
 
 /// One dimension of a rule's `shape`: `factor * size`.
@@ -80,10 +177,23 @@ impl std::fmt::Display for Dim {
 pub struct Variant {
     pub name: String,
     pub description: String,
+    /// Where the weights live in each file's top-level object: dotted paths tried in order
+    /// (`""` is the top level itself). Nested dicts below are flattened with `.`.
     pub weights_keys: Vec<String>,
+    /// Prefixes removed from every weight name when present (`_orig_mod.` from torch.compile).
+    #[serde(default)]
+    pub strip_prefixes: Vec<String>,
+    /// Weights that are not parameters (buffers, Transformer Engine state): ignored by name.
+    /// Patterns may hold `{bid}` and `*` (any run of characters).
+    #[serde(default)]
+    pub ignore: Vec<String>,
     pub world_size_key: Option<String>,
-    pub args_key: Option<String>,
-    pub heads_arg: Option<String>,
+    /// Where the head count may be recorded: dotted paths into a file's top-level object
+    /// (`args.num_attention_heads`), or `config.json:n_head` for a config file beside it.
+    #[serde(default)]
+    pub heads_from: Vec<String>,
+    #[serde(default)]
+    pub qkv: Option<QkvByVersion>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,7 +215,11 @@ pub struct Vocabulary {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigDefaults {
+    /// Used when no activation rule matches.
     pub activation_function: String,
+    /// Checked in order; the first that matches chooses the activation.
+    #[serde(default)]
+    pub activation_rules: Vec<ActivationRule>,
     pub layer_norm_epsilon: f64,
     /// The target name of an untied output head: when a rule writes it, config.json says
     /// `tie_word_embeddings: false`; otherwise the head is tied to the word embeddings.
@@ -133,16 +247,69 @@ pub struct Mapping {
 /// The CPM-LM mapping, compiled in so the binary works from any directory.
 const CPM_LM: &str = include_str!("../../mappings/cpm-lm.toml");
 
+/// The built-in families, compiled in so the binaries work from any directory, in the order
+/// detection tries them.
+const BUILTIN: &[(&str, &str)] = &[
+    ("cpm-lm", CPM_LM),
+    (
+        "megatron-gpt2",
+        include_str!("../../mappings/megatron-gpt2.toml"),
+    ),
+    (
+        "megatron-core-gpt",
+        include_str!("../../mappings/megatron-core-gpt.toml"),
+    ),
+    ("nanogpt", include_str!("../../mappings/nanogpt.toml")),
+    ("hf-gpt2", include_str!("../../mappings/hf-gpt2.toml")),
+];
+
+/// A mapping file is a page of TOML; anything larger is not one.
+const MAX_MAPPING_BYTES: u64 = 1 << 20;
+
 impl Mapping {
     /// The built-in CPM-LM mapping.
     pub fn cpm_lm() -> Result<Mapping> {
-        Mapping::parse(CPM_LM, Path::new("mappings/cpm-lm.toml"))
+        Mapping::builtin("cpm-lm")
     }
 
-    /// Load a mapping file.
+    /// The names of the built-in families, in detection order.
+    pub fn builtin_names() -> Vec<&'static str> {
+        BUILTIN.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// A built-in family's mapping by name.
+    pub fn builtin(name: &str) -> Result<Mapping> {
+        let (n, text) = BUILTIN.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            Error::usage(format!(
+                "unknown family `{name}`; the families are {}",
+                Mapping::builtin_names().join(", ")
+            ))
+        })?;
+        Mapping::parse(text, Path::new(&format!("mappings/{n}.toml")))
+    }
+
+    /// Load a mapping file (a regular file of at most 1 MiB).
     pub fn load(path: &Path) -> Result<Mapping> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read mapping", e))?;
+        use std::io::Read;
+        let meta =
+            std::fs::metadata(path).map_err(|e| Error::io(path, "cannot read mapping", e))?;
+        if !meta.is_file() {
+            return Err(Error::usage(format!(
+                "{}: the mapping is not a regular file",
+                path.display()
+            )));
+        }
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot read mapping", e))?;
+        let mut text = String::new();
+        f.take(MAX_MAPPING_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| Error::io(path, "cannot read mapping", e))?;
+        if text.len() as u64 > MAX_MAPPING_BYTES {
+            return Err(Error::usage(format!(
+                "{}: a mapping file is at most {MAX_MAPPING_BYTES} bytes",
+                path.display()
+            )));
+        }
         Mapping::parse(&text, path)
     }
 
@@ -159,23 +326,43 @@ impl Mapping {
                     format!("shape entry `{entry}` is not `size` or `N*size`"),
                 )));
             }
-            let sb = r.source.matches(BLOCK).count();
             let tb = r.target.matches(BLOCK).count();
-            if sb > 1 || sb != tb {
-                return Err(bad(format!(
-                    "rule `{}` -> `{}`: source and target must both hold `{BLOCK}` once, or neither",
-                    r.source, r.target
+            for src in r.source.all() {
+                let sb = src.matches(BLOCK).count();
+                if sb > 1 || sb != tb {
+                    return Err(bad(format!(
+                        "rule `{src}` -> `{}`: source and target must both hold `{BLOCK}` once, or neither",
+                        r.target
+                    )));
+                }
+            }
+            if r.source.all().is_empty() {
+                return Err(bad(bad_rule(r, "has no source name".into())));
+            }
+            if r.split == Split::Qkv && m.variant.qkv.is_none() {
+                return Err(bad(bad_rule(
+                    r,
+                    "uses split `qkv`, but the mapping has no [variant.qkv] table".into(),
                 )));
+            }
+            for other in [&r.tied_to, &r.copy_of].into_iter().flatten() {
+                if !m.tensors.iter().any(|o| &o.target == other) {
+                    return Err(bad(bad_rule(
+                        r,
+                        format!("names `{other}`, which no rule writes"),
+                    )));
+                }
             }
         }
         for (i, a) in m.tensors.iter().enumerate() {
-            if m.tensors[..i]
-                .iter()
-                .any(|b| b.source == a.source || b.target == a.target)
-            {
+            let clash = m.tensors[..i].iter().any(|b| {
+                b.target == a.target || b.source.all().iter().any(|x| a.source.all().contains(x))
+            });
+            if clash {
                 return Err(bad(format!(
                     "rule `{}` -> `{}` is listed twice",
-                    a.source, a.target
+                    a.source.first(),
+                    a.target
                 )));
             }
         }
@@ -190,15 +377,46 @@ impl Mapping {
     /// The index (in `tensors`) of the rule matching a source name, with the block index if the
     /// rule has one.
     pub fn find(&self, name: &str) -> Option<(usize, Option<u64>)> {
-        self.tensors
-            .iter()
-            .enumerate()
-            .find_map(|(i, r)| match_pattern(&r.source, name).map(|b| (i, b)))
+        self.tensors.iter().enumerate().find_map(|(i, r)| {
+            r.source
+                .all()
+                .iter()
+                .find_map(|p| match_pattern(p, name))
+                .map(|b| (i, b))
+        })
+    }
+
+    /// Whether a weight is not a parameter of the model and is ignored by name.
+    pub fn ignored(&self, name: &str) -> bool {
+        self.variant.ignore.iter().any(|p| glob(p, name))
     }
 }
 
 fn bad_rule(r: &Rule, msg: String) -> String {
-    format!("rule `{}` -> `{}`: {msg}", r.source, r.target)
+    format!("rule `{}` -> `{}`: {msg}", r.source.first(), r.target)
+}
+
+/// `*` matches any run of characters, `{bid}` any layer index; everything else itself.
+fn glob(pattern: &str, name: &str) -> bool {
+    let pattern = pattern.replace(BLOCK, "*");
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 /// `Some(None)` for an exact match of a pattern without `{bid}`, `Some(Some(i))` for a match

@@ -69,6 +69,37 @@ pub fn tensor<'a>(
     Ok(Merged { pieces, non_finite })
 }
 
+/// Whether two piece lists hold the same bytes, compared without joining them.
+pub fn same_bytes(a: &[Cow<'_, [u8]>], b: &[Cow<'_, [u8]>]) -> bool {
+    let total = |v: &[Cow<'_, [u8]>]| v.iter().map(|p| p.len()).sum::<usize>();
+    if total(a) != total(b) {
+        return false;
+    }
+    let (mut ai, mut bi) = (a.iter().map(|p| &p[..]), b.iter().map(|p| &p[..]));
+    let (mut x, mut y): (&[u8], &[u8]) = (&[], &[]);
+    loop {
+        if x.is_empty() {
+            match ai.next() {
+                Some(n) => x = n,
+                None => return y.is_empty() && bi.all(<[u8]>::is_empty),
+            }
+            continue;
+        }
+        if y.is_empty() {
+            match bi.next() {
+                Some(n) => y = n,
+                None => return false,
+            }
+            continue;
+        }
+        let n = x.len().min(y.len());
+        if x[..n] != y[..n] {
+            return false;
+        }
+        (x, y) = (&x[n..], &y[n..]);
+    }
+}
+
 /// One rectangular piece of the merged matrix: rows `src_rows` of rank `rank`'s part land at
 /// (`dst_row`, `dst_col`) of the merged (untransposed) matrix.
 struct Block {
@@ -92,12 +123,19 @@ pub fn merge<'a>(
     alloc: &mut dyn FnMut(usize) -> Vec<u8>,
 ) -> Result<Vec<Cow<'a, [u8]>>> {
     let es = e.source_dtype.size();
+    if e.zeros {
+        let mut out = alloc(e.numel() as usize * es);
+        out.fill(0);
+        return Ok(vec![Cow::Owned(out)]);
+    }
     let (rows, cols) = check_parts(e, &parts, names)?;
     if e.split == Split::Replicated {
         check_replicated(e, &parts, names)?;
     }
     let p = parts.len();
-    let blocks = blocks(e.split, p, rows, cols);
+    let mut blocks = blocks(e, p, rows, cols)?;
+    // The untransposed fast path below emits the blocks in order: make it destination order.
+    blocks.sort_by_key(|b| (b.dst_row, b.dst_col));
     let (m_rows, m_cols) = match e.split {
         Split::Replicated => (rows, cols),
         Split::Dim1 => (rows, cols * p),
@@ -106,7 +144,7 @@ pub fn merge<'a>(
     // Whole-row blocks in destination order: the pieces are slices of the parts.
     if !e.transpose && blocks.iter().all(|b| b.dst_col == 0) {
         let row = cols * es;
-        return Ok(blocks
+        let pieces = blocks
             .iter()
             .map(|b| {
                 let rows = b.src_row * row..(b.src_row + b.rows) * row;
@@ -115,7 +153,17 @@ pub fn merge<'a>(
                     Cow::Owned(v) => Cow::Owned(v[rows].to_vec()),
                 }
             })
-            .collect());
+            .collect();
+        return Ok(match e.keep_rows {
+            Some(n) => cut(pieces, n as usize * row),
+            None => pieces,
+        });
+    }
+    if e.keep_rows.is_some() {
+        return Err(Error::internal(format!(
+            "tensor `{}`: rows cut from a transposed or column-merged tensor",
+            e.source
+        )));
     }
     let mut out = alloc(m_rows * m_cols * es);
     for b in &blocks {
@@ -192,8 +240,30 @@ fn check_replicated(e: &Entry, parts: &[Cow<'_, [u8]>], names: &[String]) -> Res
     Ok(())
 }
 
-/// Where each rank's rows land in the merged (untransposed) matrix.
-fn blocks(split: Split, p: usize, rows: usize, cols: usize) -> Vec<Block> {
+/// The first `keep` bytes of a piece list.
+fn cut(pieces: Vec<Cow<'_, [u8]>>, mut keep: usize) -> Vec<Cow<'_, [u8]>> {
+    let mut out = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        if keep == 0 {
+            break;
+        }
+        let n = p.len().min(keep);
+        keep -= n;
+        out.push(match p {
+            Cow::Borrowed(s) => Cow::Borrowed(&s[..n]),
+            Cow::Owned(mut v) => {
+                v.truncate(n);
+                Cow::Owned(v)
+            }
+        });
+    }
+    out
+}
+
+/// Where each rank's rows land in the merged (untransposed) matrix. GPT-2 wants the fused
+/// query/key/value rows as all heads' q, then all k, then all v; each layout below says where
+/// rank r's rows for head i (of its `np`), part j (q, k, v) and dimension d (of `hn`) lie.
+fn blocks(e: &Entry, p: usize, rows: usize, cols: usize) -> Result<Vec<Block>> {
     let block = |rank, src_row, rows, dst_row, dst_col| Block {
         rank,
         src_row,
@@ -201,11 +271,12 @@ fn blocks(split: Split, p: usize, rows: usize, cols: usize) -> Vec<Block> {
         dst_row,
         dst_col,
     };
-    match split {
+    let all = |f: &dyn Fn(usize) -> Block| (0..p).map(f).collect::<Vec<_>>();
+    Ok(match e.split {
         Split::Replicated => vec![block(0, 0, rows, 0, 0)],
-        Split::Dim0 => (0..p).map(|r| block(r, 0, rows, r * rows, 0)).collect(),
-        Split::Dim1 => (0..p).map(|r| block(r, 0, rows, 0, r * cols)).collect(),
-        // Rank r holds [q_r; k_r; v_r]; GPT-2 wants [q_0..q_p; k_0..k_p; v_0..v_p].
+        Split::Dim0 => all(&|r| block(r, 0, rows, r * rows, 0)),
+        Split::Dim1 => all(&|r| block(r, 0, rows, 0, r * cols)),
+        // [3, np, hn]: each third of a rank is one run of its heads' q (k, v) rows.
         Split::QkvDim0 => {
             let third = rows / 3;
             (0..3)
@@ -213,7 +284,45 @@ fn blocks(split: Split, p: usize, rows: usize, cols: usize) -> Vec<Block> {
                 .map(|(j, r)| block(r, j * third, third, (j * p + r) * third, 0))
                 .collect()
         }
+        Split::QkvHeads3Dim | Split::QkvHeadsDim3 => {
+            let (np, hn) = per_rank_heads(e, p, rows)?;
+            let heads = np * p;
+            let mut out = Vec::with_capacity(3 * rows);
+            for (r, i, j) in
+                (0..p).flat_map(|r| (0..np).flat_map(move |i| (0..3).map(move |j| (r, i, j))))
+            {
+                let dst = (j * heads + r * np + i) * hn;
+                if e.split == Split::QkvHeads3Dim {
+                    // [np, 3, hn]: head i's q, k, v rows are runs of hn.
+                    out.push(block(r, (i * 3 + j) * hn, hn, dst, 0));
+                } else {
+                    // [np, hn, 3]: q, k, v interleave row by row.
+                    out.extend((0..hn).map(|d| block(r, (i * hn + d) * 3 + j, 1, dst + d, 0)));
+                }
+            }
+            out
+        }
+        Split::Qkv => {
+            return Err(Error::internal(format!(
+                "tensor `{}`: the qkv layout was not resolved by the plan",
+                e.source
+            )))
+        }
+    })
+}
+
+/// Heads per rank and the head dimension of a per-head query/key/value layout.
+fn per_rank_heads(e: &Entry, p: usize, rows: usize) -> Result<(usize, usize)> {
+    let heads = e.heads as usize;
+    if heads == 0 || heads % p != 0 || rows % (3 * (heads / p)) != 0 {
+        return Err(Error::merge(format!(
+            "tensor `{}`: {rows} rows per rank do not hold q, k and v of {heads} heads over {p} \
+             ranks",
+            e.source
+        )));
     }
+    let np = heads / p;
+    Ok((np, rows / (3 * np)))
 }
 
 struct Geometry {

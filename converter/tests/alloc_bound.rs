@@ -31,8 +31,12 @@ fn measure<T, E>(reader: &'static str, f: impl FnOnce() -> Result<T, E>) -> Meas
 
 /// Every tensor of every rank read through the bounds checks (and gathered when strided).
 fn open_plan_and_read(input: &Path, heads: Option<u64>) -> cpm_convert::Result<()> {
-    let src = cpm_convert::open(input, None)?;
-    cpm_convert::plan(&src, heads, cpm_convert::OutDtype::Keep)?;
+    let src = cpm_convert::open(input, &cpm_convert::Family::Detect)?;
+    let hints = cpm_convert::Hints {
+        heads,
+        ..Default::default()
+    };
+    cpm_convert::plan(&src, hints, cpm_convert::OutDtype::Keep)?;
     for rank in &src.ranks {
         for (name, t) in &rank.weights {
             rank.file.read(name, t)?;

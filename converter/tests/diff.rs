@@ -557,19 +557,31 @@ fn usage_errors_with_json_are_json_errors_and_help_stays_text() {
         let e: ErrorObject = serde_json::from_str(&r.stdout).unwrap();
         assert!(!e.error.is_empty() && !e.error.contains("Usage:"), "{e:?}");
     }
-    for flag in [["--from", "megatron"], ["--vocab-size", "30000"]] {
-        let ckpt = tiny("ckpt");
-        let e = error(&[
-            ckpt.as_os_str(),
-            ckpt.as_os_str(),
-            flag[0].as_ref(),
-            flag[1].as_ref(),
-        ]);
-        assert!(
-            e.error.contains(flag[0]) && e.error.contains("not supported yet"),
-            "{e:?}"
-        );
-    }
+    // --from and --mapping both choose the family: not together.
+    let r = diff(&[
+        "a",
+        "b",
+        "--from",
+        "cpm-lm",
+        "--mapping",
+        "m.toml",
+        "--json",
+    ]);
+    assert_eq!(r.code, Some(2));
+    let e: ErrorObject = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        e.error.contains("--mapping") && e.error.contains("--from"),
+        "{e:?}"
+    );
+    // An unknown family is an error naming it.
+    let ckpt = tiny("ckpt");
+    let e = error(&[
+        ckpt.as_os_str(),
+        ckpt.as_os_str(),
+        "--from".as_ref(),
+        "gpt-j".as_ref(),
+    ]);
+    assert!(e.error.contains("gpt-j"), "{e:?}");
     let r = diff(&["--help", "--json"]);
     assert_eq!(r.code, Some(0));
     assert!(
@@ -624,4 +636,102 @@ fn a_checkpoint_and_its_conversion_compare_equal() {
         0,
     );
     assert_eq!(r.summary.identical, Some(28));
+}
+
+fn family(path: &str) -> PathBuf {
+    testkit::fixtures().join("families").join(path)
+}
+
+/// fixtures/families/README.md, "Which fixtures hold the same model": model T saved by
+/// Megatron-LM (three qkv layouts), nanoGPT and transformers, in fp16 and fp32, with 1000 or 1024
+/// vocabulary rows. PyTorch wrote them all from one set of weights.
+#[test]
+fn the_same_model_saved_by_different_families_compares_equal() {
+    let a = family("megatron-v0/iter_0000100");
+    for b in [
+        "megatron-v1/iter_0000100",
+        "megatron-v2/iter_0000100",
+        "nanogpt-compiled/ckpt.pt",
+        "hf-legacy-bin/pytorch_model.bin",
+    ] {
+        let b = family(b);
+        let args = [
+            a.as_os_str(),
+            b.as_os_str(),
+            "--values".as_ref(),
+            "--vocab-size".as_ref(),
+            "1000".as_ref(),
+            "--dtype-insensitive".as_ref(),
+        ];
+        let r = report(&args, 0);
+        assert_eq!(
+            (r.summary.compared, r.summary.identical),
+            (Some(28), Some(28)),
+            "{b:?}"
+        );
+    }
+    // Without the options: Megatron pads the vocabulary to 1024 rows, transformers keeps 1000;
+    // Megatron stores fp16, this transformers file fp32.
+    let b = family("hf-legacy-bin/pytorch_model.bin");
+    let r = report(&[a.as_os_str(), b.as_os_str()], 1);
+    let wte = Change::Shape {
+        name: "transformer.wte.weight".into(),
+        a: vec![1024, 64],
+        b: vec![1000, 64],
+    };
+    assert!(r.changed.contains(&wte), "{:?}", r.changed);
+    let dtypes = r
+        .changed
+        .iter()
+        .filter(|c| matches!(c, Change::Dtype { a, b, .. } if a == "F16" && b == "F32"));
+    assert_eq!(dtypes.count(), 28);
+}
+
+#[test]
+fn missing_biases_and_an_untied_head_are_reported_against_the_same_model() {
+    let a = family("megatron-v0/iter_0000100");
+    let opts = ["--values", "--vocab-size", "1000", "--dtype-insensitive"];
+    // nanoGPT without biases: a port writes zeros there, so exactly the 13 biases differ, each
+    // in every element, by |A - 0| / |A| = 1, with no cosine against a zero vector.
+    let b = family("nanogpt-nobias/ckpt.pt");
+    let mut args = vec![a.as_os_str(), b.as_os_str()];
+    args.extend(opts.iter().map(std::ffi::OsStr::new));
+    let r = report(&args, 1);
+    let v = r.values.unwrap();
+    assert_eq!(v.len(), 13, "{v:?}");
+    for x in &v {
+        assert!(x.name.ends_with(".bias"), "{x:?}");
+        assert_eq!(
+            (x.differing, x.first_index.as_slice()),
+            (x.elements, &[0u64][..])
+        );
+        assert_eq!((x.rel_diff, x.cosine), (Some(1.0), None), "{x:?}");
+    }
+    // megatron-core with an untied output layer: the head is the one tensor only in B.
+    let b = family("mcore-tp2-local/iter_0000100");
+    let mut args = vec![a.as_os_str(), b.as_os_str()];
+    args.extend(opts.iter().map(std::ffi::OsStr::new));
+    let r = report(&args, 1);
+    let only: Vec<&str> = r.only_in_b.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(only, ["lm_head.weight"]);
+    assert_eq!(r.summary.identical, Some(28));
+}
+
+#[test]
+fn vocab_size_cuts_both_sides_before_comparing() {
+    let d = tempfile::tempdir().unwrap();
+    let a = write(d.path(), "a.pt", &model(1, 8));
+    let b = write(d.path(), "b.pt", &model(1, 9));
+    let r = report(
+        &[
+            &a,
+            &b,
+            &"--heads".into(),
+            &"1".into(),
+            &"--vocab-size".into(),
+            &"8".into(),
+        ],
+        0,
+    );
+    assert!(r.changed.is_empty() && r.equal, "{r:?}");
 }

@@ -21,8 +21,17 @@ struct Summary {
     model_file_bytes: u64,
     seconds: f64,
     variant: String,
+    family_from: String,
+    activation: Activation,
     model_parallel: usize,
     warnings: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Activation {
+    name: String,
+    source: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,13 +47,17 @@ struct File {
 struct DryRun {
     variant: String,
     model_parallel: usize,
+    pipeline_stages: usize,
     layers: u64,
     hidden: u64,
     vocab: u64,
     positions: u64,
     inner: u64,
     heads: Heads,
+    activation: Activation,
     entries: Vec<serde_json::Value>,
+    checks: Vec<serde_json::Value>,
+    tied_copies: Vec<String>,
     tensor_bytes: u64,
     model_file_bytes: u64,
     warnings: Vec<String>,
@@ -113,6 +126,10 @@ fn summary_lists_each_written_file_with_its_size_and_hash() {
     assert_eq!(s.tensor_bytes, model.len() as u64 - 8 - header);
     assert_eq!(s.tensors, 28);
     assert_eq!((s.variant.as_str(), s.model_parallel), ("cpm-lm", 2));
+    // The family was recognised from the files' structure; CPM-LM's activation is the tanh GELU.
+    assert_eq!(s.family_from, "detected");
+    assert_eq!(s.activation.name, "gelu_new");
+    assert!(!s.activation.source.is_empty());
     assert!(s.seconds >= 0.0 && s.warnings.is_empty());
 }
 
@@ -125,6 +142,10 @@ fn dry_run_sizes_are_the_sizes_a_conversion_writes() {
     assert_eq!(plan.entries.len(), 28);
     assert_eq!((plan.heads.count, plan.model_parallel), (4, 2));
     assert_eq!(plan.variant, "cpm-lm");
+    assert_eq!(plan.pipeline_stages, 1);
+    assert_eq!(plan.activation.name, "gelu_new");
+    // CPM-LM keeps no copies of the embedding.
+    assert!(plan.checks.is_empty() && plan.tied_copies.is_empty());
     assert!(plan.heads.source.contains("num_attention_heads"));
     assert_eq!(
         (

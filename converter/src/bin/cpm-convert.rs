@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use cpm_convert::write::OutputFile;
-use cpm_convert::{Options, OutDtype, Plan, Progress};
+use cpm_convert::{Family, Hints, Options, OutDtype, Plan, Progress};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -42,11 +42,11 @@ file was truncated while being read (SIGBUS).";
 #[command(
     name = "cpm-convert",
     version,
-    about = "Port CPM-LM's model-parallel Megatron/DeepSpeed checkpoints to Hugging Face GPT-2 safetensors",
+    about = "Port GPT-2-family training checkpoints (CPM-LM, Megatron-LM, Megatron-core, nanoGPT, Hugging Face) to Hugging Face GPT-2 safetensors",
     after_help = AFTER_HELP
 )]
 struct Cli {
-    /// Checkpoint root, iteration directory, or single .pt file.
+    /// Checkpoint root, iteration directory, Hugging Face directory, or single file.
     input: PathBuf,
 
     /// Output directory (must not exist or be empty, unless --force).
@@ -89,9 +89,40 @@ struct Cli {
     #[arg(short, long)]
     quiet: bool,
 
-    /// A mapping file to use instead of the built-in CPM-LM one (see mappings/).
+    /// The input's family, instead of detecting it: cpm-lm, megatron-gpt2, megatron-core-gpt,
+    /// nanogpt, hf-gpt2.
+    #[arg(long, value_name = "FAMILY", conflicts_with = "mapping")]
+    from: Option<String>,
+
+    /// A mapping file to use instead of the built-in families (see mappings/).
     #[arg(long, value_name = "FILE")]
     mapping: Option<PathBuf>,
+
+    /// Keep only the first N vocabulary rows: cuts the padding Megatron and nanoGPT add.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    vocab_size: Option<u64>,
+
+    /// config.json's activation_function, overriding what the checkpoint's flags imply
+    /// (gelu: exact erf; gelu_new: tanh approximation).
+    #[arg(long, value_name = "NAME")]
+    activation: Option<String>,
+}
+
+impl Cli {
+    fn family(&self) -> Family {
+        match (&self.from, &self.mapping) {
+            (Some(f), _) => Family::Named(f.clone()),
+            (None, Some(m)) => Family::File(m.clone()),
+            (None, None) => Family::Detect,
+        }
+    }
+
+    fn hints(&self) -> Hints {
+        Hints {
+            heads: self.heads,
+            vocab_size: self.vocab_size,
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -168,7 +199,11 @@ struct JsonSummary<'a> {
     /// model.safetensors' size, header included.
     model_file_bytes: u64,
     seconds: f64,
+    /// The input's family, and how it was chosen (detected, --from, --mapping).
     variant: &'a str,
+    family_from: &'a str,
+    /// config.json's activation_function and why.
+    activation: &'a cpm_convert::plan::Activation,
     model_parallel: usize,
     warnings: Vec<String>,
 }
@@ -276,9 +311,11 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         output,
         dtype,
         heads: cli.heads,
+        vocab_size: cli.vocab_size,
+        activation: cli.activation.clone(),
         force: cli.force,
         strict: cli.strict,
-        mapping: cli.mapping.clone(),
+        family: cli.family(),
     };
     let summary = cpm_convert::convert(&opts, ui)?;
     ui.bar.finish_and_clear();
@@ -291,6 +328,8 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
             model_file_bytes: summary.model_file_bytes,
             seconds: summary.seconds,
             variant: &summary.variant,
+            family_from: &summary.family_from,
+            activation: &summary.activation,
             model_parallel: summary.model_parallel,
             warnings: ui.warnings.take(),
         });
@@ -313,8 +352,14 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
 
 /// `--dry-run`: the plan and the sizes, from the checkpoint's structure alone.
 fn dry_run(cli: &Cli, dtype: OutDtype) -> anyhow::Result<()> {
-    let src = cpm_convert::open(&cli.input, cli.mapping.as_deref())?;
-    let plan = cpm_convert::plan(&src, cli.heads, dtype)?;
+    let src = cpm_convert::open(&cli.input, &cli.family())?;
+    let mut plan = cpm_convert::plan(&src, cli.hints(), dtype)?;
+    if let Some(a) = &cli.activation {
+        plan.activation = cpm_convert::plan::Activation {
+            name: a.clone(),
+            source: "--activation".into(),
+        };
+    }
     // The header the writer would produce, so the sizes agree with a real run's summary.
     let metadata = cpm_convert::write::model_metadata(&src.ranks, &plan);
     let header = cpm_convert::write::safetensors_header(&plan, &metadata)?;
@@ -325,9 +370,12 @@ fn dry_run(cli: &Cli, dtype: OutDtype) -> anyhow::Result<()> {
             plan: &plan,
             tensor_bytes,
             model_file_bytes,
-            warnings: Vec::new(),
+            warnings: plan.notes.clone(),
         });
     } else {
+        for n in &plan.notes {
+            eprintln!("cpm-convert: warning: {n}");
+        }
         print_plan(&plan, model_file_bytes);
     }
     Ok(())
@@ -527,16 +575,19 @@ fn print_plan(plan: &Plan, model_file_bytes: u64) {
     use std::fmt::Write as _;
     let _ = writeln!(
         text,
-        "variant {}, model-parallel size {}, {} layers, hidden {}, {} heads ({}), vocab {}, {} positions, inner {}",
+        "family {}, tensor-parallel {} x pipeline {}, {} layers, hidden {}, {} heads ({}), vocab {}, {} positions, inner {}, activation {} ({})",
         plan.variant,
         plan.model_parallel,
+        plan.pipeline_stages,
         plan.layers,
         plan.hidden,
         plan.heads.count,
         plan.heads.source,
         plan.vocab,
         plan.positions,
-        plan.inner
+        plan.inner,
+        plan.activation.name,
+        plan.activation.source
     );
     let shape = |s: &[u64]| {
         format!(

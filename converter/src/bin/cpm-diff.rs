@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cpm_convert::diff::{Change, Options, Report, Tensor, Values};
-use cpm_convert::Progress;
+use cpm_convert::{Family, Progress};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -25,11 +25,10 @@ Examples:
   cpm-diff fixtures/tiny/ckpt fixtures/tiny/ckpt-legacy --raw
       the weights as stored, rank file by rank file (names prefixed mp_rank_XX:)
 
-A and B are anything cpm-convert reads: a checkpoint root holding
-latest_checkpointed_iteration.txt, an iteration directory of mp_rank_XX files, or one .pt file.
-Both are mapped to canonical GPT-2 names and layout first (exactly what cpm-convert would write,
-dtype kept), so the same model saved in another layout compares equal; --raw compares the names
-as stored.
+A and B are anything cpm-convert reads, of any GPT-2 family it knows (each detected unless
+--from or --mapping says). Both are mapped to canonical GPT-2 names and layout first (exactly
+what cpm-convert would write, dtype kept), so the same model saved by another family or in
+another layout compares equal; --raw compares the names as stored.
 
 The report lists the tensors only in A, only in B, and those whose shape or dtype differ; with
 --values, every common tensor of equal shape is also compared in f32 (f64 sums), one pair in
@@ -78,16 +77,17 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     heads: Option<u64>,
 
-    /// A mapping file for both sides instead of the built-in CPM-LM one (see mappings/).
+    /// Both inputs' family, instead of detecting each: cpm-lm, megatron-gpt2,
+    /// megatron-core-gpt, nanogpt, hf-gpt2.
+    #[arg(long, value_name = "FAMILY", conflicts_with = "mapping")]
+    from: Option<String>,
+
+    /// A mapping file for both inputs instead of the built-in families (see mappings/).
     #[arg(long, value_name = "FILE")]
     mapping: Option<PathBuf>,
 
-    /// The family of both inputs (not supported yet: the family is taken from the mapping).
-    #[arg(long, value_name = "FAMILY")]
-    from: Option<String>,
-
-    /// Vocabulary rows to compare (not supported yet).
-    #[arg(long, value_name = "N")]
+    /// Keep only the first N vocabulary rows on both sides, as cpm-convert --vocab-size does.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     vocab_size: Option<u64>,
 
     /// Machine-readable output: stdout holds one JSON object (the report, or {"error": "...",
@@ -147,17 +147,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Report> {
-    // Accepted now so scripts can be written against the final interface; refused until the
-    // library reads them.
-    if cli.from.is_some() {
-        anyhow::bail!("--from is not supported yet: the family is taken from the mapping");
-    }
-    if cli.vocab_size.is_some() {
-        anyhow::bail!("--vocab-size is not supported yet");
-    }
+    let family = match (&cli.from, &cli.mapping) {
+        (Some(f), _) => Family::Named(f.clone()),
+        (None, Some(m)) => Family::File(m.clone()),
+        (None, None) => Family::Detect,
+    };
     let opts = Options {
         heads: cli.heads,
-        mapping: cli.mapping.clone(),
+        vocab_size: cli.vocab_size,
+        family,
         raw: cli.raw,
         values: cli.values,
         atol: cli.atol,

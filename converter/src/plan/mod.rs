@@ -1,0 +1,220 @@
+//! From the ranks' tensor lists and a mapping to a plan: every output tensor with its sources on
+//! each tensor-parallel rank, how they merge, its final shape and dtype. All checks that need no
+//! tensor data happen here, so `--dry-run` finds every structural problem.
+//!
+//! The steps: `matching` groups every weight by pipeline stage and name, matches it to a rule
+//! and renumbers the layers of each stage globally; `entry` turns each group into an output
+//! tensor with checked shapes; `model` reads the model's sizes and head count off them.
+
+mod entry;
+mod matching;
+mod model;
+
+use serde::Serialize;
+
+use crate::checkpoint::Rank;
+use crate::error::Result;
+use crate::mapping::{Dim, Mapping, Split};
+use crate::torch::{Dtype, TensorRef};
+
+pub use model::{Activation, Heads};
+
+/// The output element type the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutDtype {
+    Keep,
+    F16,
+    BF16,
+    F32,
+}
+
+impl OutDtype {
+    /// The dtype a tensor stored as `source` is written as.
+    pub fn resolve(self, source: Dtype) -> Dtype {
+        match self {
+            OutDtype::Keep => source,
+            OutDtype::F16 => Dtype::F16,
+            OutDtype::BF16 => Dtype::BF16,
+            OutDtype::F32 => Dtype::F32,
+        }
+    }
+}
+
+/// What the user may tell the plan that the checkpoint does not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hints {
+    /// `--heads`.
+    pub heads: Option<u64>,
+    /// `--vocab-size`: keep only the first N vocabulary rows (padding cut).
+    pub vocab_size: Option<u64>,
+}
+
+/// One tensor-parallel rank's part of an output tensor: the index of its file in the source's
+/// ranks, and the tensor in that file.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub rank: usize,
+    pub tensor: TensorRef,
+}
+
+/// One output tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub target: String,
+    /// The source name (as stored, before prefixes were stripped), or the rule's first spelling
+    /// for a synthesized tensor.
+    pub source: String,
+    pub split: Split,
+    pub transpose: bool,
+    #[serde(serialize_with = "ser_dtype")]
+    pub source_dtype: Dtype,
+    #[serde(serialize_with = "ser_dtype")]
+    pub dtype: Dtype,
+    /// The source tensor's shape on each rank (empty for a synthesized tensor).
+    pub rank_shapes: Vec<Vec<u64>>,
+    /// Output shape (after any transpose and vocabulary cut).
+    pub shape: Vec<u64>,
+    /// No source: the model has no such parameter, and zeros give the same function.
+    pub zeros: bool,
+    /// Rows kept of the merged (untransposed) tensor, when the vocabulary padding is cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_rows: Option<u64>,
+    /// Attention heads, which the per-head query/key/value layouts need to merge.
+    #[serde(skip)]
+    pub heads: u64,
+    #[serde(skip)]
+    pub sources: Vec<Part>,
+    /// The rule's expected shape in model sizes.
+    #[serde(skip)]
+    pub dims: Vec<Dim>,
+}
+
+fn ser_dtype<S: serde::Serializer>(d: &Dtype, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(d.safetensors_name())
+}
+
+impl Entry {
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    pub fn nbytes(&self) -> u64 {
+        self.numel() * self.dtype.size() as u64
+    }
+}
+
+/// A tensor that must equal an output tensor bit for bit and is not written (Megatron's
+/// `word_embeddings_for_head`, a second copy of the tied embedding on the last stage).
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub entry: Entry,
+    /// The target it must equal.
+    pub of: String,
+}
+
+/// The whole conversion, before any tensor data is read.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub variant: String,
+    /// Tensor-parallel ranks.
+    pub model_parallel: usize,
+    pub pipeline_stages: usize,
+    pub layers: u64,
+    pub hidden: u64,
+    /// Rows of the written embedding (after any cut).
+    pub vocab: u64,
+    pub positions: u64,
+    pub inner: u64,
+    pub heads: Heads,
+    pub activation: Activation,
+    pub entries: Vec<Entry>,
+    pub checks: Vec<Check>,
+    /// Source tensors dropped because they are copies of the embedding (a tied head).
+    pub tied_copies: Vec<String>,
+    /// Problems that do not stop the conversion (padding kept, assumptions made); reported as
+    /// warnings, so not serialized twice.
+    #[serde(skip)]
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    pub fn total_bytes(&self) -> u64 {
+        self.entries.iter().map(Entry::nbytes).sum()
+    }
+
+    pub fn entry(&self, target: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.target == target)
+    }
+}
+
+/// Build the plan. `config` is a Hugging Face `config.json` found beside the checkpoint.
+pub fn build(
+    ranks: &[Rank],
+    mapping: &Mapping,
+    config: Option<&serde_json::Value>,
+    hints: Hints,
+    out: OutDtype,
+) -> Result<Plan> {
+    let grid = matching::Grid::of(ranks)?;
+    model::check_world_size(ranks, mapping, grid.tp)?;
+    let qkv = model::qkv_split(ranks, mapping)?;
+    let matched = matching::match_rules(ranks, &grid, mapping)?;
+    let mut matched = matched;
+    let layers = matching::check_complete(ranks, mapping, &mut matched)?;
+    let mut planned = entry::plan_all(ranks, mapping, &matched, qkv, out)?;
+    let sizes = model::sizes(&mut planned.entries, &ranks[0].display, mapping)?;
+    let hidden = sizes.get("hidden")?;
+    let rec = model::Recorded {
+        root: &ranks[0].file.root,
+        file: &ranks[0].display,
+        config,
+    };
+    let heads = model::head_count(&rec, mapping, hints.heads, hidden, layers)?;
+    model::check_heads(&heads, hidden, grid.tp)?;
+    let mut notes = Vec::new();
+    let vocab = entry::cut_vocab(
+        &mut planned,
+        sizes.get("vocab")?,
+        hints.vocab_size,
+        &mut notes,
+    )?;
+    for e in planned
+        .entries
+        .iter_mut()
+        .chain(planned.checks.iter_mut().map(|c| &mut c.entry))
+    {
+        e.heads = heads.count;
+    }
+    let activation = model::activation(&rec, mapping);
+    if activation.source.contains("records none of the flags") {
+        notes.push(format!(
+            "activation_function `{}` assumed: {} (override with --activation)",
+            activation.name, activation.source
+        ));
+    }
+    Ok(Plan {
+        variant: mapping.variant.name.clone(),
+        model_parallel: grid.tp,
+        pipeline_stages: grid.pp,
+        layers,
+        hidden,
+        vocab,
+        positions: sizes.get("positions")?,
+        inner: sizes.get("inner")?,
+        heads,
+        activation,
+        entries: planned.entries,
+        checks: planned.checks,
+        tied_copies: planned.tied_copies,
+        notes,
+    })
+}
+
+/// Whether `mapping` describes these files: every weight matches a rule or is ignored, and
+/// every tensor the mapping needs is there (no tensor data is read, no head count needed).
+pub fn fits(ranks: &[Rank], mapping: &Mapping) -> Result<()> {
+    let grid = matching::Grid::of(ranks)?;
+    let mut matched = matching::match_rules(ranks, &grid, mapping)?;
+    matching::check_complete(ranks, mapping, &mut matched)?;
+    Ok(())
+}
