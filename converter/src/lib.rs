@@ -4,7 +4,7 @@
 //! The data flow, one step per module:
 //!
 //! ```text
-//! checkpoint::discover   input path  -> rank files (tracker, iteration, mp_rank_XX)
+//! layout::discover       input path  -> every file (tracker, iteration, rank grid, HF shards)
 //! checkpoint::Rank::open rank file   -> torch object tree + weights (torch:: reads zip and
 //!                                       legacy files through a memory map, executing nothing)
 //! plan::build            ranks + mapping (mappings/*.toml) -> every output tensor, checked
@@ -20,6 +20,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod gpt2_config;
+pub mod layout;
 pub mod mapping;
 pub mod merge;
 pub mod plan;
@@ -93,12 +94,11 @@ pub fn open(input: &Path, mapping: Option<&Path>) -> Result<Source> {
         Some(p) => Mapping::load(p)?,
         None => Mapping::cpm_lm()?,
     };
-    let layout = checkpoint::discover(input)?;
+    let layout = layout::discover(input)?;
     let ranks = layout
-        .ranks
-        .iter()
-        .zip(layout.display)
-        .map(|(path, shown)| Rank::open(path, shown, &mapping))
+        .shards
+        .into_iter()
+        .map(|s| Rank::open(&s.path, s.display, &mapping))
         .collect::<Result<Vec<_>>>()?;
     Ok(Source { mapping, ranks })
 }
