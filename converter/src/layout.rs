@@ -125,28 +125,29 @@ fn from_tracker(input: &Path, tracker: &Path) -> Result<Layout> {
         names.push(format!("iter_{n:07}"));
     }
     let found: Vec<&String> = names.iter().filter(|n| input.join(n).is_dir()).collect();
-    let folder =
-        match found.as_slice() {
-            [one] => one.as_str(),
-            [] => {
-                return Err(Error::layout(
-                    input.join(it),
-                    format!(
-                        "{TRACKER} names iteration `{it}`, but this directory does not exist{}",
-                        names
-                            .get(1)
-                            .map(|m| format!(" (nor {m})"))
-                            .unwrap_or_default()
-                    ),
-                ))
-            }
-            [a, b, ..] => return Err(Error::layout(
+    let folder = match found.as_slice() {
+        [one] => one.as_str(),
+        [] => {
+            return Err(Error::layout(
+                input.join(it),
+                format!(
+                    "{TRACKER} names iteration `{it}`, but this directory does not exist{}",
+                    names
+                        .get(1)
+                        .map(|m| format!(" (nor {m})"))
+                        .unwrap_or_default()
+                ),
+            ))
+        }
+        [a, b, ..] => {
+            return Err(Error::layout(
                 input,
                 format!(
                     "{TRACKER} names iteration `{it}`, and both {a}/ and {b}/ exist: which one?"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let dir = input.join(folder);
     let mut l = rank_grid(&dir, &format!("{folder}/"))?.ok_or_else(|| no_checkpoint(&dir))?;
     l.iteration = Some(it.to_string());
