@@ -505,32 +505,12 @@ fn index_shards(dir: &Path, index: &Path) -> Result<Vec<ShardPath>> {
         )
     })?;
     drop(text);
+    // Names first, all of them checked and counted, then the files: a 100,000-shard index is
+    // refused by its count, not by its first missing shard.
     let mut seen: HashSet<&str> = HashSet::new();
-    let mut shards = Vec::new();
+    let mut files = Vec::new();
     for (tensor, file) in &parsed.weight_map {
-        let tensor = crate::torch::value::shorten(tensor);
-        let file = file.as_str().ok_or_else(|| {
-            Error::layout(
-                index,
-                format!("`{tensor}` maps to {file:.80}, expected a file name"),
-            )
-        })?;
-        // Shards live beside the index; a path could leave the folder.
-        let plain = !(file.is_empty()
-            || file == "."
-            || file == ".."
-            || file.contains('/')
-            || file.contains('\\')
-            || file.contains('\0'));
-        if !plain {
-            return Err(Error::layout(
-                index,
-                format!(
-                    "`{tensor}` maps to {:?}, which is not a plain file name beside the index",
-                    crate::torch::value::shorten(file)
-                ),
-            ));
-        }
+        let file = plain_name(index, tensor, file)?;
         if !seen.insert(file) {
             continue;
         }
@@ -540,15 +520,49 @@ fn index_shards(dir: &Path, index: &Path) -> Result<Vec<ShardPath>> {
                 format!("names more than {MAX_SHARDS} shard files"),
             ));
         }
-        shards.push(index_shard(dir, index, file)?);
+        files.push(file);
     }
-    if shards.is_empty() {
+    if files.is_empty() {
         return Err(Error::layout(
             index,
             "names no shard files (empty weight_map)",
         ));
     }
-    Ok(shards)
+    files
+        .into_iter()
+        .map(|f| index_shard(dir, index, f))
+        .collect()
+}
+
+/// The file an index entry names, which must be a plain name: shards live beside the index, and
+/// a path could leave the folder.
+fn plain_name<'a>(index: &Path, tensor: &str, file: &'a serde_json::Value) -> Result<&'a str> {
+    let tensor = crate::torch::value::shorten(tensor);
+    let name = file.as_str().ok_or_else(|| {
+        Error::layout(
+            index,
+            format!(
+                "`{tensor}` maps to {}, expected a file name",
+                json_kind(file)
+            ),
+        )
+    })?;
+    let plain = !(name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\\')
+        || name.contains('\0'));
+    if !plain {
+        return Err(Error::layout(
+            index,
+            format!(
+                "`{tensor}` maps to {:?}, which is not a plain file name beside the index",
+                crate::torch::value::shorten(name)
+            ),
+        ));
+    }
+    Ok(name)
 }
 
 fn index_shard(dir: &Path, index: &Path, file: &str) -> Result<ShardPath> {
@@ -641,6 +655,18 @@ fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
         ));
     }
     Ok(buf)
+}
+
+/// What a JSON value is, for messages (the value itself may be megabytes).
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 fn file_name(p: &Path) -> String {
