@@ -25,6 +25,11 @@ use crate::error::{Error, Result};
 /// is ~160,000 tensors, and keeps the parsed header within the heap bound (SECURITY.md) even
 /// when every byte of it describes a tensor.
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+/// The most tensors a header may describe. GPT-2 XL has 580, a 70B model's whole state dict
+/// fewer than a thousand; the cap bounds what the `safetensors` crate allocates per entry (~800
+/// bytes for an empty one, ~3 KB with 64 dimensions: 52 MB for 16,384 of them), which the
+/// header's size alone does not.
+pub const MAX_TENSORS: usize = 16_384;
 /// As many dimensions as the pickle reader accepts.
 const MAX_NDIM: usize = 64;
 /// Longest message text taken from a parser's error (it may quote the input).
@@ -45,11 +50,15 @@ pub(super) fn read(bytes: &[u8], path: &Path) -> Result<Parsed> {
     let json = bytes
         .get(8..8 + n)
         .ok_or_else(|| truncated(path, n, bytes.len()))?;
+    // Counted first without storing anything, so the crate's parse (which keeps every entry)
+    // and ours only ever see a bounded number of tensors of bounded rank.
+    serde_json::from_slice::<Precheck>(json).map_err(|e| bad_header(path, e.to_string()))?;
+    // The crate's own validation, on the whole file: it checks that the offsets tile the data
+    // and end exactly at the end of the file, which our parse does not repeat. Its result is
+    // dropped before ours is built, so the two never take memory together.
+    safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad_header(path, e.to_string()))?;
     let header: Header =
         serde_json::from_slice(json).map_err(|e| bad_header(path, e.to_string()))?;
-    // The crate's own validation, on the whole file: it checks that the offsets tile the data
-    // and end exactly at the end of the file, which our parse does not repeat.
-    safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad_header(path, e.to_string()))?;
     let data_start = 8 + n as u64;
     let mut storages = HashMap::with_capacity(header.tensors.len());
     let mut items = Vec::with_capacity(header.tensors.len() + 1);
@@ -170,6 +179,89 @@ fn dtype(name: &str) -> Option<Dtype> {
         "BOOL" => Dtype::Bool,
         _ => return None,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// A first pass over the header that stores nothing: the number of tensors and their ranks.
+
+/// Proof that the header is a JSON object of at most [`MAX_TENSORS`] entries whose shapes have
+/// at most [`MAX_NDIM`] dimensions.
+struct Precheck;
+
+impl<'de> Deserialize<'de> for Precheck {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_map(PrecheckVisitor)
+    }
+}
+
+struct PrecheckVisitor;
+
+impl<'de> Visitor<'de> for PrecheckVisitor {
+    type Value = Precheck;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object of tensor name -> {dtype, shape, data_offsets}")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Precheck, A::Error> {
+        let mut tensors = 0usize;
+        while let Some(Name(key)) = map.next_key()? {
+            if key == "__metadata__" {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            }
+            tensors += 1;
+            if tensors > MAX_TENSORS {
+                return Err(de::Error::custom(format!(
+                    "more than {MAX_TENSORS} tensors (cpm-convert reads at most {MAX_TENSORS} \
+                     per file)"
+                )));
+            }
+            map.next_value::<PreInfo>()?;
+        }
+        Ok(Precheck)
+    }
+}
+
+/// An entry's shape, counted; every other field skipped.
+#[derive(serde::Deserialize)]
+struct PreInfo {
+    #[serde(default)]
+    #[allow(dead_code)]
+    shape: Rank,
+}
+
+/// A shape's number of dimensions, counted without storing them.
+#[derive(Default)]
+struct Rank;
+
+impl<'de> Deserialize<'de> for Rank {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_seq(RankVisitor)
+    }
+}
+
+struct RankVisitor;
+
+impl<'de> Visitor<'de> for RankVisitor {
+    type Value = Rank;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of at most 64 dimensions")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Rank, A::Error> {
+        let mut n = 0usize;
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {
+            n += 1;
+            if n > MAX_NDIM {
+                return Err(de::Error::custom(format!(
+                    "a shape has more than {MAX_NDIM} dimensions"
+                )));
+            }
+        }
+        Ok(Rank)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

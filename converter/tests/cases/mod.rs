@@ -1418,7 +1418,8 @@ pub fn safetensors_headers() -> Vec<Case> {
         ),
         st_refused(
             "safetensors: JSON nested 100,000 deep",
-            st(&format!("{{\"a\":{}", "[".repeat(100_000)), b""),
+            // In a field the reader skips, where nothing typed stops the descent early.
+            st(&format!("{{\"a\":{{\"x\":{}", "[".repeat(100_000)), b""),
             &[bad],
         ),
         st_refused(
@@ -1503,21 +1504,36 @@ pub fn safetensors_sizes() -> Vec<Case> {
             &["tensor `a`"],
         ),
     ];
-    // A header at the cap's size, every byte of it describing a tensor: the parsed header must
-    // stay within the heap bound.
-    let mut entries = Vec::new();
-    let mut len = 2;
-    let mut i = 0;
-    while len < (16 << 20) - 100 {
-        let e = st_entry(&format!("t{i}"), "F32", &[0], 0, 0);
-        len += e.len() + 1;
-        entries.push(e);
-        i += 1;
-    }
+    // The most tensors a header may hold, each as costly as it can be (the most dimensions, or
+    // the longest names the header's cap allows): the parsed header must stay within the heap
+    // bound. One more tensor is refused before anything is stored.
+    let many = |n: usize, name_len: usize, ndim: usize| {
+        let pad = "n".repeat(name_len);
+        let e: Vec<String> = (0..n)
+            .map(|i| st_entry(&format!("{pad}{i}"), "F32", &vec![0; ndim], 0, 0))
+            .collect();
+        st(&format!("{{{}}}", e.join(",")), b"")
+    };
+    let n = 16_384;
     cases.push(st_refused(
-        format!("safetensors: {i} empty tensors in a 16 MiB header"),
-        st(&format!("{{{}}}", entries.join(",")), b""),
-        &["tensor `t0`"],
+        "safetensors: 16,384 empty tensors",
+        many(n, 0, 1),
+        &["tensor `"],
+    ));
+    cases.push(st_refused(
+        "safetensors: 16,384 empty tensors of 64 dimensions",
+        many(n, 0, 64),
+        &["tensor `"],
+    ));
+    cases.push(st_refused(
+        "safetensors: 16,384 empty tensors with names filling 16 MiB",
+        many(n, 950, 1),
+        &["tensor `"],
+    ));
+    cases.push(st_refused(
+        "safetensors: 16,385 tensors",
+        many(n + 1, 0, 1),
+        &["more than 16384 tensors"],
     ));
     cases
 }
