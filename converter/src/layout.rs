@@ -67,7 +67,11 @@ pub struct ShardPath {
 pub fn discover(input: &Path) -> Result<Layout> {
     let meta = std::fs::metadata(input).map_err(|e| Error::io(input, "cannot read input", e))?;
     if !meta.is_dir() {
-        check_regular(input, &meta, "checkpoint files")?;
+        check_regular(
+            input,
+            &meta,
+            "pass a checkpoint file or the folder holding one",
+        )?;
         let display = file_name(input);
         return Ok(single(input.to_path_buf(), display, None));
     }
@@ -212,7 +216,7 @@ fn nanogpt(dir: &Path) -> Result<Layout> {
     if !present(&ckpt)? {
         return Err(no_checkpoint(dir));
     }
-    require_regular(&ckpt, "checkpoint files")?;
+    require_regular(&ckpt, "nanoGPT's ckpt.pt must be a torch checkpoint")?;
     Ok(single(ckpt, "ckpt.pt".into(), None))
 }
 

@@ -544,6 +544,20 @@ fn fifos_are_refused_not_waited_on() {
     }
 }
 
+#[test]
+fn torch_file_open_refuses_a_fifo_or_a_folder_without_blocking() {
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("model.safetensors");
+    if !mkfifo(&fifo) {
+        eprintln!("mkfifo unavailable; skipped");
+        return;
+    }
+    for p in [fifo.as_path(), d.path()] {
+        let e = TorchFile::open(p).err().expect("opened").to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reading safetensors through TorchFile
 
