@@ -136,8 +136,14 @@ pub fn diff(a: &Path, b: &Path, opts: &Options, progress: &dyn Progress) -> Resu
         progress.warn(&msg);
         warnings.push(msg);
     };
-    let src_a = crate::open(a, &opts.family)?;
-    let src_b = crate::open(b, &opts.family)?;
+    let (src_a, src_b) = if opts.raw {
+        (
+            open_raw(a, &opts.family, &mut warn)?,
+            open_raw(b, &opts.family, &mut warn)?,
+        )
+    } else {
+        (crate::open(a, &opts.family)?, crate::open(b, &opts.family)?)
+    };
     let (side_a, side_b) = sides(src_a, a, src_b, b, opts, &mut warn)?;
     let mut report = compare_maps(&side_a, &side_b, opts);
     if opts.values {
@@ -150,6 +156,28 @@ pub fn diff(a: &Path, b: &Path, opts: &Options, progress: &dyn Progress) -> Resu
     }
     report.warnings = warnings;
     Ok(report)
+}
+
+/// Open an input for `--raw`, which needs a mapping only to find the weights: a checkpoint whose
+/// model fits no family (ranks that disagree, a missing tensor) is still opened, by the first
+/// family whose mapping finds weights in every file, with a warning saying so.
+fn open_raw(path: &Path, family: &Family, warn: &mut dyn FnMut(String)) -> Result<Source> {
+    let err = match (crate::open(path, family), family) {
+        (Ok(src), _) => return Ok(src),
+        (Err(e), Family::Detect) => e,
+        (Err(e), _) => return Err(e),
+    };
+    for name in crate::Mapping::builtin_names() {
+        if let Ok(src) = crate::open(path, &Family::Named(name.to_string())) {
+            warn(format!(
+                "{}: no family fits it as a model ({err}); its weights are those the `{name}` \
+                 mapping finds",
+                path.display()
+            ));
+            return Ok(src);
+        }
+    }
+    Err(err)
 }
 
 /// Both sides' maps: canonical (planned) or raw.

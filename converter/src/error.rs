@@ -95,9 +95,11 @@ impl Error {
         tensor: impl Into<String>,
         msg: impl Into<String>,
     ) -> Self {
+        // Names come from the file and may be a megabyte long: show their start.
+        let tensor: String = tensor.into();
         Error::Tensor {
             path: path.into(),
-            tensor: tensor.into(),
+            tensor: crate::torch::value::shorten(&tensor).into_owned(),
             msg: msg.into(),
         }
     }

@@ -4,7 +4,7 @@
 //! The data flow, one step per module:
 //!
 //! ```text
-//! checkpoint::discover   input path  -> rank files (tracker, iteration, mp_rank_XX)
+//! layout::discover       input path  -> every file (tracker, iteration, rank grid, HF shards)
 //! checkpoint::Rank::open rank file   -> torch object tree + weights (torch:: reads zip and
 //!                                       legacy files through a memory map, executing nothing)
 //! plan::build            ranks + mapping (mappings/*.toml) -> every output tensor, checked
@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod diff;
 pub mod error;
 pub mod gpt2_config;
+pub mod layout;
 pub mod mapping;
 pub mod merge;
 pub mod plan;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, Rank};
 use crate::error::{Error, Result};
+use crate::layout;
 use crate::mapping::Mapping;
 use crate::plan::{self, Entry};
 use crate::torch::TorchFile;
@@ -38,23 +39,32 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Find and open the checkpoint at `input`.
 pub fn open(input: &Path, family: &Family) -> Result<Source> {
-    let layout = checkpoint::discover(input)?;
+    let layout = layout::discover(input)?;
     let mut ranks = layout
-        .ranks
-        .iter()
-        .zip(layout.display)
-        .enumerate()
-        .map(|(tp, (path, display))| {
+        .shards
+        .into_iter()
+        .map(|s| {
             Ok(Rank {
-                file: TorchFile::open(path)?,
-                display,
-                tp,
-                pp: 0,
+                file: TorchFile::open(&s.path)?,
+                display: s.display,
+                tp: s.tp,
+                pp: s.pp,
                 weights: Vec::new(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let config = read_config(input)?;
+    let config = match &layout.config {
+        Some(path) => Some(read_config(path)?),
+        // A single file may have its config beside it.
+        None if input.is_file() => {
+            let beside = input.parent().unwrap_or(Path::new(".")).join("config.json");
+            match std::fs::metadata(&beside) {
+                Ok(m) if m.is_file() => Some(read_config(&beside)?),
+                _ => None,
+            }
+        }
+        None => None,
+    };
     let (mapping, family_from) = match family {
         Family::Named(name) => (Mapping::builtin(name)?, format!("--from {name}")),
         Family::File(p) => (Mapping::load(p)?, format!("--mapping {}", p.display())),
@@ -62,6 +72,9 @@ pub fn open(input: &Path, family: &Family) -> Result<Source> {
     };
     for r in &mut ranks {
         r.weights = checkpoint::weights(&r.file, &mapping)?;
+        if r.weights.is_empty() {
+            return Err(checkpoint::no_weights(&r.file, &mapping));
+        }
     }
     Ok(Source {
         mapping,
@@ -74,19 +87,33 @@ pub fn open(input: &Path, family: &Family) -> Result<Source> {
 /// The first built-in family whose mapping fits the files, or an error saying what was found.
 fn detect(ranks: &mut [Rank]) -> Result<(Mapping, String)> {
     let mut tried = Vec::new();
+    let mut named_by: Option<Error> = None;
     for name in Mapping::builtin_names() {
         let mapping = Mapping::builtin(name)?;
-        let fits = ranks
-            .iter_mut()
-            .try_for_each(|r| {
-                r.weights = checkpoint::weights(&r.file, &mapping)?;
-                Ok(())
-            })
-            .and_then(|()| plan::fits(ranks, &mapping));
-        match fits {
-            Ok(()) => return Ok((mapping, "detected".into())),
-            Err(e) => tried.push(format!("{name}: {e}")),
+        // Errors here are the file's own (a hostile name table), whatever the family.
+        for r in ranks.iter_mut() {
+            r.weights = checkpoint::weights(&r.file, &mapping)?;
         }
+        let listed = match ranks.iter().find(|r| r.weights.is_empty()) {
+            Some(r) => Err(plan::Misfit::Names(checkpoint::no_weights(
+                &r.file, &mapping,
+            ))),
+            None => Ok(()),
+        };
+        match listed.and_then(|()| plan::fits(ranks, &mapping)) {
+            Ok(()) => return Ok((mapping, "detected".into())),
+            // Every name is this family's. Another family sharing its names may still fit
+            // (nanoGPT's and Hugging Face's names are the same, their orientation is not);
+            // if none does, this family's complaint is the one that helps.
+            Err(plan::Misfit::Model(e)) => {
+                tried.push(brief(name, &e));
+                named_by.get_or_insert(e);
+            }
+            Err(plan::Misfit::Names(e)) => tried.push(brief(name, &e)),
+        }
+    }
+    if let Some(e) = named_by {
+        return Err(e);
     }
     let r0 = &ranks[0];
     let keys: Vec<String> = r0
@@ -95,7 +122,7 @@ fn detect(ranks: &mut [Rank]) -> Result<(Mapping, String)> {
         .dict_items()
         .unwrap_or_default()
         .iter()
-        .take(12)
+        .take(8)
         .map(|(k, _)| {
             k.as_str().map_or_else(
                 || k.describe(),
@@ -114,33 +141,30 @@ fn detect(ranks: &mut [Rank]) -> Result<(Mapping, String)> {
     ))
 }
 
-/// `config.json` beside a checkpoint directory (Hugging Face), if there is one.
-fn read_config(input: &Path) -> Result<Option<serde_json::Value>> {
-    use std::io::Read;
-    let dir = if input.is_file() {
-        input.parent().unwrap_or(Path::new("."))
-    } else {
-        input
-    };
-    let path = dir.join("config.json");
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => {}
-        _ => return Ok(None),
+/// One family's reason for not fitting, at most a few hundred characters.
+fn brief(family: &str, e: &Error) -> String {
+    let text = e.to_string();
+    match text.char_indices().nth(160) {
+        Some((cut, _)) => format!("{family}: {}…", &text[..cut]),
+        None => format!("{family}: {text}"),
     }
-    let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, "cannot read", e))?;
+}
+
+/// A Hugging Face `config.json`, read whole up to its cap.
+fn read_config(path: &Path) -> Result<serde_json::Value> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot read", e))?;
     let mut text = String::new();
     f.take(MAX_CONFIG_BYTES + 1)
         .read_to_string(&mut text)
-        .map_err(|e| Error::io(&path, "cannot read", e))?;
+        .map_err(|e| Error::io(path, "cannot read", e))?;
     if text.len() as u64 > MAX_CONFIG_BYTES {
         return Err(Error::format(
-            &path,
+            path,
             format!("is larger than {MAX_CONFIG_BYTES} bytes; not a model config"),
         ));
     }
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
 }
 
 impl Source {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{self, Rank};
+use crate::checkpoint::Rank;
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 
@@ -535,7 +535,9 @@ pub fn check_outside_inputs(out: &Path, input: &Path, mapping: Option<&Path>) ->
 fn input_paths(input: &Path, mapping: Option<&Path>) -> Result<Vec<PathBuf>> {
     let mut paths = vec![input.to_path_buf()];
     paths.extend(mapping.map(Path::to_path_buf));
-    for rank in checkpoint::discover(input)?.ranks {
+    let layout = crate::layout::discover(input)?;
+    paths.extend(layout.config);
+    for rank in layout.shards.into_iter().map(|s| s.path) {
         let mut dir = rank.parent();
         while let Some(d) = dir.filter(|d| *d != input && d.starts_with(input)) {
             paths.push(d.to_path_buf());

@@ -602,12 +602,14 @@ fn usage_errors_with_json_are_json_errors_and_help_stays_text() {
 #[test]
 fn help_examples_name_fixtures_that_exist() {
     // The examples that name fixtures must keep working as written (from the repository root).
-    let help = diff(&["--help"]).stdout;
+    let help = diff(&["--help"]).stdout.replace("\\\n", " ");
     let root = testkit::fixtures().join("..");
-    for line in help
+    let examples: Vec<&str> = help
         .lines()
         .filter(|l| l.trim_start().starts_with("cpm-diff fixtures/"))
-    {
+        .collect();
+    assert!(examples.len() >= 3, "{help}");
+    for line in examples {
         let args: Vec<&str> = line.split_whitespace().skip(1).collect();
         let mut cmd = std::process::Command::new(EXE);
         cmd.args(&args).current_dir(&root);
@@ -616,26 +618,49 @@ fn help_examples_name_fixtures_that_exist() {
     }
 }
 
+/// The contract of the canonical map: what cpm-convert writes from X is what cpm-diff maps X to,
+/// values included, for every fixture layout; a conversion to another dtype differs in dtype
+/// only, and its values are equal after widening.
 #[test]
-#[ignore = "needs the library to read cpm-convert's output (the safetensors reader of issue 10)"]
 fn a_checkpoint_and_its_conversion_compare_equal() {
     let d = tempfile::tempdir().unwrap();
-    let out = d.path().join("out");
-    let r = testkit::run(
-        env!("CARGO_BIN_EXE_cpm-convert"),
-        &[tiny("ckpt").as_os_str(), "-o".as_ref(), out.as_os_str()],
-        &[],
-    );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    let r = report(
-        &[
-            tiny("ckpt").as_os_str(),
-            out.as_os_str(),
-            "--values".as_ref(),
-        ],
-        0,
-    );
-    assert_eq!(r.summary.identical, Some(28));
+    let convert = |input: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec![input.as_os_str(), "-o".as_ref(), out.as_os_str()];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let r = testkit::run(env!("CARGO_BIN_EXE_cpm-convert"), &args, &[]);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+    };
+    for (i, (input, extra)) in [
+        (tiny("ckpt"), &[][..]),
+        (tiny("ckpt-legacy"), &["--heads", "4"][..]),
+        (family("megatron-v3-tp2-pp2"), &["--vocab-size", "1000"][..]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = d.path().join(format!("out{i}"));
+        convert(input, &out, extra);
+        let mut args = vec![input.as_os_str(), out.as_os_str(), "--values".as_ref()];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let r = report(&args, 0);
+        assert_eq!(r.summary.identical, Some(28), "{input:?}");
+    }
+    let (ckpt, out) = (tiny("ckpt"), d.path().join("f32"));
+    convert(&ckpt, &out, &["--dtype", "f32"]);
+    let r = report(&[ckpt.as_os_str(), out.as_os_str(), "--values".as_ref()], 1);
+    assert_eq!(r.changed.len(), 28, "{r:?}");
+    assert!(r
+        .changed
+        .iter()
+        .all(|c| matches!(c, Change::Dtype { b, .. } if b == "F32")));
+    assert_eq!(r.values.as_deref().map(<[Values]>::len), Some(0));
+    let args = [
+        ckpt.as_os_str(),
+        out.as_os_str(),
+        "--values".as_ref(),
+        "--dtype-insensitive".as_ref(),
+    ];
+    assert!(report(&args, 0).equal);
 }
 
 fn family(path: &str) -> PathBuf {
@@ -647,12 +672,15 @@ fn family(path: &str) -> PathBuf {
 /// vocabulary rows. PyTorch wrote them all from one set of weights.
 #[test]
 fn the_same_model_saved_by_different_families_compares_equal() {
-    let a = family("megatron-v0/iter_0000100");
+    let a = family("hf-bin-sharded");
     for b in [
-        "megatron-v1/iter_0000100",
-        "megatron-v2/iter_0000100",
+        "megatron-v0",
+        "megatron-v1",
+        "megatron-v2",
+        "megatron-v3-tp2-pp2",
+        "megatron-v3-erf",
         "nanogpt-compiled/ckpt.pt",
-        "hf-legacy-bin/pytorch_model.bin",
+        "hf-legacy-bin",
     ] {
         let b = family(b);
         let args = [
@@ -664,15 +692,24 @@ fn the_same_model_saved_by_different_families_compares_equal() {
             "--dtype-insensitive".as_ref(),
         ];
         let r = report(&args, 0);
-        assert_eq!(
-            (r.summary.compared, r.summary.identical),
-            (Some(28), Some(28)),
-            "{b:?}"
-        );
+        let s = &r.summary;
+        assert_eq!((s.compared, s.identical), (Some(28), Some(28)), "{b:?}");
     }
+    // Model U (untied head): megatron-core's output layer is transformers' lm_head.
+    let (a, b) = (family("mcore-tp2-te"), family("hf-safetensors-untied"));
+    let args = [
+        a.as_os_str(),
+        b.as_os_str(),
+        "--values".as_ref(),
+        "--vocab-size".as_ref(),
+        "1000".as_ref(),
+        "--dtype-insensitive".as_ref(),
+    ];
+    assert_eq!(report(&args, 0).summary.identical, Some(29));
+    let a = family("megatron-v0");
     // Without the options: Megatron pads the vocabulary to 1024 rows, transformers keeps 1000;
     // Megatron stores fp16, this transformers file fp32.
-    let b = family("hf-legacy-bin/pytorch_model.bin");
+    let b = family("hf-legacy-bin");
     let r = report(&[a.as_os_str(), b.as_os_str()], 1);
     let wte = Change::Shape {
         name: "transformer.wte.weight".into(),
@@ -689,7 +726,7 @@ fn the_same_model_saved_by_different_families_compares_equal() {
 
 #[test]
 fn missing_biases_and_an_untied_head_are_reported_against_the_same_model() {
-    let a = family("megatron-v0/iter_0000100");
+    let a = family("megatron-v0");
     let opts = ["--values", "--vocab-size", "1000", "--dtype-insensitive"];
     // nanoGPT without biases: a port writes zeros there, so exactly the 13 biases differ, each
     // in every element, by |A - 0| / |A| = 1, with no cosine against a zero vector.
@@ -708,7 +745,7 @@ fn missing_biases_and_an_untied_head_are_reported_against_the_same_model() {
         assert_eq!((x.rel_diff, x.cosine), (Some(1.0), None), "{x:?}");
     }
     // megatron-core with an untied output layer: the head is the one tensor only in B.
-    let b = family("mcore-tp2-local/iter_0000100");
+    let b = family("mcore-tp2-local");
     let mut args = vec![a.as_os_str(), b.as_os_str()];
     args.extend(opts.iter().map(std::ffi::OsStr::new));
     let r = report(&args, 1);

@@ -197,6 +197,26 @@ fn bad_tracker_files_are_refused() {
 }
 
 #[test]
+fn safetensors_builder_converts() {
+    check_all(cases::safetensors_builder());
+}
+
+#[test]
+fn malformed_safetensors_headers_are_refused() {
+    check_all(cases::safetensors_headers());
+}
+
+#[test]
+fn safetensors_shapes_and_header_sizes_are_bounded() {
+    check_all(cases::safetensors_sizes());
+}
+
+#[test]
+fn hostile_shard_indexes_are_refused() {
+    check_all(cases::hf_indexes());
+}
+
+#[test]
 fn truncated_files_are_refused_by_the_reader_at_every_seventh_byte() {
     // ...and the reader in-process at every 7th byte (some 55,000 parses).
     use cpm_convert::torch::parse_bytes;

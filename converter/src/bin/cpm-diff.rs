@@ -20,6 +20,9 @@ Examples:
       every tensor of the copy equals the original's, bit for bit (exit 0)
   cpm-diff fixtures/tiny/ckpt fixtures/tiny/ckpt-mp1 --values
       the same model saved over 2 and over 1 model-parallel ranks: equal
+  cpm-diff fixtures/families/megatron-v0/iter_0000100 fixtures/families/nanogpt-compiled/ckpt.pt \
+      --values --vocab-size 1000 --dtype-insensitive
+      one model saved by Megatron-LM (fp16, padded vocabulary) and by nanoGPT (fp32): equal
   cpm-diff old.pt new.pt --values --atol 1e-3 --json
       which tensors moved by more than 1e-3, as one JSON object
   cpm-diff fixtures/tiny/ckpt fixtures/tiny/ckpt-legacy --raw

@@ -14,45 +14,53 @@ use crate::mapping::{target_name, Mapping, Missing, BLOCK};
 pub struct Grid {
     pub tp: usize,
     pub pp: usize,
-    /// For each stage, the index in `ranks` of each tensor-parallel rank, in rank order.
-    pub stages: Vec<Vec<usize>>,
+    /// For each stage and tensor-parallel rank, the indices in `ranks` of its files (one, or
+    /// several shards of one state dict).
+    pub stages: Vec<Vec<Vec<usize>>>,
 }
 
 impl Grid {
-    /// Every (tp, pp) position exactly once.
+    /// Every (tp, pp) position holds at least one file.
     pub fn of(ranks: &[Rank]) -> Result<Grid> {
         let first = ranks
             .first()
             .ok_or_else(|| Error::internal("a checkpoint without files reached the plan"))?;
         let tp = ranks.iter().map(|r| r.tp).max().unwrap_or(0) + 1;
         let pp = ranks.iter().map(|r| r.pp).max().unwrap_or(0) + 1;
-        // Bounded by the files present: a position beyond them is a gap, refused below.
-        if tp.checked_mul(pp) != Some(ranks.len()) {
+        // Bounded by the files present: a grid larger than them has a gap.
+        if tp.checked_mul(pp).map_or(true, |n| n > ranks.len()) {
             return Err(Error::layout(
                 &first.file.path,
                 format!(
-                    "{} files do not form a full grid of {tp} tensor-parallel ranks × {pp} \
-                     pipeline stages",
+                    "{} files cannot fill a grid of {tp} tensor-parallel ranks × {pp} pipeline \
+                     stages",
                     ranks.len()
                 ),
             ));
         }
-        let mut stages = vec![vec![usize::MAX; tp]; pp];
+        let mut stages = vec![vec![Vec::new(); tp]; pp];
         for (i, r) in ranks.iter().enumerate() {
-            let slot = &mut stages[r.pp][r.tp];
-            if *slot != usize::MAX {
-                return Err(Error::layout(
-                    &r.file.path,
-                    format!(
-                        "two files hold tensor-parallel rank {} of stage {}",
-                        r.tp, r.pp
-                    ),
-                ));
-            }
-            *slot = i;
+            stages[r.pp][r.tp].push(i);
+        }
+        let gap = (0..pp)
+            .flat_map(|p| (0..tp).map(move |t| (p, t)))
+            .find(|&(p, t)| stages[p][t].is_empty());
+        if let Some((p, t)) = gap {
+            return Err(Error::layout(
+                &first.file.path,
+                format!("no file holds tensor-parallel rank {t} of pipeline stage {p}"),
+            ));
         }
         Ok(Grid { tp, pp, stages })
     }
+}
+
+/// Every weight matched, and the first gap in a stage's layer numbers: reported once the names
+/// are known to be the family's (by [`check_complete`]), since a gap is an incomplete checkpoint
+/// of this family, not another family.
+pub struct AllMatched {
+    pub matched: Vec<Matched>,
+    pub gap: Option<Error>,
 }
 
 /// One output tensor's sources: the stored name (on rank 0 of its stage), its rule, its global
@@ -66,17 +74,19 @@ pub struct Matched {
 
 /// Every weight of every file matched to a rule, each present on every tensor-parallel rank of
 /// its stage, in stage and file order.
-pub fn match_rules(ranks: &[Rank], grid: &Grid, mapping: &Mapping) -> Result<Vec<Matched>> {
+pub fn match_rules(ranks: &[Rank], grid: &Grid, mapping: &Mapping) -> Result<AllMatched> {
     let mut out = Vec::new();
+    let mut gap = None;
     let mut offset = 0u64;
     let mut seen: HashMap<(usize, Option<u64>), (usize, String)> = HashMap::new();
     for (p, stage) in grid.stages.iter().enumerate() {
         let local = match_stage(ranks, stage, mapping)?;
-        let layers = stage_layers(ranks, stage, &local, p, grid.pp)?;
+        let (layers, g) = stage_layers(ranks, stage, &local, p, grid.pp);
+        gap = gap.or(g);
         for mut m in local {
             m.block = m.block.map(|b| b + offset);
             if let Some((q, other)) = seen.insert((m.rule, m.block), (p, m.name.clone())) {
-                let path = &ranks[stage[0]].file.path;
+                let path = &ranks[stage[0][0]].file.path;
                 let why = if q == p {
                     format!("and `{other}` are two spellings of one tensor; keep one")
                 } else {
@@ -88,16 +98,20 @@ pub fn match_rules(ranks: &[Rank], grid: &Grid, mapping: &Mapping) -> Result<Vec
         }
         offset += layers;
     }
-    Ok(out)
+    Ok(AllMatched { matched: out, gap })
 }
 
 /// One stage's weights, grouped by name across its tensor-parallel ranks and matched to rules
 /// (block indices still local to the stage).
-fn match_stage(ranks: &[Rank], stage: &[usize], mapping: &Mapping) -> Result<Vec<Matched>> {
+fn match_stage(ranks: &[Rank], stage: &[Vec<usize>], mapping: &Mapping) -> Result<Vec<Matched>> {
     let tp = stage.len();
     let mut by_name: HashMap<&str, Vec<Option<Part>>> = HashMap::new();
     let mut order: Vec<&str> = Vec::new();
-    for (t, &r) in stage.iter().enumerate() {
+    let files = stage
+        .iter()
+        .enumerate()
+        .flat_map(|(t, fs)| fs.iter().map(move |&r| (t, r)));
+    for (t, r) in files {
         let rank = &ranks[r];
         for (name, tensor) in &rank.weights {
             if mapping.ignored(name) {
@@ -123,7 +137,11 @@ fn match_stage(ranks: &[Rank], stage: &[usize], mapping: &Mapping) -> Result<Vec
     let mut out = Vec::with_capacity(order.len());
     for name in order {
         let slots = by_name.remove(name).unwrap_or_default();
-        let first = stage[slots.iter().position(Option::is_some).unwrap_or(0)];
+        let first = slots
+            .iter()
+            .flatten()
+            .next()
+            .map_or(stage[0][0], |p| p.rank);
         let (rule, block) = mapping.find(name).ok_or_else(|| {
             Error::tensor(
                 &ranks[first].file.path,
@@ -140,7 +158,7 @@ fn match_stage(ranks: &[Rank], stage: &[usize], mapping: &Mapping) -> Result<Vec
             .map(|(t, part)| {
                 part.ok_or_else(|| {
                     Error::tensor(
-                        &ranks[stage[t]].file.path,
+                        &ranks[stage[t][0]].file.path,
                         name,
                         format!(
                             "is missing from tensor-parallel rank {t} but present on other ranks"
@@ -164,11 +182,11 @@ fn match_stage(ranks: &[Rank], stage: &[usize], mapping: &Mapping) -> Result<Vec
 /// read from a name.
 fn stage_layers(
     ranks: &[Rank],
-    stage: &[usize],
+    stage: &[Vec<usize>],
     local: &[Matched],
     p: usize,
     pp: usize,
-) -> Result<u64> {
+) -> (u64, Option<Error>) {
     let blocks: BTreeSet<u64> = local.iter().filter_map(|m| m.block).collect();
     let Some(gap) = blocks
         .iter()
@@ -176,7 +194,7 @@ fn stage_layers(
         .find(|(b, i)| **b != *i)
         .map(|(_, i)| i)
     else {
-        return Ok(blocks.len() as u64);
+        return (blocks.len() as u64, None);
     };
     let last = blocks.last().copied().unwrap_or(0);
     let example = local
@@ -189,25 +207,26 @@ fn stage_layers(
     } else {
         String::new()
     };
-    Err(Error::tensor(
-        &ranks[stage[0]].file.path,
+    let error = Error::tensor(
+        &ranks[stage[0][0]].file.path,
         example,
         format!(
             "is missing: layer {gap} has no tensors{stage_note}, but the checkpoint names layers \
              up to {last} (layer indices must run 0..{} without gaps)",
             blocks.len()
         ),
-    ))
+    );
+    (blocks.len() as u64, Some(error))
 }
 
 /// The layer count; every per-layer rule present in every layer and every other rule once,
 /// unless the rule says what a missing tensor means (zeros: a synthesized entry is added;
 /// skip: nothing).
-pub fn check_complete(
-    ranks: &[Rank],
-    mapping: &Mapping,
-    matched: &mut Vec<Matched>,
-) -> Result<u64> {
+pub fn check_complete(ranks: &[Rank], mapping: &Mapping, all: &mut AllMatched) -> Result<u64> {
+    if let Some(gap) = all.gap.take() {
+        return Err(gap);
+    }
+    let matched = &mut all.matched;
     let layers = matched
         .iter()
         .filter_map(|m| m.block)

@@ -158,10 +158,9 @@ pub fn build(
     let grid = matching::Grid::of(ranks)?;
     model::check_world_size(ranks, mapping, grid.tp)?;
     let qkv = model::qkv_split(ranks, mapping)?;
-    let matched = matching::match_rules(ranks, &grid, mapping)?;
-    let mut matched = matched;
-    let layers = matching::check_complete(ranks, mapping, &mut matched)?;
-    let mut planned = entry::plan_all(ranks, mapping, &matched, qkv, out)?;
+    let mut all = matching::match_rules(ranks, &grid, mapping)?;
+    let layers = matching::check_complete(ranks, mapping, &mut all)?;
+    let mut planned = entry::plan_all(ranks, mapping, &all.matched, qkv, out)?;
     let sizes = model::sizes(&mut planned.entries, &ranks[0].display, mapping)?;
     let hidden = sizes.get("hidden")?;
     let rec = model::Recorded {
@@ -210,11 +209,36 @@ pub fn build(
     })
 }
 
-/// Whether `mapping` describes these files: every weight matches a rule or is ignored, and
-/// every tensor the mapping needs is there (no tensor data is read, no head count needed).
-pub fn fits(ranks: &[Rank], mapping: &Mapping) -> Result<()> {
-    let grid = matching::Grid::of(ranks)?;
-    let mut matched = matching::match_rules(ranks, &grid, mapping)?;
-    matching::check_complete(ranks, mapping, &mut matched)?;
-    Ok(())
+/// Why a mapping does not describe a checkpoint.
+pub enum Misfit {
+    /// Its names are another family's: some weight matches no rule.
+    Names(crate::Error),
+    /// Every name is this family's, but the checkpoint is incomplete or inconsistent (a missing
+    /// rank or layer, a shape that is not the model's): this error is the one to report.
+    Model(crate::Error),
+}
+
+/// Whether `mapping` describes these files: every weight matches a rule or is ignored, every
+/// tensor the mapping needs is there, the recorded world size holds, and the shapes form one
+/// model in the mapping's layout (nanoGPT and Hugging Face share names but not orientation).
+/// No head count is needed and no tensor data is read (but for a tied head's copy).
+pub fn fits(ranks: &[Rank], mapping: &Mapping) -> std::result::Result<(), Misfit> {
+    let grid = matching::Grid::of(ranks).map_err(Misfit::Names)?;
+    let mut all = matching::match_rules(ranks, &grid, mapping).map_err(Misfit::Names)?;
+    if all.matched.is_empty() {
+        // Nothing but ignored entries: not this family's weights.
+        return Err(Misfit::Names(crate::checkpoint::no_weights(
+            &ranks[0].file,
+            mapping,
+        )));
+    }
+    let mut model = || -> Result<()> {
+        model::check_world_size(ranks, mapping, grid.tp)?;
+        let qkv = model::qkv_split(ranks, mapping)?;
+        matching::check_complete(ranks, mapping, &mut all)?;
+        let mut planned = entry::plan_all(ranks, mapping, &all.matched, qkv, OutDtype::Keep)?;
+        model::sizes(&mut planned.entries, &ranks[0].display, mapping)?;
+        Ok(())
+    };
+    model().map_err(Misfit::Model)
 }

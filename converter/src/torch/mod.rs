@@ -6,13 +6,13 @@
 
 mod legacy;
 pub mod pickle;
+pub mod safetensors;
 pub mod tensor;
 pub mod value;
 mod zip;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,8 @@ use crate::error::{Error, Result};
 pub enum Format {
     Zip,
     Legacy,
+    /// A safetensors file: each tensor is its own storage.
+    Safetensors,
 }
 
 impl Format {
@@ -36,6 +38,7 @@ impl Format {
         match self {
             Format::Zip => "zip",
             Format::Legacy => "legacy",
+            Format::Safetensors => "safetensors",
         }
     }
 }
@@ -55,11 +58,12 @@ pub struct TorchFile {
 impl TorchFile {
     /// Map `path` and parse its object tree; no tensor data is read.
     pub fn open(path: &Path) -> Result<TorchFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(path, "cannot stat", e))?
-            .len();
+        // A FIFO or a device would block or read forever: regular files only, checked on the
+        // handle.
+        let (file, len) = crate::layout::open_regular(
+            path,
+            "checkpoint files must be torch or safetensors files",
+        )?;
         if len == 0 {
             return Err(Error::format(
                 path,
@@ -175,6 +179,8 @@ pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Contents> {
         (Format::Zip, zip::read(bytes, path)?)
     } else if bytes.starts_with(LEGACY_PREFIX) {
         (Format::Legacy, legacy::read(bytes, path)?)
+    } else if safetensors::looks_like(bytes) {
+        (Format::Safetensors, safetensors::read(bytes, path)?)
     } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
         return Err(Error::format(
             path,
@@ -184,8 +190,9 @@ pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Contents> {
         return Err(Error::format(
             path,
             format!(
-                "not a torch checkpoint: expected a zip archive (PK\\x03\\x04) or the legacy \
-                 pickle magic, found bytes {:02x?}",
+                "not a torch checkpoint: expected a zip archive (PK\\x03\\x04), the legacy \
+                 pickle magic or a safetensors header (8-byte length, then `{{`), found bytes \
+                 {:02x?}",
                 &bytes[..bytes.len().min(8)]
             ),
         ));

@@ -1,0 +1,196 @@
+//! Every GPT-2 family in (issue 10): each fixture in `fixtures/families/` was written in its
+//! family's real layout by `fixtures/make_family_fixtures.py`, with logits recorded by that
+//! family's own forward pass (Megatron's rank-by-rank layout, megatron-core's GPTModel,
+//! nanoGPT's model, transformers). Each must convert with its family detected from structure
+//! alone, and the conversion must reproduce those logits (`cpm-verify`'s library), with the
+//! activation the family's training flags imply. Fixtures holding the same model must convert
+//! to the same tensors, byte for byte.
+
+use std::path::{Path, PathBuf};
+
+const EXE: &str = env!("CARGO_BIN_EXE_cpm-convert");
+
+fn families() -> PathBuf {
+    testkit::fixtures().join("families")
+}
+
+/// (fixture, the input a user passes, family expected, activation expected)
+const CASES: &[(&str, &str, &str, &str)] = &[
+    ("megatron-v0", "", "megatron-gpt2", "gelu_new"),
+    ("megatron-v1", "", "megatron-gpt2", "gelu_new"),
+    ("megatron-v2", "", "megatron-gpt2", "gelu_new"),
+    ("megatron-v3-tp2-pp2", "", "megatron-gpt2", "gelu_new"),
+    ("megatron-v3-erf", "", "megatron-gpt2", "gelu"),
+    ("mcore-tp2-local", "", "megatron-core-gpt", "gelu"),
+    ("mcore-tp2-te", "", "megatron-core-gpt", "gelu_new"),
+    ("nanogpt-nobias", "ckpt.pt", "nanogpt", "gelu"),
+    ("nanogpt-compiled", "ckpt.pt", "nanogpt", "gelu"),
+    ("hf-bin-sharded", "", "hf-gpt2", "gelu_new"),
+    ("hf-safetensors-untied", "", "hf-gpt2", "gelu_new"),
+    ("hf-legacy-bin", "", "hf-gpt2", "gelu_new"),
+];
+
+fn convert(input: &Path, out: &Path, extra: &[&str]) -> testkit::Run {
+    let mut args: Vec<&std::ffi::OsStr> = vec![input.as_os_str(), "-o".as_ref(), out.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    args.push("--json".as_ref());
+    testkit::run(EXE, &args, &[])
+}
+
+fn json(run: &testkit::Run) -> serde_json::Value {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run:?}"))
+}
+
+#[test]
+fn every_family_converts_and_reproduces_its_own_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, input, family, activation) in CASES {
+        let fixture = families().join(name);
+        let out = tmp.path().join(name);
+        let run = convert(&fixture.join(input), &out, &[]);
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        let summary = json(&run);
+        assert_eq!(summary["variant"], *family, "{name}: family detected");
+        assert_eq!(summary["family_from"], "detected", "{name}");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(
+            config["activation_function"], *activation,
+            "{name}: activation"
+        );
+        let opts = cpm_verify::Options {
+            threads: 1,
+            ..Default::default()
+        };
+        let report =
+            cpm_verify::verify(&out, &fixture, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            report.overall.pass,
+            "{name}: logits differ from the family's own forward: max |diff| {}",
+            report.overall.max_abs_diff
+        );
+    }
+}
+
+/// (name, dtype, shape) of each tensor of a model.safetensors, in file order.
+type TensorList = Vec<(String, String, Vec<usize>)>;
+
+/// The tensors of a converted model.safetensors and its data section.
+fn tensors(dir: &Path) -> (TensorList, Vec<u8>) {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut list: Vec<(u64, String, String, Vec<usize>)> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let shape = v["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize);
+            (
+                v["data_offsets"][0].as_u64().unwrap(),
+                k.clone(),
+                v["dtype"].as_str().unwrap().to_string(),
+                shape.collect(),
+            )
+        })
+        .collect();
+    list.sort();
+    let names = list.into_iter().map(|(_, n, d, s)| (n, d, s)).collect();
+    (names, bytes[8 + n..].to_vec())
+}
+
+#[test]
+fn one_model_saved_by_different_families_converts_to_the_same_tensors() {
+    // Model T (see fixtures/families/README.md): the Megatron checkpoints pad the vocabulary to
+    // 1024 rows and nanoGPT stores f32; cut and cast, they must equal the Hugging Face port.
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("hf");
+    let run = convert(&families().join("hf-bin-sharded"), &reference, &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let (want_names, want_data) = tensors(&reference);
+    for (name, input, extra) in [
+        ("megatron-v0", "", &["--vocab-size", "1000"][..]),
+        ("megatron-v1", "", &["--vocab-size", "1000"]),
+        ("megatron-v2", "", &["--vocab-size", "1000"]),
+        ("megatron-v3-tp2-pp2", "", &["--vocab-size", "1000"]),
+        (
+            "nanogpt-compiled",
+            "ckpt.pt",
+            &["--vocab-size", "1000", "--dtype", "f16"],
+        ),
+        ("hf-legacy-bin", "", &["--dtype", "f16"]),
+    ] {
+        let out = tmp.path().join(name);
+        let run = convert(&families().join(name).join(input), &out, extra);
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        let (names, data) = tensors(&out);
+        assert_eq!(
+            names, want_names,
+            "{name}: tensor names, dtypes, shapes, order"
+        );
+        assert!(
+            data == want_data,
+            "{name}: the data section differs from the Hugging Face port's"
+        );
+    }
+}
+
+#[test]
+fn an_untied_head_is_kept_and_a_tied_copy_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, untied) in [
+        ("mcore-tp2-local", true),
+        ("hf-safetensors-untied", true),
+        ("nanogpt-compiled", false),
+        ("hf-bin-sharded", false),
+    ] {
+        let out = tmp.path().join(name);
+        let input = if name.starts_with("nanogpt") {
+            families().join(name).join("ckpt.pt")
+        } else {
+            families().join(name)
+        };
+        let run = convert(&input, &out, &[]);
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        let (names, _) = tensors(&out);
+        let has_head = names.iter().any(|(n, _, _)| n == "lm_head.weight");
+        assert_eq!(has_head, untied, "{name}: lm_head.weight written");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["tie_word_embeddings"], !untied, "{name}");
+    }
+}
+
+#[test]
+fn a_file_of_no_known_family_says_what_it_found() {
+    // CPM's rank file with its weights renamed beyond any family's rules.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let nothing = tmp.path().join("x.safetensors");
+    std::fs::write(&nothing, b"not a checkpoint").unwrap();
+    let run = convert(&nothing, &out, &[]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    let wrong = convert(
+        &families().join("megatron-v1"),
+        &out,
+        &["--from", "nanogpt"],
+    );
+    assert_eq!(wrong.code, Some(2), "{wrong:?}");
+    assert!(
+        wrong
+            .stdout
+            .contains("matches no rule of the `nanogpt` mapping"),
+        "{wrong:?}"
+    );
+    let unknown = convert(&families().join("megatron-v1"), &out, &["--from", "gpt-j"]);
+    assert!(
+        unknown.stdout.contains("unknown family `gpt-j`"),
+        "{unknown:?}"
+    );
+    assert!(!out.exists());
+}
