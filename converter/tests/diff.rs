@@ -645,6 +645,23 @@ fn a_checkpoint_and_its_conversion_compare_equal() {
         let r = report(&args, 0);
         assert_eq!(r.summary.identical, Some(28), "{input:?}");
     }
+    // One value changed in the conversion (row 3 of c_attn lies contiguously in the Hugging
+    // Face layout: found by its bytes) is found at its index, through the comparison that reads
+    // one side transposed and the other not.
+    let qkv = "transformer.h.0.attn.c_attn.weight";
+    let (w, _) = hf_tensor(qkv);
+    let model = d.path().join("out0/model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let at = cases::find(&bytes, &f16_bytes(&w[3 * 192..4 * 192])).expect("row 3 of c_attn");
+    bytes[at + 2 * 100..at + 2 * 101].copy_from_slice(&f16::from_f32(7.0).to_le_bytes());
+    std::fs::write(&model, bytes).unwrap();
+    let args = [tiny("ckpt"), d.path().join("out0"), "--values".into()];
+    let v = report(&args, 1).values.unwrap();
+    assert_eq!((v.len(), v[0].name.as_str()), (1, qkv));
+    assert_eq!(
+        (v[0].first_index.as_slice(), v[0].differing),
+        (&[3u64, 100][..], 1)
+    );
     let (ckpt, out) = (tiny("ckpt"), d.path().join("f32"));
     convert(&ckpt, &out, &["--dtype", "f32"]);
     let r = report(&[ckpt.as_os_str(), out.as_os_str(), "--values".as_ref()], 1);

@@ -16,8 +16,8 @@ use cpm_convert::{Family, Progress};
 
 const AFTER_HELP: &str = "\
 Examples:
-  cpm-diff CPM-large CPM-large-copy --values
-      every tensor of the copy equals the original's, bit for bit (exit 0)
+  cpm-diff CPM-large cpm-lm-hf --values
+      check a conversion: every tensor of the port equals the original's, bit for bit (exit 0)
   cpm-diff fixtures/tiny/ckpt fixtures/tiny/ckpt-mp1 --values
       the same model saved over 2 and over 1 model-parallel ranks: equal
   cpm-diff fixtures/families/megatron-v0/iter_0000100 fixtures/families/nanogpt-compiled/ckpt.pt \
