@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     let mut warnings = Vec::new();
     let result = inspect::inspect(&opts, &mut warnings);
     for w in &warnings {
-        eprintln!("cpm-inspect: warning: {w}");
+        say(&format!("warning: {w}"));
     }
     match result {
         Ok(report) if cli.json => emit_json(&JsonReport {
@@ -118,10 +118,16 @@ fn main() -> ExitCode {
                     warnings,
                 });
             } else {
-                eprintln!("cpm-inspect: error: {msg}");
+                say(&format!("error: {msg}"));
             }
             return ExitCode::from(2);
         }
     }
     ExitCode::SUCCESS
+}
+
+/// A line on stderr; a closed stderr loses it instead of panicking as `eprintln!` would.
+fn say(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "cpm-inspect: {msg}");
 }
