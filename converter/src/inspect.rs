@@ -348,9 +348,7 @@ fn trees(ranks: &[Rank]) -> Vec<FileTree> {
 /// `v` as a [`Node`], at most `budget` nodes (decremented), containers below [`MAX_DEPTH`].
 pub fn node(v: &Value, depth: usize, budget: &mut usize) -> Node {
     if *budget == 0 {
-        return Node::Cut {
-            text: format!("… not shown: more than {MAX_NODES} values"),
-        };
+        return over_budget();
     }
     *budget -= 1;
     let other = |kind, text| Node::Other { kind, text };
@@ -384,13 +382,19 @@ pub fn node(v: &Value, depth: usize, budget: &mut usize) -> Node {
             Err(_) => Node::Cut { text: v.describe() },
         },
         Value::Dict(d) => match d.try_borrow() {
-            Ok(pairs) => map(None, &pairs, &[], depth, budget),
+            Ok(pairs) => dict(&pairs, depth, budget),
             Err(_) => Node::Cut { text: v.describe() },
         },
         Value::Object(o) => match o.try_borrow() {
             Ok(o) => object(&o, depth, budget),
             Err(_) => Node::Cut { text: v.describe() },
         },
+    }
+}
+
+fn over_budget() -> Node {
+    Node::Cut {
+        text: format!("… not shown: more than {MAX_NODES} values"),
     }
 }
 
@@ -404,39 +408,81 @@ fn cut(s: &str) -> String {
 }
 
 fn list(kind: &'static str, items: &[Value], depth: usize, budget: &mut usize) -> Node {
+    let items_shown = shown(
+        items.iter().take(MAX_ITEMS).map(Child::Value),
+        depth,
+        budget,
+    );
     Node::List {
         kind,
-        items: items
-            .iter()
-            .take(MAX_ITEMS)
-            .map(|x| node(x, depth + 1, budget))
-            .collect(),
+        items: items_shown,
         len: items.len(),
     }
 }
 
-/// A dict's entries (`pairs`) after an object's own `fields`, the first [`MAX_ENTRIES`] shown.
-fn map(
+/// What one entry of a map shows: a value, or an object's list items (held in the object, not
+/// as a value of their own).
+enum Child<'v> {
+    Value(&'v Value),
+    Items(&'v [Value]),
+}
+
+fn child(c: Child, depth: usize, budget: &mut usize) -> Node {
+    match c {
+        Child::Value(v) => node(v, depth, budget),
+        Child::Items(_) if *budget == 0 => over_budget(),
+        Child::Items(items) if depth >= MAX_DEPTH => {
+            *budget -= 1;
+            Node::Cut {
+                text: format!("<list of {}>", items.len()),
+            }
+        }
+        Child::Items(items) => {
+            *budget -= 1;
+            list("list", items, depth, budget)
+        }
+    }
+}
+
+fn dict(pairs: &[(Value, Value)], depth: usize, budget: &mut usize) -> Node {
+    // A weights dict is listed in the table already.
+    if pairs.len() > MAX_ITEMS && pairs.iter().all(|(_, x)| matches!(x, Value::Tensor(_))) {
+        return Node::Tensors(pairs.len());
+    }
+    let entries = pairs.iter().map(|(k, x)| (key(k), Child::Value(x)));
+    map(None, entries, pairs.len(), depth, budget)
+}
+
+/// The children of a container at `depth`. Past the budget only the first is shown (as the
+/// note that the rest is not): every open container adds at most one line to [`MAX_NODES`].
+fn shown<'v>(
+    children: impl Iterator<Item = Child<'v>>,
+    depth: usize,
+    budget: &mut usize,
+) -> Vec<Node> {
+    let mut out = Vec::new();
+    for c in children {
+        let exhausted = *budget == 0;
+        out.push(child(c, depth + 1, budget));
+        if exhausted {
+            break;
+        }
+    }
+    out
+}
+
+/// The first [`MAX_ENTRIES`] of `len` entries. Only those are looked at: a memoized dict of a
+/// million entries shown from a thousand places costs a thousand times 512 entries.
+fn map<'v>(
     class: Option<String>,
-    pairs: &[(Value, Value)],
-    fields: &[(&str, &Value)],
+    entries: impl Iterator<Item = (String, Child<'v>)>,
+    len: usize,
     depth: usize,
     budget: &mut usize,
 ) -> Node {
-    let len = fields.len() + pairs.len();
-    if class.is_none()
-        && len > MAX_ITEMS
-        && pairs.iter().all(|(_, x)| matches!(x, Value::Tensor(_)))
-    {
-        return Node::Tensors(len);
-    }
-    let named = fields.iter().map(|(k, x)| (k.to_string(), *x));
-    let keyed = pairs.iter().map(|(k, x)| (key(k), x));
-    let entries = named
-        .chain(keyed)
-        .take(MAX_ENTRIES)
-        .map(|(k, x)| (k, node(x, depth + 1, budget)))
-        .collect();
+    let (keys, children): (Vec<String>, Vec<Child>) = entries.take(MAX_ENTRIES).unzip();
+    let nodes = shown(children.into_iter(), depth, budget);
+    let entries = keys.into_iter().zip(nodes).collect();
     Node::Map {
         class,
         entries,
@@ -456,31 +502,33 @@ fn key(k: &Value) -> String {
 /// object's fields, as for `argparse.Namespace`), its list items and dict items.
 fn object(o: &Object, depth: usize, budget: &mut usize) -> Node {
     let class = Some(match &o.class {
-        Some(c) => Value::Global(c.clone()).describe(),
+        Some(c) => format!("{}.{}", cut(&c.module), cut(&c.name)),
         None => "object".to_string(),
     });
+    // Shares the tuple (an Rc), copies nothing.
     let args = Value::Tuple(o.args.clone());
-    let list = Value::List(std::rc::Rc::new(std::cell::RefCell::new(o.list.clone())));
-    let mut fields: Vec<(&str, &Value)> = Vec::new();
-    if !o.args.is_empty() {
-        fields.push(("args", &args));
-    }
-    let state_pairs = match &o.state {
-        Some(Value::Dict(d)) => d.try_borrow().map(|p| p.clone()).unwrap_or_default(),
-        Some(other) => {
-            fields.push(("state", other));
-            Vec::new()
-        }
-        None => Vec::new(),
+    let state = match &o.state {
+        Some(Value::Dict(d)) => d.try_borrow().ok(),
+        _ => None,
     };
-    if !o.list.is_empty() {
-        fields.push(("items", &list));
+    let state_pairs: &[(Value, Value)] = state.as_deref().map_or(&[], |p| p.as_slice());
+    let mut fields: Vec<(String, Child)> = Vec::new();
+    if !o.args.is_empty() {
+        fields.push(("args".into(), Child::Value(&args)));
     }
-    let pairs: Vec<(Value, Value)> = state_pairs
-        .into_iter()
-        .chain(o.items.iter().cloned())
-        .collect();
-    map(class, &pairs, &fields, depth, budget)
+    match &o.state {
+        Some(Value::Dict(_)) | None => {}
+        Some(other) => fields.push(("state".into(), Child::Value(other))),
+    }
+    if !o.list.is_empty() {
+        fields.push(("items".into(), Child::Items(&o.list)));
+    }
+    let len = fields.len() + state_pairs.len() + o.items.len();
+    let pairs = state_pairs
+        .iter()
+        .chain(&o.items)
+        .map(|(k, x)| (key(k), Child::Value(x)));
+    map(class, fields.into_iter().chain(pairs), len, depth, budget)
 }
 
 /// One file's tree as indented text, two spaces a level.
@@ -680,4 +728,84 @@ fn tagged<S: Serializer>(
     m.serialize_entry("$type", kind)?;
     f(&mut m)?;
     m.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    fn count(n: &Node) -> usize {
+        1 + match n {
+            Node::List { items, .. } => items.iter().map(count).sum(),
+            Node::Map { entries, .. } => entries.iter().map(|(_, v)| count(v)).sum(),
+            _ => 0,
+        }
+    }
+
+    fn depth(n: &Node) -> usize {
+        match n {
+            Node::List { items, .. } => 1 + items.iter().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// A list that contains itself (a hostile pickle can build one) ends at the depth cap.
+    #[test]
+    fn a_reference_cycle_ends_at_the_depth_cap() {
+        let l = Rc::new(RefCell::new(Vec::new()));
+        l.borrow_mut().push(Value::List(l.clone()));
+        let mut budget = MAX_NODES;
+        let n = node(&Value::List(l.clone()), 0, &mut budget);
+        l.borrow_mut().clear(); // break the cycle
+        assert_eq!(depth(&n), MAX_DEPTH);
+        assert_eq!(budget, MAX_NODES - (MAX_DEPTH + 1));
+    }
+
+    /// One memoized 512-entry dict shown from 512 places is 262,144 values; the tree stops at
+    /// MAX_NODES and says so.
+    #[test]
+    fn shared_values_share_one_budget() {
+        let pair = |i: usize, v: Value| (Value::Str(format!("k{i}").into()), v);
+        let inner: Vec<_> = (0..512).map(|i| pair(i, Value::Int(1))).collect();
+        let inner = Value::Dict(Rc::new(RefCell::new(inner)));
+        let outer: Vec<_> = (0..512).map(|i| pair(i, inner.clone())).collect();
+        let mut budget = MAX_NODES;
+        let n = node(&Value::Dict(Rc::new(RefCell::new(outer))), 0, &mut budget);
+        assert_eq!(budget, 0);
+        // Past the budget each open container adds one line saying so.
+        assert!(count(&n) <= MAX_NODES + MAX_DEPTH + 1, "{}", count(&n));
+        let text = tree_text(&FileTree {
+            file: "f".into(),
+            value: n,
+        });
+        assert!(text.contains("… not shown: more than 8192 values"));
+    }
+
+    /// A hostile dict may repeat a key; the JSON object keeps every entry under its own name.
+    #[test]
+    fn repeated_keys_stay_distinct_in_json() {
+        let n = Node::Map {
+            class: None,
+            entries: vec![
+                ("a".into(), Node::Int(1)),
+                ("a".into(), Node::Int(2)),
+                ("a#2".into(), Node::Int(3)),
+            ],
+            len: 4,
+        };
+        assert_eq!(
+            serde_json::to_string(&n).unwrap(),
+            r#"{"a":1,"a#2":2,"a#2#2":3,"$more":1}"#
+        );
+    }
+
+    /// Strings are cut by characters, never inside one, with their size.
+    #[test]
+    fn long_strings_are_cut_with_their_length() {
+        assert_eq!(cut("short"), "short");
+        let s = "é".repeat(100);
+        assert_eq!(cut(&s), format!("{}… (200 bytes)", "é".repeat(MAX_CHARS)));
+    }
 }
