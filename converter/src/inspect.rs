@@ -13,12 +13,13 @@ use std::path::PathBuf;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::checkpoint::Rank;
-use crate::error::Result;
+use crate::checkpoint::{self, Rank};
+use crate::error::{Error, Result};
+use crate::mapping::Mapping;
 use crate::plan::{Entry, Heads, Plan};
 use crate::table;
 use crate::torch::value::{Object, Value};
-use crate::torch::Dtype;
+use crate::torch::{Dtype, TorchFile};
 use crate::{OutDtype, Source};
 
 /// What to inspect and what to show.
@@ -104,7 +105,10 @@ pub struct Report {
 /// failed plan under `--mapped`, is an error.
 pub fn inspect(opts: &Options, warnings: &mut Vec<String>) -> Result<Report> {
     warnings.extend(unused_flags(opts));
-    let src = crate::open(&opts.input, opts.mapping.as_deref())?;
+    let src = match crate::open(&opts.input, opts.mapping.as_deref()) {
+        Ok(src) => src,
+        Err(e) => return structure_only(opts, e, warnings),
+    };
     let plan = match crate::plan(&src, opts.heads, OutDtype::Keep) {
         Ok(plan) => Some(plan),
         Err(e) if opts.mapped => return Err(e),
@@ -123,13 +127,56 @@ pub fn inspect(opts: &Options, warnings: &mut Vec<String>) -> Result<Report> {
         None => (None, None),
     };
     Ok(Report {
-        files: src.ranks.iter().map(file_info).collect(),
+        files: src
+            .ranks
+            .iter()
+            .map(|r| file_info(&r.display, &r.file))
+            .collect(),
         tensors: src.ranks.iter().flat_map(rows).collect(),
         family,
         variant,
         sizes: plan.as_ref().map(sizes),
         mapped: plan.filter(|_| opts.mapped).map(|p| p.entries),
-        tree: opts.tree.then(|| trees(&src.ranks)),
+        tree: opts
+            .tree
+            .then(|| trees(src.ranks.iter().map(|r| (&r.display, &r.file)))),
+    })
+}
+
+/// The checkpoint's files are torch files the reader parses, but it found no weights it can use
+/// in them (a top level that is no dict, weights where the mapping does not look): show the
+/// files and their trees, with why there are no tensors as a warning. A file that does not parse,
+/// a layout that names no files, a bad mapping file or `--mapped` keep `err`, the reader's error.
+fn structure_only(opts: &Options, err: Error, warnings: &mut Vec<String>) -> Result<Report> {
+    // A mapping file that does not load is the user's error, whatever the checkpoint holds.
+    let bad_mapping = opts
+        .mapping
+        .as_deref()
+        .is_some_and(|m| Mapping::load(m).is_err());
+    if opts.mapped || bad_mapping || matches!(err, Error::Mapping { .. }) {
+        return Err(err);
+    }
+    let Ok(layout) = checkpoint::discover(&opts.input) else {
+        return Err(err);
+    };
+    let Ok(files) = layout
+        .ranks
+        .iter()
+        .map(|p| TorchFile::open(p))
+        .collect::<Result<Vec<_>>>()
+    else {
+        return Err(err);
+    };
+    warnings.push(format!("no weights to list: {err}"));
+    let named = || layout.display.iter().zip(&files);
+    Ok(Report {
+        files: named().map(|(d, f)| file_info(d, f)).collect(),
+        tensors: Vec::new(),
+        family: None,
+        variant: None,
+        sizes: None,
+        mapped: None,
+        tree: opts.tree.then(|| trees(named())),
     })
 }
 
@@ -156,11 +203,11 @@ fn detected(src: &Source, plan: &Plan) -> (String, String) {
     (src.mapping.variant.name.clone(), plan.variant.clone())
 }
 
-fn file_info(r: &Rank) -> FileInfo {
+fn file_info(display: &str, f: &TorchFile) -> FileInfo {
     FileInfo {
-        name: r.display.clone(),
-        format: r.file.format.name(),
-        bytes: r.file.file_len(),
+        name: display.to_string(),
+        format: f.format.name(),
+        bytes: f.file_len(),
     }
 }
 
@@ -215,6 +262,9 @@ pub fn text(r: &Report) -> String {
 }
 
 fn tensors_text(rows: &[TensorRow], files: usize) -> String {
+    if rows.is_empty() {
+        return format!("no tensors listed in {files} file(s) (see the warning)\n");
+    }
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|t| {
@@ -334,13 +384,13 @@ pub enum Node {
     },
 }
 
-fn trees(ranks: &[Rank]) -> Vec<FileTree> {
+/// Each file's tree, all of them within one [`MAX_NODES`] budget.
+fn trees<'f>(files: impl Iterator<Item = (&'f String, &'f TorchFile)>) -> Vec<FileTree> {
     let mut budget = MAX_NODES;
-    ranks
-        .iter()
-        .map(|r| FileTree {
-            file: r.display.clone(),
-            value: node(&r.file.root, 0, &mut budget),
+    files
+        .map(|(display, f)| FileTree {
+            file: display.clone(),
+            value: node(&f.root, 0, &mut budget),
         })
         .collect()
 }

@@ -379,6 +379,58 @@ fn without_a_plan_the_tensors_are_still_listed() {
     assert!(e.error.contains("--heads"), "{e:?}");
 }
 
+/// A torch file the reader parses but finds no weights in is still shown: its files and tree,
+/// with the reader's reason as a warning (exit 0). With --mapped it is the error.
+#[test]
+fn a_readable_file_without_weights_shows_its_tree() {
+    use cases::Pk;
+    let mut p = Pk::new();
+    p.raw(b"}(").str("iteration").int(5);
+    p.str("args")
+        .global("argparse", "Namespace")
+        .raw(b")\x81}(");
+    p.str("num_attention_heads").int(4).raw(b"ub");
+    p.raw(b"u");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("state.pt");
+    std::fs::write(&f, cases::torch_zip(&p.stop(), &[])).unwrap();
+
+    let (r, rep) = report(&f, &["--tree"]);
+    assert!(rep.tensors.is_empty() && rep.sizes.is_none());
+    assert_eq!(rep.files[0].name, "state.pt");
+    assert_eq!(rep.warnings.len(), 1, "{:?}", rep.warnings);
+    assert!(
+        rep.warnings[0].contains("no tensors found"),
+        "{:?}",
+        rep.warnings
+    );
+    assert_eq!(
+        r.stderr,
+        format!("cpm-inspect: warning: {}\n", rep.warnings[0])
+    );
+    let v = &rep.tree.unwrap()[0].value;
+    assert_eq!(v["iteration"], 5);
+    assert_eq!(v["args"]["fields"]["num_attention_heads"], 4);
+
+    let text = inspect(&[f.as_os_str(), "--tree".as_ref()]);
+    assert_eq!(text.code, Some(0));
+    assert!(
+        text.stdout.contains("no tensors listed in 1 file(s)"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("\n    num_attention_heads: 4\n"),
+        "{}",
+        text.stdout
+    );
+
+    let r = inspect(&[f.as_os_str(), "--mapped".as_ref(), "--json".as_ref()]);
+    assert_eq!(r.code, Some(2));
+    let e: ErrorObject = parse(&r);
+    assert!(e.error.contains("no tensors found"), "{e:?}");
+}
+
 #[test]
 fn unreadable_inputs_are_exit_2_with_one_json_object() {
     let tmp = tempfile::tempdir().unwrap();
@@ -407,6 +459,26 @@ fn unreadable_inputs_are_exit_2_with_one_json_object() {
         assert!(r.stdout.is_empty(), "{}", r.stdout);
         assert!(r.stderr.starts_with("cpm-inspect: error: "), "{}", r.stderr);
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    }
+}
+
+/// A mapping file that does not load is an error even when the checkpoint reads.
+#[test]
+fn a_bad_mapping_file_is_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[variant]\nname = 1\n").unwrap();
+    for mapping in [bad, tmp.path().join("missing.toml")] {
+        let ckpt = tiny("ckpt");
+        let r = inspect(&[
+            ckpt.as_os_str(),
+            "--mapping".as_ref(),
+            mapping.as_os_str(),
+            "--json".as_ref(),
+        ]);
+        assert_eq!(r.code, Some(2), "{mapping:?}: {}", r.stdout);
+        let e: ErrorObject = parse(&r);
+        assert!(e.error.contains(mapping.to_str().unwrap()), "{e:?}");
     }
 }
 
