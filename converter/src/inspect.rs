@@ -101,8 +101,9 @@ pub struct Report {
 }
 
 /// Read `opts.input`'s structure and describe it. Problems that leave something to show (no
-/// plan for the tensors, a flag not used yet) go to `warnings`; only an unreadable input, or a
-/// failed plan under `--mapped`, is an error.
+/// plan for the tensors, no weights the reader can use in files that parse, a flag not used yet)
+/// go to `warnings`; only an unreadable input (no checkpoint there, a file that does not parse, a
+/// mapping file that does not load), or a failed plan under `--mapped`, is an error.
 pub fn inspect(opts: &Options, warnings: &mut Vec<String>) -> Result<Report> {
     warnings.extend(unused_flags(opts));
     let src = match crate::open(&opts.input, opts.mapping.as_deref()) {
