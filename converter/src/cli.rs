@@ -1,42 +1,23 @@
-//! Helpers the command-line binaries share (`#[path = "../cli.rs"] mod cli;`), for one `--json`
-//! contract: stdout holds exactly one JSON object, usage errors included; `--help` and
-//! `--version` stay text with exit 0. Not part of the library: it is user interface.
+//! What every command-line tool of the crate does the same way: stdout that ends quietly when its
+//! reader goes away (`| head`), one JSON object per `--json` run, and usage errors that follow
+//! the `--json` contract (help and version stay text with exit 0).
 
 use std::process::ExitCode;
 
 use serde::Serialize;
 
 /// `--json`'s result of any failure, usage errors included.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct JsonError<'a> {
     pub error: &'a str,
     pub warnings: Vec<String>,
 }
 
-/// Help and version print as text with exit 0; a usage error is exit 2, and with `--json`
-/// anywhere among the arguments (before `--`) it is the JSON error object on stdout.
-pub fn usage_error(e: clap::Error) -> ExitCode {
-    if !e.use_stderr() {
-        emit(&e.to_string());
-        return ExitCode::SUCCESS;
-    }
-    let json = std::env::args_os()
-        .skip(1)
-        .take_while(|a| a != "--")
-        .any(|a| a == "--json");
-    if json {
-        let text = e.to_string();
-        // clap's first paragraph is the message; the rest is usage and a hint to try --help.
-        let first = text.split("\n\n").next().unwrap_or(&text).trim();
-        let msg = first.strip_prefix("error: ").unwrap_or(first);
-        emit_json(&JsonError {
-            error: msg,
-            warnings: Vec::new(),
-        });
-    } else {
-        let _ = e.print();
-    }
-    ExitCode::from(2)
+/// Write to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
 /// One JSON object and a newline on stdout.
@@ -51,9 +32,33 @@ pub fn emit_json<T: Serialize>(value: &T) {
     }
 }
 
-/// Write to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
-pub fn emit(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+/// Whether `--json` is among the arguments (before `--`): decides how a usage error is printed,
+/// since clap could not tell us.
+pub fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// Help and version print as text with exit 0; a usage error is exit 2, and with `--json`
+/// anywhere among the arguments (before `--`) it is the JSON error object on stdout.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        emit(&e.to_string());
+        return ExitCode::SUCCESS;
+    }
+    if json_requested() {
+        let text = e.to_string();
+        // clap's first paragraph is the message; the rest is usage and a hint to try --help.
+        let first = text.split("\n\n").next().unwrap_or(&text).trim();
+        let msg = first.strip_prefix("error: ").unwrap_or(first);
+        emit_json(&JsonError {
+            error: msg,
+            warnings: Vec::new(),
+        });
+    } else {
+        let _ = e.print();
+    }
+    ExitCode::from(2)
 }

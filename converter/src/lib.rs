@@ -18,14 +18,17 @@
 //! transpose buffers) and the writer's and hasher's bounded queues: README, "Memory".
 
 pub mod checkpoint;
+pub mod cli;
 pub mod diff;
 pub mod error;
 pub mod gpt2_config;
+pub mod inspect;
 pub mod layout;
 pub mod mapping;
 pub mod merge;
 pub mod plan;
 pub mod source;
+pub mod table;
 pub mod torch;
 pub mod write;
 

@@ -72,6 +72,20 @@ fn readers(case: &Case, dir: &Path) -> Vec<Measured> {
     out.push(measure(PIPELINE, || {
         open_plan_and_read(&input, case.heads())
     }));
+    // cpm-inspect's report, text and JSON, with the bounded tree and the mapped plan.
+    out.push(measure("inspect", || {
+        let opts = cpm_convert::inspect::Options {
+            input: input.clone(),
+            heads: case.heads(),
+            tree: true,
+            ..Default::default()
+        };
+        let report = cpm_convert::inspect::inspect(&opts, &mut Vec::new())?;
+        let text = cpm_convert::inspect::text(&report);
+        let json = serde_json::to_string(&report)
+            .map_err(|e| cpm_convert::Error::Internal { msg: e.to_string() })?;
+        Ok::<usize, cpm_convert::Error>(text.len() + json.len())
+    }));
     out
 }
 

@@ -31,25 +31,26 @@ fn assert_nothing_left(out: &Path) {
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 }
 
-/// Write the case's files into `parent/input`; returns the path to run on.
-fn write_input(case: &Case, parent: &Path) -> std::path::PathBuf {
-    let dir = parent.join("input");
+/// Write the case's files into `input/` of a fresh directory; returns it and the path to run on.
+fn write_case(case: &Case) -> (tempfile::TempDir, std::path::PathBuf) {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("input");
     for (name, bytes) in &case.files {
         let f = dir.join(name);
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
         std::fs::write(&f, bytes).unwrap();
     }
-    if case.dir_input {
-        dir
+    let input = if case.dir_input {
+        dir.clone()
     } else {
         dir.join(&case.files[0].0)
-    }
+    };
+    (parent, input)
 }
 
 /// Write the case's files into a fresh directory and run cpm-convert on them.
 fn run_case(case: &Case) -> (testkit::Run, tempfile::TempDir, std::path::PathBuf) {
-    let parent = tempfile::tempdir().unwrap();
-    let input = write_input(case, parent.path());
+    let (parent, input) = write_case(case);
     let out = parent.path().join("out");
     let mut args = vec![
         input.into_os_string(),
@@ -258,6 +259,63 @@ fn a_fifo_posing_as_a_rank_file_is_refused_not_waited_on() {
     assert_nothing_left(&out);
 }
 
+/// The most `cpm-inspect --tree` may print for any case: its tree is cut to
+/// `inspect::MAX_NODES` values of at most a few hundred bytes each, whatever the file holds.
+const MAX_TREE_OUTPUT: usize = 4 << 20;
+
+/// cpm-inspect on one case, as text and as JSON: exit 0 (the structure was readable) or 2 with
+/// a message, never a panic or a signal, within testkit's deadline, and bounded output.
+fn check_inspect(case: &Case) {
+    let (parent, input) = write_case(case);
+    let name = &case.name;
+    for json in [false, true] {
+        let mut args = vec![input.clone().into_os_string(), "--tree".into()];
+        args.extend(case.args.iter().map(Into::into));
+        if json {
+            args.extend(["--json".into(), "--mapped".into()]);
+        }
+        let r = testkit::run(env!("CARGO_BIN_EXE_cpm-inspect"), &args, &[]);
+        let e = &r.stderr;
+        assert!(!e.contains("panicked"), "{name}: {e}");
+        assert!(
+            matches!(r.code, Some(0) | Some(2)),
+            "{name}: {:?}: {e}",
+            r.code
+        );
+        assert!(
+            r.stdout.len() <= MAX_TREE_OUTPUT,
+            "{name}: {} bytes",
+            r.stdout.len()
+        );
+        assert!(e.len() <= MAX_MESSAGE, "{name}: a {}-byte message", e.len());
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&r.stdout)
+                .unwrap_or_else(|err| panic!("{name}: {err}: {:?}", r.stdout));
+            let failed = v
+                .get("error")
+                .is_some_and(|m| !m.as_str().unwrap_or("").is_empty());
+            assert_eq!(failed, r.code == Some(2), "{name}: {v}");
+        } else if r.code == Some(2) {
+            assert!(e.starts_with("cpm-inspect: error: "), "{name}: {e}");
+            assert!(r.stdout.is_empty(), "{name}: {}", r.stdout);
+        }
+    }
+    drop(parent);
+}
+
+/// Issue 10.3: cpm-inspect reads what cpm-convert reads, so it meets every hostile case too.
+#[test]
+fn cpm_inspect_ends_cleanly_on_every_case() {
+    let d = tempfile::tempdir().unwrap();
+    let marker = d.path().join("PWNED");
+    let cases = cases::all(&marker);
+    assert!(cases.len() > 300, "{} cases", cases.len());
+    for c in &cases {
+        check_inspect(c);
+        assert!(!marker.exists(), "{} ran", c.name);
+    }
+}
+
 /// cpm-diff reads the same inputs (issue 10.4): every case, as A, against a valid checkpoint as
 /// B. Mapped, with values, against the builder's checkpoint (same shapes, so the values of every
 /// tensor the case leaves readable are compared): a case cpm-convert refuses is exit 2 with the
@@ -275,8 +333,7 @@ fn cpm_diff_ends_cleanly_on_every_case() {
     let all = cases::all(&marker);
     assert!(all.len() > 100, "{} cases", all.len());
     for case in &all {
-        let parent = tempfile::tempdir().unwrap();
-        let a = write_input(case, parent.path());
+        let (_parent, a) = write_case(case);
         let name = &case.name;
         let r = testkit::run(
             DIFF,

@@ -10,6 +10,8 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use cpm_convert::cli::{emit, emit_json, usage_error, JsonError};
+use cpm_convert::table;
 use cpm_convert::write::OutputFile;
 use cpm_convert::{Family, Hints, Options, OutDtype, Plan, Progress};
 
@@ -218,13 +220,6 @@ struct JsonPlan<'a> {
     warnings: Vec<String>,
 }
 
-/// `--json`'s result of any failure, usage errors included.
-#[derive(Serialize)]
-struct JsonError<'a> {
-    error: &'a str,
-    warnings: Vec<String>,
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -238,32 +233,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&cli, &ui, &e),
     }
-}
-
-/// Help and version print as text with exit 0; a usage error is exit 2, and with `--json`
-/// anywhere among the arguments (before `--`) it is the JSON error object on stdout.
-fn usage_error(e: clap::Error) -> ExitCode {
-    if !e.use_stderr() {
-        emit(&e.to_string());
-        return ExitCode::SUCCESS;
-    }
-    let json = std::env::args_os()
-        .skip(1)
-        .take_while(|a| a != "--")
-        .any(|a| a == "--json");
-    if json {
-        let text = e.to_string();
-        // clap's first paragraph is the message; the rest is usage and a hint to try --help.
-        let first = text.split("\n\n").next().unwrap_or(&text).trim();
-        let msg = first.strip_prefix("error: ").unwrap_or(first);
-        emit_json(&JsonError {
-            error: msg,
-            warnings: Vec::new(),
-        });
-    } else {
-        let _ = e.print();
-    }
-    ExitCode::from(2)
 }
 
 /// Report a failure: exit 2, or 128 + the signal number when a signal stopped the conversion.
@@ -379,18 +348,6 @@ fn dry_run(cli: &Cli, dtype: OutDtype) -> anyhow::Result<()> {
         print_plan(&plan, model_file_bytes);
     }
     Ok(())
-}
-
-/// One JSON object and a newline on stdout.
-fn emit_json<T: Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => emit(&format!("{text}\n")),
-        // Our own structs of strings and numbers always encode; say so if one ever does not.
-        Err(e) => emit(&format!(
-            "{}\n",
-            serde_json::json!({ "error": format!("internal error: cannot encode the result: {e}"), "warnings": [] })
-        )),
-    }
 }
 
 /// Signals turned into a stop request (SIGINT, SIGTERM), a message (SIGBUS) or an error
@@ -563,89 +520,16 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Write to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
-fn emit(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
-}
-
 fn print_plan(plan: &Plan, model_file_bytes: u64) {
-    let mut text = String::new();
-    use std::fmt::Write as _;
-    let _ = writeln!(
-        text,
-        "family {}, tensor-parallel {} x pipeline {}, {} layers, hidden {}, {} heads ({}), vocab {}, {} positions, inner {}, activation {} ({})",
-        plan.variant,
-        plan.model_parallel,
-        plan.pipeline_stages,
-        plan.layers,
-        plan.hidden,
-        plan.heads.count,
-        plan.heads.source,
-        plan.vocab,
-        plan.positions,
-        plan.inner,
-        plan.activation.name,
-        plan.activation.source
-    );
-    let shape = |s: &[u64]| {
-        format!(
-            "[{}]",
-            s.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
-        )
-    };
-    let rows: Vec<[String; 6]> = plan
-        .entries
-        .iter()
-        .map(|e| {
-            let ranks = e
-                .rank_shapes
-                .iter()
-                .map(|s| shape(s))
-                .collect::<Vec<_>>()
-                .join(" ");
-            [
-                e.source.clone(),
-                format!("{}{}", e.split.name(), if e.transpose { "+T" } else { "" }),
-                ranks,
-                e.target.clone(),
-                shape(&e.shape),
-                if e.dtype == e.source_dtype {
-                    e.dtype.safetensors_name().to_string()
-                } else {
-                    format!(
-                        "{}->{}",
-                        e.source_dtype.safetensors_name(),
-                        e.dtype.safetensors_name()
-                    )
-                },
-            ]
-        })
-        .collect();
-    let head = ["SOURCE", "SPLIT", "RANK SHAPES", "TARGET", "SHAPE", "DTYPE"].map(String::from);
-    let mut w = [0usize; 6];
-    for r in std::iter::once(&head).chain(&rows) {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    for r in std::iter::once(&head).chain(&rows) {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
-            .collect();
-        let _ = writeln!(text, "{}", line.join("  ").trim_end());
-    }
-    let _ = writeln!(
-        text,
-        "{} tensors: {} bytes of tensor data; model.safetensors will be {} bytes (header included)",
+    emit(&format!(
+        "{}\n{}{} tensors: {} bytes of tensor data; model.safetensors will be {} bytes (header \
+         included)\n",
+        table::plan_summary(plan),
+        table::plan_table(plan),
         plan.entries.len(),
         plan.total_bytes(),
         model_file_bytes
-    );
-    emit(&text);
+    ));
 }
 
 #[cfg(test)]

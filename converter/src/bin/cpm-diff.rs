@@ -1,9 +1,6 @@
 //! The `cpm-diff` command: flags, the text and JSON reports, exit codes as diff(1). The work is
 //! in the library (`cpm_convert::diff`).
 
-#[path = "../cli.rs"]
-mod cli;
-
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -11,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use cpm_convert::cli;
 use cpm_convert::diff::{Change, Options, Report, Tensor, Values};
 use cpm_convert::{Family, Progress};
 
