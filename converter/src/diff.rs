@@ -277,7 +277,7 @@ impl Side {
             warn(format!("{who}: {n}"));
         }
         if values {
-            check_copies(&src, &plan).map_err(|e| in_side(&who, e))?;
+            src.check_copies(&plan).map_err(|e| in_side(&who, e))?;
         }
         let items = plan
             .entries
@@ -380,36 +380,6 @@ fn merge_needs_heads(split: Split) -> bool {
         Split::Replicated | Split::Dim0 | Split::Dim1 | Split::QkvDim0 => false,
         Split::QkvHeadsDim3 | Split::QkvHeads3Dim | Split::Qkv => true,
     }
-}
-
-/// Every copy a checkpoint keeps of an output tensor (Megatron's `word_embeddings_for_head`)
-/// must hold the same bits as that tensor, or cpm-convert refuses the checkpoint.
-fn check_copies(src: &Source, plan: &Plan) -> Result<()> {
-    let merged = |e: &Entry, buf: &mut Vec<u8>| -> Result<(Vec<u8>, Spans)> {
-        let spans = src.spans(e)?;
-        let parts = src.read(e, &spans)?;
-        let pieces = merge_with(e, parts, &src.part_names(e), buf)?;
-        let bytes = pieces.iter().flat_map(|p| p.iter().copied()).collect();
-        Ok((bytes, e.sources.iter().map(|p| p.rank).zip(spans).collect()))
-    };
-    for c in &plan.checks {
-        let of = plan.entry(&c.of).ok_or_else(|| {
-            Error::internal(format!("the copy `{}` names no tensor", c.entry.source))
-        })?;
-        let mut buf = Vec::new();
-        let (copy, spans_c) = merged(&c.entry, &mut buf)?;
-        let (orig, spans_o) = merged(of, &mut buf)?;
-        release(src, &spans_c);
-        release(src, &spans_o);
-        if copy != orig {
-            return Err(Error::merge(format!(
-                "tensor `{}` must be a copy of `{}` (as written from `{}`), but their values \
-                 differ; the checkpoint is inconsistent",
-                c.entry.source, c.of, of.source
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn describe(item: &Item) -> Tensor {

@@ -198,38 +198,13 @@ fn write_model(
             }))?;
             log.progress.advance(e.nbytes());
         }
-        check_copies(src, plan)
+        src.check_copies(plan)
     })?;
     Ok(write::OutputFile {
         name: "model.safetensors".into(),
         bytes,
         sha256,
     })
-}
-
-/// Every copy a checkpoint keeps of an output tensor (Megatron's `word_embeddings_for_head`)
-/// must hold the same bits as that tensor.
-fn check_copies(src: &Source, plan: &Plan) -> Result<()> {
-    for c in &plan.checks {
-        let of = plan.entry(&c.of).ok_or_else(|| {
-            Error::internal(format!(
-                "the copy `{}` names no written tensor",
-                c.entry.source
-            ))
-        })?;
-        let merged = |e: &plan::Entry| -> Result<Vec<std::borrow::Cow<'_, [u8]>>> {
-            let parts = src.read(e, &src.spans(e)?)?;
-            Ok(merge::tensor(e, parts, &src.part_names(e), false, &mut |n| vec![0; n])?.pieces)
-        };
-        if !merge::same_bytes(&merged(&c.entry)?, &merged(of)?) {
-            return Err(Error::merge(format!(
-                "tensor `{}` must be a copy of `{}` (as written from `{}`), but their values differ; \
-                 the checkpoint is inconsistent",
-                c.entry.source, c.of, of.source
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn non_finite_warning(e: &plan::Entry, n: u64) -> String {

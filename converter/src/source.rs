@@ -196,4 +196,39 @@ impl Source {
             .map(|(p, span)| self.ranks[p.rank].file.read_at(&e.source, &p.tensor, span))
             .collect()
     }
+
+    /// Every copy a checkpoint keeps of an output tensor (Megatron's
+    /// `word_embeddings_for_head`) must hold the same bits as that tensor. The pages read are
+    /// released afterwards.
+    pub fn check_copies(&self, plan: &plan::Plan) -> Result<()> {
+        for c in &plan.checks {
+            let of = plan.entry(&c.of).ok_or_else(|| {
+                Error::internal(format!(
+                    "the copy `{}` names no written tensor",
+                    c.entry.source
+                ))
+            })?;
+            let (copy_spans, of_spans) = (self.spans(&c.entry)?, self.spans(of)?);
+            let merged = |e: &Entry, spans: &[Range<u64>]| -> Result<Vec<Cow<'_, [u8]>>> {
+                let parts = self.read(e, spans)?;
+                let names = self.part_names(e);
+                Ok(crate::merge::tensor(e, parts, &names, false, &mut |n| vec![0; n])?.pieces)
+            };
+            let same =
+                crate::merge::same_bytes(&merged(&c.entry, &copy_spans)?, &merged(of, &of_spans)?);
+            for (e, spans) in [(&c.entry, &copy_spans), (of, &of_spans)] {
+                for (p, s) in e.sources.iter().zip(spans) {
+                    self.ranks[p.rank].file.release(s);
+                }
+            }
+            if !same {
+                return Err(Error::merge(format!(
+                    "tensor `{}` must be a copy of `{}` (as written from `{}`), but their values \
+                     differ; the checkpoint is inconsistent",
+                    c.entry.source, c.of, of.source
+                )));
+            }
+        }
+        Ok(())
+    }
 }
