@@ -194,3 +194,102 @@ fn a_file_of_no_known_family_says_what_it_found() {
     );
     assert!(!out.exists());
 }
+
+const DIFF: &str = env!("CARGO_BIN_EXE_cpm-diff");
+
+#[test]
+fn every_family_equals_its_own_conversion_value_for_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, input, _, _) in CASES {
+        let original = families().join(name).join(input);
+        let out = tmp.path().join(name);
+        let run = convert(&original, &out, &[]);
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        let args = [
+            original.as_os_str(),
+            out.as_os_str(),
+            "--values".as_ref(),
+            "--json".as_ref(),
+        ];
+        let diff = testkit::run(DIFF, &args, &[]);
+        assert_eq!(
+            diff.code,
+            Some(0),
+            "{name}: cpm-diff original conversion: {diff:?}"
+        );
+        assert_eq!(json(&diff)["equal"], true, "{name}");
+    }
+}
+
+#[test]
+fn a_port_with_an_untransposed_weight_differs_at_that_tensor() {
+    // fixtures/tiny/corrupt/c-proj-not-transposed: transformers' own port with one square
+    // row-parallel weight left untransposed (make_corrupt_fixtures.py): same names and shapes.
+    let corrupt = testkit::fixtures().join("tiny/corrupt/c-proj-not-transposed");
+    let hf = testkit::fixtures().join("tiny/hf");
+    let args = [
+        hf.as_os_str(),
+        corrupt.as_os_str(),
+        "--values".as_ref(),
+        "--json".as_ref(),
+    ];
+    let run = testkit::run(DIFF, &args, &[]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let report = json(&run);
+    let differing: Vec<&str> = report["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !differing.is_empty() && differing.iter().all(|n| n.ends_with("attn.c_proj.weight")),
+        "{differing:?}"
+    );
+}
+
+#[test]
+fn a_last_stage_copy_of_the_embedding_that_differs_is_refused() {
+    // Megatron's last pipeline stage keeps `word_embeddings_for_head`, which must equal the
+    // embedding; flip one of its bytes in a copy of the tp2 x pp2 fixture.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("ckpt");
+    copy_tree(&families().join("megatron-v3-tp2-pp2"), &root);
+    let rank = root.join("iter_0000100/mp_rank_01_001/model_optim_rng.pt");
+    let file = cpm_convert::torch::TorchFile::open(&rank).unwrap();
+    let head = file
+        .root
+        .get("model")
+        .and_then(|m| m.get("word_embeddings_for_head"))
+        .and_then(|w| w.get("weight"));
+    let Some(cpm_convert::torch::Value::Tensor(t)) = &head else {
+        panic!("the fixture's last stage has no word_embeddings_for_head");
+    };
+    let span = file.span("word_embeddings_for_head.weight", t).unwrap();
+    drop(head);
+    drop(file);
+    let mut bytes = std::fs::read(&rank).unwrap();
+    bytes[span.start as usize + 1] ^= 0x40;
+    std::fs::write(&rank, bytes).unwrap();
+    let out = tmp.path().join("out");
+    let run = convert(&root, &out, &[]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("must be a copy of `transformer.wte.weight`"),
+        "{run:?}"
+    );
+    assert!(!out.exists());
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
