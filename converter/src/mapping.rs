@@ -194,6 +194,19 @@ pub struct Variant {
     pub heads_from: Vec<String>,
     #[serde(default)]
     pub qkv: Option<QkvByVersion>,
+    /// Vocabulary sizes a checkpoint implies without recording them (a tokenizer type): used
+    /// to cut padding when no `--vocab-size` is given and the size is at most the rows present.
+    #[serde(default)]
+    pub vocab_hints: Vec<VocabHint>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VocabHint {
+    /// A path into the checkpoint's top-level object, e.g. `args.tokenizer_type`.
+    pub when: String,
+    pub equals: String,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -293,3 +293,49 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn an_implied_vocabulary_cuts_the_padding_only_when_the_rows_are_there() {
+    // The Megatron fixtures record tokenizer_type GPT2BPETokenizer (50257 entries) over a
+    // 1000-entry vocabulary padded to 1024 rows: the hint is more than the rows, so it is ignored
+    // with a warning and the rows are kept.
+    let tmp = tempfile::tempdir().unwrap();
+    let run = convert(
+        &families().join("megatron-v1"),
+        &tmp.path().join("kept"),
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let warnings = json(&run)["warnings"].to_string();
+    assert!(
+        warnings.contains("implies a vocabulary of 50257, more than the 1024 rows"),
+        "{warnings}"
+    );
+    // The same rule with a size the rows hold cuts to it (a mapping file of our own).
+    let text = std::fs::read_to_string(testkit::fixtures().join("../mappings/megatron-gpt2.toml"))
+        .unwrap()
+        .replace("size = 50257", "size = 1000");
+    let mapping = tmp.path().join("m.toml");
+    std::fs::write(&mapping, text).unwrap();
+    let out = tmp.path().join("cut");
+    let run = convert(
+        &families().join("megatron-v1"),
+        &out,
+        &["--mapping", mapping.to_str().unwrap()],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(json(&run)["warnings"]
+        .to_string()
+        .contains("vocabulary cut from 1024 to 1000"));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vocab_size"], 1000);
+    // --vocab-size wins over the hint, and more rows than present is an error.
+    let run = convert(
+        &families().join("megatron-v1"),
+        &tmp.path().join("x"),
+        &["--vocab-size", "2000"],
+    );
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stdout.contains("--vocab-size 2000"), "{run:?}");
+}

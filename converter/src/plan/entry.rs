@@ -140,7 +140,8 @@ fn merged_shape(ranks: &[Rank], m: &Matched, transpose: bool, split: Split) -> R
             path0,
             &m.name,
             format!(
-                "has {} rows per rank, expected a multiple of 3 (query, key, value blocks)",
+                "has {} rows per rank, expected a multiple of 3 (query, key, value blocks; \
+                 grouped-query attention, which GPT-2 does not have, stores fewer key/value rows)",
                 t0.shape[0]
             ),
         ));
@@ -265,6 +266,9 @@ pub fn cut_vocab(
         }
         return Ok(rows);
     };
+    if n == rows {
+        return Ok(rows);
+    }
     if n == 0 || n > rows {
         return Err(Error::usage(format!(
             "--vocab-size {n}: the checkpoint's vocabulary has {rows} rows; the size can only cut \

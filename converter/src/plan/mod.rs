@@ -171,12 +171,11 @@ pub fn build(
     let heads = model::head_count(&rec, mapping, hints.heads, hidden, layers)?;
     model::check_heads(&heads, hidden, grid.tp)?;
     let mut notes = Vec::new();
-    let vocab = entry::cut_vocab(
-        &mut planned,
-        sizes.get("vocab")?,
-        hints.vocab_size,
-        &mut notes,
-    )?;
+    let rows = sizes.get("vocab")?;
+    let want = hints
+        .vocab_size
+        .or_else(|| implied_vocab(&rec, mapping, rows, &mut notes));
+    let vocab = entry::cut_vocab(&mut planned, rows, want, &mut notes)?;
     for e in planned
         .entries
         .iter_mut()
@@ -207,6 +206,29 @@ pub fn build(
         tied_copies: planned.tied_copies,
         notes,
     })
+}
+
+/// A vocabulary size the checkpoint implies, used when it is at most the rows present (an
+/// implied size is never an error: with more rows than the checkpoint holds it is ignored).
+fn implied_vocab(
+    rec: &model::Recorded,
+    mapping: &Mapping,
+    rows: u64,
+    notes: &mut Vec<String>,
+) -> Option<u64> {
+    let (size, from) = model::vocab_hint(rec, mapping)?;
+    if size > rows {
+        notes.push(format!(
+            "{from} implies a vocabulary of {size}, more than the {rows} rows present: keeping {rows}"
+        ));
+        return None;
+    }
+    if size < rows {
+        notes.push(format!(
+            "vocabulary cut from {rows} to {size} rows ({from}); --vocab-size N overrides"
+        ));
+    }
+    Some(size)
 }
 
 /// Why a mapping does not describe a checkpoint.

@@ -320,3 +320,12 @@ pub fn check_world_size(ranks: &[Rank], mapping: &Mapping, tp: usize) -> Result<
     }
     Ok(())
 }
+
+/// The vocabulary size the checkpoint implies (a tokenizer type), and where that came from.
+pub fn vocab_hint(rec: &Recorded, mapping: &Mapping) -> Option<(u64, String)> {
+    mapping.variant.vocab_hints.iter().find_map(|h| {
+        let v = rec.get(&h.when)?;
+        (v.as_str()? == h.equals)
+            .then(|| (h.size, format!("{} = {}", rec.place(&h.when), h.equals)))
+    })
+}
