@@ -1,6 +1,7 @@
 //! The weights inside a checkpoint's rank files (finding the files: [`crate::layout`]).
 
 use std::path::Path;
+use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
@@ -14,7 +15,7 @@ pub struct Rank {
     pub display: String,
     pub tp: usize,
     pub pp: usize,
-    pub weights: Vec<(String, TensorRef)>,
+    pub weights: Vec<(String, Rc<TensorRef>)>,
 }
 
 impl Rank {
@@ -48,7 +49,7 @@ const MAX_WEIGHT_DEPTH: usize = 8;
 /// The weights: under the first of the mapping's `weights_keys` present (a dotted path; `""`
 /// or none present: the top level itself), nested dicts flattened with `.`, non-tensor values
 /// skipped. Possibly none (see [`no_weights`]): whether that is an error depends on the family.
-pub fn weights(file: &TorchFile, mapping: &Mapping) -> Result<Vec<(String, TensorRef)>> {
+pub fn weights(file: &TorchFile, mapping: &Mapping) -> Result<Vec<(String, Rc<TensorRef>)>> {
     if !matches!(file.root, Value::Dict(_)) {
         return Err(Error::format(
             &file.path,
@@ -98,7 +99,7 @@ struct Walk<'a> {
     keyname: &'a str,
     strip: &'a [String],
     name_budget: u64,
-    out: Vec<(String, TensorRef)>,
+    out: Vec<(String, Rc<TensorRef>)>,
 }
 
 impl Walk<'_> {
@@ -127,7 +128,7 @@ impl Walk<'_> {
             match &v {
                 Value::Tensor(t) => {
                     let name = self.name(prefix, key)?;
-                    self.out.push((name, TensorRef::clone(t)));
+                    self.out.push((name, Rc::clone(t)));
                 }
                 Value::Dict(_) if depth < MAX_WEIGHT_DEPTH => {
                     let name = self.name(prefix, key)?;

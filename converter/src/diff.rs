@@ -248,7 +248,7 @@ enum How {
     Stored {
         rank: usize,
         source: String,
-        tensor: TensorRef,
+        tensor: std::rc::Rc<TensorRef>,
     },
 }
 

@@ -1,7 +1,8 @@
 //! Every hostile case (`cases/`, shared with `hostile.rs`) through every reader in-process, under
 //! a counting global allocator: the heap's peak while reading an input of N bytes must stay
-//! within `testkit::heap_bound(N)` (4N + 64 MiB). The counter is process-wide, so this file holds
-//! one test that runs its cases one after another.
+//! within `testkit::heap_bound(N)` (4N + 64 MiB; for cpm-diff, which reads two inputs, N is both
+//! together). The counter is process-wide, so this file holds one test that runs its cases one
+//! after another.
 
 mod cases;
 
@@ -86,7 +87,29 @@ fn readers(case: &Case, dir: &Path) -> Vec<Measured> {
             .map_err(|e| cpm_convert::Error::Internal { msg: e.to_string() })?;
         Ok::<usize, cpm_convert::Error>(text.len() + json.len())
     }));
+    // cpm-diff of the input against itself, values streamed (mapped, then as stored).
+    for raw in [false, true] {
+        out.push(measure(if raw { "diff --raw" } else { "diff" }, || {
+            let opts = cpm_convert::diff::Options {
+                heads: case.heads(),
+                vocab_size: None,
+                family: cpm_convert::Family::Detect,
+                raw,
+                values: true,
+                atol: 0.0,
+                dtype_insensitive: false,
+            };
+            cpm_convert::diff::diff(&input, &input, &opts, &Quiet)
+        }));
+    }
     out
+}
+
+/// A progress sink that drops warnings (the test measures memory only).
+struct Quiet;
+
+impl cpm_convert::Progress for Quiet {
+    fn warn(&self, _msg: &str) {}
 }
 
 #[test]
@@ -105,8 +128,10 @@ fn every_hostile_case_stays_within_the_heap_bound() {
             std::fs::create_dir_all(f.parent().unwrap()).unwrap();
             std::fs::write(&f, bytes).unwrap();
         }
-        let bound = testkit::heap_bound(case.input_bytes());
         for m in readers(case, dir.path()) {
+            // cpm-diff reads two inputs (here the case twice): its bound is on both together.
+            let inputs = if m.reader.starts_with("diff") { 2 } else { 1 };
+            let bound = testkit::heap_bound(inputs * case.input_bytes());
             // Shown with `-- --nocapture`: what the largest inputs cost.
             if m.peak > 1 << 20 {
                 println!("{} / {}: peak {} bytes", case.name, m.reader, m.peak);

@@ -54,7 +54,7 @@ pub struct Hints {
 #[derive(Debug, Clone)]
 pub struct Part {
     pub rank: usize,
-    pub tensor: TensorRef,
+    pub tensor: std::rc::Rc<TensorRef>,
 }
 
 /// One output tensor.
