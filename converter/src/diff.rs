@@ -1174,7 +1174,7 @@ mod tests {
             how: How::Stored {
                 rank: 0,
                 source: name.into(),
-                tensor,
+                tensor: std::rc::Rc::new(tensor),
             },
         }
     }
