@@ -16,8 +16,6 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
-use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-use half::{bf16, f16};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -969,7 +967,7 @@ impl Wide for f32 {
         self.to_bits() == o.to_bits()
     }
     fn widen(bytes: &[u8], dtype: Dtype, out: &mut [f32]) {
-        widen_f32(bytes, dtype, out)
+        crate::merge::widen(bytes, dtype, out)
     }
 }
 
@@ -983,55 +981,8 @@ impl Wide for f64 {
     fn widen(bytes: &[u8], dtype: Dtype, out: &mut [f64]) {
         let es = dtype.size();
         for (o, c) in out.iter_mut().zip(bytes.chunks_exact(es)) {
-            *o = element_f64(c, dtype);
+            *o = crate::merge::element(c, dtype, 0);
         }
-    }
-}
-
-/// Little-endian float elements to f32 (exact except from F64, rounded to nearest).
-fn widen_f32(bytes: &[u8], dtype: Dtype, out: &mut [f32]) {
-    match dtype {
-        Dtype::F16 | Dtype::BF16 => {
-            let mut bits = [0u16; CHUNK];
-            let bits = &mut bits[..out.len().min(CHUNK)];
-            for (b, c) in bits.iter_mut().zip(bytes.chunks_exact(2)) {
-                *b = u16::from_le_bytes([c[0], c[1]]);
-            }
-            let out = &mut out[..bits.len()];
-            if dtype == Dtype::F16 {
-                bits.reinterpret_cast::<f16>().convert_to_f32_slice(out);
-            } else {
-                bits.reinterpret_cast::<bf16>().convert_to_f32_slice(out);
-            }
-        }
-        Dtype::F32 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-        _ => {
-            let es = dtype.size();
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(es)) {
-                *o = element_f64(c, dtype) as f32;
-            }
-        }
-    }
-}
-
-/// One little-endian element of any dtype as f64 (exact for floats; integers up to 2^53).
-fn element_f64(c: &[u8], dtype: Dtype) -> f64 {
-    let mut w = [0u8; 8];
-    w[..c.len().min(8)].copy_from_slice(&c[..c.len().min(8)]);
-    match dtype {
-        Dtype::F64 => f64::from_le_bytes(w),
-        Dtype::F32 => f32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64,
-        Dtype::F16 => f16::from_le_bytes([w[0], w[1]]).to_f64(),
-        Dtype::BF16 => bf16::from_le_bytes([w[0], w[1]]).to_f64(),
-        Dtype::I64 => i64::from_le_bytes(w) as f64,
-        Dtype::I32 => i32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64,
-        Dtype::I16 => i16::from_le_bytes([w[0], w[1]]) as f64,
-        Dtype::I8 => w[0] as i8 as f64,
-        Dtype::U8 | Dtype::Bool => w[0] as f64,
     }
 }
 
@@ -1154,6 +1105,7 @@ fn unravel(mut i: u64, shape: &[u64]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::f16;
 
     fn f32_bytes(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()

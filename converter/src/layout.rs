@@ -639,8 +639,8 @@ pub(crate) fn open_regular(path: &Path, why: &str) -> Result<(File, u64)> {
 
 /// A whole regular file of at most `cap` bytes; the read is limited too, so a file that grows
 /// while it is read cannot make us read more.
-fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
-    let (file, len) = open_regular(path, "expected a JSON file")?;
+pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    let (file, len) = open_regular(path, "expected a text file")?;
     if len > cap {
         return Err(Error::layout(
             path,

@@ -303,26 +303,11 @@ impl Mapping {
 
     /// Load a mapping file (a regular file of at most 1 MiB).
     pub fn load(path: &Path) -> Result<Mapping> {
-        use std::io::Read;
-        let meta =
-            std::fs::metadata(path).map_err(|e| Error::io(path, "cannot read mapping", e))?;
-        if !meta.is_file() {
-            return Err(Error::usage(format!(
-                "{}: the mapping is not a regular file",
-                path.display()
-            )));
-        }
-        let f = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot read mapping", e))?;
-        let mut text = String::new();
-        f.take(MAX_MAPPING_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| Error::io(path, "cannot read mapping", e))?;
-        if text.len() as u64 > MAX_MAPPING_BYTES {
-            return Err(Error::usage(format!(
-                "{}: a mapping file is at most {MAX_MAPPING_BYTES} bytes",
-                path.display()
-            )));
-        }
+        let bytes = crate::layout::read_capped(path, MAX_MAPPING_BYTES)?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::Mapping {
+            path: path.to_path_buf(),
+            msg: "is not UTF-8 text".into(),
+        })?;
         Mapping::parse(&text, path)
     }
 

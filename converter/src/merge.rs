@@ -481,19 +481,22 @@ pub fn cast(bytes: &[u8], from: Dtype, to: Dtype) -> std::result::Result<Vec<u8>
     })
 }
 
-/// Little-endian float elements to f32 (exact except from F64, rounded to nearest).
-fn widen(bytes: &[u8], dtype: Dtype, out: &mut [f32]) {
+/// Little-endian elements of `dtype` to f32: exact for F16, BF16 and F32, rounded to nearest
+/// from F64 and wide integers. Any length; F16/BF16 go through `half`'s SIMD slice conversion.
+pub fn widen(bytes: &[u8], dtype: Dtype, out: &mut [f32]) {
     let mut bits = [0u16; CAST_STEP];
     match dtype {
         Dtype::F16 | Dtype::BF16 => {
-            for (b, c) in bits.iter_mut().zip(bytes.chunks_exact(2)) {
-                *b = u16::from_le_bytes([c[0], c[1]]);
-            }
-            let bits = &bits[..out.len()];
-            if dtype == Dtype::F16 {
-                bits.reinterpret_cast::<f16>().convert_to_f32_slice(out);
-            } else {
-                bits.reinterpret_cast::<bf16>().convert_to_f32_slice(out);
+            for (o, b) in out.chunks_mut(CAST_STEP).zip(bytes.chunks(2 * CAST_STEP)) {
+                let bits = &mut bits[..o.len()];
+                for (x, c) in bits.iter_mut().zip(b.chunks_exact(2)) {
+                    *x = u16::from_le_bytes([c[0], c[1]]);
+                }
+                if dtype == Dtype::F16 {
+                    bits.reinterpret_cast::<f16>().convert_to_f32_slice(o);
+                } else {
+                    bits.reinterpret_cast::<bf16>().convert_to_f32_slice(o);
+                }
             }
         }
         Dtype::F32 => {
@@ -532,19 +535,24 @@ fn narrow(values: &[f32], dtype: Dtype, out: &mut Vec<u8>) {
     }
 }
 
-/// Element `i` of a little-endian float buffer, as f64 (exact for every float dtype).
-fn element(bytes: &[u8], dtype: Dtype, i: usize) -> f64 {
+/// Element `i` of a little-endian buffer, as f64 (exact for floats; integers up to 2^53).
+pub fn element(bytes: &[u8], dtype: Dtype, i: usize) -> f64 {
     let es = dtype.size();
     let Some(c) = bytes.get(i * es..(i + 1) * es) else {
         return f64::NAN;
     };
+    let mut w = [0u8; 8];
+    w[..es.min(8)].copy_from_slice(&c[..es.min(8)]);
     match dtype {
-        Dtype::F16 => f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64(),
-        Dtype::BF16 => bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64(),
-        Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
-        Dtype::F64 => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
-        // Plans admit only floating-point weights.
-        _ => f64::NAN,
+        Dtype::F64 => f64::from_le_bytes(w),
+        Dtype::F32 => f32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64,
+        Dtype::F16 => f16::from_le_bytes([w[0], w[1]]).to_f64(),
+        Dtype::BF16 => bf16::from_le_bytes([w[0], w[1]]).to_f64(),
+        Dtype::I64 => i64::from_le_bytes(w) as f64,
+        Dtype::I32 => i32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64,
+        Dtype::I16 => i16::from_le_bytes([w[0], w[1]]) as f64,
+        Dtype::I8 => w[0] as i8 as f64,
+        Dtype::U8 | Dtype::Bool => w[0] as f64,
     }
 }
 

@@ -152,19 +152,8 @@ fn brief(family: &str, e: &Error) -> String {
 
 /// A Hugging Face `config.json`, read whole up to its cap.
 fn read_config(path: &Path) -> Result<serde_json::Value> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot read", e))?;
-    let mut text = String::new();
-    f.take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| Error::io(path, "cannot read", e))?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(Error::format(
-            path,
-            format!("is larger than {MAX_CONFIG_BYTES} bytes; not a model config"),
-        ));
-    }
-    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
+    let bytes = layout::read_capped(path, MAX_CONFIG_BYTES)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
 }
 
 impl Source {
