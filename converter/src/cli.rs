@@ -62,3 +62,45 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
     }
     ExitCode::from(2)
 }
+
+/// A bus error (SIGBUS) while reading a memory-mapped input means a file shrank under us:
+/// report it as one line (or, with `--json`, one JSON error object on stdout) and exit 135,
+/// instead of dying without a word. `text` and `json` are the two forms of the tool's message.
+pub fn report_bus_errors(json: bool, text: &'static [u8], json_text: &'static [u8]) {
+    use std::sync::atomic::Ordering;
+    let msg = if json { json_text } else { text };
+    BUS_MSG.store(msg.as_ptr().cast_mut(), Ordering::SeqCst);
+    BUS_LEN.store(msg.len(), Ordering::SeqCst);
+    BUS_FD.store(if json { 1 } else { 2 }, Ordering::SeqCst);
+    // SAFETY: installing a disposition at startup; the handler only reads atomics and calls
+    // async-signal-safe functions (write, _exit).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_bus as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_ONSTACK;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+    }
+}
+
+static BUS_MSG: std::sync::atomic::AtomicPtr<u8> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static BUS_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static BUS_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(2);
+
+extern "C" fn on_bus(_: libc::c_int) {
+    use std::sync::atomic::Ordering;
+    let (p, n, fd) = (
+        BUS_MSG.load(Ordering::SeqCst),
+        BUS_LEN.load(Ordering::SeqCst),
+        BUS_FD.load(Ordering::SeqCst),
+    );
+    // SAFETY: the pointer and length come from a `&'static [u8]`; write(2) and _exit(2) are
+    // async-signal-safe; returning would fault again.
+    unsafe {
+        if !p.is_null() {
+            libc::write(fd, p.cast(), n);
+        }
+        libc::_exit(128 + libc::SIGBUS)
+    }
+}
