@@ -21,11 +21,17 @@ Examples:
       convert the released checkpoint (root with latest_checkpointed_iteration.txt)
   cpm-convert ckpt/80000 -o out --heads 32 --dtype f16
       convert one iteration directory holding mp_rank_XX_model_states.pt
+  cpm-convert megatron/ckpt -o gpt2-hf --vocab-size 50257
+      a Megatron-LM checkpoint (any version, tensor- and pipeline-parallel), padding cut
+  cpm-convert out/ckpt.pt -o gpt2-hf
+      a nanoGPT checkpoint
   cpm-convert model.pt --dry-run
       show what would be written, reading only the checkpoint's structure
 
 INPUT is a checkpoint root holding latest_checkpointed_iteration.txt, an iteration directory
-holding mp_rank_XX_model_states.pt files, or one .pt file (model-parallel size 1).
+(80000/, iter_0000100/, release/) holding mp_rank_XX[_YYY] rank files, a Hugging Face directory,
+or one file. Its family (cpm-lm, megatron-gpt2, megatron-core-gpt, nanogpt, hf-gpt2) is
+recognised from its structure; --from names it.
 
 OUT_DIR receives model.safetensors, config.json and SHA256SUMS (check with
 `cd OUT_DIR && sha256sum -c SHA256SUMS`). It is written in a temporary directory beside it
