@@ -1,13 +1,13 @@
 //! Comparing two checkpoints' tensor maps (`cpm-diff`).
 //!
 //! Each input is opened and planned exactly as `cpm-convert` would convert it ([`crate::open`],
-//! [`crate::plan`]): the plan's entries are the canonical GPT-2 map (target name, shape, dtype),
+//! [`crate::plan()`]): the plan's entries are the canonical GPT-2 map (target name, shape, dtype),
 //! so a checkpoint and the directory converted from it compare equal, and any family the library
 //! learns to read is compared without changes here. `raw` compares the names as stored instead,
 //! rank by rank.
 //!
 //! Values (optional) stream one tensor pair at a time: each side's parts are read from its memory
-//! map, merged into the canonical layout by [`merge::merge`] (the converter's own merge), widened
+//! map, merged into the canonical layout by [`crate::merge::merge`] (the converter's own merge), widened
 //! to f32 in small chunks and compared; sums accumulate in f64. The pages of a pair are released
 //! once it is compared, so the resident set stays near the largest tensor pair.
 //!

@@ -1,6 +1,6 @@
 //! `cpm-inspect`: what a checkpoint holds, as stored, from its structure alone.
 //!
-//! Built on the converter's own reader and plan ([`crate::open`], [`crate::plan`]), so every
+//! Built on the converter's own reader and plan ([`crate::open`], [`crate::plan()`]), so every
 //! file layout and family the converter learns shows here without changes. Nothing reads tensor
 //! data: rows come from the tensors' descriptions in the pickle, the plan checks shapes and
 //! storage bounds only, and the tree shows a tensor as its dtype and shape. A 5 GB checkpoint

@@ -50,7 +50,7 @@ pub struct Parsed {
     pub arena: Arena,
 }
 
-/// Heap bytes the values of one or more pickles may cost (see [`BUDGET_SLACK`]). Pickles read
+/// Heap bytes the values of one or more pickles may cost (the pickle's size + 16 MiB). Pickles read
 /// from one file share one: the legacy format's five pickles together get what one would.
 pub struct Budget {
     left: usize,
@@ -58,7 +58,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// What the pickles in `len` bytes of file may cost: `len` + [`BUDGET_SLACK`].
+    /// What the pickles in `len` bytes of file may cost: `len` + 16 MiB.
     pub fn for_bytes(len: usize) -> Budget {
         let limit = len.saturating_add(BUDGET_SLACK);
         Budget { left: limit, limit }
