@@ -65,10 +65,15 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
 
 /// A bus error (SIGBUS) while reading a memory-mapped input means a file shrank under us:
 /// report it as one line (or, with `--json`, one JSON error object on stdout) and exit 135,
-/// instead of dying without a word. `text` and `json` are the two forms of the tool's message.
-pub fn report_bus_errors(json: bool, text: &'static [u8], json_text: &'static [u8]) {
+/// instead of dying without a word. `doing` ends the message: "… truncated while `doing`".
+pub fn report_bus_errors(json: bool, tool: &str, doing: &str) {
     use std::sync::atomic::Ordering;
-    let msg = if json { json_text } else { text };
+    // A handler cannot format: the message is built now and kept for the process's life.
+    let msg: &'static [u8] = Box::leak(
+        bus_message(json, tool, doing)
+            .into_bytes()
+            .into_boxed_slice(),
+    );
     BUS_MSG.store(msg.as_ptr().cast_mut(), Ordering::SeqCst);
     BUS_LEN.store(msg.len(), Ordering::SeqCst);
     BUS_FD.store(if json { 1 } else { 2 }, Ordering::SeqCst);
@@ -80,6 +85,21 @@ pub fn report_bus_errors(json: bool, text: &'static [u8], json_text: &'static [u
         sa.sa_flags = libc::SA_ONSTACK;
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+    }
+}
+
+fn bus_message(json: bool, tool: &str, doing: &str) -> String {
+    let error = format!(
+        "bus error reading a memory-mapped input, most likely because an input file changed or \
+         was truncated while {doing}"
+    );
+    if json {
+        format!(
+            "{}\n",
+            serde_json::json!({ "error": error, "warnings": [] })
+        )
+    } else {
+        format!("{tool}: error: {error}\n")
     }
 }
 
@@ -102,5 +122,24 @@ extern "C" fn on_bus(_: libc::c_int) {
             libc::write(fd, p.cast(), n);
         }
         libc::_exit(128 + libc::SIGBUS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bus_error_message_is_one_line_or_one_json_object() {
+        let text = bus_message(false, "cpm-diff", "comparing it");
+        assert!(text.starts_with("cpm-diff: error: bus error") && text.ends_with("comparing it\n"));
+        assert_eq!(text.lines().count(), 1);
+        let json: serde_json::Value =
+            serde_json::from_str(&bus_message(true, "x", "reading it")).unwrap();
+        assert!(json["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("truncated while reading it"));
+        assert_eq!(json["warnings"], serde_json::json!([]));
     }
 }
