@@ -2,9 +2,52 @@
 //! reader goes away (`| head`), one JSON object per `--json` run, and usage errors that follow
 //! the `--json` contract (help and version stay text with exit 0).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::{Family, Hints};
+
 use serde::Serialize;
+
+/// What every tool needs to know to read an input as a model: the flags `cpm-convert`,
+/// `cpm-inspect` and `cpm-diff` share (flattened into each one's own arguments).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ModelArgs {
+    /// Number of attention heads, when the checkpoint does not record it and the size is not a
+    /// released one of its family (only needed where a layout needs it).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub heads: Option<u64>,
+
+    /// The input's family instead of detecting it: cpm-lm, megatron-gpt2, megatron-core-gpt,
+    /// nanogpt, hf-gpt2.
+    #[arg(long, value_name = "FAMILY", conflicts_with = "mapping")]
+    pub from: Option<String>,
+
+    /// A mapping file to use instead of the built-in families (see mappings/).
+    #[arg(long, value_name = "FILE")]
+    pub mapping: Option<PathBuf>,
+
+    /// Keep only the first N vocabulary rows: cuts the padding Megatron and nanoGPT add.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub vocab_size: Option<u64>,
+}
+
+impl ModelArgs {
+    pub fn family(&self) -> Family {
+        match (&self.from, &self.mapping) {
+            (Some(f), _) => Family::Named(f.clone()),
+            (None, Some(m)) => Family::File(m.clone()),
+            (None, None) => Family::Detect,
+        }
+    }
+
+    pub fn hints(&self) -> Hints {
+        Hints {
+            heads: self.heads,
+            vocab_size: self.vocab_size,
+        }
+    }
+}
 
 /// `--json`'s result of any failure, usage errors included.
 #[derive(Debug, Serialize)]

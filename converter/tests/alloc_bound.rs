@@ -77,7 +77,10 @@ fn readers(case: &Case, dir: &Path) -> Vec<Measured> {
     out.push(measure("inspect", || {
         let opts = cpm_convert::inspect::Options {
             input: input.clone(),
-            heads: case.heads(),
+            hints: cpm_convert::Hints {
+                heads: case.heads(),
+                ..Default::default()
+            },
             tree: true,
             ..Default::default()
         };

@@ -10,10 +10,10 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use cpm_convert::cli::{emit, emit_json, usage_error, JsonError};
+use cpm_convert::cli::{emit, emit_json, usage_error, JsonError, ModelArgs};
 use cpm_convert::table;
 use cpm_convert::write::OutputFile;
-use cpm_convert::{Family, Hints, Options, OutDtype, Plan, Progress};
+use cpm_convert::{Options, OutDtype, Plan, Progress};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -70,11 +70,6 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = DtypeArg::Keep)]
     dtype: DtypeArg,
 
-    /// Number of attention heads (needed when the checkpoint does not record it and the size
-    /// is not a released CPM-LM size).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    heads: Option<u64>,
-
     /// Replace a non-empty OUT_DIR whole.
     #[arg(long)]
     force: bool,
@@ -87,6 +82,9 @@ struct Cli {
     #[arg(long)]
     dry_run: bool,
 
+    #[command(flatten)]
+    model: ModelArgs,
+
     /// Machine-readable output: stdout holds one JSON object (the plan with --dry-run, else a
     /// summary of the files written; errors as {"error": "...", "warnings": [...]}), stderr
     /// only warnings.
@@ -97,40 +95,10 @@ struct Cli {
     #[arg(short, long)]
     quiet: bool,
 
-    /// The input's family, instead of detecting it: cpm-lm, megatron-gpt2, megatron-core-gpt,
-    /// nanogpt, hf-gpt2.
-    #[arg(long, value_name = "FAMILY", conflicts_with = "mapping")]
-    from: Option<String>,
-
-    /// A mapping file to use instead of the built-in families (see mappings/).
-    #[arg(long, value_name = "FILE")]
-    mapping: Option<PathBuf>,
-
-    /// Keep only the first N vocabulary rows: cuts the padding Megatron and nanoGPT add.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    vocab_size: Option<u64>,
-
     /// config.json's activation_function, overriding what the checkpoint's flags imply
     /// (gelu: exact erf; gelu_new: tanh approximation).
     #[arg(long, value_name = "NAME")]
     activation: Option<String>,
-}
-
-impl Cli {
-    fn family(&self) -> Family {
-        match (&self.from, &self.mapping) {
-            (Some(f), _) => Family::Named(f.clone()),
-            (None, Some(m)) => Family::File(m.clone()),
-            (None, None) => Family::Detect,
-        }
-    }
-
-    fn hints(&self) -> Hints {
-        Hints {
-            heads: self.heads,
-            vocab_size: self.vocab_size,
-        }
-    }
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -285,12 +253,12 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         input: cli.input.clone(),
         output,
         dtype,
-        heads: cli.heads,
-        vocab_size: cli.vocab_size,
+        heads: cli.model.heads,
+        vocab_size: cli.model.vocab_size,
         activation: cli.activation.clone(),
         force: cli.force,
         strict: cli.strict,
-        family: cli.family(),
+        family: cli.model.family(),
     };
     let summary = cpm_convert::convert(&opts, ui)?;
     ui.bar.finish_and_clear();
@@ -327,8 +295,8 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
 
 /// `--dry-run`: the plan and the sizes, from the checkpoint's structure alone.
 fn dry_run(cli: &Cli, dtype: OutDtype) -> anyhow::Result<()> {
-    let src = cpm_convert::open(&cli.input, &cli.family())?;
-    let mut plan = cpm_convert::plan(&src, cli.hints(), dtype)?;
+    let src = cpm_convert::open(&cli.input, &cli.model.family())?;
+    let mut plan = cpm_convert::plan(&src, cli.model.hints(), dtype)?;
     if let Some(a) = &cli.activation {
         plan.activation = cpm_convert::plan::Activation {
             name: a.clone(),

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cpm_convert::cli;
+use cpm_convert::cli::{self, ModelArgs};
 use cpm_convert::diff::{Change, Options, Report, Tensor, Values};
-use cpm_convert::{Family, Progress};
+use cpm_convert::Progress;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -74,22 +74,8 @@ struct Cli {
     #[arg(long)]
     raw: bool,
 
-    /// Number of attention heads, for both sides; only needed where a layout needs it to merge.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    heads: Option<u64>,
-
-    /// Both inputs' family, instead of detecting each: cpm-lm, megatron-gpt2,
-    /// megatron-core-gpt, nanogpt, hf-gpt2.
-    #[arg(long, value_name = "FAMILY", conflicts_with = "mapping")]
-    from: Option<String>,
-
-    /// A mapping file for both inputs instead of the built-in families (see mappings/).
-    #[arg(long, value_name = "FILE")]
-    mapping: Option<PathBuf>,
-
-    /// Keep only the first N vocabulary rows on both sides, as cpm-convert --vocab-size does.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    vocab_size: Option<u64>,
+    #[command(flatten)]
+    model: ModelArgs,
 
     /// Machine-readable output: stdout holds one JSON object (the report, or {"error": "...",
     /// "warnings": [...]}), stderr only warnings.
@@ -149,15 +135,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Report> {
-    let family = match (&cli.from, &cli.mapping) {
-        (Some(f), _) => Family::Named(f.clone()),
-        (None, Some(m)) => Family::File(m.clone()),
-        (None, None) => Family::Detect,
-    };
     let opts = Options {
-        heads: cli.heads,
-        vocab_size: cli.vocab_size,
-        family,
+        heads: cli.model.heads,
+        vocab_size: cli.model.vocab_size,
+        family: cli.model.family(),
         raw: cli.raw,
         values: cli.values,
         atol: cli.atol,

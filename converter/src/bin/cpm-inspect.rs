@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde::Serialize;
 
-use cpm_convert::cli::{emit, emit_json, usage_error, JsonError};
+use cpm_convert::cli::{emit, emit_json, usage_error, JsonError, ModelArgs};
 use cpm_convert::inspect::{self, Report};
 
 const AFTER_HELP: &str = "\
@@ -55,22 +55,8 @@ struct Cli {
     #[arg(long)]
     tree: bool,
 
-    /// Number of attention heads, as for cpm-convert.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    heads: Option<u64>,
-
-    /// A mapping file to use instead of the built-in CPM-LM one (see mappings/).
-    #[arg(long, value_name = "FILE")]
-    mapping: Option<PathBuf>,
-
-    /// The checkpoint's family instead of detecting it: cpm-lm, megatron-gpt2,
-    /// megatron-core-gpt, nanogpt, hf-gpt2.
-    #[arg(long, value_name = "FAMILY")]
-    from: Option<String>,
-
-    /// The true vocabulary size: sizes and --mapped as a conversion cut to N rows has them.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    vocab_size: Option<u64>,
+    #[command(flatten)]
+    model: ModelArgs,
 
     /// Machine-readable output: stdout holds one JSON object (errors as {"error": "...",
     /// "warnings": [...]}), stderr only warnings.
@@ -94,10 +80,8 @@ fn main() -> ExitCode {
     cpm_convert::cli::report_bus_errors(cli.json, "cpm-inspect", "inspecting it");
     let opts = inspect::Options {
         input: cli.path.clone(),
-        heads: cli.heads,
-        mapping: cli.mapping.clone(),
-        from: cli.from.clone(),
-        vocab_size: cli.vocab_size,
+        family: cli.model.family(),
+        hints: cli.model.hints(),
         mapped: cli.mapped,
         tree: cli.tree,
     };

@@ -32,14 +32,11 @@ use tree::trees;
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub input: PathBuf,
-    /// `--heads N`, as for a conversion.
-    pub heads: Option<u64>,
-    /// A mapping file; `None` uses the built-in one, as for a conversion.
-    pub mapping: Option<PathBuf>,
-    /// `--from FAMILY`: read with this built-in family instead of detecting it.
-    pub from: Option<String>,
-    /// `--vocab-size N`: the sizes and `--mapped` as a conversion cut to N rows would have them.
-    pub vocab_size: Option<u64>,
+    /// Which family reads the input (detected, `--from`, `--mapping`), as for a conversion.
+    pub family: Family,
+    /// `--heads N` and `--vocab-size N` (the sizes and `--mapped` as a conversion cut to N rows
+    /// would have them).
+    pub hints: Hints,
     /// The canonical GPT-2 map: needs the plan, whose failure is then the error.
     pub mapped: bool,
     /// The non-tensor entries of each file.
@@ -114,20 +111,11 @@ pub struct Report {
 /// go to `warnings`; only an unreadable input (no checkpoint there, a file that does not parse, a
 /// mapping file that does not load), or a failed plan under `--mapped`, is an error.
 pub fn inspect(opts: &Options, warnings: &mut Vec<String>) -> Result<Report> {
-    let family = match (&opts.from, &opts.mapping) {
-        (Some(f), _) => Family::Named(f.clone()),
-        (None, Some(m)) => Family::File(m.clone()),
-        (None, None) => Family::Detect,
-    };
-    let src = match crate::open(&opts.input, &family) {
+    let src = match crate::open(&opts.input, &opts.family) {
         Ok(src) => src,
         Err(e) => return structure_only(opts, e, warnings),
     };
-    let hints = Hints {
-        heads: opts.heads,
-        vocab_size: opts.vocab_size,
-    };
-    let plan = match crate::plan(&src, hints, OutDtype::Keep) {
+    let plan = match crate::plan(&src, opts.hints, OutDtype::Keep) {
         Ok(plan) => Some(plan),
         Err(e) if opts.mapped => return Err(e),
         Err(e) => {
@@ -165,10 +153,10 @@ pub fn inspect(opts: &Options, warnings: &mut Vec<String>) -> Result<Report> {
 /// a layout that names no files, a bad mapping file or `--mapped` keep `err`, the reader's error.
 fn structure_only(opts: &Options, err: Error, warnings: &mut Vec<String>) -> Result<Report> {
     // A mapping file that does not load is the user's error, whatever the checkpoint holds.
-    let bad_mapping = opts
-        .mapping
-        .as_deref()
-        .is_some_and(|m| Mapping::load(m).is_err());
+    let bad_mapping = match &opts.family {
+        Family::File(m) => Mapping::load(m).is_err(),
+        _ => false,
+    };
     if opts.mapped || bad_mapping || matches!(err, Error::Mapping { .. }) {
         return Err(err);
     }
