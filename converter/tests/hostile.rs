@@ -79,17 +79,7 @@ fn check(case: &Case) {
             }
         }
         Expect::Refused { file, all, any } => {
-            assert_eq!(r.code, Some(2), "{name}: exit code: {e}");
-            // An empty `file`: the input directory is what the message names.
-            let named = if file.is_empty() {
-                "input"
-            } else {
-                file.as_str()
-            };
-            assert!(
-                e.contains(named),
-                "{name}: message does not name {named:?}: {e}"
-            );
+            assert_refused(name, r.code, e, file);
             for n in all {
                 assert!(e.contains(n.as_str()), "{name}: message lacks {n:?}: {e}");
             }
@@ -345,16 +335,7 @@ fn cpm_diff_ends_cleanly_on_every_case() {
         assert!(e.len() <= MAX_MESSAGE, "{name}: a {}-byte message", e.len());
         match &case.expect {
             Expect::Refused { file, .. } => {
-                assert_eq!(r.code, Some(2), "{name}: {e}");
-                let named = if file.is_empty() {
-                    "input"
-                } else {
-                    file.as_str()
-                };
-                assert!(
-                    e.contains(named),
-                    "{name}: message does not name {named:?}: {e}"
-                );
+                assert_refused(name, r.code, &e, file);
             }
             // The builder's own checkpoint is B: equal. Any other that converts may differ.
             Expect::Converts if name == "builder" => assert_eq!(r.code, Some(0), "{e}"),
@@ -377,4 +358,14 @@ fn cpm_diff_ends_cleanly_on_every_case() {
         );
     }
     assert!(!marker.exists(), "a code-execution payload ran");
+}
+
+/// Exit 2 with a message naming the file (an empty `file`: the input directory it is in).
+fn assert_refused(name: &str, code: Option<i32>, e: &str, file: &str) {
+    assert_eq!(code, Some(2), "{name}: exit code: {e}");
+    let named = if file.is_empty() { "input" } else { file };
+    assert!(
+        e.contains(named),
+        "{name}: message does not name {named:?}: {e}"
+    );
 }
