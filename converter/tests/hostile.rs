@@ -335,7 +335,7 @@ fn cpm_diff_ends_cleanly_on_every_case() {
         assert!(e.len() <= MAX_MESSAGE, "{name}: a {}-byte message", e.len());
         match &case.expect {
             Expect::Refused { file, .. } => {
-                assert_refused(name, r.code, &e, file);
+                assert_refused(name, r.code, e, file);
             }
             // The builder's own checkpoint is B: equal. Any other that converts may differ.
             Expect::Converts if name == "builder" => assert_eq!(r.code, Some(0), "{e}"),
