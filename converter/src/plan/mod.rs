@@ -175,7 +175,12 @@ pub fn build(
     let want = hints
         .vocab_size
         .or_else(|| implied_vocab(&rec, mapping, rows, &mut notes));
+    // One word about padding is enough: an ignored hint already said the rows are kept.
+    let said = !notes.is_empty();
     let vocab = entry::cut_vocab(&mut planned, rows, want, &mut notes)?;
+    if said && want.is_none() {
+        notes.truncate(1);
+    }
     for e in planned
         .entries
         .iter_mut()
@@ -219,7 +224,8 @@ fn implied_vocab(
     let (size, from) = model::vocab_hint(rec, mapping)?;
     if size > rows {
         notes.push(format!(
-            "{from} implies a vocabulary of {size}, more than the {rows} rows present: keeping {rows}"
+            "{from} implies a vocabulary of {size}, more than the {rows} rows present: keeping \
+             {rows} (pass --vocab-size N to cut padding)"
         ));
         return None;
     }
