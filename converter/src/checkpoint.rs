@@ -1,6 +1,5 @@
 //! The weights inside a checkpoint's rank files (finding the files: [`crate::layout`]).
 
-use std::path::Path;
 use std::rc::Rc;
 
 use crate::error::{Error, Result};
@@ -16,31 +15,6 @@ pub struct Rank {
     pub tp: usize,
     pub pp: usize,
     pub weights: Vec<(String, Rc<TensorRef>)>,
-}
-
-impl Rank {
-    pub fn open(
-        path: &Path,
-        display: String,
-        tp: usize,
-        pp: usize,
-        mapping: &Mapping,
-    ) -> Result<Rank> {
-        let file = TorchFile::open(path)?;
-        let weights = weights(&file, mapping)?;
-        Ok(Rank {
-            file,
-            display,
-            tp,
-            pp,
-            weights,
-        })
-    }
-
-    /// An integer field of the top-level dict, if present.
-    pub fn top_int(&self, key: &str) -> Option<i64> {
-        self.file.root.get(key).and_then(|v| v.as_int())
-    }
 }
 
 /// Nested dicts deeper than this are not searched for weights (Megatron nests four levels).

@@ -1,13 +1,15 @@
-//! cpm-convert: port CPM-LM's model-parallel Megatron/DeepSpeed checkpoints to a Hugging Face
-//! GPT-2 directory (`model.safetensors`, `config.json`, `SHA256SUMS`) without Python.
+//! cpm-convert: port GPT-2-family training checkpoints (CPM-LM, Megatron-LM, Megatron-core,
+//! nanoGPT, Hugging Face) to a Hugging Face GPT-2 directory (`model.safetensors`, `config.json`,
+//! `SHA256SUMS`) without Python.
 //!
 //! The data flow, one step per module:
 //!
 //! ```text
 //! layout::discover       input path  -> every file (tracker, iteration, rank grid, HF shards)
-//! checkpoint::Rank::open rank file   -> torch object tree + weights (torch:: reads zip and
-//!                                       legacy files through a memory map, executing nothing)
-//! plan::build            ranks + mapping (mappings/*.toml) -> every output tensor, checked
+//! source::open           files       -> torch object trees (torch:: reads zip, legacy and
+//!                                       safetensors files through a memory map, executing
+//!                                       nothing), the family chosen, each file's weights
+//! plan::build            weights + mapping (mappings/*.toml) -> every output tensor, checked
 //! merge::tensor          one tensor's parts -> Hugging Face layout (concat, qkv interleave,
 //!                                       transpose), NaN/Inf check, cast
 //! write                  streaming safetensors + config.json + SHA256SUMS, staged and
