@@ -250,15 +250,16 @@ pub fn fill_zero_shapes(entries: &mut [Entry], size: &dyn Fn(&str) -> Result<u64
 
 /// Apply `--vocab-size`: keep the first `want` rows of every tensor whose first dimension is the
 /// vocabulary (the embedding, an untied head). Returns the vocabulary written. Without it,
-/// padded-looking vocabularies are kept with a note.
+/// padded-looking vocabularies are kept with a note (unless `padding_noted` says one was made).
 pub fn cut_vocab(
     planned: &mut Planned,
     rows: u64,
     want: Option<u64>,
+    padding_noted: bool,
     notes: &mut Vec<String>,
 ) -> Result<u64> {
     let Some(n) = want else {
-        if rows % 64 == 0 && rows > 64 {
+        if rows % 64 == 0 && rows > 64 && !padding_noted {
             notes.push(format!(
                 "the vocabulary has {rows} rows, a multiple of 64 as padded vocabularies are; if \
                  the tokenizer has fewer entries, pass --vocab-size N to cut the padding"

@@ -147,7 +147,7 @@ impl Plan {
     }
 }
 
-/// Build the plan. `config` is a Hugging Face `config.json` found beside the checkpoint.
+/// Build the plan.
 pub fn build(
     ranks: &[Rank],
     mapping: &Mapping,
@@ -155,13 +155,12 @@ pub fn build(
     hints: Hints,
     out: OutDtype,
 ) -> Result<Plan> {
-    let grid = matching::Grid::of(ranks)?;
-    model::check_world_size(ranks, mapping, grid.tp)?;
-    let qkv = model::qkv_split(ranks, mapping)?;
-    let mut all = matching::match_rules(ranks, &grid, mapping)?;
-    let layers = matching::check_complete(ranks, mapping, &mut all)?;
-    let mut planned = entry::plan_all(ranks, mapping, &all.matched, qkv, out)?;
-    let sizes = model::sizes(&mut planned.entries, &ranks[0].display, mapping)?;
+    let Structure {
+        grid,
+        layers,
+        mut planned,
+        sizes,
+    } = structure(ranks, mapping, out).map_err(Misfit::into_error)?;
     let hidden = sizes.get("hidden")?;
     let rec = model::Recorded {
         root: &ranks[0].file.root,
@@ -176,11 +175,8 @@ pub fn build(
         .vocab_size
         .or_else(|| implied_vocab(&rec, mapping, rows, &mut notes));
     // One word about padding is enough: an ignored hint already said the rows are kept.
-    let said = !notes.is_empty();
-    let vocab = entry::cut_vocab(&mut planned, rows, want, &mut notes)?;
-    if said && want.is_none() {
-        notes.truncate(1);
-    }
+    let padding_noted = !notes.is_empty();
+    let vocab = entry::cut_vocab(&mut planned, rows, want, padding_noted, &mut notes)?;
     for e in planned
         .entries
         .iter_mut()
@@ -210,6 +206,49 @@ pub fn build(
         checks: planned.checks,
         tied_copies: planned.tied_copies,
         notes,
+    })
+}
+
+/// What the files' structure says under one mapping, before the head count and the vocabulary
+/// cut: the grid, the layer count, the planned tensors and the model's sizes.
+struct Structure {
+    grid: matching::Grid,
+    layers: u64,
+    planned: entry::Planned,
+    sizes: model::Sizes,
+}
+
+/// The structural steps shared by [`build`] and [`fits`]: names are matched first (a failure
+/// there means another family), then completeness, world size and shapes (a failure there is
+/// this family's incomplete or inconsistent checkpoint).
+fn structure(
+    ranks: &[Rank],
+    mapping: &Mapping,
+    out: OutDtype,
+) -> std::result::Result<Structure, Misfit> {
+    let grid = matching::Grid::of(ranks).map_err(Misfit::Names)?;
+    let mut all = matching::match_rules(ranks, &grid, mapping).map_err(Misfit::Names)?;
+    if all.matched.is_empty() {
+        // Nothing but ignored entries: not this family's weights.
+        return Err(Misfit::Names(crate::checkpoint::no_weights(
+            &ranks[0].file,
+            mapping,
+        )));
+    }
+    let mut model = || -> Result<(u64, entry::Planned, model::Sizes)> {
+        model::check_world_size(ranks, mapping, grid.tp)?;
+        let qkv = model::qkv_split(ranks, mapping)?;
+        let layers = matching::check_complete(ranks, mapping, &mut all)?;
+        let mut planned = entry::plan_all(ranks, mapping, &all.matched, qkv, out)?;
+        let sizes = model::sizes(&mut planned.entries, &ranks[0].display, mapping)?;
+        Ok((layers, planned, sizes))
+    };
+    let (layers, planned, sizes) = model().map_err(Misfit::Model)?;
+    Ok(Structure {
+        grid,
+        layers,
+        planned,
+        sizes,
     })
 }
 
@@ -246,27 +285,18 @@ pub enum Misfit {
     Model(crate::Error),
 }
 
+impl Misfit {
+    fn into_error(self) -> crate::Error {
+        match self {
+            Misfit::Names(e) | Misfit::Model(e) => e,
+        }
+    }
+}
+
 /// Whether `mapping` describes these files: every weight matches a rule or is ignored, every
 /// tensor the mapping needs is there, the recorded world size holds, and the shapes form one
 /// model in the mapping's layout (nanoGPT and Hugging Face share names but not orientation).
 /// No head count is needed and no tensor data is read (but for a tied head's copy).
 pub fn fits(ranks: &[Rank], mapping: &Mapping) -> std::result::Result<(), Misfit> {
-    let grid = matching::Grid::of(ranks).map_err(Misfit::Names)?;
-    let mut all = matching::match_rules(ranks, &grid, mapping).map_err(Misfit::Names)?;
-    if all.matched.is_empty() {
-        // Nothing but ignored entries: not this family's weights.
-        return Err(Misfit::Names(crate::checkpoint::no_weights(
-            &ranks[0].file,
-            mapping,
-        )));
-    }
-    let mut model = || -> Result<()> {
-        model::check_world_size(ranks, mapping, grid.tp)?;
-        let qkv = model::qkv_split(ranks, mapping)?;
-        matching::check_complete(ranks, mapping, &mut all)?;
-        let mut planned = entry::plan_all(ranks, mapping, &all.matched, qkv, OutDtype::Keep)?;
-        model::sizes(&mut planned.entries, &ranks[0].display, mapping)?;
-        Ok(())
-    };
-    model().map_err(Misfit::Model)
+    structure(ranks, mapping, OutDtype::Keep).map(|_| ())
 }
