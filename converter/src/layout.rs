@@ -484,7 +484,7 @@ fn hugging_face(dir: &Path) -> Result<Option<Layout>> {
 }
 
 /// `config.json` beside the model, when present (and then a regular file).
-fn config_beside(dir: &Path) -> Result<Option<PathBuf>> {
+pub(crate) fn config_beside(dir: &Path) -> Result<Option<PathBuf>> {
     let config = dir.join("config.json");
     if !present(&config)? {
         return Ok(None);

@@ -54,23 +54,26 @@ pub fn open(input: &Path, family: &Family) -> Result<Source> {
         })
         .collect::<Result<Vec<_>>>()?;
     let config = match &layout.config {
-        Some(path) => Some(read_config(path)?),
+        Some(path) => Some(path.clone()),
         // A single file may have its config beside it.
-        None if input.is_file() => {
-            let beside = input.parent().unwrap_or(Path::new(".")).join("config.json");
-            match std::fs::metadata(&beside) {
-                Ok(m) if m.is_file() => Some(read_config(&beside)?),
-                _ => None,
-            }
-        }
+        None if input.is_file() => layout::config_beside(input.parent().unwrap_or(Path::new(".")))?,
         None => None,
     };
-    let (mapping, family_from) = match family {
-        Family::Named(name) => (Mapping::builtin(name)?, format!("--from {name}")),
-        Family::File(p) => (Mapping::load(p)?, format!("--mapping {}", p.display())),
-        Family::Detect => detect(&mut ranks)?,
+    let config = config.map(|p| read_config(&p)).transpose()?;
+    // Detection leaves each file's weights listed under the family it chose.
+    let (mapping, family_from, listed) = match family {
+        Family::Named(name) => (Mapping::builtin(name)?, format!("--from {name}"), false),
+        Family::File(p) => (
+            Mapping::load(p)?,
+            format!("--mapping {}", p.display()),
+            false,
+        ),
+        Family::Detect => {
+            let (mapping, from) = detect(&mut ranks)?;
+            (mapping, from, true)
+        }
     };
-    for r in &mut ranks {
+    for r in ranks.iter_mut().filter(|_| !listed) {
         r.weights = checkpoint::weights(&r.file, &mapping)?;
         if r.weights.is_empty() {
             return Err(checkpoint::no_weights(&r.file, &mapping));
