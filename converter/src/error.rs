@@ -62,6 +62,10 @@ pub enum Error {
     #[error("mapping {path}: {msg}")]
     Mapping { path: PathBuf, msg: String },
 
+    /// The tokenizer given or found for the port cannot be read, or does not fit the model.
+    #[error("tokenizer {path}: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+
     /// The user's options cannot be honoured.
     #[error("{msg}")]
     Usage { msg: String },
@@ -124,6 +128,13 @@ impl Error {
 
     pub(crate) fn output(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Output {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn tokenizer(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Tokenizer {
             path: path.into(),
             msg: msg.into(),
         }

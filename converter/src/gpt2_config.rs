@@ -37,19 +37,35 @@ pub fn mixed_dtypes(plan: &Plan) -> Option<String> {
     })
 }
 
-/// The config as a JSON object; keys come out sorted, so the file is byte-stable.
-pub fn config(plan: &Plan, mapping: &Mapping, dtype: Dtype) -> Value {
-    // A mapping that writes the head as its own tensor unties it.
-    let tied = plan.entry(&mapping.config.head_target).is_none();
+/// The special token ids `config.json` (and, with a tokenizer, `generation_config.json`) record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TokenIds {
+    pub bos: Option<u64>,
+    pub eos: Option<u64>,
+}
+
+/// The ids the mapping declares for a vocabulary of the plan's size (none for another size).
+pub fn mapping_token_ids(plan: &Plan, mapping: &Mapping) -> TokenIds {
     let special = mapping
         .config
         .vocabularies
         .iter()
         .find(|v| v.size == plan.vocab);
+    TokenIds {
+        bos: special.and_then(|v| v.bos_token_id),
+        eos: special.and_then(|v| v.eos_token_id),
+    }
+}
+
+/// The config as a JSON object; keys come out sorted, so the file is byte-stable. `ids` come
+/// from the mapping ([`mapping_token_ids`]) or from the port's tokenizer.
+pub fn config(plan: &Plan, mapping: &Mapping, dtype: Dtype, ids: TokenIds) -> Value {
+    // A mapping that writes the head as its own tensor unties it.
+    let tied = plan.entry(&mapping.config.head_target).is_none();
     // Never point at an id outside the vocabulary, whatever the mapping says.
     let inside = |id: Option<u64>| id.filter(|&i| i < plan.vocab);
-    let bos = special.and_then(|v| inside(v.bos_token_id));
-    let eos = special.and_then(|v| inside(v.eos_token_id));
+    let bos = inside(ids.bos);
+    let eos = inside(ids.eos);
     let mut c = Map::new();
     for (k, v) in [
         ("model_type", json!("gpt2")),
@@ -155,14 +171,14 @@ mod tests {
             vec![8, 4],
         )]);
         assert_eq!(
-            config(&tied, &m, Dtype::F16)["tie_word_embeddings"],
+            config(&tied, &m, Dtype::F16, TokenIds::default())["tie_word_embeddings"],
             json!(true)
         );
         let untied = plan(vec![
             entry("transformer.wte.weight", Dtype::F16, vec![8, 4]),
             entry("lm_head.weight", Dtype::F16, vec![8, 4]),
         ]);
-        let c = config(&untied, &m, Dtype::F16);
+        let c = config(&untied, &m, Dtype::F16, TokenIds::default());
         assert_eq!(c["tie_word_embeddings"], json!(false));
         assert_eq!(c["torch_dtype"], json!("float16"));
     }

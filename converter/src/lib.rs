@@ -14,6 +14,9 @@
 //!                                       transpose), NaN/Inf check, cast
 //! write                  streaming safetensors + config.json + SHA256SUMS, staged and
 //!                                       renamed into place
+//! tokenizer_files        with a tokenizer: spiece.model, tokenizer.json, tokenizer_config.json,
+//!                                       the Python tokenizer, generation_config.json, and
+//!                                       config.json's bos/eos ids from its `<eod>`
 //! ```
 //!
 //! Tensors stream through one at a time; the heap holds at most a few merged tensors (recycled
@@ -31,6 +34,7 @@ pub mod merge;
 pub mod plan;
 pub mod source;
 pub mod table;
+pub mod tokenizer_files;
 pub mod torch;
 pub mod write;
 
@@ -57,6 +61,8 @@ pub struct Options {
     pub strict: bool,
     /// Which family's mapping reads the input.
     pub family: Family,
+    /// The tokenizer the port ships: given, looked for beside the input, or none.
+    pub tokenizer: tokenizer_files::Choice,
 }
 
 /// Hooks for a user interface; all optional.
@@ -67,6 +73,8 @@ pub trait Progress {
     fn advance(&self, _bytes: u64) {}
     /// A problem that does not stop the conversion.
     fn warn(&self, msg: &str);
+    /// Something the user should know that is not a problem (a tokenizer found by itself).
+    fn note(&self, _msg: &str) {}
     /// Whether the user asked to stop (SIGINT/SIGTERM): checked before each tensor and before
     /// the result is moved into place, so a stop removes the staging directory.
     fn cancelled(&self) -> bool {
@@ -88,8 +96,10 @@ pub struct Summary {
     pub tensor_bytes: u64,
     /// model.safetensors' size: the tensors plus the header.
     pub model_file_bytes: u64,
-    /// model.safetensors, config.json, SHA256SUMS.
+    /// model.safetensors, config.json, the tokenizer files if any, SHA256SUMS.
     pub files: Vec<write::OutputFile>,
+    /// The tokenizer the port got, if any.
+    pub tokenizer: Option<tokenizer_files::Report>,
     pub seconds: f64,
     /// Problems that did not stop the conversion, as they were reported to [`Progress::warn`].
     pub warnings: Vec<String>,
@@ -103,13 +113,14 @@ pub fn plan(src: &Source, hints: plan::Hints, dtype: OutDtype) -> Result<Plan> {
 /// Convert end to end: read -> plan -> merge -> write.
 pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let started = Instant::now();
+    let located = tokenizer_files::locate(&opts.input, &opts.tokenizer);
     // Refuse an OUT_DIR that is, holds or lies inside an input, then a non-empty one, before
     // doing any work.
-    let mapping_file = match &opts.family {
-        Family::File(p) => Some(p.as_path()),
-        _ => None,
-    };
-    write::check_outside_inputs(&opts.output, &opts.input, mapping_file)?;
+    let mut extra: Vec<&Path> = located.iter().map(|l| l.path.as_path()).collect();
+    if let Family::File(p) = &opts.family {
+        extra.push(p);
+    }
+    write::check_outside_inputs(&opts.output, &opts.input, &extra)?;
     write::check_target(&opts.output, opts.force)?;
     let src = open(&opts.input, &opts.family)?;
     let hints = Hints {
@@ -123,26 +134,36 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
             source: "--activation".into(),
         };
     }
-    let staging = write::Staging::new(&opts.output, opts.force)?;
     let mut log = Log::new(progress);
     for n in &plan.notes {
         log.warn(n.clone());
     }
+    // Read and check the tokenizer before anything is created: a bad one leaves no trace.
+    let tokenizer = load_tokenizer(located, opts, &src, &plan, &mut log)?;
+    let staging = write::Staging::new(&opts.output, opts.force)?;
     for p in &staging.removed_stale {
         log.warn(format!(
             "removed {}, left behind by a conversion that was killed",
             p.display()
         ));
     }
+    let ids = match &tokenizer {
+        Some(t) => t.ids,
+        None => gpt2_config::mapping_token_ids(&plan, &src.mapping),
+    };
     let model = write_model(&src, &plan, opts, staging.path(), &mut log)?;
-    let config = write_config(&src, &plan, staging.path(), &mut log)?;
+    let config = write_config(&src, &plan, ids, staging.path(), &mut log)?;
+    let mut files = vec![model, config];
+    if let Some(t) = &tokenizer {
+        files.extend(t.write(staging.path(), plan.positions)?);
+    }
     let sums = write::sha256sums(
-        [&model, &config]
+        files
             .iter()
             .map(|f| (f.name.clone(), f.sha256.clone()))
             .collect(),
     );
-    let sums = write_small(staging.path(), "SHA256SUMS", sums.as_bytes())?;
+    files.push(write_small(staging.path(), "SHA256SUMS", sums.as_bytes())?);
     if log.progress.cancelled() {
         return Err(Error::Interrupted);
     }
@@ -155,11 +176,36 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
         model_parallel: plan.model_parallel,
         tensors: plan.entries.len(),
         tensor_bytes: plan.total_bytes(),
-        model_file_bytes: model.bytes,
-        files: vec![model, config, sums],
+        model_file_bytes: files.first().map_or(0, |f| f.bytes),
+        files,
+        tokenizer: tokenizer.map(|t| t.report(plan.vocab)),
         seconds: started.elapsed().as_secs_f64(),
         warnings: log.warnings,
     })
+}
+
+/// The located tokenizer, read and checked against the plan's vocabulary; a note when it was
+/// found rather than given.
+fn load_tokenizer(
+    located: Option<tokenizer_files::Located>,
+    opts: &Options,
+    src: &Source,
+    plan: &Plan,
+    log: &mut Log,
+) -> Result<Option<tokenizer_files::Tokenizer>> {
+    let Some(located) = located else {
+        return Ok(None);
+    };
+    if located.found == "auto" {
+        log.progress.note(&format!(
+            "using the tokenizer {} found beside the input (--tokenizer PATH names another, \
+             --no-tokenizer writes none)",
+            located.path.display()
+        ));
+    }
+    let fallback = gpt2_config::mapping_token_ids(plan, &src.mapping);
+    let embedding = (plan.vocab, opts.input.as_path());
+    tokenizer_files::load(located, embedding, fallback, &mut |w| log.warn(w)).map(Some)
 }
 
 /// Stream every merged tensor into `dir/model.safetensors`, one tensor at a time.
@@ -219,7 +265,13 @@ fn non_finite_warning(e: &plan::Entry, n: u64) -> String {
 }
 
 /// `config.json`, its dtype taken from the tensors actually written.
-fn write_config(src: &Source, plan: &Plan, dir: &Path, log: &mut Log) -> Result<write::OutputFile> {
+fn write_config(
+    src: &Source,
+    plan: &Plan,
+    ids: gpt2_config::TokenIds,
+    dir: &Path,
+    log: &mut Log,
+) -> Result<write::OutputFile> {
     let dtype = gpt2_config::model_dtype(plan);
     if let Some(mixed) = gpt2_config::mixed_dtypes(plan) {
         log.warn(format!(
@@ -228,7 +280,7 @@ fn write_config(src: &Source, plan: &Plan, dir: &Path, log: &mut Log) -> Result<
             dtype.torch_name()
         ));
     }
-    let config = gpt2_config::config(plan, &src.mapping, dtype);
+    let config = gpt2_config::config(plan, &src.mapping, dtype, ids);
     let mut text = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::output(dir.join("config.json"), format!("cannot encode: {e}")))?;
     text.push('\n');

@@ -500,14 +500,15 @@ pub fn model_metadata(ranks: &[Rank], plan: &Plan) -> Vec<(String, String)> {
 }
 
 /// Refuse an OUT_DIR that is, contains or lies inside an input (INPUT itself, each rank file,
-/// each directory between them such as the iteration directory, and the mapping file), with or
-/// without `--force`: replacing OUT_DIR moves it aside and deletes it, and the staging directory
-/// is made beside it, so an overlap would move or delete the checkpoint. Paths are compared
+/// each directory between them such as the iteration directory, the mapping file and the
+/// tokenizer), with or without `--force`: replacing OUT_DIR moves it aside and deletes it, and
+/// the staging directory is made beside it, so an overlap would move or delete an input.
+/// `extra` are the input files beside the checkpoint (mapping file, tokenizer). Paths are compared
 /// resolved (absolute, `..` and symlinks followed), so `-o .`, `-o ckpt/80000/..` and a
 /// symlinked spelling are all caught. Called before anything is created or moved.
-pub fn check_outside_inputs(out: &Path, input: &Path, mapping: Option<&Path>) -> Result<()> {
+pub fn check_outside_inputs(out: &Path, input: &Path, extra: &[&Path]) -> Result<()> {
     let out_resolved = resolve(out)?;
-    for p in input_paths(input, mapping)? {
+    for p in input_paths(input, extra)? {
         let p_resolved = resolve(&p)?;
         let relation = if p_resolved == out_resolved {
             "is"
@@ -530,11 +531,11 @@ pub fn check_outside_inputs(out: &Path, input: &Path, mapping: Option<&Path>) ->
     Ok(())
 }
 
-/// Every input path: INPUT, the mapping file, each rank file and each directory between a rank
+/// Every input path: INPUT, the `extra` files, each rank file and each directory between a rank
 /// file and INPUT (any of which may be a symlink to somewhere else).
-fn input_paths(input: &Path, mapping: Option<&Path>) -> Result<Vec<PathBuf>> {
+fn input_paths(input: &Path, extra: &[&Path]) -> Result<Vec<PathBuf>> {
     let mut paths = vec![input.to_path_buf()];
-    paths.extend(mapping.map(Path::to_path_buf));
+    paths.extend(extra.iter().map(|p| p.to_path_buf()));
     let layout = crate::layout::discover(input)?;
     paths.extend(layout.config);
     for rank in layout.shards.into_iter().map(|s| s.path) {

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use cpm_convert::cli::{emit, emit_json, usage_error, JsonError, ModelArgs};
 use cpm_convert::table;
+use cpm_convert::tokenizer_files::Choice;
 use cpm_convert::write::OutputFile;
 use cpm_convert::{Options, OutDtype, Plan, Progress};
 
@@ -34,10 +35,13 @@ or one file. Its family (cpm-lm, megatron-gpt2, megatron-core-gpt, nanogpt, hf-g
 recognised from its structure; --from names it.
 
 OUT_DIR receives model.safetensors, config.json and SHA256SUMS (check with
-`cd OUT_DIR && sha256sum -c SHA256SUMS`). It is written in a temporary directory beside it
+`cd OUT_DIR && sha256sum -c SHA256SUMS`); with a tokenizer (--tokenizer, or chinese_vocab.model
+or spiece.model found in INPUT or its parent) also spiece.model, tokenizer.json,
+tokenizer_config.json, tokenization_cpm_jieba.py and generation_config.json: load it with
+AutoTokenizer.from_pretrained(OUT_DIR, trust_remote_code=True). It is written in a temporary directory beside it
 and renamed into place only when complete; a failed run leaves nothing behind.
 
-OUT_DIR may not be, contain or lie inside INPUT, a rank file or the mapping file.
+OUT_DIR may not be, contain or lie inside INPUT, a rank file, the mapping file or the tokenizer.
 
 With --json, stdout holds exactly one JSON object: the summary (or the plan with --dry-run), or
 {\"error\": \"...\", \"warnings\": [...]}; stderr holds only warnings.
@@ -99,6 +103,17 @@ struct Cli {
     /// (gelu: exact erf; gelu_new: tanh approximation).
     #[arg(long, value_name = "NAME")]
     activation: Option<String>,
+
+    /// The model's sentencepiece tokenizer (CPM-Generate's bpe_3w_new/chinese_vocab.model):
+    /// OUT_DIR also gets spiece.model, tokenizer.json, tokenizer_config.json, the Python
+    /// tokenizer and generation_config.json, and config.json's bos/eos become the id of <eod>.
+    /// Without it, a chinese_vocab.model or spiece.model in INPUT or INPUT's parent is used.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_tokenizer")]
+    tokenizer: Option<PathBuf>,
+
+    /// Write no tokenizer files, even if a tokenizer lies beside INPUT.
+    #[arg(long)]
+    no_tokenizer: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -113,13 +128,14 @@ enum DtypeArg {
 /// JSON object), and the stop request set by SIGINT/SIGTERM.
 struct Ui {
     bar: ProgressBar,
+    json: bool,
     warnings: RefCell<Vec<String>>,
     #[cfg(feature = "test-hooks")]
     pause: Option<test_hooks::Pause>,
 }
 
 impl Ui {
-    fn new(show_bar: bool) -> Ui {
+    fn new(show_bar: bool, json: bool) -> Ui {
         let bar = if show_bar {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             b.set_style(
@@ -134,6 +150,7 @@ impl Ui {
         };
         Ui {
             bar,
+            json,
             warnings: RefCell::new(Vec::new()),
             #[cfg(feature = "test-hooks")]
             pause: test_hooks::Pause::from_env(),
@@ -157,6 +174,12 @@ impl Progress for Ui {
             .suspend(|| eprintln!("cpm-convert: warning: {msg}"));
         self.warnings.borrow_mut().push(msg.to_string());
     }
+    fn note(&self, msg: &str) {
+        // --json keeps stderr for warnings; the object says the same (`tokenizer.found`).
+        if !self.json {
+            self.bar.suspend(|| eprintln!("cpm-convert: note: {msg}"));
+        }
+    }
     fn cancelled(&self) -> bool {
         signals::stop_signal().is_some()
     }
@@ -167,8 +190,10 @@ impl Progress for Ui {
 struct JsonSummary<'a> {
     /// OUT_DIR as given (a non-UTF-8 name lossily: the object must always encode).
     output: String,
-    /// model.safetensors, config.json, SHA256SUMS.
+    /// model.safetensors, config.json, the tokenizer files if any, SHA256SUMS.
     files: &'a [OutputFile],
+    /// The tokenizer the port got (null: none given or found).
+    tokenizer: Option<&'a cpm_convert::tokenizer_files::Report>,
     tensors: usize,
     /// The tensors' data alone.
     tensor_bytes: u64,
@@ -202,7 +227,7 @@ fn main() -> ExitCode {
     // A dry run writes nothing and reads only structure: the default ^C is the right one there.
     let show_bar = !cli.quiet && !cli.json && std::io::stderr().is_terminal();
     signals::install(cli.json, !cli.dry_run, show_bar);
-    let ui = Ui::new(show_bar);
+    let ui = Ui::new(show_bar, cli.json);
     match run(&cli, &ui) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&cli, &ui, &e),
@@ -259,6 +284,11 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         force: cli.force,
         strict: cli.strict,
         family: cli.model.family(),
+        tokenizer: match (&cli.tokenizer, cli.no_tokenizer) {
+            (Some(p), _) => Choice::Given(p.clone()),
+            (None, true) => Choice::Off,
+            (None, false) => Choice::Discover,
+        },
     };
     let summary = cpm_convert::convert(&opts, ui)?;
     ui.bar.finish_and_clear();
@@ -266,6 +296,7 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         emit_json(&JsonSummary {
             output: summary.output.to_string_lossy().into_owned(),
             files: &summary.files,
+            tokenizer: summary.tokenizer.as_ref(),
             tensors: summary.tensors,
             tensor_bytes: summary.tensor_bytes,
             model_file_bytes: summary.model_file_bytes,
