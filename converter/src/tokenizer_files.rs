@@ -206,7 +206,11 @@ impl Tokenizer {
             small(dir, "spiece.model", self.model.bytes())?,
             small(dir, "tokenizer.json", json.as_bytes())?,
         ];
-        let config = pretty(dir, "tokenizer_config.json", &self.tokenizer_config(positions))?;
+        let config = pretty(
+            dir,
+            "tokenizer_config.json",
+            &self.tokenizer_config(positions),
+        )?;
         out.push(small(dir, "tokenizer_config.json", config.as_bytes())?);
         out.push(small(dir, PY_NAME, PY_SOURCE.as_bytes())?);
         let generation = pretty(dir, "generation_config.json", &self.generation_config())?;

@@ -16,6 +16,8 @@ const EXE: &str = env!("CARGO_BIN_EXE_cpm-convert");
 struct Summary {
     output: PathBuf,
     files: Vec<File>,
+    /// Null without a tokenizer (none given, none found, or --no-tokenizer).
+    tokenizer: Option<Tokenizer>,
     tensors: usize,
     tensor_bytes: u64,
     model_file_bytes: u64,
@@ -25,6 +27,19 @@ struct Summary {
     activation: Activation,
     model_parallel: usize,
     warnings: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tokenizer {
+    path: PathBuf,
+    found: String,
+    pieces: usize,
+    embedding_rows: u64,
+    eod_id: Option<u64>,
+    bos_token_id: Option<u64>,
+    eos_token_id: Option<u64>,
+    pad_token_id: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +146,44 @@ fn summary_lists_each_written_file_with_its_size_and_hash() {
     assert_eq!(s.activation.name, "gelu_new");
     assert!(!s.activation.source.is_empty());
     assert!(s.seconds >= 0.0 && s.warnings.is_empty());
+    assert!(
+        s.tokenizer.is_none(),
+        "no tokenizer beside fixtures/tiny/ckpt"
+    );
+}
+
+/// With `--tokenizer`, the object says which file, how it was chosen, its size against the
+/// embedding and the ids written (fixtures/tokenizer/README.md: the small model's `<eod>` is 9,
+/// `<pad>` 4; the tiny embedding has 1000 rows).
+#[test]
+fn summary_reports_the_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let model = testkit::fixtures().join("tokenizer/small/chinese_small.model");
+    let r = run(&[
+        ckpt().as_ref(),
+        "-o".as_ref(),
+        out.as_ref(),
+        "--tokenizer".as_ref(),
+        model.as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stdout);
+    let s: Summary = parse(&r);
+    let t = s.tokenizer.expect("reported");
+    assert_eq!((t.path, t.found.as_str()), (model, "given"));
+    assert_eq!((t.pieces, t.embedding_rows), (873, 1000));
+    assert_eq!(
+        (t.eod_id, t.bos_token_id, t.eos_token_id, t.pad_token_id),
+        (Some(9), Some(9), Some(9), Some(4))
+    );
+    assert_eq!(s.files.len(), 8);
+    // The padding warning, on stderr and in the object.
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    assert_eq!(
+        r.stderr,
+        format!("cpm-convert: warning: {}\n", s.warnings[0])
+    );
 }
 
 #[test]
