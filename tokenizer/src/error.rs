@@ -58,6 +58,20 @@ pub enum Error {
         /// The vocabulary size.
         size: usize,
     },
+    /// A line of streamed input that cannot be processed (1-based line number).
+    #[error("stdin line {line}: {reason}")]
+    BadLine {
+        /// The line number, from 1.
+        line: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading the input stream failed.
+    #[error("reading stdin: {0}")]
+    Input(std::io::Error),
+    /// Writing the output stream failed (a closed pipe is [`std::io::ErrorKind::BrokenPipe`]).
+    #[error("writing stdout: {0}")]
+    Output(std::io::Error),
     /// The `tokenizers` crate refused to build or serialize the unigram part.
     #[error("tokenizer.json: {0}")]
     TokenizerJson(String),

@@ -17,6 +17,7 @@ pub mod error;
 mod hf;
 pub mod jieba;
 pub mod spm;
+pub mod stream;
 mod unigram;
 
 pub use error::{Error, Result};
