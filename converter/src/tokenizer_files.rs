@@ -111,7 +111,7 @@ pub fn load(
     warn: &mut dyn FnMut(String),
 ) -> Result<Tokenizer> {
     let path = &located.path;
-    let model = SpModel::open(path).map_err(|e| Error::tokenizer(path, e.to_string()))?;
+    let model = SpModel::open(path).map_err(|e| from_reader(path, &e))?;
     let pieces = model.len() as u64;
     if pieces > rows {
         return Err(Error::tokenizer(
@@ -160,6 +160,13 @@ pub fn load(
     })
 }
 
+/// The reader's message, without the path it starts with (ours names it already).
+fn from_reader(path: &Path, e: &cpm_tokenizer::Error) -> Error {
+    let msg = e.to_string();
+    let prefix = format!("{}: ", path.display());
+    Error::tokenizer(path, msg.strip_prefix(&prefix).unwrap_or(&msg))
+}
+
 fn show(id: Option<u64>) -> String {
     id.map_or_else(|| "null".into(), |i| i.to_string())
 }
@@ -201,7 +208,7 @@ impl Tokenizer {
         let json = self
             .model
             .to_tokenizer_json()
-            .map_err(|e| Error::tokenizer(&self.located.path, e.to_string()))?;
+            .map_err(|e| from_reader(&self.located.path, &e))?;
         let mut out = vec![
             small(dir, "spiece.model", self.model.bytes())?,
             small(dir, "tokenizer.json", json.as_bytes())?,

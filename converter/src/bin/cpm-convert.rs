@@ -308,8 +308,15 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
             warnings: ui.warnings.take(),
         });
     } else if !cli.quiet {
+        let tokenizer = summary.tokenizer.as_ref().map_or(String::new(), |t| {
+            format!(
+                ", with the tokenizer {} ({} pieces)",
+                t.path.display(),
+                t.pieces
+            )
+        });
         eprintln!(
-            "cpm-convert: wrote {} tensors, {} to {} in {:.2} s{}",
+            "cpm-convert: wrote {} tensors, {} to {}{tokenizer} in {:.2} s{}",
             summary.tensors,
             human_bytes(summary.model_file_bytes),
             summary.output.display(),
