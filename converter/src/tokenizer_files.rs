@@ -106,6 +106,23 @@ pub struct Report {
 /// keeps when the tokenizer has no `<eod>`. Warnings go to `warn`.
 pub fn load(
     located: Located,
+    embedding: (u64, &Path),
+    fallback: TokenIds,
+    warn: &mut dyn FnMut(String),
+) -> Result<Tokenizer> {
+    let auto = located.found == "auto";
+    checked(located, embedding, fallback, warn).map_err(|e| match e {
+        // The user did not name this file: say where it came from and how to leave it out.
+        Error::Tokenizer { path, msg } if auto => Error::Tokenizer {
+            path,
+            msg: format!("{msg} (found beside the input; --no-tokenizer ignores it)"),
+        },
+        e => e,
+    })
+}
+
+fn checked(
+    located: Located,
     (rows, input): (u64, &Path),
     fallback: TokenIds,
     warn: &mut dyn FnMut(String),

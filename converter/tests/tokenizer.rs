@@ -549,6 +549,18 @@ fn garbage_and_truncated_tokenizers_are_refused_and_nothing_is_written() {
         );
         assert_nothing_left(&out);
     }
+    // Found rather than given: the message says so and how to leave it out.
+    let input = tmp.path().join("ckpt");
+    copy_ckpt(&input);
+    std::fs::write(input.join("spiece.model"), testkit::noise(3, 100)).unwrap();
+    let out = tmp.path().join("out-found");
+    let r = convert(&input, &out, &[]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("--no-tokenizer"), "{}", r.stderr);
+    assert_nothing_left(&out);
+    let r = convert(&input, &out, &["--no-tokenizer".as_ref()]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+
     let missing = tmp.path().join("missing.model");
     let out = tmp.path().join("out-missing");
     let r = convert(&ckpt(), &out, &["--tokenizer".as_ref(), missing.as_ref()]);
