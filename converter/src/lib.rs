@@ -139,7 +139,10 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
         log.warn(n.clone());
     }
     // Read and check the tokenizer before anything is created: a bad one leaves no trace.
-    let tokenizer = load_tokenizer(located, opts, &src, &plan, &mut log)?;
+    let progress = log.progress;
+    let tokenizer = read_tokenizer(located, &opts.input, &src, &plan, progress, &mut |w| {
+        log.warn(w)
+    })?;
     let staging = write::Staging::new(&opts.output, opts.force)?;
     for p in &staging.removed_stale {
         log.warn(format!(
@@ -184,28 +187,28 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     })
 }
 
-/// The located tokenizer, read and checked against the plan's vocabulary; a note when it was
-/// found rather than given.
-fn load_tokenizer(
+/// The located tokenizer, read and checked against the plan's vocabulary (a note when it was
+/// found rather than given, warnings to `warn`). `--dry-run` runs this too.
+pub fn read_tokenizer(
     located: Option<tokenizer_files::Located>,
-    opts: &Options,
+    input: &Path,
     src: &Source,
     plan: &Plan,
-    log: &mut Log,
+    progress: &dyn Progress,
+    warn: &mut dyn FnMut(String),
 ) -> Result<Option<tokenizer_files::Tokenizer>> {
     let Some(located) = located else {
         return Ok(None);
     };
     if located.found == "auto" {
-        log.progress.note(&format!(
+        progress.note(&format!(
             "using the tokenizer {} found beside the input (--tokenizer PATH names another, \
              --no-tokenizer writes none)",
             located.path.display()
         ));
     }
     let fallback = gpt2_config::mapping_token_ids(plan, &src.mapping);
-    let embedding = (plan.vocab, opts.input.as_path());
-    tokenizer_files::load(located, embedding, fallback, &mut |w| log.warn(w)).map(Some)
+    tokenizer_files::load(located, (plan.vocab, input), fallback, warn).map(Some)
 }
 
 /// Stream every merged tensor into `dir/model.safetensors`, one tensor at a time.

@@ -75,6 +75,7 @@ struct DryRun {
     tied_copies: Vec<String>,
     tensor_bytes: u64,
     model_file_bytes: u64,
+    tokenizer: Option<Tokenizer>,
     warnings: Vec<String>,
 }
 
@@ -210,7 +211,7 @@ fn dry_run_sizes_are_the_sizes_a_conversion_writes() {
         ),
         (2, 64, 1000, 64, 256)
     );
-    assert!(plan.warnings.is_empty());
+    assert!(plan.warnings.is_empty() && plan.tokenizer.is_none());
 
     let tmp = tempfile::tempdir().unwrap();
     let (_, s) = convert_json(&tmp.path().join("out"));

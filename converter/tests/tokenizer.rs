@@ -568,3 +568,60 @@ fn garbage_and_truncated_tokenizers_are_refused_and_nothing_is_written() {
     assert!(r.stderr.contains(missing.to_str().unwrap()), "{}", r.stderr);
     assert_nothing_left(&out);
 }
+
+/// `--dry-run` reads and checks the tokenizer as a conversion would: the same refusal, and the
+/// report (`<eod>` 9 in the small model) in the plan.
+#[test]
+fn dry_run_checks_and_reports_the_tokenizer() {
+    let r = testkit::run(
+        EXE,
+        &[
+            ckpt().as_os_str(),
+            "--dry-run".as_ref(),
+            "--tokenizer".as_ref(),
+            released().as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("30000") && r.stderr.contains("1000"),
+        "{}",
+        r.stderr
+    );
+    let r = testkit::run(
+        EXE,
+        &[
+            ckpt().as_os_str(),
+            "--dry-run".as_ref(),
+            "--json".as_ref(),
+            "--tokenizer".as_ref(),
+            small().as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stdout);
+    let plan: Value = serde_json::from_str(&r.stdout).unwrap();
+    let t: TokenizerReport = serde_json::from_value(plan["tokenizer"].clone()).unwrap();
+    assert_eq!(
+        (t.pieces, t.eod_id, t.found.as_str()),
+        (873, Some(9), "given")
+    );
+    assert_eq!(plan["warnings"].as_array().unwrap().len(), 1, "{plan}");
+    let text = testkit::run(
+        EXE,
+        &[
+            ckpt().as_os_str(),
+            "--dry-run".as_ref(),
+            "--tokenizer".as_ref(),
+            small().as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(text.code, Some(0), "{}", text.stderr);
+    assert!(
+        text.stdout.contains("873 pieces, <eod> = 9"),
+        "{}",
+        text.stdout
+    );
+}

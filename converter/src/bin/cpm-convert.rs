@@ -216,6 +216,8 @@ struct JsonPlan<'a> {
     plan: &'a Plan,
     tensor_bytes: u64,
     model_file_bytes: u64,
+    /// The tokenizer a conversion would ship (null: none).
+    tokenizer: Option<&'a cpm_convert::tokenizer_files::Report>,
     warnings: Vec<String>,
 }
 
@@ -268,7 +270,7 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         DtypeArg::F32 => OutDtype::F32,
     };
     if cli.dry_run {
-        return dry_run(cli, dtype);
+        return dry_run(cli, ui, dtype);
     }
     let output = cli
         .output
@@ -284,11 +286,7 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         force: cli.force,
         strict: cli.strict,
         family: cli.model.family(),
-        tokenizer: match (&cli.tokenizer, cli.no_tokenizer) {
-            (Some(p), _) => Choice::Given(p.clone()),
-            (None, true) => Choice::Off,
-            (None, false) => Choice::Discover,
-        },
+        tokenizer: tokenizer_choice(cli),
     };
     let summary = cpm_convert::convert(&opts, ui)?;
     ui.bar.finish_and_clear();
@@ -331,8 +329,17 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--dry-run`: the plan and the sizes, from the checkpoint's structure alone.
-fn dry_run(cli: &Cli, dtype: OutDtype) -> anyhow::Result<()> {
+fn tokenizer_choice(cli: &Cli) -> Choice {
+    match (&cli.tokenizer, cli.no_tokenizer) {
+        (Some(p), _) => Choice::Given(p.clone()),
+        (None, true) => Choice::Off,
+        (None, false) => Choice::Discover,
+    }
+}
+
+/// `--dry-run`: the plan and the sizes, from the checkpoint's structure alone, and the tokenizer
+/// read and checked as a conversion would.
+fn dry_run(cli: &Cli, ui: &Ui, dtype: OutDtype) -> anyhow::Result<()> {
     let src = cpm_convert::open(&cli.input, &cli.model.family())?;
     let mut plan = cpm_convert::plan(&src, cli.model.hints(), dtype)?;
     if let Some(a) = &cli.activation {
@@ -346,18 +353,34 @@ fn dry_run(cli: &Cli, dtype: OutDtype) -> anyhow::Result<()> {
     let header = cpm_convert::write::safetensors_header(&plan, &metadata)?;
     let tensor_bytes = plan.total_bytes();
     let model_file_bytes = tensor_bytes + header.len() as u64;
+    let mut warnings = plan.notes.clone();
+    let located = cpm_convert::tokenizer_files::locate(&cli.input, &tokenizer_choice(cli));
+    let tokenizer = cpm_convert::read_tokenizer(located, &cli.input, &src, &plan, ui, &mut |w| {
+        warnings.push(w)
+    })?
+    .map(|t| t.report(plan.vocab));
     if cli.json {
         emit_json(&JsonPlan {
             plan: &plan,
             tensor_bytes,
             model_file_bytes,
-            warnings: plan.notes.clone(),
+            tokenizer: tokenizer.as_ref(),
+            warnings,
         });
     } else {
-        for n in &plan.notes {
+        for n in &warnings {
             eprintln!("cpm-convert: warning: {n}");
         }
         print_plan(&plan, model_file_bytes);
+        if let Some(t) = &tokenizer {
+            emit(&format!(
+                "tokenizer {}: {} pieces, <eod> = {}; adds spiece.model, tokenizer.json, \
+                 tokenizer_config.json, tokenization_cpm_jieba.py, generation_config.json\n",
+                t.path.display(),
+                t.pieces,
+                t.eod_id.map_or_else(|| "none".into(), |i| i.to_string())
+            ));
+        }
     }
     Ok(())
 }
