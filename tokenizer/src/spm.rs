@@ -4,7 +4,9 @@
 //! Only the fields the encoder and decoder need are declared; prost skips the rest. What is
 //! refused, and why:
 //! - files over [`MAX_FILE_BYTES`], or with more than [`MAX_PIECES`] pieces (counted on the wire
-//!   before decoding, so a file of tiny pieces cannot make the decoder allocate ~40x its size);
+//!   before decoding). Pieces are then decoded one at a time straight into the compact table (a
+//!   `Vec<ProtoPiece>` would cost ~40 bytes per 5-byte piece before any check), so reading stays
+//!   within 4x the file + 64 MiB (`tests/alloc_bound.rs`);
 //! - a `trainer_spec.model_type` other than UNIGRAM (BPE, WORD, CHAR run other algorithms);
 //! - `byte_fallback` models and BYTE pieces: CPM's model has none, and sentencepiece's byte
 //!   fallback changes what unknown characters become; refused rather than half supported;
@@ -24,12 +26,11 @@ use crate::PieceType;
 /// The largest `.model` file accepted (real ones are 0.2–5 MB).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// The most pieces accepted (the largest sentencepiece vocabularies in use are ~256k).
-pub const MAX_PIECES: usize = 1 << 20;
+pub const MAX_PIECES: usize = 1 << 19;
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct ModelProto {
-    #[prost(message, repeated, tag = "1")]
-    pieces: Vec<ProtoPiece>,
+    // Field 1 (pieces) is left out: prost skips it here, `pieces` decodes each one.
     #[prost(message, optional, tag = "2")]
     trainer_spec: Option<TrainerSpec>,
     #[prost(message, optional, tag = "3")]
@@ -96,7 +97,7 @@ pub(crate) struct Normalizer {
 /// Everything read from a model file.
 pub(crate) struct Parsed {
     pub(crate) pieces: Vec<Piece>,
-    pub(crate) ids: HashMap<String, u32>,
+    pub(crate) ids: HashMap<Box<str>, u32>,
     pub(crate) unk_id: u32,
     pub(crate) unk_surface: String,
     pub(crate) normalizer: Normalizer,
@@ -140,7 +141,7 @@ pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
         }
     }
     let normalizer = normalizer(proto.normalizer_spec.unwrap_or_default(), path)?;
-    let (pieces, ids, unk_id) = pieces(proto.pieces, path)?;
+    let (pieces, ids, unk_id) = pieces(bytes, count, path)?;
     let unk_surface = trainer.unk_surface.unwrap_or_else(|| " \u{2047} ".to_string());
     Ok(Parsed { pieces, ids, unk_id, unk_surface, normalizer })
 }
@@ -192,14 +193,18 @@ fn piece_type(kind: Option<i32>) -> Option<PieceType> {
     })
 }
 
-type Pieces = (Vec<Piece>, HashMap<String, u32>, u32);
+type Pieces = (Vec<Piece>, HashMap<Box<str>, u32>, u32);
 
-fn pieces(raw: Vec<ProtoPiece>, path: &Path) -> Result<Pieces> {
-    let mut ids = HashMap::with_capacity(raw.len());
-    let mut out = Vec::with_capacity(raw.len());
+fn pieces(bytes: &[u8], count: usize, path: &Path) -> Result<Pieces> {
+    let mut ids = HashMap::with_capacity(count);
+    let mut out = Vec::with_capacity(count);
     let mut unk = None;
-    for (i, p) in raw.into_iter().enumerate() {
-        let id = i as u32; // i < MAX_PIECES
+    let mut i = 0u32; // < MAX_PIECES
+    for payload in piece_fields(bytes) {
+        let p = <ProtoPiece as prost::Message>::decode(payload)
+            .map_err(|e| Error::Proto { path: path.into(), reason: format!("piece {i}: {e}") })?;
+        let id = i;
+        i += 1;
         let text = p.piece.unwrap_or_default();
         if text.is_empty() {
             return Err(invalid(path, format!("piece {id} is empty")));
@@ -218,7 +223,7 @@ fn pieces(raw: Vec<ProtoPiece>, path: &Path) -> Result<Pieces> {
             PieceType::Unknown => unk = Some(id),
             _ => {}
         }
-        if let Some(prev) = ids.insert(text.clone(), id) {
+        if let Some(prev) = ids.insert(text.as_str().into(), id) {
             return Err(invalid(path, format!("piece {text:?} is defined twice (ids {prev} and {id})")));
         }
         out.push(Piece { text, score, kind });
@@ -228,8 +233,26 @@ fn pieces(raw: Vec<ProtoPiece>, path: &Path) -> Result<Pieces> {
 }
 
 /// Counts the top-level `pieces` fields (tag 1, length-delimited) by walking the wire format.
-fn count_pieces(mut b: &[u8]) -> std::result::Result<usize, String> {
+fn count_pieces(b: &[u8]) -> std::result::Result<usize, String> {
     let mut n = 0usize;
+    walk(b, |key, _| n += usize::from(key == (1 << 3 | 2)))?;
+    Ok(n)
+}
+
+/// The payloads of the top-level `pieces` fields, in order (the wire was walked once already).
+fn piece_fields(b: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let _ = walk(b, |key, payload| {
+        if key == (1 << 3 | 2) {
+            out.push(payload);
+        }
+    });
+    out
+}
+
+/// Calls `f(key, payload)` for each top-level field (payload: the bytes of a length-delimited
+/// field, empty for the others).
+fn walk<'a>(mut b: &'a [u8], mut f: impl FnMut(u64, &'a [u8])) -> std::result::Result<(), String> {
     while !b.is_empty() {
         let key = varint(&mut b)?;
         let skip = match key & 7 {
@@ -242,12 +265,11 @@ fn count_pieces(mut b: &[u8]) -> std::result::Result<usize, String> {
             5 => 4,
             w => return Err(format!("wire type {w} at top level")),
         };
-        if key >> 3 == 1 && key & 7 == 2 {
-            n += 1;
-        }
-        b = b.get(skip..).ok_or_else(|| format!("a field declares {skip} bytes, {} remain", b.len()))?;
+        let payload = b.get(..skip).ok_or_else(|| format!("a field declares {skip} bytes, {} remain", b.len()))?;
+        f(key, if key & 7 == 2 { payload } else { &[] });
+        b = &b[skip..];
     }
-    Ok(n)
+    Ok(())
 }
 
 fn varint(b: &mut &[u8]) -> std::result::Result<u64, String> {
