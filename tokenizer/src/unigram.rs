@@ -51,7 +51,12 @@ impl Search {
                 _ => {}
             }
         }
-        Search { min_score, max_score, max_piece_bytes, max_user_bytes }
+        Search {
+            min_score,
+            max_score,
+            max_piece_bytes,
+            max_user_bytes,
+        }
     }
 }
 
@@ -78,7 +83,12 @@ fn normalize_prefix<'a>(m: &'a Parsed, search: &Search, rest: &'a str) -> (&'a s
     if let Some(e) = user {
         return (&rest[..e], e);
     }
-    if let Some((n, rep)) = m.normalizer.charsmap.as_ref().and_then(|c| c.longest_prefix(rest.as_bytes())) {
+    if let Some((n, rep)) = m
+        .normalizer
+        .charsmap
+        .as_ref()
+        .and_then(|c| c.longest_prefix(rest.as_bytes()))
+    {
         // A rule always ends on a character boundary of valid text; if a forged table says
         // otherwise, fall back to one character.
         if rest.is_char_boundary(n) {
@@ -151,24 +161,40 @@ struct Best {
 /// The best segmentation of normalized text: (piece text, id) pairs in order.
 pub(crate) fn search<'a>(m: &Parsed, search: &Search, s: &'a str) -> Vec<(&'a str, u32)> {
     let unk_score = search.min_score - 10.0;
-    let mut best = vec![Best { id: 0, score: 0.0, start: None }; s.len() + 1];
+    let mut best = vec![
+        Best {
+            id: 0,
+            score: 0.0,
+            start: None
+        };
+        s.len() + 1
+    ];
     let mut at = 0;
     while at < s.len() {
         let here = best[at].score;
         let mblen = s[at..].chars().next().map_or(1, char::len_utf8);
         let mut single = false;
         for end in char_ends(s, at, search.max_piece_bytes) {
-            let Some(&id) = m.ids.get(&s[at..end]) else { continue };
+            let Some(&id) = m.ids.get(&s[at..end]) else {
+                continue;
+            };
             let score = match m.pieces.get(id as usize).map(|p| (p.kind, p.score)) {
                 Some((PieceType::Normal, score)) => f64::from(score),
-                Some((PieceType::UserDefined, _)) => (end - at) as f64 * f64::from(search.max_score) - 0.1,
+                Some((PieceType::UserDefined, _)) => {
+                    (end - at) as f64 * f64::from(search.max_score) - 0.1
+                }
                 _ => continue,
             };
             relax(&mut best[end], score + f64::from(here), at, id);
             single |= end - at == mblen;
         }
         if !single {
-            relax(&mut best[at + mblen], f64::from(unk_score) + f64::from(here), at, m.unk_id);
+            relax(
+                &mut best[at + mblen],
+                f64::from(unk_score) + f64::from(here),
+                at,
+                m.unk_id,
+            );
         }
         at += mblen;
     }
@@ -191,6 +217,10 @@ pub(crate) fn search<'a>(m: &Parsed, search: &Search, s: &'a str) -> Vec<(&'a st
 
 fn relax(node: &mut Best, candidate: f64, start: usize, id: u32) {
     if node.start.is_none() || candidate > f64::from(node.score) {
-        *node = Best { id, score: candidate as f32, start: Some(start) };
+        *node = Best {
+            id,
+            score: candidate as f32,
+            start: Some(start),
+        };
     }
 }
