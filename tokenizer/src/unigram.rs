@@ -20,6 +20,8 @@
 //! CONTROL, UNKNOWN and UNUSED pieces are never matched from text. Adjacent unknown characters
 //! come out as one `<unk>` (recorded: `sp.encode("😀😃")` is `▁ <unk>`, ids `8 0`).
 
+use std::collections::HashMap;
+
 use crate::spm::Parsed;
 use crate::PieceType;
 
@@ -27,6 +29,9 @@ const SPACE: &str = "\u{2581}";
 
 /// What the search needs beyond the parsed model, computed once.
 pub(crate) struct Search {
+    /// For each first character, bit `k` set when a matchable piece of `k` characters starts
+    /// with it (bit 63: 63 or more), so the search looks up only lengths that exist.
+    lengths: HashMap<char, u64, ahash::RandomState>,
     min_score: f32,
     max_score: f32,
     max_piece_bytes: usize,
@@ -37,7 +42,13 @@ impl Search {
     pub(crate) fn new(m: &Parsed) -> Search {
         let (mut min_score, mut max_score) = (f32::MAX, f32::MIN_POSITIVE);
         let (mut max_piece_bytes, mut max_user_bytes) = (0, 0);
+        let mut lengths = HashMap::with_hasher(ahash::RandomState::new());
         for p in &m.pieces {
+            if matches!(p.kind, PieceType::Normal | PieceType::UserDefined) {
+                if let Some(c) = p.text.chars().next() {
+                    *lengths.entry(c).or_insert(0u64) |= 1 << p.text.chars().count().min(63);
+                }
+            }
             match p.kind {
                 PieceType::Normal => {
                     min_score = min_score.min(p.score);
@@ -52,6 +63,7 @@ impl Search {
             }
         }
         Search {
+            lengths,
             min_score,
             max_score,
             max_piece_bytes,
@@ -174,7 +186,16 @@ pub(crate) fn search<'a>(m: &Parsed, search: &Search, s: &'a str) -> Vec<(&'a st
         let here = best[at].score;
         let mblen = s[at..].chars().next().map_or(1, char::len_utf8);
         let mut single = false;
-        for end in char_ends(s, at, search.max_piece_bytes) {
+        let first = s[at..].chars().next().unwrap_or_default();
+        let mask = search.lengths.get(&first).copied().unwrap_or(0);
+        for (k, end) in char_ends(s, at, search.max_piece_bytes).enumerate() {
+            let bit = (k + 1).min(63);
+            if mask >> bit == 0 {
+                break; // no longer piece starts with this character
+            }
+            if mask & (1 << bit) == 0 {
+                continue;
+            }
             let Some(&id) = m.ids.get(&s[at..end]) else {
                 continue;
             };
