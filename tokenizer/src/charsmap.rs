@@ -42,7 +42,12 @@ impl Charsmap {
         let head: [u8; 4] = blob
             .get(..4)
             .and_then(|h| h.try_into().ok())
-            .ok_or_else(|| format!("precompiled_charsmap of {} bytes has no size header", blob.len()))?;
+            .ok_or_else(|| {
+                format!(
+                    "precompiled_charsmap of {} bytes has no size header",
+                    blob.len()
+                )
+            })?;
         let trie_bytes = u32::from_le_bytes(head) as usize;
         let rest = &blob[4..];
         if trie_bytes % 4 != 0 || trie_bytes > rest.len() || trie_bytes == 0 {
@@ -55,24 +60,31 @@ impl Charsmap {
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let map = Charsmap { units, strings: rest[trie_bytes..].to_vec() };
+        let map = Charsmap {
+            units,
+            strings: rest[trie_bytes..].to_vec(),
+        };
         map.validate()?;
         Ok(map)
     }
 
     fn unit(&self, pos: usize) -> Result<u32, String> {
-        self.units
-            .get(pos)
-            .copied()
-            .ok_or_else(|| format!("precompiled_charsmap trie position {pos} is outside its {} units", self.units.len()))
+        self.units.get(pos).copied().ok_or_else(|| {
+            format!(
+                "precompiled_charsmap trie position {pos} is outside its {} units",
+                self.units.len()
+            )
+        })
     }
 
     /// The replacement string a value points at, checked.
     fn string_at(&self, at: usize) -> Result<&str, String> {
-        let tail = self
-            .strings
-            .get(at..)
-            .ok_or_else(|| format!("precompiled_charsmap value {at} is outside its {}-byte string table", self.strings.len()))?;
+        let tail = self.strings.get(at..).ok_or_else(|| {
+            format!(
+                "precompiled_charsmap value {at} is outside its {}-byte string table",
+                self.strings.len()
+            )
+        })?;
         let end = tail
             .iter()
             .position(|&b| b == 0)
@@ -90,7 +102,9 @@ impl Charsmap {
         let mut stack = vec![(offset(root), 0usize)];
         while let Some((base, depth)) = stack.pop() {
             if depth > MAX_KEY_BYTES {
-                return Err(format!("precompiled_charsmap has a key longer than {MAX_KEY_BYTES} bytes (a cycle?)"));
+                return Err(format!(
+                    "precompiled_charsmap has a key longer than {MAX_KEY_BYTES} bytes (a cycle?)"
+                ));
             }
             // A lookup XORs any byte into `base`: the whole block must exist.
             self.unit(base | 0xFF)?;

@@ -10,7 +10,9 @@
 //! and UNKNOWN pieces in text and fuses runs of unknown characters into one `<unk>`.
 
 use tokenizers::models::unigram::Unigram;
-use tokenizers::normalizers::{precompiled::Precompiled, replace::Replace, strip::Strip, NormalizerWrapper, Sequence};
+use tokenizers::normalizers::{
+    precompiled::Precompiled, replace::Replace, strip::Strip, NormalizerWrapper, Sequence,
+};
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::Tokenizer;
 
@@ -25,11 +27,19 @@ fn normalizer(model: &SpModel) -> Result<Option<NormalizerWrapper>> {
     let spec = &model.parsed.normalizer;
     let mut parts: Vec<NormalizerWrapper> = Vec::new();
     if spec.charsmap.is_some() {
-        let blob = precompiled_blob(model.bytes()).ok_or_else(|| err("precompiled_charsmap not found again"))?;
+        let blob = precompiled_blob(model.bytes())
+            .ok_or_else(|| err("precompiled_charsmap not found again"))?;
         parts.push(Precompiled::from(&blob).map_err(err)?.into());
     }
     if spec.remove_extra_whitespaces {
-        parts.push(Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(" {2,}".into()), " ").map_err(err)?.into());
+        parts.push(
+            Replace::new(
+                tokenizers::normalizers::replace::ReplacePattern::Regex(" {2,}".into()),
+                " ",
+            )
+            .map_err(err)?
+            .into(),
+        );
         parts.push(Strip::new(true, true).into());
     }
     Ok(match parts.len() {
@@ -54,14 +64,23 @@ fn precompiled_blob(bytes: &[u8]) -> Option<Vec<u8>> {
 }
 
 pub(crate) fn tokenizer_json(model: &SpModel) -> Result<String> {
-    let vocab: Vec<(String, f64)> = model.parsed.pieces.iter().map(|p| (p.text.clone(), f64::from(p.score))).collect();
+    let vocab: Vec<(String, f64)> = model
+        .parsed
+        .pieces
+        .iter()
+        .map(|p| (p.text.clone(), f64::from(p.score)))
+        .collect();
     let unigram = Unigram::from(vocab, Some(model.unk_id() as usize), false).map_err(err)?;
     let mut tok = Tokenizer::new(unigram);
     if let Some(n) = normalizer(model)? {
         tok.with_normalizer(Some(n)).map_err(err)?;
     }
     let spec = &model.parsed.normalizer;
-    let scheme = if spec.add_dummy_prefix { PrependScheme::Always } else { PrependScheme::Never };
+    let scheme = if spec.add_dummy_prefix {
+        PrependScheme::Always
+    } else {
+        PrependScheme::Never
+    };
     tok.with_pre_tokenizer(Some(Metaspace::new('\u{2581}', scheme, false)));
     tok.with_decoder(Some(Metaspace::new('\u{2581}', scheme, false)));
     tok.to_string(true).map_err(err)

@@ -50,7 +50,10 @@ static SHARED: OnceLock<Segmenter> = OnceLock::new();
 impl Segmenter {
     /// The process-wide segmenter (loading the dictionary takes a few hundred milliseconds).
     pub fn shared() -> &'static Segmenter {
-        SHARED.get_or_init(|| Segmenter { dict: Jieba::new(), empty: Jieba::empty() })
+        SHARED.get_or_init(|| Segmenter {
+            dict: Jieba::new(),
+            empty: Jieba::empty(),
+        })
     }
 
     /// Python jieba's `cut(text, cut_all=False, HMM=hmm)`, as slices of `text`.
@@ -63,7 +66,11 @@ impl Segmenter {
                 self.cut_block(&rest[..end], hmm, &mut out);
                 rest = &rest[end..];
             } else {
-                let n = if rest.starts_with("\r\n") { 2 } else { c.len_utf8() };
+                let n = if rest.starts_with("\r\n") {
+                    2
+                } else {
+                    c.len_utf8()
+                };
                 out.push(&rest[..n]);
                 rest = &rest[n..];
             }
@@ -76,7 +83,9 @@ impl Segmenter {
         let mut steps = Vec::new();
         for tok in self.dict.cut(block, false) {
             let w = tok.word;
-            let joined = w.len() > 1 && w.bytes().all(|b| b.is_ascii_alphanumeric()) && !self.dict.has_word(w);
+            let joined = w.len() > 1
+                && w.bytes().all(|b| b.is_ascii_alphanumeric())
+                && !self.dict.has_word(w);
             if joined {
                 // ASCII: every byte is a character.
                 steps.extend((0..w.len()).filter_map(|i| w.get(i..i + 1)));
@@ -98,14 +107,14 @@ impl Segmenter {
                 run_start.get_or_insert(at);
             } else {
                 if let Some(s) = run_start.take() {
-                    self.flush(&block[s..at], hmm, out);
+                    self.flush(block.get(s..at).unwrap_or_default(), hmm, out);
                 }
                 out.push(step);
             }
             at += step.len();
         }
         if let Some(s) = run_start {
-            self.flush(&block[s..at], hmm, out);
+            self.flush(block.get(s..at).unwrap_or_default(), hmm, out);
         }
     }
 

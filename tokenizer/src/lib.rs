@@ -50,17 +50,29 @@ pub struct SpModel {
 }
 
 impl SpModel {
-    /// Reads and validates a `.model` file (see [`spm`] for what is refused).
+    /// Reads and validates a `.model` file (see [`spm`] for what is refused); a directory
+    /// stands for its `spiece.model` (else `chinese_vocab.model`).
     pub fn open(path: &Path) -> Result<SpModel> {
-        let (bytes, parsed) = spm::read(path)?;
+        let path = spm::resolve(path)?;
+        let (bytes, parsed) = spm::read(&path)?;
         let search = unigram::Search::new(&parsed);
-        Ok(SpModel { path: path.to_path_buf(), bytes, parsed, search })
+        Ok(SpModel {
+            path,
+            bytes,
+            parsed,
+            search,
+        })
     }
     /// Validates the bytes of a `.model` file; `name` stands for the file in errors.
     pub fn from_bytes(bytes: Vec<u8>, name: &Path) -> Result<SpModel> {
         let parsed = spm::parse(&bytes, name)?;
         let search = unigram::Search::new(&parsed);
-        Ok(SpModel { path: name.to_path_buf(), bytes, parsed, search })
+        Ok(SpModel {
+            path: name.to_path_buf(),
+            bytes,
+            parsed,
+            search,
+        })
     }
     /// The file this model was read from.
     pub fn path(&self) -> &Path {
@@ -109,7 +121,10 @@ impl SpModel {
     /// sentencepiece's `encode(text)` (ids), no jieba.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let norm = self.normalize(text);
-        unigram::search(&self.parsed, &self.search, &norm).into_iter().map(|(_, id)| id).collect()
+        unigram::search(&self.parsed, &self.search, &norm)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
     }
     /// sentencepiece's `decode(ids)`: CONTROL pieces decode to nothing, `<unk>` to the model's
     /// `unk_surface`, `▁` to a space (dropped at the very start).
@@ -117,12 +132,23 @@ impl SpModel {
         let mut out = String::new();
         let mut at_start = true;
         for &id in ids {
-            let p = self.parsed.pieces.get(id as usize).ok_or(Error::IdOutOfRange { id: id.into(), size: self.len() })?;
+            let p = self
+                .parsed
+                .pieces
+                .get(id as usize)
+                .ok_or(Error::IdOutOfRange {
+                    id: id.into(),
+                    size: self.len(),
+                })?;
             let text = match p.kind {
                 PieceType::Control => continue,
                 PieceType::Unknown => self.parsed.unk_surface.clone(),
                 _ => {
-                    let t = if at_start { p.text.strip_prefix('\u{2581}').unwrap_or(&p.text) } else { &p.text };
+                    let t = if at_start {
+                        p.text.strip_prefix('\u{2581}').unwrap_or(&p.text)
+                    } else {
+                        &p.text
+                    };
                     t.replace('\u{2581}', " ")
                 }
             };
@@ -146,11 +172,14 @@ pub struct CpmTokenizer {
 impl CpmTokenizer {
     /// Builds the pipeline over a model (loads jieba's dictionary once per process).
     pub fn new(model: SpModel) -> Result<Self> {
-        Ok(CpmTokenizer { model, jieba: jieba::Segmenter::shared() })
+        Ok(CpmTokenizer {
+            model,
+            jieba: jieba::Segmenter::shared(),
+        })
     }
     /// Opens a `.model` file, or a directory holding `spiece.model` (or `chinese_vocab.model`).
     pub fn open(path: &Path) -> Result<Self> {
-        Self::new(SpModel::open(&spm::resolve(path)?)?)
+        Self::new(SpModel::open(path)?)
     }
     /// The model underneath.
     pub fn model(&self) -> &SpModel {
@@ -186,7 +215,10 @@ impl CpmTokenizer {
     /// The pieces for `text` (`<unk>` for unknown characters, as `sp.id_to_piece` gives).
     pub fn encode_pieces(&self, text: &str) -> Result<Vec<String>> {
         let ids = self.encode_with(text, true);
-        Ok(ids.into_iter().filter_map(|id| self.model.id_to_piece(id).map(str::to_owned)).collect())
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| self.model.id_to_piece(id).map(str::to_owned))
+            .collect())
     }
     /// The original decode: sentencepiece decode, spaces removed, ▂ → space, ▃ → newline.
     /// An id outside the vocabulary is an error.

@@ -31,7 +31,12 @@ pub struct Options {
 }
 
 /// Streams `input` to `output` as `opts` says.
-pub fn run(tok: &CpmTokenizer, mut input: impl BufRead, output: impl Write, opts: &Options) -> Result<()> {
+pub fn run(
+    tok: &CpmTokenizer,
+    mut input: impl BufRead,
+    output: impl Write,
+    opts: &Options,
+) -> Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, output);
     let mut first_line = 1u64;
     loop {
@@ -81,11 +86,22 @@ fn process(tok: &CpmTokenizer, batch: &[Vec<u8>], first_line: u64, opts: &Option
         let handles: Vec<_> = batch
             .chunks(per)
             .enumerate()
-            .map(|(i, lines)| s.spawn(move || chunk(tok, lines, first_line + (i * per) as u64, opts)))
+            .map(|(i, lines)| {
+                s.spawn(move || chunk(tok, lines, first_line + (i * per) as u64, opts))
+            })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| (Vec::new(), Some(Error::Output(std::io::Error::other("worker thread panicked"))))))
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    (
+                        Vec::new(),
+                        Some(Error::Output(std::io::Error::other(
+                            "worker thread panicked",
+                        ))),
+                    )
+                })
+            })
             .collect()
     })
 }
@@ -102,7 +118,12 @@ fn chunk(tok: &CpmTokenizer, lines: &[Vec<u8>], first_line: u64, opts: &Options)
 }
 
 /// Appends the output line for one input line, or says what is wrong with it.
-fn one_line_into(tok: &CpmTokenizer, line: &[u8], opts: &Options, buf: &mut Vec<u8>) -> std::result::Result<(), String> {
+fn one_line_into(
+    tok: &CpmTokenizer,
+    line: &[u8],
+    opts: &Options,
+    buf: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
     let line = std::str::from_utf8(line).map_err(|e| format!("not UTF-8 ({e})"))?;
     if opts.decode {
         let ids = parse_ids(line, opts.jsonl)?;
@@ -115,7 +136,8 @@ fn one_line_into(tok: &CpmTokenizer, line: &[u8], opts: &Options, buf: &mut Vec<
     } else {
         let text: String;
         let text = if opts.jsonl {
-            text = serde_json::from_str::<String>(line).map_err(|e| format!("not a JSON string ({e})"))?;
+            text = serde_json::from_str::<String>(line)
+                .map_err(|e| format!("not a JSON string ({e})"))?;
             text.as_str()
         } else {
             line
@@ -130,9 +152,16 @@ fn one_line_into(tok: &CpmTokenizer, line: &[u8], opts: &Options, buf: &mut Vec<
 fn write_encoded(tok: &CpmTokenizer, ids: &[u32], opts: &Options, buf: &mut Vec<u8>) {
     use std::io::Write as _;
     if opts.pieces {
-        let pieces: Vec<&str> = ids.iter().filter_map(|&id| tok.model().id_to_piece(id)).collect();
+        let pieces: Vec<&str> = ids
+            .iter()
+            .filter_map(|&id| tok.model().id_to_piece(id))
+            .collect();
         if opts.jsonl {
-            buf.extend_from_slice(serde_json::to_string(&pieces).unwrap_or_default().as_bytes());
+            buf.extend_from_slice(
+                serde_json::to_string(&pieces)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
         } else {
             buf.extend_from_slice(pieces.join(" ").as_bytes());
         }

@@ -20,6 +20,8 @@
 //! CONTROL, UNKNOWN and UNUSED pieces are never matched from text. Adjacent unknown characters
 //! come out as one `<unk>` (recorded: `sp.encode("😀😃")` is `▁ <unk>`, ids `8 0`).
 
+use std::collections::HashMap;
+
 use crate::spm::Parsed;
 use crate::PieceType;
 
@@ -27,6 +29,9 @@ const SPACE: &str = "\u{2581}";
 
 /// What the search needs beyond the parsed model, computed once.
 pub(crate) struct Search {
+    /// For each first character, bit `k` set when a matchable piece of `k` characters starts
+    /// with it (bit 63: 63 or more), so the search looks up only lengths that exist.
+    lengths: HashMap<char, u64, ahash::RandomState>,
     min_score: f32,
     max_score: f32,
     max_piece_bytes: usize,
@@ -37,7 +42,13 @@ impl Search {
     pub(crate) fn new(m: &Parsed) -> Search {
         let (mut min_score, mut max_score) = (f32::MAX, f32::MIN_POSITIVE);
         let (mut max_piece_bytes, mut max_user_bytes) = (0, 0);
+        let mut lengths = HashMap::with_hasher(ahash::RandomState::new());
         for p in &m.pieces {
+            if matches!(p.kind, PieceType::Normal | PieceType::UserDefined) {
+                if let Some(c) = p.text.chars().next() {
+                    *lengths.entry(c).or_insert(0u64) |= 1 << p.text.chars().count().min(63);
+                }
+            }
             match p.kind {
                 PieceType::Normal => {
                     min_score = min_score.min(p.score);
@@ -51,7 +62,13 @@ impl Search {
                 _ => {}
             }
         }
-        Search { min_score, max_score, max_piece_bytes, max_user_bytes }
+        Search {
+            lengths,
+            min_score,
+            max_score,
+            max_piece_bytes,
+            max_user_bytes,
+        }
     }
 }
 
@@ -78,7 +95,12 @@ fn normalize_prefix<'a>(m: &'a Parsed, search: &Search, rest: &'a str) -> (&'a s
     if let Some(e) = user {
         return (&rest[..e], e);
     }
-    if let Some((n, rep)) = m.normalizer.charsmap.as_ref().and_then(|c| c.longest_prefix(rest.as_bytes())) {
+    if let Some((n, rep)) = m
+        .normalizer
+        .charsmap
+        .as_ref()
+        .and_then(|c| c.longest_prefix(rest.as_bytes()))
+    {
         // A rule always ends on a character boundary of valid text; if a forged table says
         // otherwise, fall back to one character.
         if rest.is_char_boundary(n) {
@@ -151,24 +173,49 @@ struct Best {
 /// The best segmentation of normalized text: (piece text, id) pairs in order.
 pub(crate) fn search<'a>(m: &Parsed, search: &Search, s: &'a str) -> Vec<(&'a str, u32)> {
     let unk_score = search.min_score - 10.0;
-    let mut best = vec![Best { id: 0, score: 0.0, start: None }; s.len() + 1];
+    let mut best = vec![
+        Best {
+            id: 0,
+            score: 0.0,
+            start: None
+        };
+        s.len() + 1
+    ];
     let mut at = 0;
     while at < s.len() {
         let here = best[at].score;
         let mblen = s[at..].chars().next().map_or(1, char::len_utf8);
         let mut single = false;
-        for end in char_ends(s, at, search.max_piece_bytes) {
-            let Some(&id) = m.ids.get(&s[at..end]) else { continue };
+        let first = s[at..].chars().next().unwrap_or_default();
+        let mask = search.lengths.get(&first).copied().unwrap_or(0);
+        for (k, end) in char_ends(s, at, search.max_piece_bytes).enumerate() {
+            let bit = (k + 1).min(63);
+            if mask >> bit == 0 {
+                break; // no longer piece starts with this character
+            }
+            if mask & (1 << bit) == 0 {
+                continue;
+            }
+            let Some(&id) = m.ids.get(&s[at..end]) else {
+                continue;
+            };
             let score = match m.pieces.get(id as usize).map(|p| (p.kind, p.score)) {
                 Some((PieceType::Normal, score)) => f64::from(score),
-                Some((PieceType::UserDefined, _)) => (end - at) as f64 * f64::from(search.max_score) - 0.1,
+                Some((PieceType::UserDefined, _)) => {
+                    (end - at) as f64 * f64::from(search.max_score) - 0.1
+                }
                 _ => continue,
             };
             relax(&mut best[end], score + f64::from(here), at, id);
             single |= end - at == mblen;
         }
         if !single {
-            relax(&mut best[at + mblen], f64::from(unk_score) + f64::from(here), at, m.unk_id);
+            relax(
+                &mut best[at + mblen],
+                f64::from(unk_score) + f64::from(here),
+                at,
+                m.unk_id,
+            );
         }
         at += mblen;
     }
@@ -191,6 +238,10 @@ pub(crate) fn search<'a>(m: &Parsed, search: &Search, s: &'a str) -> Vec<(&'a st
 
 fn relax(node: &mut Best, candidate: f64, start: usize, id: u32) {
     if node.start.is_none() || candidate > f64::from(node.score) {
-        *node = Best { id, score: candidate as f32, start: Some(start) };
+        *node = Best {
+            id,
+            score: candidate as f32,
+            start: Some(start),
+        };
     }
 }

@@ -7,9 +7,19 @@ use common::*;
 use cpm_tokenizer::CpmTokenizer;
 
 /// Compares one field over all lines and reports every mismatching line (not just the first).
-fn check_all(name: &str, rows: &[serde_json::Value], mut f: impl FnMut(&serde_json::Value) -> Option<String>) {
+fn check_all(
+    name: &str,
+    rows: &[serde_json::Value],
+    mut f: impl FnMut(&serde_json::Value) -> Option<String>,
+) {
     let bad: Vec<String> = rows.iter().filter_map(&mut f).collect();
-    assert!(bad.is_empty(), "{name}: {} of {} lines differ:\n{}", bad.len(), rows.len(), bad.iter().take(15).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{name}: {} of {} lines differ:\n{}",
+        bad.len(),
+        rows.len(),
+        bad.iter().take(15).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
 
 fn check_model(model: std::path::PathBuf, expected: std::path::PathBuf) {
@@ -24,7 +34,8 @@ fn check_model(model: std::path::PathBuf, expected: std::path::PathBuf) {
     check_all("ids (HMM off)", &rows, |r| {
         let text = r["text"].as_str().unwrap();
         let got = tok.encode_with(text, false);
-        (got != ids(&r["ids_no_hmm"])).then(|| format!("{text:?}: got {got:?} want {:?}", r["ids_no_hmm"]))
+        (got != ids(&r["ids_no_hmm"]))
+            .then(|| format!("{text:?}: got {got:?} want {:?}", r["ids_no_hmm"]))
     });
     check_all("pieces", &rows, |r| {
         let text = r["text"].as_str().unwrap();
@@ -33,7 +44,8 @@ fn check_model(model: std::path::PathBuf, expected: std::path::PathBuf) {
     });
     check_all("decode", &rows, |r| {
         let got = tok.decode(&ids(&r["ids"])).unwrap();
-        (got != r["decoded"].as_str().unwrap()).then(|| format!("got {got:?} want {:?}", r["decoded"]))
+        (got != r["decoded"].as_str().unwrap())
+            .then(|| format!("got {got:?} want {:?}", r["decoded"]))
     });
 }
 
@@ -69,7 +81,8 @@ fn check_direct(model: std::path::PathBuf, expected: std::path::PathBuf) {
     check_all("sp.normalize", &rows, |r| {
         let text = r["text"].as_str().unwrap();
         let got = m.normalize(text);
-        (got != r["normalized"].as_str().unwrap()).then(|| format!("{text:?}: got {got:?} want {:?}", r["normalized"]))
+        (got != r["normalized"].as_str().unwrap())
+            .then(|| format!("{text:?}: got {got:?} want {:?}", r["normalized"]))
     });
     check_all("sp.encode", &rows, |r| {
         let text = r["text"].as_str().unwrap();
@@ -78,7 +91,8 @@ fn check_direct(model: std::path::PathBuf, expected: std::path::PathBuf) {
     });
     check_all("sp.decode", &rows, |r| {
         let got = m.decode(&ids(&r["ids"])).unwrap();
-        (got != r["decoded"].as_str().unwrap()).then(|| format!("got {got:?} want {:?}", r["decoded"]))
+        (got != r["decoded"].as_str().unwrap())
+            .then(|| format!("got {got:?} want {:?}", r["decoded"]))
     });
 }
 
@@ -90,4 +104,25 @@ fn direct_sentencepiece_vectors_released_model() {
 #[test]
 fn direct_sentencepiece_vectors_small_model_user_defined() {
     check_direct(small_model(), dir().join("small/sp_direct.jsonl"));
+}
+
+/// The original ids recorded next to transformers' output (fact 4) are ours too.
+#[test]
+fn transformers_fixture_original_ids_match() {
+    let tok = CpmTokenizer::open(&big_model()).unwrap();
+    let rows = jsonl(dir().join("transformers.jsonl"));
+    assert!(rows.len() >= 4);
+    for r in rows {
+        let text = r["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            ids(&r["original_ids"]),
+            "{text:?}"
+        );
+        assert_ne!(
+            tok.encode(text).unwrap(),
+            ids(&r["CpmTokenizer.encode"]),
+            "{text:?}: transformers agrees?"
+        );
+    }
 }

@@ -29,9 +29,21 @@ fn ours_equals_python_where_raw_jieba_rs_differs() {
     }
     // The cases the README's Fact 3 names must really differ in raw jieba-rs, or this test
     // would not be protecting anything.
-    for must in ["版本号是WES-5.4.5吗 hmm=true", "变量名foo_bar很常见 hmm=true", "㐀㐁㐂 hmm=true", "鿖鿗鿘新字 hmm=true"] {
+    for must in [
+        "版本号是WES-5.4.5吗 hmm=true",
+        "变量名foo_bar很常见 hmm=true",
+        "㐀㐁㐂 hmm=true",
+        "鿖鿗鿘新字 hmm=true",
+    ] {
         let (text, hmm) = must.rsplit_once(' ').unwrap();
-        assert!(raw_differs.contains(&format!("{text:?} {hmm}")), "raw jieba-rs no longer differs on {must}; list: {raw_differs:#?}");
+        assert!(
+            raw_differs.contains(&format!("{text:?} {hmm}")),
+            "raw jieba-rs no longer differs on {must}; list: {raw_differs:#?}"
+        );
     }
-    assert!(raw_differs.len() >= 18, "only {} cases differ: {raw_differs:#?}", raw_differs.len());
+    assert!(
+        raw_differs.len() >= 18,
+        "only {} cases differ: {raw_differs:#?}",
+        raw_differs.len()
+    );
 }

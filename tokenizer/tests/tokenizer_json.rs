@@ -14,10 +14,16 @@ fn check(model: std::path::PathBuf, expected: std::path::PathBuf) {
     let json = tok.model().to_tokenizer_json().unwrap();
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["model"]["type"], "Unigram");
-    assert_eq!(v["model"]["vocab"].as_array().unwrap().len(), tok.model().len());
+    assert_eq!(
+        v["model"]["vocab"].as_array().unwrap().len(),
+        tok.model().len()
+    );
     // The model's own charsmap, not an NFKD/accent-stripping stand-in.
     let norm = v["normalizer"].to_string();
-    assert!(norm.contains("Precompiled") && !norm.contains("NFKD") && !norm.contains("StripAccents"), "{norm:.300}");
+    assert!(
+        norm.contains("Precompiled") && !norm.contains("NFKD") && !norm.contains("StripAccents"),
+        "{norm:.300}"
+    );
     let hf = tokenizers::Tokenizer::from_str(&json).unwrap();
     let mut bad = Vec::new();
     for r in jsonl(expected) {
@@ -28,7 +34,12 @@ fn check(model: std::path::PathBuf, expected: std::path::PathBuf) {
             bad.push(format!("{text:?}: hf {got:?} want {:?}", r["ids"]));
         }
     }
-    assert!(bad.is_empty(), "{} lines differ:\n{}", bad.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} lines differ:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 }
 
 #[test]

@@ -65,7 +65,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Some(n) => usize::from(n),
         None => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
     };
-    let opts = stream::Options { jsonl: cli.jsonl, decode: cli.decode, pieces: cli.pieces, threads };
+    let opts = stream::Options {
+        jsonl: cli.jsonl,
+        decode: cli.decode,
+        pieces: cli.pieces,
+        threads,
+    };
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
     stream::run(&tok, stdin, stdout, &opts)?;
