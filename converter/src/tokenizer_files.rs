@@ -13,8 +13,9 @@ use crate::gpt2_config::TokenIds;
 use crate::write::OutputFile;
 
 /// File names looked for, in this order, in INPUT (a directory) and in INPUT's parent: the
-/// released CPM-Generate name, then the Hugging Face one (a port's own).
-pub const NAMES: [&str; 2] = ["chinese_vocab.model", "spiece.model"];
+/// Hugging Face name (a port's own), then the released CPM-Generate one; the order
+/// `SpModel::open` uses for a directory.
+pub const NAMES: [&str; 2] = ["spiece.model", "chinese_vocab.model"];
 
 /// The Python tokenizer the port names in `tokenizer_config.json`'s `auto_map`.
 const PY_NAME: &str = "tokenization_cpm_jieba.py";
@@ -302,21 +303,24 @@ fn small(dir: &Path, name: &str, bytes: &[u8]) -> Result<OutputFile> {
 mod tests {
     use super::*;
 
-    /// INPUT's own file wins over its parent's; the released name over the Hugging Face one.
+    /// INPUT's own file wins over its parent's; the Hugging Face name over the released one.
     #[test]
-    fn discovery_prefers_input_then_parent_and_the_released_name() {
+    fn discovery_prefers_input_then_parent_and_spiece_model() {
         let tmp = tempfile::tempdir().unwrap();
         let input = tmp.path().join("ckpt");
         std::fs::create_dir(&input).unwrap();
         assert_eq!(locate(&input, &Choice::Discover), None);
-        std::fs::write(tmp.path().join("spiece.model"), b"x").unwrap();
+        std::fs::write(tmp.path().join("chinese_vocab.model"), b"x").unwrap();
         let found = locate(&input, &Choice::Discover).unwrap();
         assert_eq!(found.found, "auto");
-        assert!(found.path.ends_with("spiece.model"));
+        assert!(found.path.ends_with("chinese_vocab.model"));
         std::fs::write(input.join("spiece.model"), b"x").unwrap();
         std::fs::write(input.join("chinese_vocab.model"), b"x").unwrap();
         let found = locate(&input, &Choice::Discover).unwrap();
-        assert_eq!(found.path, input.canonicalize().unwrap().join(NAMES[0]));
+        assert_eq!(
+            found.path,
+            input.canonicalize().unwrap().join("spiece.model")
+        );
         assert_eq!(locate(&input, &Choice::Off), None);
         let given = locate(&input, &Choice::Given("t.model".into())).unwrap();
         assert_eq!((given.path, given.found), ("t.model".into(), "given"));

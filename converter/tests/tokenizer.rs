@@ -625,3 +625,20 @@ fn dry_run_checks_and_reports_the_tokenizer() {
         text.stdout
     );
 }
+
+/// `--tokenizer DIR` takes the directory's `spiece.model`, else its `chinese_vocab.model` (the
+/// release's `bpe_3w_new/`).
+#[test]
+fn a_given_directory_holding_the_model_is_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bpe_3w_new");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(small(), dir.join("chinese_vocab.model")).unwrap();
+    let out = tmp.path().join("out");
+    let (_, s) = convert_json(&ckpt(), &out, &["--tokenizer".as_ref(), dir.as_ref()]);
+    assert_eq!(s.tokenizer.unwrap().eod_id, Some(9));
+    assert_eq!(
+        std::fs::read(out.join("spiece.model")).unwrap(),
+        std::fs::read(small()).unwrap()
+    );
+}
