@@ -150,23 +150,14 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
             p.display()
         ));
     }
-    let ids = match &tokenizer {
-        Some(t) => t.ids,
-        None => gpt2_config::mapping_token_ids(&plan, &src.mapping),
-    };
-    let model = write_model(&src, &plan, opts, staging.path(), &mut log)?;
-    let config = write_config(&src, &plan, ids, staging.path(), &mut log)?;
-    let mut files = vec![model, config];
-    if let Some(t) = &tokenizer {
-        files.extend(t.write(staging.path(), plan.positions)?);
-    }
-    let sums = write::sha256sums(
-        files
-            .iter()
-            .map(|f| (f.name.clone(), f.sha256.clone()))
-            .collect(),
-    );
-    files.push(write_small(staging.path(), "SHA256SUMS", sums.as_bytes())?);
+    let files = write_all(
+        &src,
+        &plan,
+        opts,
+        tokenizer.as_ref(),
+        staging.path(),
+        &mut log,
+    )?;
     if log.progress.cancelled() {
         return Err(Error::Interrupted);
     }
@@ -179,7 +170,10 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
         model_parallel: plan.model_parallel,
         tensors: plan.entries.len(),
         tensor_bytes: plan.total_bytes(),
-        model_file_bytes: files.first().map_or(0, |f| f.bytes),
+        model_file_bytes: files
+            .iter()
+            .find(|f| f.name == "model.safetensors")
+            .map_or(0, |f| f.bytes),
         files,
         tokenizer: tokenizer.map(|t| t.report(plan.vocab)),
         seconds: started.elapsed().as_secs_f64(),
@@ -209,6 +203,36 @@ pub fn read_tokenizer(
     }
     let fallback = gpt2_config::mapping_token_ids(plan, &src.mapping);
     tokenizer_files::load(located, (plan.vocab, input), fallback, warn).map(Some)
+}
+
+/// Every file of OUT_DIR into `dir`: the model, config.json (its special ids from the tokenizer,
+/// else from the mapping), the tokenizer's files, SHA256SUMS last.
+fn write_all(
+    src: &Source,
+    plan: &Plan,
+    opts: &Options,
+    tokenizer: Option<&tokenizer_files::Tokenizer>,
+    dir: &Path,
+    log: &mut Log,
+) -> Result<Vec<write::OutputFile>> {
+    let ids = match tokenizer {
+        Some(t) => t.ids,
+        None => gpt2_config::mapping_token_ids(plan, &src.mapping),
+    };
+    let model = write_model(src, plan, opts, dir, log)?;
+    let config = write_config(src, plan, ids, dir, log)?;
+    let mut files = vec![model, config];
+    if let Some(t) = tokenizer {
+        files.extend(t.write(dir, plan.positions)?);
+    }
+    let sums = write::sha256sums(
+        files
+            .iter()
+            .map(|f| (f.name.clone(), f.sha256.clone()))
+            .collect(),
+    );
+    files.push(write_small(dir, "SHA256SUMS", sums.as_bytes())?);
+    Ok(files)
 }
 
 /// Stream every merged tensor into `dir/model.safetensors`, one tensor at a time.
