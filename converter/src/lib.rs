@@ -139,7 +139,6 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
         log.warn(n.clone());
     }
     // Read and check the tokenizer before anything is created: a bad one leaves no trace.
-    let progress = log.progress;
     let tokenizer = read_tokenizer(located, &opts.input, &src, &plan, progress, &mut |w| {
         log.warn(w)
     })?;
