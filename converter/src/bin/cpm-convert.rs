@@ -35,11 +35,13 @@ or one file. Its family (cpm-lm, megatron-gpt2, megatron-core-gpt, nanogpt, hf-g
 recognised from its structure; --from names it.
 
 OUT_DIR receives model.safetensors, config.json and SHA256SUMS (check with
-`cd OUT_DIR && sha256sum -c SHA256SUMS`); with a tokenizer (--tokenizer, or chinese_vocab.model
-or spiece.model found in INPUT or its parent) also spiece.model, tokenizer.json,
-tokenizer_config.json, tokenization_cpm_jieba.py and generation_config.json: load it with
-AutoTokenizer.from_pretrained(OUT_DIR, trust_remote_code=True). It is written in a temporary directory beside it
+`cd OUT_DIR && sha256sum -c SHA256SUMS`). It is written in a temporary directory beside it
 and renamed into place only when complete; a failed run leaves nothing behind.
+
+With a tokenizer (--tokenizer, or a spiece.model or chinese_vocab.model found in INPUT or its
+parent; --no-tokenizer for none), OUT_DIR also receives spiece.model, tokenizer.json,
+tokenizer_config.json, tokenization_cpm_jieba.py and generation_config.json; load it with
+AutoTokenizer.from_pretrained(OUT_DIR, trust_remote_code=True) (needs jieba, sentencepiece).
 
 OUT_DIR may not be, contain or lie inside INPUT, a rank file, the mapping file or the tokenizer.
 
@@ -107,7 +109,8 @@ struct Cli {
     /// The model's sentencepiece tokenizer (CPM-Generate's bpe_3w_new/chinese_vocab.model):
     /// OUT_DIR also gets spiece.model, tokenizer.json, tokenizer_config.json, the Python
     /// tokenizer and generation_config.json, and config.json's bos/eos become the id of <eod>.
-    /// Without it, a chinese_vocab.model or spiece.model in INPUT or INPUT's parent is used.
+    /// A directory holding one is taken too. Without it, a spiece.model or chinese_vocab.model in
+    /// INPUT or INPUT's parent is used.
     #[arg(long, value_name = "PATH", conflicts_with = "no_tokenizer")]
     tokenizer: Option<PathBuf>,
 
