@@ -1,7 +1,11 @@
 //! sentencepiece's encoder for UNIGRAM models, written out so that piece types behave exactly as
-//! in sentencepiece (the `tokenizers` crate's `Unigram` matches every piece, CONTROL and UNKNOWN
-//! included, fuses runs of unknown characters and takes its minimum score over all pieces; it
-//! is used only for the Hugging Face `tokenizer.json`, see [`crate::hf`]).
+//! in sentencepiece. The `tokenizers` crate's `Unigram` is used only for the Hugging Face
+//! `tokenizer.json` ([`crate::hf`]), not here, because it differs from sentencepiece where the
+//! piece types matter: it matches every piece in text, CONTROL and UNKNOWN included (`<sep>`
+//! would become id 4), scores USER_DEFINED pieces with their stored score instead of
+//! sentencepiece's bonus, and takes its minimum (hence the `<unk>` score) over all pieces; and
+//! its Precompiled normalizer works per grapheme cluster instead of sentencepiece's longest
+//! match, and indexes the charsmap without bounds checks.
 //!
 //! Normalization (sentencepiece `Normalizer::Normalize`): at each position a USER_DEFINED piece
 //! is copied unchanged (longest one wins); otherwise the longest rule of the model's own
