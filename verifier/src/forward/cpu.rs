@@ -2,8 +2,8 @@
 
 use gemm::Parallelism;
 
-use super::attention::{attention, Attention};
-use super::{activate, layer_norm};
+use super::attention::{attention, Attention, Kv};
+use super::{activate, layer_norm, KvCache, Logits};
 use crate::error::{Error, Result};
 use crate::model::{Config, Model};
 
@@ -177,12 +177,26 @@ impl<'a> Layer<'a> {
     }
 }
 
-/// Computes logits `[batch, seq, vocab]`; see [`super::run`] for the preconditions.
+/// The shape of one pass: `rows` sequences of `new` tokens each, at positions
+/// `past..past + new` (`past` is 0 without a cache).
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    /// Batch rows (beams).
+    pub rows: usize,
+    /// Tokens per row in this pass.
+    pub new: usize,
+    /// Positions already in the cache.
+    pub past: usize,
+}
+
+/// Computes the logits `which` asks for, appending keys and values to `cache` when there is
+/// one; see [`super::run`] and [`super::run_cached`] for the preconditions.
 pub fn forward(
     model: &Model,
     ids: &[u32],
-    batch: usize,
-    seq: usize,
+    pass: Pass,
+    mut cache: Option<&mut KvCache>,
+    which: Logits,
     threads: usize,
 ) -> Result<Vec<f32>> {
     let c = &model.config;
@@ -194,21 +208,36 @@ pub fn forward(
     // wte stays widened: the tied head needs it again at the end.
     let mut wte_buf = Vec::new();
     let wte = model.tensor_f32_in("wte.weight", &mut wte_buf, threads)?;
-    let mut x = embed(model, wte, ids, seq)?;
+    let mut x = embed(model, wte, ids, pass)?;
     let mut bufs: [Vec<f32>; 12] = Default::default();
     for l in 0..c.n_layer {
         let w = Layer::load(model, l, &mut bufs, threads)?;
-        let attn = Attention::new(c, l, seq);
-        attention_block(&mut x, &w, &attn, c.layer_norm_epsilon, threads, par);
+        let attn = Attention::new(c, l, pass.new, pass.past);
+        let layer_cache = cache.as_deref_mut().map(|kv| (l, kv));
+        attention_block(
+            &mut x,
+            &w,
+            &attn,
+            layer_cache,
+            c.layer_norm_epsilon,
+            threads,
+            par,
+        )?;
         mlp_block(&mut x, &w, c, par);
     }
     drop(bufs);
+    if let Some(kv) = cache {
+        kv.len += pass.new;
+    }
     let (ln_w, ln_b) = (
         model.tensor_f32("ln_f.weight")?,
         model.tensor_f32("ln_f.bias")?,
     );
+    if which == Logits::Last {
+        x = last_rows(&x, pass, c.n_embd);
+    }
     layer_norm(&mut x, c.n_embd, &ln_w, &ln_b, c.layer_norm_epsilon);
-    let n = batch * seq;
+    let n = x.len() / c.n_embd;
     let mut head_buf = Vec::new();
     let head = if model.has_lm_head() {
         model.tensor_f32_in("lm_head.weight", &mut head_buf, threads)?
@@ -218,13 +247,21 @@ pub fn forward(
     Ok(lm_head(&x, head, n, c.n_embd, c.vocab_size, par))
 }
 
-/// `x[t] = wte[ids[t]] + wpe[t % seq]`.
-fn embed(model: &Model, wte: &[f32], ids: &[u32], seq: usize) -> Result<Vec<f32>> {
+/// The hidden state of each row's last token (LayerNorm is per token, so it can come after).
+fn last_rows(x: &[f32], pass: Pass, h: usize) -> Vec<f32> {
+    x.chunks_exact(pass.new * h)
+        .flat_map(|row| &row[(pass.new - 1) * h..])
+        .copied()
+        .collect()
+}
+
+/// `x[t] = wte[ids[t]] + wpe[past + t % new]`.
+fn embed(model: &Model, wte: &[f32], ids: &[u32], pass: Pass) -> Result<Vec<f32>> {
     let h = model.config.n_embd;
     let wpe = model.tensor_f32("wpe.weight")?;
     let mut x = vec![0f32; ids.len() * h];
     for (i, (row, &id)) in x.chunks_exact_mut(h).zip(ids).enumerate() {
-        let (id, t) = (id as usize, i % seq);
+        let (id, t) = (id as usize, pass.past + i % pass.new);
         let (e, p) = (&wte[id * h..(id + 1) * h], &wpe[t * h..(t + 1) * h]);
         for ((v, &a), &b) in row.iter_mut().zip(e).zip(p) {
             *v = a + b;
@@ -233,25 +270,35 @@ fn embed(model: &Model, wte: &[f32], ids: &[u32], seq: usize) -> Result<Vec<f32>
     Ok(x)
 }
 
-/// `x += c_proj(attention(c_attn(ln_1(x))))`.
+/// `x += c_proj(attention(c_attn(ln_1(x))))`, the keys and values of this pass appended to
+/// layer `l` of the cache first when there is one.
 fn attention_block(
     x: &mut [f32],
     w: &Layer<'_>,
     attn: &Attention,
+    cache: Option<(usize, &mut KvCache)>,
     eps: f64,
     threads: usize,
     par: Parallelism,
-) {
+) -> Result<()> {
     let h = attn.h;
     let n = x.len() / h;
     let mut a = x.to_vec();
     layer_norm(&mut a, h, w.ln1_w, w.ln1_b, eps);
     let qkv = conv1d(&a, n, h, w.attn_w, w.attn_b, 3 * h, par);
     drop(a);
-    let ctx = attention(&qkv, attn, threads);
+    let ctx = match cache {
+        None => attention(&qkv, Kv::in_qkv(&qkv, attn), attn, threads),
+        Some((l, kv)) => {
+            kv.store(l, &qkv, attn.seq)?;
+            let (k, v) = (&kv.k[l], &kv.v[l]);
+            attention(&qkv, Kv::in_cache(k, v, kv.capacity, h), attn, threads)
+        }
+    };
     drop(qkv);
     let o = conv1d(&ctx, n, h, w.proj_w, w.proj_b, h, par);
     add_into(x, &o);
+    Ok(())
 }
 
 /// `x += mlp.c_proj(act(c_fc(ln_2(x))))`.
