@@ -10,8 +10,8 @@
 # decode tok/s = (new tokens - 1) / (time from the first to the last new token), for both sides
 # (ours is recomputed from its --json decode_seconds and new_tokens the same way).
 # Bound tok/s = streaming-read bandwidth with T threads (scripts/bench_bandwidth.c, 2 GiB, best of
-# 5, probed before and after the runs, the higher kept) / fp16 weight bytes per token (all tensors, wte once as the tied head, one wpe row; the KV cache,
-# ~1%, left out). transformers runs in float32, so it streams twice those bytes; its own floor is
+# 5, probed before and after the runs, the higher kept) / fp16 weight bytes per token (all
+# tensors, wte once as the tied head, one wpe row; the KV cache, ~1%, left out). transformers runs in float32, so it streams twice those bytes; its own floor is
 # half the bound shown.
 #
 # Environment: BENCH_DIR (default /tmp/bench-gen, model + prompt cached there, ~0.8 GB),
