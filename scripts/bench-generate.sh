@@ -11,8 +11,8 @@
 # (ours is recomputed from its --json decode_seconds and new_tokens the same way).
 # Bound tok/s = streaming-read bandwidth with T threads (scripts/bench_bandwidth.c, 2 GiB, best of
 # 5, probed before and after the runs, the higher kept) / fp16 weight bytes per token (all
-# tensors, wte once as the tied head, one wpe row; the KV cache, ~1%, left out). transformers runs in float32, so it streams twice those bytes; its own floor is
-# half the bound shown.
+# tensors, wte once as the tied head, one wpe row; the KV cache, ~1%, left out). transformers
+# runs in float32, so it streams twice those bytes; its own floor is half the bound shown.
 #
 # Environment: BENCH_DIR (default /tmp/bench-gen, model + prompt cached there, ~0.8 GB),
 # REPEATS (3), GEN (a cpm-generate binary; default: cargo build --release --bin cpm-generate),
