@@ -6,6 +6,7 @@ pub mod cache;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod half;
 
 use std::fmt;
 use std::str::FromStr;
@@ -76,6 +77,7 @@ pub fn run(
                 rows: batch,
                 new: seq,
                 past: 0,
+                direct: false,
             };
             cpu::forward(model, ids, pass, None, Logits::All, threads)
         }
@@ -133,6 +135,7 @@ pub fn run_cached(
         rows,
         new,
         past: cache.len(),
+        direct: ids.len() <= half::DIRECT_MAX_TOKENS,
     };
     cpu::forward(
         model,
