@@ -125,9 +125,9 @@ const ROWS: usize = 4;
 fn to_f32(lo: u8, hi: u8, bf16: bool) -> f32 {
     let bits = u16::from_le_bytes([lo, hi]);
     if bf16 {
-        half::bf16::from_bits(bits).to_f32()
+        ::half::bf16::from_bits(bits).to_f32()
     } else {
-        half::f16::from_bits(bits).to_f32()
+        ::half::f16::from_bits(bits).to_f32()
     }
 }
 
@@ -140,6 +140,11 @@ fn axpy_rows(y: &mut [f32], rows: &[u8], a: &[f32], bf16: bool) {
         unsafe { simd::axpy4(y, rows, [a[0], a[1], a[2], a[3]], bf16) };
         return;
     }
+    axpy_portable(y, rows, a, bf16);
+}
+
+/// [`axpy_rows`] without SIMD.
+fn axpy_portable(y: &mut [f32], rows: &[u8], a: &[f32], bf16: bool) {
     for (r, &ar) in a.iter().enumerate() {
         let row = &rows[r * 2 * y.len()..(r + 1) * 2 * y.len()];
         for (v, b) in y.iter_mut().zip(row.chunks_exact(2)) {
@@ -155,6 +160,11 @@ fn dot_rows(x: &[f32], rows: &[u8], n: usize, bf16: bool) -> [f32; ROWS] {
         // SAFETY: features checked; `rows` holds ROWS rows of `x.len()` values (checked).
         return unsafe { simd::dot4(x, rows, bf16) };
     }
+    dot_portable(x, rows, n, bf16)
+}
+
+/// [`dot_rows`] without SIMD.
+fn dot_portable(x: &[f32], rows: &[u8], n: usize, bf16: bool) -> [f32; ROWS] {
     let mut out = [0f32; ROWS];
     for (o, row) in out
         .iter_mut()
@@ -260,5 +270,165 @@ mod simd {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cpu::{matmul, View};
+    use super::*;
+    use gemm::Parallelism;
+
+    /// Deterministic values in about [-2, 2] with a fraction of them tiny or exactly zero.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+                if s % 17 == 0 {
+                    0.0
+                } else {
+                    4.0 * u - 2.0
+                }
+            })
+            .collect()
+    }
+
+    /// `w` as 16-bit bytes starting `shift` bytes into the returned buffer (so unaligned when
+    /// shift is odd), and the exact f32 widening of what was stored.
+    fn store(w: &[f32], bf16: bool, shift: usize) -> (Vec<u8>, Vec<f32>) {
+        let mut bytes = vec![0u8; shift];
+        let mut wide = Vec::new();
+        for &v in w {
+            let (bits, back) = if bf16 {
+                let b = ::half::bf16::from_f32(v);
+                (b.to_bits(), b.to_f32())
+            } else {
+                let b = ::half::f16::from_f32(v);
+                (b.to_bits(), b.to_f32())
+            };
+            bytes.extend_from_slice(&bits.to_le_bytes());
+            wide.push(back);
+        }
+        (bytes, wide)
+    }
+
+    fn raw(bytes: &[u8], bf16: bool, cols: usize) -> Raw<'_> {
+        Raw {
+            dtype: if bf16 { Stored::Bf16 } else { Stored::F16 },
+            bytes,
+            cols,
+        }
+    }
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{what}: [{i}] {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn conv1d_matches_the_widened_gemm_on_odd_shapes_and_unaligned_bytes() {
+        for (inp, out, batch, threads) in [
+            (1, 1, 1, 1),
+            (3, 5, 2, 2),
+            (64, 24, 1, 3),
+            (67, 131, 4, 2),
+            (130, 8, 3, 5),
+            (257, 33, 8, 4),
+        ] {
+            for (bf16, shift) in [(false, 0), (false, 1), (true, 1), (true, 2)] {
+                let x = values(batch * inp, 1);
+                let bias = values(out, 2);
+                let (bytes, wide) = store(&values(inp * out, 3), bf16, shift);
+                let m = HalfMatrix::new(raw(&bytes[shift..], bf16, out), inp, out).unwrap();
+                let got = conv1d(&x, m, &bias, threads);
+                let mut want: Vec<f32> = bias.iter().copied().cycle().take(batch * out).collect();
+                let (lhs, rhs) = (View::rows(&x, inp), View::rows(&wide, out));
+                let shape = (batch, out, inp);
+                matmul(&mut want, 0, out, lhs, rhs, shape, true, Parallelism::None);
+                close(
+                    &got,
+                    &want,
+                    &format!("conv1d {inp}x{out} b{batch} bf16 {bf16} +{shift}"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn head_matches_the_widened_gemm_on_odd_shapes_and_unaligned_bytes() {
+        for (vocab, h, batch, threads) in
+            [(1, 1, 1, 1), (7, 9, 2, 2), (1001, 24, 4, 3), (64, 67, 8, 2)]
+        {
+            for (bf16, shift) in [(false, 0), (false, 3), (true, 1)] {
+                let x = values(batch * h, 4);
+                let (bytes, wide) = store(&values(vocab * h, 5), bf16, shift);
+                let m = HalfMatrix::new(raw(&bytes[shift..], bf16, h), vocab, h).unwrap();
+                let got = head(&x, m, threads);
+                let mut want = vec![0f32; batch * vocab];
+                let head_t = View {
+                    data: &wide,
+                    offset: 0,
+                    rs: 1,
+                    cs: h,
+                };
+                let shape = (batch, vocab, h);
+                matmul(
+                    &mut want,
+                    0,
+                    vocab,
+                    View::rows(&x, h),
+                    head_t,
+                    shape,
+                    false,
+                    Parallelism::None,
+                );
+                close(
+                    &got,
+                    &want,
+                    &format!("head {vocab}x{h} b{batch} bf16 {bf16} +{shift}"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_portable_kernels_agree_with_the_dispatched_ones() {
+        // On a machine with AVX2 the dispatched kernels are the SIMD ones: this pins the
+        // fallback that other CPUs run to the same results.
+        for (n, bf16) in [(1, false), (13, true), (40, false), (67, true)] {
+            let (bytes, _) = store(&values(ROWS * n, 6), bf16, 1);
+            let rows = &bytes[1..];
+            let (x, a) = (values(n, 7), values(ROWS, 8));
+            let (mut y1, mut y2) = (values(n, 9), values(n, 9));
+            axpy_rows(&mut y1, rows, &a, bf16);
+            axpy_portable(&mut y2, rows, &a, bf16);
+            close(&y1, &y2, "axpy");
+            let d1 = dot_rows(&x, rows, ROWS, bf16);
+            close(&d1, &dot_portable(&x, rows, ROWS, bf16), "dot");
+        }
+    }
+
+    #[test]
+    fn a_matrix_of_the_wrong_size_or_f32_is_not_read_directly() {
+        let bytes = [0u8; 12];
+        assert!(HalfMatrix::new(raw(&bytes, false, 3), 2, 3).is_some());
+        assert!(HalfMatrix::new(raw(&bytes, false, 3), 3, 3).is_none());
+        let f32raw = Raw {
+            dtype: Stored::F32,
+            bytes: &bytes,
+            cols: 3,
+        };
+        assert!(HalfMatrix::new(f32raw, 1, 3).is_none());
     }
 }
