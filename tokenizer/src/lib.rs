@@ -1,13 +1,28 @@
 //! CPM-LM's tokenizer, exact: Python jieba 0.42.1's segmentation (HMM on) with the ▂/▃
-//! substitutions, then sentencepiece's unigram model. SKELETON: the API the generator and the
-//! converter code against; the implementation lands with the tokenizer work.
+//! substitutions, then sentencepiece's unigram model.
+//!
+//! The original pipeline (CPM-Generate `data_utils/tokenization_gpt2.py`, facts in
+//! `fixtures/tokenizer/README.md`):
+//! - encode: `jieba.cut(text)` (HMM on); in every segment `" "` → `▂` (U+2582) and `"\n"` → `▃`
+//!   (U+2583); the segments joined with `" "`; `sp.encode` of that string;
+//! - decode: `sp.decode(ids)`, then every `" "` deleted, `▂` → space, `▃` → newline.
+//!
+//! Modules: [`spm`] reads and validates the `.model` file, `charsmap` its normalization table,
+//! `unigram` runs sentencepiece's normalizer and search, [`jieba`] Python jieba's cut, and
+//! `hf` writes the Hugging Face `tokenizer.json` for the unigram part.
 #![deny(missing_docs)]
 
+mod charsmap;
 pub mod error;
+mod hf;
+pub mod jieba;
+pub mod spm;
+pub mod stream;
+mod unigram;
 
 pub use error::{Error, Result};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The type sentencepiece gives a piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,79 +37,199 @@ pub enum PieceType {
     UserDefined,
     /// Reserved, never produced.
     Unused,
-    /// A byte-fallback piece `<0xNN>`.
+    /// A byte-fallback piece `<0xNN>` (models with them are refused).
     Byte,
 }
 
 /// A sentencepiece `.model` file, read and validated.
 pub struct SpModel {
-    _private: (),
+    path: PathBuf,
+    bytes: Vec<u8>,
+    parsed: spm::Parsed,
+    search: unigram::Search,
 }
 
 impl SpModel {
-    /// Reads and validates a `.model` file.
+    /// Reads and validates a `.model` file (see [`spm`] for what is refused).
     pub fn open(path: &Path) -> Result<SpModel> {
-        Err(Error::NotYet(path.display().to_string()))
+        let (bytes, parsed) = spm::read(path)?;
+        let search = unigram::Search::new(&parsed);
+        Ok(SpModel {
+            path: path.to_path_buf(),
+            bytes,
+            parsed,
+            search,
+        })
+    }
+    /// Validates the bytes of a `.model` file; `name` stands for the file in errors.
+    pub fn from_bytes(bytes: Vec<u8>, name: &Path) -> Result<SpModel> {
+        let parsed = spm::parse(&bytes, name)?;
+        let search = unigram::Search::new(&parsed);
+        Ok(SpModel {
+            path: name.to_path_buf(),
+            bytes,
+            parsed,
+            search,
+        })
+    }
+    /// The file this model was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
     /// The file's bytes, as read (for copying into a port).
     pub fn bytes(&self) -> &[u8] {
-        &[]
+        &self.bytes
     }
     /// How many pieces the model has.
     pub fn len(&self) -> usize {
-        0
+        self.parsed.pieces.len()
     }
     /// True when the model has no pieces (never, once validated).
     pub fn is_empty(&self) -> bool {
-        true
+        self.parsed.pieces.is_empty()
     }
     /// The id of a piece, if the model has it.
-    pub fn piece_to_id(&self, _piece: &str) -> Option<u32> {
-        None
+    pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
+        self.parsed.ids.get(piece).copied()
     }
     /// The piece of an id.
-    pub fn id_to_piece(&self, _id: u32) -> Option<&str> {
-        None
+    pub fn id_to_piece(&self, id: u32) -> Option<&str> {
+        self.parsed.pieces.get(id as usize).map(|p| p.text.as_str())
     }
     /// The type of an id's piece.
-    pub fn piece_type(&self, _id: u32) -> Option<PieceType> {
-        None
+    pub fn piece_type(&self, id: u32) -> Option<PieceType> {
+        self.parsed.pieces.get(id as usize).map(|p| p.kind)
+    }
+    /// The score of an id's piece.
+    pub fn score(&self, id: u32) -> Option<f32> {
+        self.parsed.pieces.get(id as usize).map(|p| p.score)
+    }
+    /// The normalizer's name (`nmt_nfkc` for CPM; informational: the rules are the charsmap).
+    pub fn normalizer_name(&self) -> &str {
+        &self.parsed.normalizer.name
+    }
+    /// The id of the UNKNOWN piece.
+    pub fn unk_id(&self) -> u32 {
+        self.parsed.unk_id
+    }
+    /// sentencepiece's `normalize(text)`.
+    pub fn normalize(&self, text: &str) -> String {
+        unigram::normalize(&self.parsed, &self.search, text)
+    }
+    /// sentencepiece's `encode(text)` (ids), no jieba.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let norm = self.normalize(text);
+        unigram::search(&self.parsed, &self.search, &norm)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
+    }
+    /// sentencepiece's `decode(ids)`: CONTROL pieces decode to nothing, `<unk>` to the model's
+    /// `unk_surface`, `▁` to a space (dropped at the very start).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let mut out = String::new();
+        let mut at_start = true;
+        for &id in ids {
+            let p = self
+                .parsed
+                .pieces
+                .get(id as usize)
+                .ok_or(Error::IdOutOfRange {
+                    id: id.into(),
+                    size: self.len(),
+                })?;
+            let text = match p.kind {
+                PieceType::Control => continue,
+                PieceType::Unknown => self.parsed.unk_surface.clone(),
+                _ => {
+                    let t = if at_start {
+                        p.text.strip_prefix('\u{2581}').unwrap_or(&p.text)
+                    } else {
+                        &p.text
+                    };
+                    t.replace('\u{2581}', " ")
+                }
+            };
+            at_start &= text.is_empty();
+            out.push_str(&text);
+        }
+        Ok(out)
     }
     /// The unigram part as a Hugging Face `tokenizer.json` (the model's own normalizer).
     pub fn to_tokenizer_json(&self) -> Result<String> {
-        Err(Error::NotYet("tokenizer.json".into()))
+        hf::tokenizer_json(self)
     }
 }
 
 /// The CPM pipeline over one sentencepiece model.
 pub struct CpmTokenizer {
     model: SpModel,
+    jieba: &'static jieba::Segmenter,
 }
 
 impl CpmTokenizer {
-    /// Builds the pipeline over a model.
+    /// Builds the pipeline over a model (loads jieba's dictionary once per process).
     pub fn new(model: SpModel) -> Result<Self> {
-        Ok(CpmTokenizer { model })
+        Ok(CpmTokenizer {
+            model,
+            jieba: jieba::Segmenter::shared(),
+        })
     }
     /// Opens a `.model` file, or a directory holding `spiece.model` (or `chinese_vocab.model`).
     pub fn open(path: &Path) -> Result<Self> {
-        Self::new(SpModel::open(path)?)
+        Self::new(SpModel::open(&spm::resolve(path)?)?)
     }
     /// The model underneath.
     pub fn model(&self) -> &SpModel {
         &self.model
     }
-    /// The original ids for `text` (no special tokens added).
-    pub fn encode(&self, _text: &str) -> Result<Vec<u32>> {
-        Err(Error::NotYet("encode".into()))
+    /// Python jieba's segments of `text` (`hmm`: jieba's HMM flag; CPM used `true`).
+    pub fn segments<'a>(&self, text: &'a str, hmm: bool) -> Vec<&'a str> {
+        self.jieba.cut(text, hmm)
     }
-    /// The pieces for `text`.
-    pub fn encode_pieces(&self, _text: &str) -> Result<Vec<String>> {
-        Err(Error::NotYet("encode".into()))
+    /// The string the original hands to sentencepiece: segments with ▂/▃, joined by spaces.
+    pub fn sp_input(&self, text: &str, hmm: bool) -> String {
+        let mut s = String::with_capacity(text.len() * 2);
+        for (i, seg) in self.segments(text, hmm).into_iter().enumerate() {
+            if i > 0 {
+                s.push(' ');
+            }
+            s.extend(seg.chars().map(|c| match c {
+                ' ' => '\u{2582}',
+                '\n' => '\u{2583}',
+                c => c,
+            }));
+        }
+        s
+    }
+    /// The original ids for `text` (no special tokens added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.encode_with(text, true))
+    }
+    /// The ids with jieba's HMM on (`true`, the original) or off.
+    pub fn encode_with(&self, text: &str, hmm: bool) -> Vec<u32> {
+        self.model.encode(&self.sp_input(text, hmm))
+    }
+    /// The pieces for `text` (`<unk>` for unknown characters, as `sp.id_to_piece` gives).
+    pub fn encode_pieces(&self, text: &str) -> Result<Vec<String>> {
+        let ids = self.encode_with(text, true);
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| self.model.id_to_piece(id).map(str::to_owned))
+            .collect())
     }
     /// The original decode: sentencepiece decode, spaces removed, ▂ → space, ▃ → newline.
     /// An id outside the vocabulary is an error.
-    pub fn decode(&self, _ids: &[u32]) -> Result<String> {
-        Err(Error::NotYet("decode".into()))
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let text = self.model.decode(ids)?;
+        Ok(text
+            .chars()
+            .filter(|&c| c != ' ')
+            .map(|c| match c {
+                '\u{2582}' => ' ',
+                '\u{2583}' => '\n',
+                c => c,
+            })
+            .collect())
     }
 }

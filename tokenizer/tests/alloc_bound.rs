@@ -1,0 +1,56 @@
+//! Every hostile case (`cases/`, shared with `hostile.rs`) read in-process under a counting
+//! global allocator: the heap's peak while reading a model of N bytes stays within
+//! `testkit::heap_bound(N)` (4N + 64 MiB). The counter is process-wide, so this file holds one
+//! test that runs its cases one after another.
+
+mod cases;
+
+use std::path::Path;
+
+use cpm_tokenizer::SpModel;
+
+#[global_allocator]
+static ALLOC: testkit::CountingAlloc = testkit::CountingAlloc;
+
+#[test]
+fn reading_any_model_stays_within_the_heap_bound() {
+    let mut all: Vec<(String, Vec<u8>)> = cases::cases()
+        .into_iter()
+        .map(|c| (c.name, c.bytes))
+        .collect();
+    all.extend(cases::mutations(40));
+    // The largest model accepted, of the smallest pieces: the per-piece cost is what counts.
+    let mut many = cases::piece(b"<unk>", Some(0.0), Some(2));
+    for i in 1..cpm_tokenizer::spm::MAX_PIECES {
+        many.extend(cases::piece(format!("{i:x}").as_bytes(), None, None));
+    }
+    all.push(("MAX_PIECES tiny pieces".into(), many));
+    all.push((
+        "real model".into(),
+        std::fs::read(testkit::fixtures().join("tokenizer/chinese_vocab.model")).unwrap(),
+    ));
+    let mut worst = (0.0f64, String::new());
+    for (name, bytes) in all {
+        let n = bytes.len() as u64;
+        let (_dir, path) = cases::write_temp(&bytes);
+        drop(bytes);
+        let (_, peak) = testkit::peak_heap_during(|| SpModel::open(&path).is_ok());
+        let (_, peak2) = testkit::peak_heap_during(|| {
+            SpModel::from_bytes(std::fs::read(&path).unwrap(), Path::new(&name)).is_ok()
+        });
+        let peak = peak.max(peak2);
+        assert!(
+            peak <= testkit::heap_bound(n),
+            "{name}: peak {peak} bytes for a {n}-byte file"
+        );
+        let ratio = peak as f64 / n.max(1) as f64;
+        eprintln!("{name}: {n} bytes, peak {peak}");
+        if ratio > worst.0 && n > 1 << 20 {
+            worst = (ratio, name);
+        }
+    }
+    eprintln!(
+        "largest peak/size ratio among files over 1 MiB: {:.1} ({})",
+        worst.0, worst.1
+    );
+}

@@ -1,0 +1,262 @@
+//! Hostile `.model` files, shared by `hostile.rs` (clear errors, no panic) and `alloc_bound.rs`
+//! (bounded heap). Most are the real small model with protobuf fields appended: a decoder merges
+//! an appended field into the message (a repeated field gains an element, a scalar or bytes
+//! field is replaced), so each case breaks exactly one rule of an otherwise real model.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+pub fn small_model_bytes() -> Vec<u8> {
+    std::fs::read(testkit::fixtures().join("tokenizer/small/chinese_small.model")).unwrap()
+}
+
+pub fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited field.
+pub fn field(tag: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    varint(tag << 3 | 2, &mut out);
+    varint(body.len() as u64, &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A varint field.
+pub fn vfield(tag: u64, v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    varint(tag << 3, &mut out);
+    varint(v, &mut out);
+    out
+}
+
+/// A `SentencePiece` message: piece bytes, optional score, optional type.
+pub fn piece(text: &[u8], score: Option<f32>, kind: Option<u64>) -> Vec<u8> {
+    let mut body = field(1, text);
+    if let Some(s) = score {
+        body.push(2 << 3 | 5);
+        body.extend_from_slice(&s.to_le_bytes());
+    }
+    if let Some(k) = kind {
+        body.extend(vfield(3, k));
+    }
+    field(1, &body)
+}
+
+pub struct Case {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    /// A fragment the error message must contain.
+    pub expect: &'static str,
+}
+
+fn appended(name: &str, extra: Vec<u8>, expect: &'static str) -> Case {
+    let mut bytes = small_model_bytes();
+    bytes.extend(extra);
+    Case {
+        name: name.into(),
+        bytes,
+        expect,
+    }
+}
+
+/// A charsmap blob: the size header, `units`, the strings.
+pub fn charsmap(trie_bytes: u32, units: &[u32], strings: &[u8]) -> Vec<u8> {
+    let mut b = trie_bytes.to_le_bytes().to_vec();
+    units
+        .iter()
+        .for_each(|u| b.extend_from_slice(&u.to_le_bytes()));
+    b.extend_from_slice(strings);
+    b
+}
+
+fn normalizer_with(blob: &[u8]) -> Vec<u8> {
+    field(3, &field(2, blob))
+}
+
+pub fn cases() -> Vec<Case> {
+    let real = small_model_bytes();
+    let mut out = vec![
+        Case {
+            name: "empty file (0 pieces)".into(),
+            bytes: vec![],
+            expect: "no UNKNOWN piece among 0 pieces",
+        },
+        Case {
+            name: "garbage".into(),
+            bytes: testkit::noise(7, 4096),
+            expect: "not a sentencepiece model",
+        },
+        Case {
+            name: "huge declared length".into(),
+            bytes: vec![0x0A, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, b'a'],
+            expect: "declares",
+        },
+        Case {
+            name: "huge varint".into(),
+            bytes: vec![0x0A; 3].into_iter().chain([0xFF; 12]).collect(),
+            expect: "not a sentencepiece model",
+        },
+        Case {
+            name: "only an unk-less piece".into(),
+            bytes: piece(b"a", Some(-1.0), None),
+            expect: "no UNKNOWN piece",
+        },
+        appended(
+            "duplicate piece",
+            piece("▂".as_bytes(), Some(-1.0), None),
+            "defined twice",
+        ),
+        appended(
+            "NaN score",
+            piece(b"zz-nan", Some(f32::NAN), None),
+            "score NaN",
+        ),
+        appended(
+            "infinite score",
+            piece(b"zz-inf", Some(f32::NEG_INFINITY), None),
+            "score -inf",
+        ),
+        appended(
+            "second unk",
+            piece(b"<unk2>", Some(0.0), Some(2)),
+            "second UNKNOWN",
+        ),
+        appended("empty piece", piece(b"", Some(-1.0), None), "is empty"),
+        appended(
+            "non-UTF-8 piece",
+            piece(&[0xFF, 0xFE], Some(-1.0), None),
+            "not a sentencepiece model",
+        ),
+        appended(
+            "unknown piece type",
+            piece(b"zz-type", Some(-1.0), Some(9)),
+            "unknown type",
+        ),
+        appended(
+            "byte piece",
+            piece(b"<0x41>", Some(0.0), Some(6)),
+            "BYTE piece",
+        ),
+        appended("model type BPE", field(2, &vfield(3, 2)), "model_type BPE"),
+        appended(
+            "model type 7",
+            field(2, &vfield(3, 7)),
+            "unknown model_type 7",
+        ),
+        appended("byte fallback", field(2, &vfield(35, 1)), "byte_fallback"),
+        appended(
+            "whitespace as suffix",
+            field(2, &vfield(24, 1)),
+            "treat_whitespace_as_suffix",
+        ),
+        appended(
+            "normalizer name",
+            field(3, &field(1, b"my_rules")),
+            "normalizer \"my_rules\"",
+        ),
+        appended(
+            "denormalizer rules",
+            field(5, &field(2, b"\x04\0\0\0abcd")),
+            "denormalizer_spec",
+        ),
+        appended(
+            "charsmap shorter than its header",
+            normalizer_with(b"\x01\x02"),
+            "no size header",
+        ),
+        appended(
+            "charsmap trie size past the end",
+            normalizer_with(&charsmap(4096, &[0, 0], b"")),
+            "declares a 4096-byte trie",
+        ),
+        appended(
+            "charsmap trie size not a multiple of 4",
+            normalizer_with(&charsmap(6, &[0, 0], b"")),
+            "declares a 6-byte trie",
+        ),
+        // Root offset 1024 (bits 10..) points past a 2-unit array.
+        appended(
+            "charsmap root out of range",
+            normalizer_with(&charsmap(8, &[1 << 20, 0], b"")),
+            "outside its",
+        ),
+        appended(
+            "charsmap garbage",
+            normalizer_with(&testkit::noise(3, 2048)),
+            "precompiled_charsmap",
+        ),
+    ];
+    // A one-block trie whose key "a" has a leaf whose value points past the strings.
+    let mut units = vec![0u32; 512];
+    units[0] = 256 << 10; // root: offset 256, children at 256 ^ c
+    let a = 256 ^ b'a' as usize;
+    units[a] = b'a' as u32 | 1 << 8 | ((a ^ 300) as u32) << 10; // label, has-leaf, offset to 300
+    units[300] = (1 << 31) | 999; // value unit: string offset 999
+    out.push(appended(
+        "charsmap value past the strings",
+        normalizer_with(&charsmap(2048, &units, b"x\0")),
+        "outside its 2-byte string table",
+    ));
+    units[300] = 1 << 31; // value 0: "x" without NUL
+    out.push(appended(
+        "charsmap string without NUL",
+        normalizer_with(&charsmap(2048, &units, b"x")),
+        "no NUL",
+    ));
+    // Too many pieces: counted before decoding.
+    let many: Vec<u8> = [0x0Au8, 0x00].repeat(cpm_tokenizer::spm::MAX_PIECES + 1);
+    out.push(Case {
+        name: "too many pieces".into(),
+        bytes: many,
+        expect: "more than the limit",
+    });
+    for cut in [
+        1,
+        2,
+        3,
+        10,
+        100,
+        1000,
+        5000,
+        real.len() / 3,
+        real.len() / 2,
+        real.len() - 7,
+        real.len() - 1,
+    ] {
+        out.push(Case {
+            name: format!("truncated at {cut}"),
+            bytes: real[..cut].to_vec(),
+            expect: "",
+        });
+    }
+    out
+}
+
+/// Deterministic single-byte corruptions of the real model: each must load or fail cleanly.
+pub fn mutations(n: usize) -> Vec<(String, Vec<u8>)> {
+    let real = small_model_bytes();
+    let noise = testkit::noise(11, n * 3);
+    (0..n)
+        .map(|i| {
+            let at = (u32::from_le_bytes([noise[3 * i], noise[3 * i + 1], noise[3 * i + 2], 0])
+                as usize)
+                % real.len();
+            let mut b = real.clone();
+            b[at] ^= 1 << (i % 8);
+            (format!("bit {} of byte {at} flipped", i % 8), b)
+        })
+        .collect()
+}
+
+pub fn write_temp(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("case.model");
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
