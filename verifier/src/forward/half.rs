@@ -120,7 +120,7 @@ pub fn head(x: &[f32], w: HalfMatrix<'_>, threads: usize) -> Vec<f32> {
 }
 
 /// Rows of W per pass over `y` (and per group of head rows).
-const ROWS: usize = 4;
+const ROWS: usize = 8;
 
 fn to_f32(lo: u8, hi: u8, bf16: bool) -> f32 {
     let bits = u16::from_le_bytes([lo, hi]);
@@ -134,11 +134,13 @@ fn to_f32(lo: u8, hi: u8, bf16: bool) -> f32 {
 /// `y += Σ_r a[r] · W[r]` over the `a.len()` (≤ ROWS) rows in `rows`.
 fn axpy_rows(y: &mut [f32], rows: &[u8], a: &[f32], bf16: bool) {
     #[cfg(target_arch = "x86_64")]
-    if a.len() == ROWS && rows.len() == ROWS * 2 * y.len() && simd::available() {
-        // SAFETY: the CPU has the features (checked above) and `rows` holds ROWS rows of
-        // `y.len()` 16-bit values (checked above), which is all the kernel reads.
-        unsafe { simd::axpy4(y, rows, [a[0], a[1], a[2], a[3]], bf16) };
-        return;
+    if let (Ok(a), true) = (<[f32; ROWS]>::try_from(a), simd::available()) {
+        if rows.len() == ROWS * 2 * y.len() {
+            // SAFETY: the CPU has the features (checked above) and `rows` holds ROWS rows of
+            // `y.len()` 16-bit values (checked above), which is all the kernel reads.
+            unsafe { simd::axpy(y, rows, a, bf16) };
+            return;
+        }
     }
     axpy_portable(y, rows, a, bf16);
 }
@@ -158,7 +160,7 @@ fn dot_rows(x: &[f32], rows: &[u8], n: usize, bf16: bool) -> [f32; ROWS] {
     #[cfg(target_arch = "x86_64")]
     if n == ROWS && rows.len() == ROWS * 2 * x.len() && simd::available() {
         // SAFETY: features checked; `rows` holds ROWS rows of `x.len()` values (checked).
-        return unsafe { simd::dot4(x, rows, bf16) };
+        return unsafe { simd::dot(x, rows, bf16) };
     }
     dot_portable(x, rows, n, bf16)
 }
@@ -207,12 +209,12 @@ mod simd {
         }
     }
 
-    /// `y += Σ_r a[r] W[r]` over 4 rows of `y.len()` values.
+    /// `y += Σ_r a[r] W[r]` over ROWS rows of `y.len()` values.
     ///
     /// # Safety
-    /// `rows.len() >= 4 * 2 * y.len()`; the CPU has AVX2, FMA and F16C.
+    /// `rows.len() >= ROWS * 2 * y.len()`; the CPU has AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy4(y: &mut [f32], rows: &[u8], a: [f32; ROWS], bf16: bool) {
+    pub unsafe fn axpy(y: &mut [f32], rows: &[u8], a: [f32; ROWS], bf16: bool) {
         let n = y.len();
         let stride = 2 * n;
         let w = rows.as_ptr();
@@ -235,12 +237,12 @@ mod simd {
         }
     }
 
-    /// `x · W[r]` for 4 rows of `x.len()` values.
+    /// `x · W[r]` for ROWS rows of `x.len()` values.
     ///
     /// # Safety
-    /// `rows.len() >= 4 * 2 * x.len()`; the CPU has AVX2, FMA and F16C.
+    /// `rows.len() >= ROWS * 2 * x.len()`; the CPU has AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot4(x: &[f32], rows: &[u8], bf16: bool) -> [f32; ROWS] {
+    pub unsafe fn dot(x: &[f32], rows: &[u8], bf16: bool) -> [f32; ROWS] {
         let n = x.len();
         let stride = 2 * n;
         let w = rows.as_ptr();
