@@ -294,6 +294,72 @@ impl Model {
     }
 }
 
+/// How a tensor is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// 32-bit float.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+/// A validated tensor's bytes in the map, as stored: little-endian, row-major, and possibly
+/// unaligned (safetensors aligns nothing; readers must not assume even 2-byte alignment).
+#[derive(Debug, Clone, Copy)]
+pub struct Raw<'a> {
+    /// The element type.
+    pub dtype: Stored,
+    /// The elements' bytes.
+    pub bytes: &'a [u8],
+    /// Elements per row (the last dimension).
+    pub cols: usize,
+}
+
+impl Model {
+    /// One validated tensor's stored bytes, by canonical name, for kernels that read 16-bit
+    /// weights directly.
+    pub fn tensor_raw(&self, canonical: &str) -> Result<Raw<'_>> {
+        let (entry, shard, bytes) = self.locate(canonical)?;
+        let dtype = match entry.dtype {
+            Dtype::F32 => Stored::F32,
+            Dtype::F16 => Stored::F16,
+            Dtype::BF16 => Stored::Bf16,
+            other => {
+                return Err(Error::TensorDtype {
+                    path: shard.path.clone(),
+                    name: canonical.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let cols = entry.shape.last().copied().unwrap_or(1);
+        Ok(Raw { dtype, bytes, cols })
+    }
+
+    /// Row `row` of a validated 2-D tensor, widened exactly into `dst` (`cols` long): an
+    /// embedding lookup without widening the whole table.
+    pub fn row_f32(&self, canonical: &str, row: usize, dst: &mut [f32]) -> Result<()> {
+        let raw = self.tensor_raw(canonical)?;
+        let (dtype, width) = match raw.dtype {
+            Stored::F32 => (Dtype::F32, 4),
+            Stored::F16 => (Dtype::F16, 2),
+            Stored::Bf16 => (Dtype::BF16, 2),
+        };
+        let start = row.saturating_mul(raw.cols).saturating_mul(width);
+        let src = raw
+            .bytes
+            .get(start..start.saturating_add(raw.cols * width))
+            .filter(|_| dst.len() == raw.cols)
+            .ok_or_else(|| {
+                Error::Internal(format!("row {row} of `{canonical}` read out of bounds"))
+            })?;
+        widen(dtype, src, dst);
+        Ok(())
+    }
+}
+
 /// F32 bytes viewed in place, when they are aligned and the target is little-endian (the
 /// format's byte order).
 fn borrow_f32(dtype: Dtype, bytes: &[u8]) -> Option<&[f32]> {

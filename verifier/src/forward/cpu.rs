@@ -2,8 +2,9 @@
 
 use gemm::Parallelism;
 
-use super::attention::{attention, Attention};
-use super::{activate, layer_norm};
+use super::attention::{attention, Attention, Kv};
+use super::half::{self, HalfMatrix};
+use super::{activate, layer_norm, KvCache, Logits};
 use crate::error::{Error, Result};
 use crate::model::{Config, Model};
 
@@ -86,16 +87,27 @@ pub(super) fn matmul(
     }
 }
 
+/// A weight matrix: widened to f32, or 16-bit read in place (passes of a few tokens).
+#[derive(Clone, Copy)]
+enum Mat<'a> {
+    F32(&'a [f32]),
+    Half(HalfMatrix<'a>),
+}
+
 /// Conv1D: `x[rows x inp] @ w[inp x out] + b`, with `w` in GPT-2's `[in, out]` layout.
 fn conv1d(
     x: &[f32],
     rows: usize,
     inp: usize,
-    w: &[f32],
+    w: Mat<'_>,
     b: &[f32],
     out: usize,
-    par: Parallelism,
+    (par, threads): (Parallelism, usize),
 ) -> Vec<f32> {
+    let w = match w {
+        Mat::F32(w) => w,
+        Mat::Half(m) => return half::conv1d(x, m, b, threads),
+    };
     // Start from the bias and accumulate, as torch.addmm(bias, x, w) does.
     let mut y: Vec<f32> = b.iter().copied().cycle().take(rows * out).collect();
     matmul(
@@ -127,62 +139,93 @@ const LAYER_TENSORS: [&str; 12] = [
     "mlp.c_proj.bias",
 ];
 
-/// One block's weights, widened to f32.
+/// One block's weights: vectors widened to f32, matrices widened or (direct) read in place.
 struct Layer<'a> {
     ln1_w: &'a [f32],
     ln1_b: &'a [f32],
-    attn_w: &'a [f32],
+    attn_w: Mat<'a>,
     attn_b: &'a [f32],
-    proj_w: &'a [f32],
+    proj_w: Mat<'a>,
     proj_b: &'a [f32],
     ln2_w: &'a [f32],
     ln2_b: &'a [f32],
-    fc_w: &'a [f32],
+    fc_w: Mat<'a>,
     fc_b: &'a [f32],
-    out_w: &'a [f32],
+    out_w: Mat<'a>,
     out_b: &'a [f32],
 }
 
 impl<'a> Layer<'a> {
     /// Widens layer `l` into `bufs` (one buffer per tensor, reused by every layer so that no
-    /// fresh pages are touched after the first).
+    /// fresh pages are touched after the first); with `direct`, 16-bit matrices are not widened
+    /// but read in place.
     fn load(
         model: &'a Model,
         l: usize,
         bufs: &'a mut [Vec<f32>; 12],
-        threads: usize,
+        (threads, direct): (usize, bool),
     ) -> Result<Self> {
+        let (h, inner) = (model.config.n_embd, model.config.n_inner);
         let mut slots = bufs.iter_mut().zip(LAYER_TENSORS);
         // Struct fields are evaluated in source order, which is LAYER_TENSORS' order.
-        let mut next = || -> Result<&'a [f32]> {
+        let mut next = |shape: Option<(usize, usize)>| -> Result<Mat<'a>> {
             let (buf, name) = slots
                 .next()
                 .ok_or_else(|| Error::Internal("more layer tensors read than listed".into()))?;
-            model.tensor_f32_in(&format!("h.{l}.{name}"), buf, threads)
+            let name = format!("h.{l}.{name}");
+            if let (true, Some((r, c))) = (direct, shape) {
+                if let Some(m) = HalfMatrix::new(model.tensor_raw(&name)?, r, c) {
+                    return Ok(Mat::Half(m));
+                }
+            }
+            Ok(Mat::F32(model.tensor_f32_in(&name, buf, threads)?))
         };
+        fn vector(m: Mat<'_>) -> Result<&[f32]> {
+            match m {
+                Mat::F32(v) => Ok(v),
+                Mat::Half(_) => Err(Error::Internal("a vector read as a matrix".into())),
+            }
+        }
         Ok(Layer {
-            ln1_w: next()?,
-            ln1_b: next()?,
-            attn_w: next()?,
-            attn_b: next()?,
-            proj_w: next()?,
-            proj_b: next()?,
-            ln2_w: next()?,
-            ln2_b: next()?,
-            fc_w: next()?,
-            fc_b: next()?,
-            out_w: next()?,
-            out_b: next()?,
+            ln1_w: vector(next(None)?)?,
+            ln1_b: vector(next(None)?)?,
+            attn_w: next(Some((h, 3 * h)))?,
+            attn_b: vector(next(None)?)?,
+            proj_w: next(Some((h, h)))?,
+            proj_b: vector(next(None)?)?,
+            ln2_w: vector(next(None)?)?,
+            ln2_b: vector(next(None)?)?,
+            fc_w: next(Some((h, inner)))?,
+            fc_b: vector(next(None)?)?,
+            out_w: next(Some((inner, h)))?,
+            out_b: vector(next(None)?)?,
         })
     }
 }
 
-/// Computes logits `[batch, seq, vocab]`; see [`super::run`] for the preconditions.
+/// The shape of one pass: `rows` sequences of `new` tokens each, at positions
+/// `past..past + new` (`past` is 0 without a cache).
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    /// Batch rows (beams).
+    pub rows: usize,
+    /// Tokens per row in this pass.
+    pub new: usize,
+    /// Positions already in the cache.
+    pub past: usize,
+    /// Read 16-bit weight matrices in place instead of widening them (a pass of a few tokens:
+    /// generation's decode steps). Verification never sets it, so its arithmetic is unchanged.
+    pub direct: bool,
+}
+
+/// Computes the logits `which` asks for, appending keys and values to `cache` when there is
+/// one; see [`super::run`] and [`super::run_cached`] for the preconditions.
 pub fn forward(
     model: &Model,
     ids: &[u32],
-    batch: usize,
-    seq: usize,
+    pass: Pass,
+    mut cache: Option<&mut KvCache>,
+    which: Logits,
     threads: usize,
 ) -> Result<Vec<f32>> {
     let c = &model.config;
@@ -191,81 +234,118 @@ pub fn forward(
     } else {
         Parallelism::Rayon(threads)
     };
-    // wte stays widened: the tied head needs it again at the end.
-    let mut wte_buf = Vec::new();
-    let wte = model.tensor_f32_in("wte.weight", &mut wte_buf, threads)?;
-    let mut x = embed(model, wte, ids, seq)?;
+    let mut x = embed(model, ids, pass)?;
     let mut bufs: [Vec<f32>; 12] = Default::default();
     for l in 0..c.n_layer {
-        let w = Layer::load(model, l, &mut bufs, threads)?;
-        let attn = Attention::new(c, l, seq);
-        attention_block(&mut x, &w, &attn, c.layer_norm_epsilon, threads, par);
-        mlp_block(&mut x, &w, c, par);
+        let w = Layer::load(model, l, &mut bufs, (threads, pass.direct))?;
+        let attn = Attention::new(c, l, pass.new, pass.past);
+        let layer_cache = cache.as_deref_mut().map(|kv| (l, kv));
+        attention_block(
+            &mut x,
+            &w,
+            &attn,
+            layer_cache,
+            c.layer_norm_epsilon,
+            threads,
+            par,
+        )?;
+        mlp_block(&mut x, &w, c, (par, threads));
     }
     drop(bufs);
+    if let Some(kv) = cache {
+        kv.len += pass.new;
+    }
     let (ln_w, ln_b) = (
         model.tensor_f32("ln_f.weight")?,
         model.tensor_f32("ln_f.bias")?,
     );
+    if which == Logits::Last {
+        x = last_rows(&x, pass, c.n_embd);
+    }
     layer_norm(&mut x, c.n_embd, &ln_w, &ln_b, c.layer_norm_epsilon);
-    let n = batch * seq;
-    let mut head_buf = Vec::new();
-    let head = if model.has_lm_head() {
-        model.tensor_f32_in("lm_head.weight", &mut head_buf, threads)?
+    let n = x.len() / c.n_embd;
+    let name = if model.has_lm_head() {
+        "lm_head.weight"
     } else {
-        wte
+        "wte.weight"
     };
+    if pass.direct {
+        let raw = model.tensor_raw(name)?;
+        if let Some(m) = HalfMatrix::new(raw, c.vocab_size, c.n_embd) {
+            return Ok(half::head(&x, m, threads));
+        }
+    }
+    let mut head_buf = Vec::new();
+    let head = model.tensor_f32_in(name, &mut head_buf, threads)?;
     Ok(lm_head(&x, head, n, c.n_embd, c.vocab_size, par))
 }
 
-/// `x[t] = wte[ids[t]] + wpe[t % seq]`.
-fn embed(model: &Model, wte: &[f32], ids: &[u32], seq: usize) -> Result<Vec<f32>> {
+/// The hidden state of each row's last token (LayerNorm is per token, so it can come after).
+fn last_rows(x: &[f32], pass: Pass, h: usize) -> Vec<f32> {
+    x.chunks_exact(pass.new * h)
+        .flat_map(|row| &row[(pass.new - 1) * h..])
+        .copied()
+        .collect()
+}
+
+/// `x[t] = wte[ids[t]] + wpe[past + t % new]`, reading only the rows needed.
+fn embed(model: &Model, ids: &[u32], pass: Pass) -> Result<Vec<f32>> {
     let h = model.config.n_embd;
-    let wpe = model.tensor_f32("wpe.weight")?;
     let mut x = vec![0f32; ids.len() * h];
+    let mut p = vec![0f32; h];
     for (i, (row, &id)) in x.chunks_exact_mut(h).zip(ids).enumerate() {
-        let (id, t) = (id as usize, i % seq);
-        let (e, p) = (&wte[id * h..(id + 1) * h], &wpe[t * h..(t + 1) * h]);
-        for ((v, &a), &b) in row.iter_mut().zip(e).zip(p) {
-            *v = a + b;
+        model.row_f32("wte.weight", id as usize, row)?;
+        model.row_f32("wpe.weight", pass.past + i % pass.new, &mut p)?;
+        for (v, &b) in row.iter_mut().zip(&p) {
+            *v += b;
         }
     }
     Ok(x)
 }
 
-/// `x += c_proj(attention(c_attn(ln_1(x))))`.
+/// `x += c_proj(attention(c_attn(ln_1(x))))`, the keys and values of this pass appended to
+/// layer `l` of the cache first when there is one.
 fn attention_block(
     x: &mut [f32],
     w: &Layer<'_>,
     attn: &Attention,
+    cache: Option<(usize, &mut KvCache)>,
     eps: f64,
     threads: usize,
     par: Parallelism,
-) {
+) -> Result<()> {
     let h = attn.h;
     let n = x.len() / h;
     let mut a = x.to_vec();
     layer_norm(&mut a, h, w.ln1_w, w.ln1_b, eps);
-    let qkv = conv1d(&a, n, h, w.attn_w, w.attn_b, 3 * h, par);
+    let qkv = conv1d(&a, n, h, w.attn_w, w.attn_b, 3 * h, (par, threads));
     drop(a);
-    let ctx = attention(&qkv, attn, threads);
+    let ctx = match cache {
+        None => attention(&qkv, Kv::in_qkv(&qkv, attn), attn, threads),
+        Some((l, kv)) => {
+            kv.store(l, &qkv, attn.seq)?;
+            let (k, v) = (&kv.k[l], &kv.v[l]);
+            attention(&qkv, Kv::in_cache(k, v, kv.capacity, h), attn, threads)
+        }
+    };
     drop(qkv);
-    let o = conv1d(&ctx, n, h, w.proj_w, w.proj_b, h, par);
+    let o = conv1d(&ctx, n, h, w.proj_w, w.proj_b, h, (par, threads));
     add_into(x, &o);
+    Ok(())
 }
 
 /// `x += mlp.c_proj(act(c_fc(ln_2(x))))`.
-fn mlp_block(x: &mut [f32], w: &Layer<'_>, c: &Config, par: Parallelism) {
+fn mlp_block(x: &mut [f32], w: &Layer<'_>, c: &Config, (par, threads): (Parallelism, usize)) {
     let (h, inner) = (c.n_embd, c.n_inner);
     let n = x.len() / h;
     let mut m = x.to_vec();
     layer_norm(&mut m, h, w.ln2_w, w.ln2_b, c.layer_norm_epsilon);
-    let mut f = conv1d(&m, n, h, w.fc_w, w.fc_b, inner, par);
+    let mut f = conv1d(&m, n, h, w.fc_w, w.fc_b, inner, (par, threads));
     drop(m);
     for v in f.iter_mut() {
         *v = activate(c.activation, *v);
     }
-    let o = conv1d(&f, n, inner, w.out_w, w.out_b, h, par);
+    let o = conv1d(&f, n, inner, w.out_w, w.out_b, h, (par, threads));
     add_into(x, &o);
 }
 

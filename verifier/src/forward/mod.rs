@@ -2,12 +2,17 @@
 //! Both devices compute in f32 whatever the stored dtype and read one layer's weights at a time.
 
 mod attention;
+pub mod cache;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod half;
 
 use std::fmt;
 use std::str::FromStr;
+
+pub use cache::KvCache;
+pub use cpu::Pass;
 
 use crate::error::{checked_product, Error, Result};
 use crate::model::{Activation, Model};
@@ -67,7 +72,15 @@ pub fn run(
     check_activations(model, tokens)?;
     let threads = opts.threads.clamp(1, MAX_THREADS);
     match opts.device {
-        Device::Cpu => cpu::forward(model, ids, batch, seq, threads),
+        Device::Cpu => {
+            let pass = Pass {
+                rows: batch,
+                new: seq,
+                past: 0,
+                direct: false,
+            };
+            cpu::forward(model, ids, pass, None, Logits::All, threads)
+        }
         #[cfg(feature = "cuda")]
         Device::Cuda(ordinal) => cuda::forward(model, ids, batch, seq, ordinal),
         #[cfg(not(feature = "cuda"))]
@@ -77,6 +90,61 @@ pub fn run(
                 .into(),
         )),
     }
+}
+
+/// Which positions a pass computes logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position: `[rows, new, vocab]` (verification).
+    All,
+    /// The last position of each row: `[rows, vocab]` (generation; the head is the largest
+    /// product, so the others are skipped).
+    Last,
+}
+
+/// One pass on the CPU over `new = ids.len() / cache.rows()` tokens per row at positions
+/// `cache.len()..cache.len() + new`: appends each layer's keys and values to `cache`, attends
+/// over cache + new, and returns the logits `which` asks for. The same code as [`run`], which is
+/// this pass with no cache.
+pub fn run_cached(
+    model: &Model,
+    ids: &[u32],
+    cache: &mut KvCache,
+    which: Logits,
+    threads: usize,
+) -> Result<Vec<f32>> {
+    let c = &model.config;
+    let rows = cache.rows();
+    let new = ids.len() / rows;
+    if new == 0
+        || new * rows != ids.len()
+        || cache.len() + new > cache.capacity()
+        || cache.h != c.n_embd
+        || cache.k.len() != c.n_layer
+        || ids.iter().any(|&i| i as usize >= c.vocab_size)
+    {
+        return Err(Error::Internal(format!(
+            "cached pass given {} ids for {rows} rows after {} of {} positions, unchecked",
+            ids.len(),
+            cache.len(),
+            cache.capacity()
+        )));
+    }
+    check_activations(model, ids.len())?;
+    let pass = Pass {
+        rows,
+        new,
+        past: cache.len(),
+        direct: ids.len() <= half::DIRECT_MAX_TOKENS,
+    };
+    cpu::forward(
+        model,
+        ids,
+        pass,
+        Some(cache),
+        which,
+        threads.clamp(1, MAX_THREADS),
+    )
 }
 
 /// The most bytes of activations (the residual stream, q/k/v, the attention context and the MLP's

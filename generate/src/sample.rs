@@ -1,0 +1,150 @@
+//! Choosing the next token from logits: greedy, and sampling in transformers' order
+//! (temperature, then top-k, then top-p, then a draw from the softmax).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Sampling settings. transformers' defaults are temperature 1.0, no top-k, no top-p;
+/// CPM-Generate's are temperature 0.9, top-k 0 and top-p 0 (both off).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Logits are divided by this (> 0).
+    pub temperature: f32,
+    /// Keep the k most likely tokens (None or 0: all).
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of most likely tokens whose probability reaches p (None or 1: all).
+    pub top_p: Option<f32>,
+    /// Seeds a ChaCha8 generator (`ChaCha8Rng::seed_from_u64`): the same seed gives the same
+    /// choices on every platform.
+    pub seed: u64,
+}
+
+/// The index of the largest logit; the first one on ties (as torch.argmax). NaN is never chosen
+/// unless every logit is NaN.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] || logits[best].is_nan() && !v.is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// A seeded sampler.
+pub struct Sampler {
+    cfg: Sampling,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    /// A sampler whose stream is fixed by `cfg.seed`.
+    pub fn new(cfg: Sampling) -> Self {
+        Sampler {
+            cfg,
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+        }
+    }
+
+    /// Draws the next token from `logits` (modified in place).
+    pub fn next(&mut self, logits: &mut [f32]) -> u32 {
+        for v in logits.iter_mut() {
+            *v /= self.cfg.temperature;
+        }
+        if let Some(k) = self.cfg.top_k.filter(|&k| k > 0 && k < logits.len()) {
+            top_k(logits, k);
+        }
+        if let Some(p) = self.cfg.top_p.filter(|&p| p < 1.0) {
+            top_p(logits, p);
+        }
+        let probs = softmax64(logits);
+        let u: f64 = self.rng.random();
+        let mut acc = 0.0;
+        let mut last = argmax(logits);
+        for (i, &p) in probs.iter().enumerate() {
+            if p > 0.0 {
+                acc += p;
+                last = i as u32;
+                if u < acc {
+                    return i as u32;
+                }
+            }
+        }
+        // Rounding left the sum just under u: the last token with any probability.
+        last
+    }
+}
+
+/// TopKLogitsWarper: every logit below the k-th largest becomes -inf (ties with it stay).
+fn top_k(logits: &mut [f32], k: usize) {
+    let mut sorted: Vec<f32> = logits.to_vec();
+    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+    let kth = sorted[k - 1];
+    for v in logits.iter_mut() {
+        if *v < kth {
+            *v = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// TopPLogitsWarper: sort ascending, remove the tokens whose cumulative probability is at most
+/// 1 - p, always keeping the most likely one.
+fn top_p(logits: &mut [f32], p: f32) {
+    let probs = softmax64(logits);
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[a].total_cmp(&logits[b]));
+    let mut cum = 0f64;
+    let last = order.len().saturating_sub(1);
+    for (rank, &i) in order.iter().enumerate() {
+        cum += probs[i];
+        if cum <= 1.0 - f64::from(p) && rank < last {
+            logits[i] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Softmax in f64 (all -inf gives all zero).
+pub fn softmax64(logits: &[f32]) -> Vec<f64> {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    if m == f32::NEG_INFINITY {
+        return vec![0.0; logits.len()];
+    }
+    let mut e: Vec<f64> = logits.iter().map(|&v| f64::from(v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    for v in e.iter_mut() {
+        *v /= s;
+    }
+    e
+}
+
+/// log_softmax in f32 with an f64 sum, as the beam scores need.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let s: f64 = logits.iter().map(|&v| f64::from(v - m).exp()).sum();
+    let ls = s.ln() as f32;
+    logits.iter().map(|&v| v - m - ls).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_then_top_p_keep_what_transformers_keeps() {
+        // probs of [2, 1, 0, -1] ~ [0.644, 0.237, 0.087, 0.032]
+        let mut l = vec![2.0, 1.0, 0.0, -1.0];
+        top_k(&mut l, 3);
+        assert_eq!(l[3], f32::NEG_INFINITY);
+        let mut l = vec![2.0, 1.0, 0.0, -1.0];
+        top_p(&mut l, 0.8); // 0.644 < 0.8: the second is needed too
+        assert!(l[0].is_finite() && l[1].is_finite() && l[2] == f32::NEG_INFINITY);
+        let mut l = vec![2.0, 1.0, 0.0, -1.0];
+        top_p(&mut l, 0.1); // the top token is always kept
+        assert!(l[0].is_finite() && l[1] == f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_maxima() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, f32::NAN]), 1);
+    }
+}
