@@ -24,7 +24,8 @@ Decoding (the first that applies):
                         sampling keys; we read only eos_token_id from it)
 
 Defaults, ours vs CPM-Generate's (the original scripts):
-  ours:          greedy; with --sample temperature 1.0, no top-k, no top-p (transformers')
+  ours:          greedy; with --sample temperature 1.0, no top-k, no top-p
+  transformers:  greedy; when sampling temperature 1.0, top-k 50, top-p 1.0 (--top-k 50)
   CPM-Generate:  sampling, temperature 0.9, top-k 0 and top-p 0 (off): plain sampling; to
                  match it: --sample --temperature 0.9
 
