@@ -107,14 +107,14 @@ impl Segmenter {
                 run_start.get_or_insert(at);
             } else {
                 if let Some(s) = run_start.take() {
-                    self.flush(&block[s..at], hmm, out);
+                    self.flush(block.get(s..at).unwrap_or_default(), hmm, out);
                 }
                 out.push(step);
             }
             at += step.len();
         }
         if let Some(s) = run_start {
-            self.flush(&block[s..at], hmm, out);
+            self.flush(block.get(s..at).unwrap_or_default(), hmm, out);
         }
     }
 

@@ -50,12 +50,14 @@ pub struct SpModel {
 }
 
 impl SpModel {
-    /// Reads and validates a `.model` file (see [`spm`] for what is refused).
+    /// Reads and validates a `.model` file (see [`spm`] for what is refused); a directory
+    /// stands for its `spiece.model` (else `chinese_vocab.model`).
     pub fn open(path: &Path) -> Result<SpModel> {
-        let (bytes, parsed) = spm::read(path)?;
+        let path = spm::resolve(path)?;
+        let (bytes, parsed) = spm::read(&path)?;
         let search = unigram::Search::new(&parsed);
         Ok(SpModel {
-            path: path.to_path_buf(),
+            path,
             bytes,
             parsed,
             search,
@@ -177,7 +179,7 @@ impl CpmTokenizer {
     }
     /// Opens a `.model` file, or a directory holding `spiece.model` (or `chinese_vocab.model`).
     pub fn open(path: &Path) -> Result<Self> {
-        Self::new(SpModel::open(&spm::resolve(path)?)?)
+        Self::new(SpModel::open(path)?)
     }
     /// The model underneath.
     pub fn model(&self) -> &SpModel {

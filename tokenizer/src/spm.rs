@@ -97,7 +97,7 @@ pub(crate) struct Normalizer {
 /// Everything read from a model file.
 pub(crate) struct Parsed {
     pub(crate) pieces: Vec<Piece>,
-    pub(crate) ids: HashMap<Box<str>, u32>,
+    pub(crate) ids: HashMap<Box<str>, u32, ahash::RandomState>,
     pub(crate) unk_id: u32,
     pub(crate) unk_surface: String,
     pub(crate) normalizer: Normalizer,
@@ -255,10 +255,10 @@ fn piece_type(kind: Option<i32>) -> Option<PieceType> {
     })
 }
 
-type Pieces = (Vec<Piece>, HashMap<Box<str>, u32>, u32);
+type Pieces = (Vec<Piece>, HashMap<Box<str>, u32, ahash::RandomState>, u32);
 
 fn pieces(bytes: &[u8], count: usize, path: &Path) -> Result<Pieces> {
-    let mut ids = HashMap::with_capacity(count);
+    let mut ids = HashMap::with_capacity_and_hasher(count, ahash::RandomState::new());
     let mut out = Vec::with_capacity(count);
     let mut unk = None;
     for (i, payload) in piece_fields(bytes).into_iter().enumerate() {

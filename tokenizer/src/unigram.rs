@@ -1,7 +1,11 @@
 //! sentencepiece's encoder for UNIGRAM models, written out so that piece types behave exactly as
-//! in sentencepiece (the `tokenizers` crate's `Unigram` matches every piece, CONTROL and UNKNOWN
-//! included, fuses runs of unknown characters and takes its minimum score over all pieces; it
-//! is used only for the Hugging Face `tokenizer.json`, see [`crate::hf`]).
+//! in sentencepiece. The `tokenizers` crate's `Unigram` is used only for the Hugging Face
+//! `tokenizer.json` ([`crate::hf`]), not here, because it differs from sentencepiece where the
+//! piece types matter: it matches every piece in text, CONTROL and UNKNOWN included (`<sep>`
+//! would become id 4), scores USER_DEFINED pieces with their stored score instead of
+//! sentencepiece's bonus, and takes its minimum (hence the `<unk>` score) over all pieces; and
+//! its Precompiled normalizer works per grapheme cluster instead of sentencepiece's longest
+//! match, and indexes the charsmap without bounds checks.
 //!
 //! Normalization (sentencepiece `Normalizer::Normalize`): at each position a USER_DEFINED piece
 //! is copied unchanged (longest one wins); otherwise the longest rule of the model's own
@@ -20,6 +24,8 @@
 //! CONTROL, UNKNOWN and UNUSED pieces are never matched from text. Adjacent unknown characters
 //! come out as one `<unk>` (recorded: `sp.encode("😀😃")` is `▁ <unk>`, ids `8 0`).
 
+use std::collections::HashMap;
+
 use crate::spm::Parsed;
 use crate::PieceType;
 
@@ -27,6 +33,9 @@ const SPACE: &str = "\u{2581}";
 
 /// What the search needs beyond the parsed model, computed once.
 pub(crate) struct Search {
+    /// For each first character, bit `k` set when a matchable piece of `k` characters starts
+    /// with it (bit 63: 63 or more), so the search looks up only lengths that exist.
+    lengths: HashMap<char, u64, ahash::RandomState>,
     min_score: f32,
     max_score: f32,
     max_piece_bytes: usize,
@@ -37,7 +46,13 @@ impl Search {
     pub(crate) fn new(m: &Parsed) -> Search {
         let (mut min_score, mut max_score) = (f32::MAX, f32::MIN_POSITIVE);
         let (mut max_piece_bytes, mut max_user_bytes) = (0, 0);
+        let mut lengths = HashMap::with_hasher(ahash::RandomState::new());
         for p in &m.pieces {
+            if matches!(p.kind, PieceType::Normal | PieceType::UserDefined) {
+                if let Some(c) = p.text.chars().next() {
+                    *lengths.entry(c).or_insert(0u64) |= 1 << p.text.chars().count().min(63);
+                }
+            }
             match p.kind {
                 PieceType::Normal => {
                     min_score = min_score.min(p.score);
@@ -52,6 +67,7 @@ impl Search {
             }
         }
         Search {
+            lengths,
             min_score,
             max_score,
             max_piece_bytes,
@@ -174,7 +190,16 @@ pub(crate) fn search<'a>(m: &Parsed, search: &Search, s: &'a str) -> Vec<(&'a st
         let here = best[at].score;
         let mblen = s[at..].chars().next().map_or(1, char::len_utf8);
         let mut single = false;
-        for end in char_ends(s, at, search.max_piece_bytes) {
+        let first = s[at..].chars().next().unwrap_or_default();
+        let mask = search.lengths.get(&first).copied().unwrap_or(0);
+        for (k, end) in char_ends(s, at, search.max_piece_bytes).enumerate() {
+            let bit = (k + 1).min(63);
+            if mask >> bit == 0 {
+                break; // no longer piece starts with this character
+            }
+            if mask & (1 << bit) == 0 {
+                continue;
+            }
             let Some(&id) = m.ids.get(&s[at..end]) else {
                 continue;
             };

@@ -105,3 +105,24 @@ fn direct_sentencepiece_vectors_released_model() {
 fn direct_sentencepiece_vectors_small_model_user_defined() {
     check_direct(small_model(), dir().join("small/sp_direct.jsonl"));
 }
+
+/// The original ids recorded next to transformers' output (fact 4) are ours too.
+#[test]
+fn transformers_fixture_original_ids_match() {
+    let tok = CpmTokenizer::open(&big_model()).unwrap();
+    let rows = jsonl(dir().join("transformers.jsonl"));
+    assert!(rows.len() >= 4);
+    for r in rows {
+        let text = r["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            ids(&r["original_ids"]),
+            "{text:?}"
+        );
+        assert_ne!(
+            tok.encode(text).unwrap(),
+            ids(&r["CpmTokenizer.encode"]),
+            "{text:?}: transformers agrees?"
+        );
+    }
+}

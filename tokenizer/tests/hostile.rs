@@ -102,3 +102,27 @@ fn decoding_an_id_outside_the_vocabulary_is_an_error() {
         "unk, control ids and <eod> as recorded"
     );
 }
+
+#[test]
+fn arbitrary_text_encodes_and_decodes_without_panicking() {
+    for model in [
+        "tokenizer/chinese_vocab.model",
+        "tokenizer/small/chinese_small.model",
+    ] {
+        let tok = CpmTokenizer::open(&testkit::fixtures().join(model)).unwrap();
+        for seed in 0..200u64 {
+            let bytes = testkit::noise(seed, (seed as usize * 37) % 700);
+            // Mix raw noise with characters the pipeline treats specially.
+            let mut text = String::from_utf8_lossy(&bytes).into_owned();
+            let mid = text
+                .char_indices()
+                .nth(text.chars().count() / 2)
+                .map_or(text.len(), |(i, _)| i);
+            text.insert_str(mid, " \r\n\t▂▃▁<eod><sep>今天3.5%v1.2.3 ");
+            let ids = tok.encode(&text).unwrap();
+            assert!(ids.iter().all(|&id| (id as usize) < tok.model().len()));
+            tok.decode(&ids).unwrap();
+            let _ = tok.encode_with(&text, false);
+        }
+    }
+}
