@@ -88,7 +88,7 @@ struct Cli {
     /// Seed for sampling (ChaCha8).
     #[arg(long)]
     seed: Option<u64>,
-    /// Beam search with N beams.
+    /// Beam search with N beams (1..=64).
     #[arg(long, conflicts_with_all = ["sample", "temperature", "top_k", "top_p"])]
     beams: Option<usize>,
     /// Stop when the continuation contains this text (which is not printed).
