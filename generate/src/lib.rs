@@ -21,6 +21,10 @@ use cpm_verify::Device;
 
 use engine::Engine;
 
+/// The most beams: each is a row of the KV cache and of every decode step (a beam search of
+/// CPM-LM-Large over 1024 positions holds 0.66 GB of cache per beam).
+pub const MAX_BEAMS: usize = 64;
+
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Strategy {
@@ -112,7 +116,9 @@ fn check(model: &Model, prompt: &[u32], s: &Settings) -> Result<()> {
         return Err(Error::Options("--max-new-tokens must be at least 1".into()));
     }
     match s.strategy {
-        Strategy::Beam(0) => Err(Error::Options("--beams must be at least 1".into())),
+        Strategy::Beam(n) if n == 0 || n > MAX_BEAMS => Err(Error::Options(format!(
+            "--beams {n} is outside 1..={MAX_BEAMS}"
+        ))),
         Strategy::Sample(p) if !(p.temperature > 0.0 && p.temperature.is_finite()) => Err(
             Error::Options(format!("--temperature {} must be > 0", p.temperature)),
         ),

@@ -4,8 +4,9 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Sampling settings. transformers' defaults are temperature 1.0, no top-k, no top-p;
-/// CPM-Generate's are temperature 0.9, top-k 0 and top-p 0 (both off).
+/// Sampling settings. Ours default to temperature 1.0, no top-k, no top-p; transformers'
+/// sampling defaults are temperature 1.0, top-k 50, top-p 1.0; CPM-Generate's are temperature
+/// 0.9, top-k 0 and top-p 0 (both off: plain sampling).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
     /// Logits are divided by this (> 0).

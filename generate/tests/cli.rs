@@ -96,6 +96,7 @@ fn bad_prompts_and_flags_exit_2() {
         vec!["--prompt-ids", "1 x"],   // not an id
         vec!["--prompt-ids", "99999"], // outside the vocabulary
         vec!["--prompt-ids", "1", "--beams", "0"],
+        vec!["--prompt-ids", "1", "--beams", "100000"],
         vec!["--prompt-ids", "1", "--temperature", "0"],
         vec!["--prompt-ids", "1", "--top-p", "1.5"],
         vec!["--prompt-ids", "1", "--max-new-tokens", "0"],

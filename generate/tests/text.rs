@@ -97,3 +97,33 @@ fn a_prompt_from_a_file_is_the_same_prompt_and_empty_text_is_refused() {
     assert_eq!(out.code, Some(2));
     assert!(out.stderr.contains("empty"), "{}", out.stderr);
 }
+
+#[test]
+fn a_prompt_on_stdin_is_read_when_no_other_is_given() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let m = "vocab30000";
+    let r = &records(m)[4];
+    let mut a = text_args(m, r, &[]);
+    let i = a.iter().position(|s| s == "--prompt").unwrap();
+    a.drain(i..i + 2);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cpm-generate"))
+        .args(&a)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(r.prompt.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\n", r.greedy_text)
+    );
+}

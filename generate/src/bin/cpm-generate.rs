@@ -24,7 +24,8 @@ Decoding (the first that applies):
                         sampling keys; we read only eos_token_id from it)
 
 Defaults, ours vs CPM-Generate's (the original scripts):
-  ours:          greedy; with --sample temperature 1.0, no top-k, no top-p (transformers')
+  ours:          greedy; with --sample temperature 1.0, no top-k, no top-p
+  transformers:  greedy; when sampling temperature 1.0, top-k 50, top-p 1.0 (--top-k 50)
   CPM-Generate:  sampling, temperature 0.9, top-k 0 and top-p 0 (off): plain sampling; to
                  match it: --sample --temperature 0.9
 
@@ -87,7 +88,7 @@ struct Cli {
     /// Seed for sampling (ChaCha8).
     #[arg(long)]
     seed: Option<u64>,
-    /// Beam search with N beams.
+    /// Beam search with N beams (1..=64).
     #[arg(long, conflicts_with_all = ["sample", "temperature", "top_k", "top_p"])]
     beams: Option<usize>,
     /// Stop when the continuation contains this text (which is not printed).
@@ -153,12 +154,23 @@ fn usage_error(e: clap::Error) -> ExitCode {
     e.exit()
 }
 
-fn threads(cli: &Cli) -> usize {
-    cli.threads
-        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .min(cpm_verify::forward::MAX_THREADS)
+fn threads(cli: &Cli, warnings: &mut Vec<String>) -> usize {
+    let max = cpm_verify::forward::MAX_THREADS;
+    let all = || std::thread::available_parallelism().map_or(1, |n| n.get());
+    let asked = cli
+        .threads
+        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok());
+    match asked {
+        // RAYON_NUM_THREADS=0 means "all cores" to rayon; --threads 0 is clamped like too many.
+        Some(0) if cli.threads.is_none() => all().min(max),
+        Some(n) if (1..=max).contains(&n) => n,
+        Some(n) => {
+            let used = n.clamp(1, max);
+            warnings.push(format!("--threads {n} is outside 1..={max}; using {used}"));
+            used
+        }
+        None => all().min(max),
+    }
 }
 
 fn strategy(cli: &Cli, warnings: &mut Vec<String>) -> anyhow::Result<Strategy> {
@@ -311,7 +323,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         strategy,
         eos: eos.clone(),
         device: cli.device,
-        threads: threads(cli),
+        threads: threads(cli, &mut warnings),
     };
     let stop_text = cli.stop.as_deref();
     let mut printed = String::new();
