@@ -14,6 +14,9 @@
 //!                                       transpose), NaN/Inf check, cast
 //! write                  streaming safetensors + config.json + SHA256SUMS, staged and
 //!                                       renamed into place
+//! export                 or (`--to cpm|megatron`): each merged tensor split again by the
+//!                                       target family's mapping into rank files written by
+//!                                       our own torch.save (pickle + zip), + SHA256SUMS
 //! tokenizer_files        with a tokenizer: spiece.model, tokenizer.json, tokenizer_config.json,
 //!                                       the Python tokenizer, generation_config.json, and
 //!                                       config.json's bos/eos ids from its `<eod>`
@@ -26,6 +29,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod diff;
 pub mod error;
+pub mod export;
 pub mod gpt2_config;
 pub mod inspect;
 pub mod layout;
@@ -63,6 +67,8 @@ pub struct Options {
     pub family: Family,
     /// The tokenizer the port ships: given, looked for beside the input, or none.
     pub tokenizer: tokenizer_files::Choice,
+    /// The output layout and its model-parallel grid (`--to`, `--tp`, `--pp`).
+    pub export: export::Export,
 }
 
 /// Hooks for a user interface; all optional.
@@ -113,7 +119,12 @@ pub fn plan(src: &Source, hints: plan::Hints, dtype: OutDtype) -> Result<Plan> {
 /// Convert end to end: read -> plan -> merge -> write.
 pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let started = Instant::now();
-    let located = tokenizer_files::locate(&opts.input, &opts.tokenizer);
+    let rank_format = opts.export.target.format();
+    // Model-parallel layouts carry no tokenizer.
+    let located = match rank_format {
+        None => tokenizer_files::locate(&opts.input, &opts.tokenizer),
+        Some(_) => None,
+    };
     // Refuse an OUT_DIR that is, holds or lies inside an input, then a non-empty one, before
     // doing any work.
     let mut extra: Vec<&Path> = located.iter().map(|l| l.path.as_path()).collect();
@@ -133,6 +144,10 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
             name: a.clone(),
             source: "--activation".into(),
         };
+    }
+    if let Some(fmt) = rank_format {
+        // Refuse a grid the model cannot be split on before anything is created.
+        export::place(&plan, &opts.export, fmt)?;
     }
     let mut log = Log::new(progress);
     for n in &plan.notes {
@@ -171,8 +186,9 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
         tensor_bytes: plan.total_bytes(),
         model_file_bytes: files
             .iter()
-            .find(|f| f.name == "model.safetensors")
-            .map_or(0, |f| f.bytes),
+            .filter(|f| f.name.ends_with(".safetensors") || f.name.ends_with(".pt"))
+            .map(|f| f.bytes)
+            .sum(),
         files,
         tokenizer: tokenizer.map(|t| t.report(plan.vocab)),
         seconds: started.elapsed().as_secs_f64(),
@@ -218,9 +234,22 @@ fn write_all(
         Some(t) => t.ids,
         None => gpt2_config::mapping_token_ids(plan, &src.mapping),
     };
-    let model = write_model(src, plan, opts, dir, log)?;
-    let config = write_config(src, plan, ids, dir, log)?;
-    let mut files = vec![model, config];
+    let mut files = match opts.export.target.format() {
+        Some(fmt) => {
+            let it = export::Iteration::of_input(&opts.input);
+            let (progress, warnings) = (log.progress, &mut log.warnings);
+            let mut warn = |w: String| {
+                progress.warn(&w);
+                warnings.push(w);
+            };
+            let (e, strict) = (&opts.export, opts.strict);
+            export::write(src, plan, e, fmt, &it, strict, dir, progress, &mut warn)?
+        }
+        None => {
+            let model = write_model(src, plan, opts, dir, log)?;
+            vec![model, write_config(src, plan, ids, dir, log)?]
+        }
+    };
     if let Some(t) = tokenizer {
         files.extend(t.write(dir, plan.positions)?);
     }

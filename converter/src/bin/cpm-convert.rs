@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use cpm_convert::cli::{emit, emit_json, usage_error, JsonError, ModelArgs};
+use cpm_convert::export::{Export, Target};
 use cpm_convert::table;
 use cpm_convert::tokenizer_files::Choice;
 use cpm_convert::write::OutputFile;
@@ -117,6 +118,36 @@ struct Cli {
     /// Write no tokenizer files, even if a tokenizer lies beside INPUT.
     #[arg(long)]
     no_tokenizer: bool,
+
+    /// Output layout: hf (a Hugging Face GPT-2 directory), cpm (CPM-Generate's
+    /// ITERATION/mp_rank_XX_model_states.pt, what change_mp.py writes) or megatron (Megatron-LM's
+    /// iter_NNNNNNN/mp_rank_TT[_PPP]/model_optim_rng.pt, checkpoint_version 3.0).
+    #[arg(long, value_enum, default_value_t = ToArg::Hf)]
+    to: ToArg,
+
+    /// Tensor-parallel ranks to write (--to cpm|megatron): heads, FFN width and vocabulary must
+    /// divide by it.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=512))]
+    tp: u64,
+
+    /// Pipeline stages to write (--to megatron; at most the layer count).
+    #[arg(long, value_name = "M", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=512))]
+    pp: u64,
+
+    /// --to megatron pads the vocabulary with zero rows to a multiple of this times --tp
+    /// (Megatron's --make-vocab-size-divisible-by).
+    #[arg(long, value_name = "N", default_value_t = 128,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pad_vocab_multiple: u64,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ToArg {
+    Hf,
+    Cpm,
+    Megatron,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -265,6 +296,24 @@ fn fail(cli: &Cli, ui: &Ui, e: &anyhow::Error) -> ExitCode {
     }
 }
 
+/// `--to`, `--tp`, `--pp`: a grid other than 1 x 1 needs a model-parallel layout.
+fn export_choice(cli: &Cli) -> anyhow::Result<Export> {
+    let target = match cli.to {
+        ToArg::Hf => Target::Hf,
+        ToArg::Cpm => Target::Cpm,
+        ToArg::Megatron => Target::Megatron,
+    };
+    if target == Target::Hf && (cli.tp > 1 || cli.pp > 1) {
+        anyhow::bail!("--tp and --pp above 1 need --to cpm or --to megatron");
+    }
+    Ok(Export {
+        target,
+        tp: cli.tp as usize,
+        pp: cli.pp as usize,
+        pad_vocab_multiple: cli.pad_vocab_multiple,
+    })
+}
+
 fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
     let dtype = match cli.dtype {
         DtypeArg::Keep => OutDtype::Keep,
@@ -290,6 +339,7 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         strict: cli.strict,
         family: cli.model.family(),
         tokenizer: tokenizer_choice(cli),
+        export: export_choice(cli)?,
     };
     let summary = cpm_convert::convert(&opts, ui)?;
     ui.bar.finish_and_clear();
