@@ -36,6 +36,7 @@ pub mod layout;
 pub mod mapping;
 pub mod merge;
 pub mod plan;
+pub mod shards;
 pub mod source;
 pub mod table;
 pub mod tokenizer_files;
@@ -69,6 +70,8 @@ pub struct Options {
     pub tokenizer: tokenizer_files::Choice,
     /// The output layout and its model-parallel grid (`--to`, `--tp`, `--pp`).
     pub export: export::Export,
+    /// `--max-shard-size`: Hugging Face output split into shards of at most this many bytes.
+    pub max_shard_size: Option<u64>,
 }
 
 /// Hooks for a user interface; all optional.
@@ -246,8 +249,9 @@ fn write_all(
             export::write(src, plan, e, fmt, &it, strict, dir, progress, &mut warn)?
         }
         None => {
-            let model = write_model(src, plan, opts, dir, log)?;
-            vec![model, write_config(src, plan, ids, dir, log)?]
+            let mut files = write_models(src, plan, opts, dir, log)?;
+            files.push(write_config(src, plan, ids, dir, log)?);
+            files
         }
     };
     if let Some(t) = tokenizer {
@@ -263,17 +267,62 @@ fn write_all(
     Ok(files)
 }
 
-/// Stream every merged tensor into `dir/model.safetensors`, one tensor at a time.
-fn write_model(
+/// `model.safetensors`, or with `--max-shard-size` the shards transformers would write and their
+/// index (the copies a checkpoint keeps are checked once, after the last shard).
+fn write_models(
     src: &Source,
     plan: &Plan,
     opts: &Options,
     dir: &Path,
     log: &mut Log,
+) -> Result<Vec<write::OutputFile>> {
+    let shards = match opts.max_shard_size {
+        Some(max) => shards::split(&plan.entries, max),
+        None => Vec::new(),
+    };
+    if shards.len() < 2 {
+        return Ok(vec![write_model(
+            src,
+            plan,
+            opts,
+            dir,
+            "model.safetensors",
+            log,
+        )?]);
+    }
+    log.progress.begin(plan.total_bytes());
+    let mut files = Vec::with_capacity(shards.len() + 1);
+    for (k, entries) in shards.iter().enumerate() {
+        let mut part = plan.clone();
+        part.entries = entries.clone();
+        part.checks.clear();
+        let name = shards::file_name(k, shards.len());
+        files.push(write_model(src, &part, opts, dir, &name, log)?);
+    }
+    src.check_copies(plan)?;
+    let index = shards::index(plan, &shards)?;
+    files.push(write_small(
+        dir,
+        "model.safetensors.index.json",
+        index.as_bytes(),
+    )?);
+    Ok(files)
+}
+
+/// Stream every merged tensor of `plan` into `dir/name`, one tensor at a time.
+fn write_model(
+    src: &Source,
+    plan: &Plan,
+    opts: &Options,
+    dir: &Path,
+    name: &str,
+    log: &mut Log,
 ) -> Result<write::OutputFile> {
     let header = write::safetensors_header(plan, &write::model_metadata(&src.ranks, plan))?;
-    log.progress.begin(plan.total_bytes());
-    let path = dir.join("model.safetensors");
+    if opts.max_shard_size.is_none() {
+        log.progress.begin(plan.total_bytes());
+    }
+    let path = dir.join(name);
     let (sha256, bytes) = write::stream_model(&path, |sink| {
         sink.put(header.into())?;
         for e in &plan.entries {
@@ -304,7 +353,7 @@ fn write_model(
         src.check_copies(plan)
     })?;
     Ok(write::OutputFile {
-        name: "model.safetensors".into(),
+        name: name.into(),
         bytes,
         sha256,
     })

@@ -260,3 +260,56 @@ fn megatron_pads_the_vocabulary_to_the_multiple_times_tp() {
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(plan["vocab"], 1008, "{}", r.stdout);
 }
+
+/// `--max-shard-size`: shards named and grouped as huggingface_hub's splitter does (tensors in
+/// file order, a new shard when the next would pass the limit, a larger tensor alone), an index
+/// with transformers' fields, and the same model as one file (cpm-diff reads the sharded
+/// directory through its index).
+#[test]
+fn max_shard_size_writes_shards_and_an_index_of_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, sharded) = (dir.path().join("one"), dir.path().join("sharded"));
+    convert_ok(&tiny("ckpt"), &one, &["--no-tokenizer"]);
+    convert_ok(
+        &tiny("ckpt"),
+        &sharded,
+        &["--no-tokenizer", "--max-shard-size", "100KB"],
+    );
+    let index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sharded.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    // transformers' save_pretrained of the same model (fixtures/tiny/hf) reports these totals.
+    assert_eq!(index["metadata"]["total_size"], 336384);
+    assert_eq!(index["metadata"]["total_parameters"], 168192);
+    let map = index["weight_map"].as_object().unwrap();
+    assert_eq!(map.len(), 28);
+    // The 128,000-byte embedding is larger than the limit: a shard of its own, the first.
+    assert_eq!(
+        map["transformer.wte.weight"],
+        "model-00001-of-00004.safetensors"
+    );
+    for k in 1..=4 {
+        let f = sharded.join(format!("model-{k:05}-of-00004.safetensors"));
+        let n = std::fs::metadata(&f).unwrap().len();
+        assert!(k == 1 || n < 100_000 + 4096, "{}: {n} bytes", f.display());
+    }
+    assert!(!sharded.join("model.safetensors").exists());
+    let r = testkit::run(
+        env!("CARGO_BIN_EXE_cpm-diff"),
+        &[one.as_os_str(), sharded.as_os_str(), "--values".as_ref()],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    // The limit applies to hf output only.
+    let r = convert(&[
+        tiny("ckpt").as_os_str(),
+        "-o".as_ref(),
+        dir.path().join("x").as_os_str(),
+        "--to".as_ref(),
+        "cpm".as_ref(),
+        "--max-shard-size".as_ref(),
+        "1GB".as_ref(),
+    ]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+}

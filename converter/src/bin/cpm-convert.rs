@@ -141,6 +141,16 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 128,
           value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pad_vocab_multiple: u64,
+
+    /// --to hf: split the model into model-0000K-of-0000N.safetensors files of at most SIZE
+    /// (2GB, 500MB: decimal units, or bytes) and model.safetensors.index.json, as transformers'
+    /// save_pretrained(max_shard_size=...) does. Default: one model.safetensors.
+    #[arg(long, value_name = "SIZE", value_parser = parse_shard_size)]
+    max_shard_size: Option<u64>,
+}
+
+fn parse_shard_size(s: &str) -> Result<u64, String> {
+    cpm_convert::shards::parse_size(s).map_err(|e| e.to_string())
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -306,6 +316,9 @@ fn export_choice(cli: &Cli) -> anyhow::Result<Export> {
     if target == Target::Hf && (cli.tp > 1 || cli.pp > 1) {
         anyhow::bail!("--tp and --pp above 1 need --to cpm or --to megatron");
     }
+    if target != Target::Hf && cli.max_shard_size.is_some() {
+        anyhow::bail!("--max-shard-size applies to --to hf only");
+    }
     Ok(Export {
         target,
         tp: cli.tp as usize,
@@ -340,6 +353,7 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         family: cli.model.family(),
         tokenizer: tokenizer_choice(cli),
         export: export_choice(cli)?,
+        max_shard_size: cli.max_shard_size,
     };
     let summary = cpm_convert::convert(&opts, ui)?;
     ui.bar.finish_and_clear();
