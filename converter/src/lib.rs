@@ -151,6 +151,7 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     if let Some(fmt) = rank_format {
         // Refuse a grid the model cannot be split on before anything is created.
         export::place(&plan, &opts.export, fmt)?;
+        plan.notes.extend(export::notes(&plan, &opts.export));
     }
     let mut log = Log::new(progress);
     for n in &plan.notes {

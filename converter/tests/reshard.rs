@@ -313,3 +313,112 @@ fn max_shard_size_writes_shards_and_an_index_of_the_same_model() {
     ]);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
 }
+
+/// Every family the converter reads exports to Megatron (tp 2; pp 2) and CPM (tp 1), and reads back
+/// as the same model it converts to directly. An untied head (megatron-core's `output_layer`, an
+/// HF `lm_head`) has no place in CPM-LM's layout: refused with exit 2; Megatron's
+/// `output_layer` holds it.
+#[test]
+fn every_family_exports_and_reads_back_as_the_direct_conversion() {
+    let families = testkit::fixtures().join("families");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, file) in [
+        ("megatron-v0", ""),
+        ("megatron-v1", ""),
+        ("megatron-v2", ""),
+        ("megatron-v3-tp2-pp2", ""),
+        ("megatron-v3-erf", ""),
+        ("mcore-tp2-local", ""),
+        ("mcore-tp2-te", ""),
+        ("nanogpt-nobias", "ckpt.pt"),
+        ("nanogpt-compiled", "ckpt.pt"),
+        ("hf-bin-sharded", ""),
+        ("hf-safetensors-untied", ""),
+        ("hf-legacy-bin", ""),
+    ] {
+        let input = families.join(name).join(file);
+        let direct = dir.path().join(format!("{name}-hf"));
+        convert_ok(&input, &direct, &["--no-tokenizer"]);
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(direct.join("config.json")).unwrap()).unwrap();
+        let heads = config["n_head"].to_string();
+        let vocab = config["vocab_size"].to_string();
+        let want = tensors(&direct);
+        for (to, tp, pp) in [
+            ("megatron", "2", "1"),
+            ("megatron", "1", "2"),
+            ("cpm", "1", "1"),
+        ] {
+            let out = dir.path().join(format!("{name}-{to}-{tp}-{pp}"));
+            let mut args: Vec<&OsStr> = vec![input.as_os_str(), "-o".as_ref(), out.as_os_str()];
+            args.extend(["--to", to, "--tp", tp, "--pp", pp, "-q"].map(OsStr::new));
+            let r = convert(&args);
+            let untied = want.0.iter().any(|(k, _)| k == "lm_head.weight");
+            if to == "cpm" && untied {
+                assert_eq!(r.code, Some(2), "{name}: {}", r.stderr);
+                assert!(r.stderr.contains("lm_head.weight"), "{}", r.stderr);
+                continue;
+            }
+            assert_eq!(r.code, Some(0), "{name} --to {to}: {}", r.stderr);
+            let back = dir.path().join(format!("{name}-{to}-{tp}-{pp}-hf"));
+            convert_ok(&out, &back, &["--heads", &heads, "--vocab-size", &vocab]);
+            let got = tensors(&back);
+            assert_eq!(got.0, want.0, "{name} --to {to}: tensor list");
+            assert!(got.1 == want.1, "{name} --to {to}: tensor data differ");
+        }
+    }
+}
+
+/// Our writer's output is an input like any other, so the reader's hostile-input rules hold for
+/// it too: one of our rank files cut short at many points, or with its zip directory or pickle
+/// damaged, is refused with exit 2 (no panic, nothing written).
+#[test]
+fn damaged_copies_of_our_rank_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    convert_ok(&tiny("ckpt"), &good, &["--to", "cpm", "--tp", "2"]);
+    let rank1 = good.join("100/mp_rank_01_model_states.pt");
+    let bytes = std::fs::read(&rank1).unwrap();
+    let mut damaged: Vec<(String, Vec<u8>)> = (1..16)
+        .map(|k| {
+            (
+                format!("cut at {k}/16"),
+                bytes[..bytes.len() * k / 16].to_vec(),
+            )
+        })
+        .collect();
+    let mut garbled_end = bytes.clone();
+    let n = garbled_end.len();
+    garbled_end[n - 200..n - 30].fill(0xa5);
+    damaged.push(("central directory garbled".into(), garbled_end));
+    let mut garbled_pickle = bytes.clone();
+    garbled_pickle[64..200].fill(b'(');
+    damaged.push(("data.pkl garbled".into(), garbled_pickle));
+    for (what, data) in damaged {
+        let input = dir.path().join("in");
+        let _ = std::fs::remove_dir_all(&input);
+        std::fs::create_dir_all(input.join("100")).unwrap();
+        std::fs::copy(
+            good.join("latest_checkpointed_iteration.txt"),
+            input.join("latest_checkpointed_iteration.txt"),
+        )
+        .unwrap();
+        std::fs::copy(
+            good.join("100/mp_rank_00_model_states.pt"),
+            input.join("100/mp_rank_00_model_states.pt"),
+        )
+        .unwrap();
+        std::fs::write(input.join("100/mp_rank_01_model_states.pt"), data).unwrap();
+        let out = dir.path().join("out");
+        let r = convert(&[
+            input.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--heads".as_ref(),
+            "4".as_ref(),
+        ]);
+        assert_eq!(r.code, Some(2), "{what}: {}", r.stderr);
+        assert!(r.stderr.contains("error:"), "{what}: {}", r.stderr);
+        assert!(!out.exists(), "{what}: output left behind");
+    }
+}

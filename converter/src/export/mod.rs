@@ -20,7 +20,7 @@ use crate::plan::Plan;
 use crate::write::OutputFile;
 use crate::{merge, Progress, Source};
 
-pub use place::{place, Placed};
+pub use place::{notes, place, Placed};
 
 /// The output layout (`--to`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

@@ -64,19 +64,41 @@ pub fn place(plan: &Plan, opts: &Export, fmt: &dyn RankFormat) -> Result<Vec<Pla
         let name = source_name(rule, bid.map(|_| stage.1));
         let mut placed = placed(e, rule, split_of(rule, &mapping, fmt)?, opts, fmt, plan)?;
         placed.dests.push((stage.0, name));
-        // The tied embedding's copy on the last stage (Megatron's word_embeddings_for_head).
+        // The tied embedding's copy on the last stage (Megatron's word_embeddings_for_head),
+        // unless the model has its own head (a rule tied to the same tensor is written).
+        let untied = mapping
+            .tensors
+            .iter()
+            .any(|r| r.tied_to.as_ref() == Some(&e.target) && plan.entry(&r.target).is_some());
         for copy in mapping
             .tensors
             .iter()
             .filter(|c| c.copy_of.as_ref() == Some(&e.target))
         {
-            if grid.pp > 1 {
+            if grid.pp > 1 && !untied {
                 placed.dests.push((grid.pp - 1, source_name(copy, None)));
             }
         }
         out.push(placed);
     }
     Ok(out)
+}
+
+/// What the user should know about a grid that can be written: stages of unequal length, which
+/// Megatron-LM's legacy loader refuses (`num_layers % pipeline size == 0`).
+pub fn notes(plan: &Plan, opts: &Export) -> Vec<String> {
+    let pp = opts.pp.max(1) as u64;
+    if pp > 1 && plan.layers % pp != 0 {
+        vec![format!(
+            "--pp {pp}: {} layers do not divide into {pp} equal stages; the first {} stage(s) \
+             get one layer more. Megatron-LM's legacy model asserts equal stages, so only \
+             readers that count each stage's layers (this converter, cpm-diff) read it",
+            plan.layers,
+            plan.layers % pp
+        )]
+    } else {
+        Vec::new()
+    }
 }
 
 fn check_grid(plan: &Plan, grid: Grid, fmt: &dyn RankFormat) -> Result<()> {
