@@ -225,6 +225,10 @@ fn sizes_that_do_not_divide_are_refused_before_writing() {
         ),
         (&["--to", "cpm", "--pp", "2"][..], "only --to megatron"),
         (&["--tp", "2"][..], "need --to cpm or --to megatron"),
+        (
+            &["--to", "cpm", "--tokenizer", "x.model"][..],
+            "--tokenizer applies to --to hf",
+        ),
     ] {
         let ckpt = tiny("ckpt");
         let mut all: Vec<&OsStr> = vec![ckpt.as_os_str(), "-o".as_ref(), out.as_os_str()];

@@ -29,6 +29,10 @@ Examples:
       a nanoGPT checkpoint
   cpm-convert model.pt --dry-run
       show what would be written, reading only the checkpoint's structure
+  cpm-convert CPM-large -o CPM-large-mp1 --to cpm --tp 1
+      re-shard to one rank in CPM-Generate's layout (what its change_mp.py does)
+  cpm-convert CPM-large -o cpm-megatron --to megatron --tp 2 --pp 2
+      export to Megatron-LM (checkpoint_version 3.0), vocabulary padded to 128 x tp
 
 INPUT is a checkpoint root holding latest_checkpointed_iteration.txt, an iteration directory
 (80000/, iter_0000100/, release/) holding mp_rank_XX[_YYY] rank files, a Hugging Face directory,
@@ -38,6 +42,9 @@ recognised from its structure; --from names it.
 OUT_DIR receives model.safetensors, config.json and SHA256SUMS (check with
 `cd OUT_DIR && sha256sum -c SHA256SUMS`). It is written in a temporary directory beside it
 and renamed into place only when complete; a failed run leaves nothing behind.
+
+With --to cpm|megatron, OUT_DIR receives latest_checkpointed_iteration.txt, the rank files
+(read by torch.load(weights_only=True)) and SHA256SUMS, and no tokenizer or config.json.
 
 With a tokenizer (--tokenizer, or a spiece.model or chinese_vocab.model found in INPUT or its
 parent; --no-tokenizer for none), OUT_DIR also receives spiece.model, tokenizer.json,
@@ -318,6 +325,9 @@ fn export_choice(cli: &Cli) -> anyhow::Result<Export> {
     }
     if target != Target::Hf && cli.max_shard_size.is_some() {
         anyhow::bail!("--max-shard-size applies to --to hf only");
+    }
+    if target != Target::Hf && cli.tokenizer.is_some() {
+        anyhow::bail!("--tokenizer applies to --to hf only: model-parallel layouts carry none");
     }
     Ok(Export {
         target,
