@@ -240,14 +240,20 @@ fn write_all(
     };
     let mut files = match opts.export.target.format() {
         Some(fmt) => {
-            let it = export::Iteration::of_input(&opts.input);
+            let job = export::Job {
+                src,
+                plan,
+                opts: &opts.export,
+                fmt,
+                iteration: export::Iteration::of_input(&opts.input),
+                strict: opts.strict,
+            };
             let (progress, warnings) = (log.progress, &mut log.warnings);
             let mut warn = |w: String| {
                 progress.warn(&w);
                 warnings.push(w);
             };
-            let (e, strict) = (&opts.export, opts.strict);
-            export::write(src, plan, e, fmt, &it, strict, dir, progress, &mut warn)?
+            export::write(&job, dir, progress, &mut warn)?
         }
         None => {
             let mut files = write_models(src, plan, opts, dir, log)?;

@@ -128,20 +128,34 @@ pub trait RankFormat: Sync {
     fn top(&self, weights: pickler::Py, grid: Grid, it: &Iteration) -> pickler::Py;
 }
 
+/// One export: what to write from where.
+pub struct Job<'a> {
+    pub src: &'a Source,
+    pub plan: &'a Plan,
+    pub opts: &'a Export,
+    pub fmt: &'a dyn RankFormat,
+    pub iteration: Iteration,
+    /// NaN/Inf in a weight is an error.
+    pub strict: bool,
+}
+
 /// Every rank file and the tracker into `dir`, each tensor merged, split and appended as it is
 /// read. Returns the files written (SHA256SUMS is the caller's).
-#[allow(clippy::too_many_arguments)]
 pub fn write(
-    src: &Source,
-    plan: &Plan,
-    opts: &Export,
-    fmt: &dyn RankFormat,
-    it: &Iteration,
-    strict: bool,
+    job: &Job<'_>,
     dir: &Path,
     progress: &dyn Progress,
     warn: &mut dyn FnMut(String),
 ) -> Result<Vec<OutputFile>> {
+    let Job {
+        src,
+        plan,
+        opts,
+        fmt,
+        strict,
+        ..
+    } = *job;
+    let it = &job.iteration;
     let grid = Grid {
         tp: opts.tp,
         pp: opts.pp,

@@ -264,9 +264,10 @@ pub struct FileSpec {
 /// Every rank file's object tree, storages numbered in the order [`super::write`] appends them.
 pub fn files(placed: &[Placed], fmt: &dyn RankFormat, grid: Grid, it: &Iteration) -> Vec<FileSpec> {
     let n = grid.tp * grid.pp;
-    let mut trees: Vec<Vec<(Vec<String>, TensorMeta)>> = vec![Vec::new(); n];
+    // (is a copy, key path, tensor) per file.
+    let mut trees: Vec<Vec<(bool, Vec<String>, TensorMeta)>> = vec![Vec::new(); n];
     for p in placed {
-        for (stage, name) in &p.dests {
+        for (d, (stage, name)) in p.dests.iter().enumerate() {
             for r in 0..grid.tp {
                 let list = &mut trees[stage * grid.tp + r];
                 let meta = TensorMeta {
@@ -274,18 +275,22 @@ pub fn files(placed: &[Placed], fmt: &dyn RankFormat, grid: Grid, it: &Iteration
                     dtype: p.entry.dtype,
                     shape: p.part_shape.clone(),
                 };
-                list.push((fmt.nest(name), meta));
+                list.push((d > 0, fmt.nest(name), meta));
             }
         }
     }
     trees
         .into_iter()
         .enumerate()
-        .map(|(i, list)| {
+        .map(|(i, mut list)| {
             let slot = Slot {
                 tp: i % grid.tp,
                 pp: i / grid.tp,
             };
+            // Copies after the model's own tensors, as Megatron's state dict orders them
+            // (storage keys stay in write order).
+            list.sort_by_key(|(copy, _, _)| *copy);
+            let list: Vec<_> = list.into_iter().map(|(_, path, m)| (path, m)).collect();
             let storages = list.len();
             let top = fmt.top(nested(list), grid, it);
             FileSpec {
