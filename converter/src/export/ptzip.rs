@@ -37,6 +37,8 @@ pub struct PtWriter {
     pos: u64,
     records: Vec<Record>,
     storages: usize,
+    /// Bytes handed to the disk so far (see `write`'s writeback windows).
+    flushed: u64,
 }
 
 impl PtWriter {
@@ -56,6 +58,7 @@ impl PtWriter {
             pos: 0,
             records: Vec::new(),
             storages: 0,
+            flushed: 0,
         };
         w.record("data.pkl", &[Cow::Borrowed(pickle)])?;
         w.record(".format_version", &[Cow::Borrowed(b"1")])?;
@@ -120,6 +123,18 @@ impl PtWriter {
             .map_err(|e| Error::io(&self.path, "cannot write", e))?;
         self.hash.update(bytes);
         self.pos += bytes.len() as u64;
+        // As the safetensors writer does: start each window's writeback once it is complete
+        // and wait for the one before, so the closing fsync is short and dirty pages bounded.
+        let window = crate::write::WRITEBACK_WINDOW;
+        let in_kernel = self.pos - self.out.buffer().len() as u64;
+        if in_kernel >= self.flushed + window {
+            let file = self.out.get_ref();
+            crate::write::writeback(file, self.flushed, in_kernel - self.flushed, false);
+            if self.flushed >= 2 * window {
+                crate::write::writeback(file, 0, self.flushed - window, true);
+            }
+            self.flushed = in_kernel;
+        }
         Ok(())
     }
 }
