@@ -14,6 +14,9 @@
 //!                                       transpose), NaN/Inf check, cast
 //! write                  streaming safetensors + config.json + SHA256SUMS, staged and
 //!                                       renamed into place
+//! export                 or (`--to cpm|megatron`): each merged tensor split again by the
+//!                                       target family's mapping into rank files written by
+//!                                       our own torch.save (pickle + zip), + SHA256SUMS
 //! tokenizer_files        with a tokenizer: spiece.model, tokenizer.json, tokenizer_config.json,
 //!                                       the Python tokenizer, generation_config.json, and
 //!                                       config.json's bos/eos ids from its `<eod>`
@@ -26,12 +29,14 @@ pub mod checkpoint;
 pub mod cli;
 pub mod diff;
 pub mod error;
+pub mod export;
 pub mod gpt2_config;
 pub mod inspect;
 pub mod layout;
 pub mod mapping;
 pub mod merge;
 pub mod plan;
+pub mod shards;
 pub mod source;
 pub mod table;
 pub mod tokenizer_files;
@@ -63,6 +68,10 @@ pub struct Options {
     pub family: Family,
     /// The tokenizer the port ships: given, looked for beside the input, or none.
     pub tokenizer: tokenizer_files::Choice,
+    /// The output layout and its model-parallel grid (`--to`, `--tp`, `--pp`).
+    pub export: export::Export,
+    /// `--max-shard-size`: Hugging Face output split into shards of at most this many bytes.
+    pub max_shard_size: Option<u64>,
 }
 
 /// Hooks for a user interface; all optional.
@@ -113,7 +122,12 @@ pub fn plan(src: &Source, hints: plan::Hints, dtype: OutDtype) -> Result<Plan> {
 /// Convert end to end: read -> plan -> merge -> write.
 pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let started = Instant::now();
-    let located = tokenizer_files::locate(&opts.input, &opts.tokenizer);
+    let rank_format = opts.export.target.format();
+    // Model-parallel layouts carry no tokenizer.
+    let located = match rank_format {
+        None => tokenizer_files::locate(&opts.input, &opts.tokenizer),
+        Some(_) => None,
+    };
     // Refuse an OUT_DIR that is, holds or lies inside an input, then a non-empty one, before
     // doing any work.
     let mut extra: Vec<&Path> = located.iter().map(|l| l.path.as_path()).collect();
@@ -133,6 +147,11 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
             name: a.clone(),
             source: "--activation".into(),
         };
+    }
+    if let Some(fmt) = rank_format {
+        // Refuse a grid the model cannot be split on before anything is created.
+        export::place(&plan, &opts.export, fmt)?;
+        plan.notes.extend(export::notes(&plan, &opts.export));
     }
     let mut log = Log::new(progress);
     for n in &plan.notes {
@@ -171,8 +190,9 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
         tensor_bytes: plan.total_bytes(),
         model_file_bytes: files
             .iter()
-            .find(|f| f.name == "model.safetensors")
-            .map_or(0, |f| f.bytes),
+            .filter(|f| f.name.ends_with(".safetensors") || f.name.ends_with(".pt"))
+            .map(|f| f.bytes)
+            .sum(),
         files,
         tokenizer: tokenizer.map(|t| t.report(plan.vocab)),
         seconds: started.elapsed().as_secs_f64(),
@@ -218,9 +238,29 @@ fn write_all(
         Some(t) => t.ids,
         None => gpt2_config::mapping_token_ids(plan, &src.mapping),
     };
-    let model = write_model(src, plan, opts, dir, log)?;
-    let config = write_config(src, plan, ids, dir, log)?;
-    let mut files = vec![model, config];
+    let mut files = match opts.export.target.format() {
+        Some(fmt) => {
+            let job = export::Job {
+                src,
+                plan,
+                opts: &opts.export,
+                fmt,
+                iteration: export::Iteration::of_input(&opts.input),
+                strict: opts.strict,
+            };
+            let (progress, warnings) = (log.progress, &mut log.warnings);
+            let mut warn = |w: String| {
+                progress.warn(&w);
+                warnings.push(w);
+            };
+            export::write(&job, dir, progress, &mut warn)?
+        }
+        None => {
+            let mut files = write_models(src, plan, opts, dir, log)?;
+            files.push(write_config(src, plan, ids, dir, log)?);
+            files
+        }
+    };
     if let Some(t) = tokenizer {
         files.extend(t.write(dir, plan.positions)?);
     }
@@ -234,17 +274,62 @@ fn write_all(
     Ok(files)
 }
 
-/// Stream every merged tensor into `dir/model.safetensors`, one tensor at a time.
-fn write_model(
+/// `model.safetensors`, or with `--max-shard-size` the shards transformers would write and their
+/// index (the copies a checkpoint keeps are checked once, after the last shard).
+fn write_models(
     src: &Source,
     plan: &Plan,
     opts: &Options,
     dir: &Path,
     log: &mut Log,
+) -> Result<Vec<write::OutputFile>> {
+    let shards = match opts.max_shard_size {
+        Some(max) => shards::split(&plan.entries, max),
+        None => Vec::new(),
+    };
+    if shards.len() < 2 {
+        return Ok(vec![write_model(
+            src,
+            plan,
+            opts,
+            dir,
+            "model.safetensors",
+            log,
+        )?]);
+    }
+    log.progress.begin(plan.total_bytes());
+    let mut files = Vec::with_capacity(shards.len() + 1);
+    for (k, entries) in shards.iter().enumerate() {
+        let mut part = plan.clone();
+        part.entries = entries.clone();
+        part.checks.clear();
+        let name = shards::file_name(k, shards.len());
+        files.push(write_model(src, &part, opts, dir, &name, log)?);
+    }
+    src.check_copies(plan)?;
+    let index = shards::index(plan, &shards)?;
+    files.push(write_small(
+        dir,
+        "model.safetensors.index.json",
+        index.as_bytes(),
+    )?);
+    Ok(files)
+}
+
+/// Stream every merged tensor of `plan` into `dir/name`, one tensor at a time.
+fn write_model(
+    src: &Source,
+    plan: &Plan,
+    opts: &Options,
+    dir: &Path,
+    name: &str,
+    log: &mut Log,
 ) -> Result<write::OutputFile> {
     let header = write::safetensors_header(plan, &write::model_metadata(&src.ranks, plan))?;
-    log.progress.begin(plan.total_bytes());
-    let path = dir.join("model.safetensors");
+    if opts.max_shard_size.is_none() {
+        log.progress.begin(plan.total_bytes());
+    }
+    let path = dir.join(name);
     let (sha256, bytes) = write::stream_model(&path, |sink| {
         sink.put(header.into())?;
         for e in &plan.entries {
@@ -275,7 +360,7 @@ fn write_model(
         src.check_copies(plan)
     })?;
     Ok(write::OutputFile {
-        name: "model.safetensors".into(),
+        name: name.into(),
         bytes,
         sha256,
     })

@@ -102,12 +102,13 @@ pub fn same_bytes(a: &[Cow<'_, [u8]>], b: &[Cow<'_, [u8]>]) -> bool {
 
 /// One rectangular piece of the merged matrix: rows `src_rows` of rank `rank`'s part land at
 /// (`dst_row`, `dst_col`) of the merged (untransposed) matrix.
-struct Block {
-    rank: usize,
-    src_row: usize,
-    rows: usize,
-    dst_row: usize,
-    dst_col: usize,
+/// Also read backwards: `export::split` gives rank `rank` these rows of the merged matrix.
+pub(crate) struct Block {
+    pub(crate) rank: usize,
+    pub(crate) src_row: usize,
+    pub(crate) rows: usize,
+    pub(crate) dst_row: usize,
+    pub(crate) dst_col: usize,
 }
 
 /// Merge the parts (row-major bytes in the source dtype, one per rank) of `e` into its output
@@ -263,7 +264,7 @@ fn cut(pieces: Vec<Cow<'_, [u8]>>, mut keep: usize) -> Vec<Cow<'_, [u8]>> {
 /// Where each rank's rows land in the merged (untransposed) matrix. GPT-2 wants the fused
 /// query/key/value rows as all heads' q, then all k, then all v; each layout below says where
 /// rank r's rows for head i (of its `np`), part j (q, k, v) and dimension d (of `hn`) lie.
-fn blocks(e: &Entry, p: usize, rows: usize, cols: usize) -> Result<Vec<Block>> {
+pub(crate) fn blocks(e: &Entry, p: usize, rows: usize, cols: usize) -> Result<Vec<Block>> {
     let block = |rank, src_row, rows, dst_row, dst_col| Block {
         rank,
         src_row,

@@ -251,12 +251,12 @@ fn write_chunks(
 }
 
 /// Bytes written between two writeback requests.
-const WRITEBACK_WINDOW: u64 = 64 << 20;
+pub(crate) const WRITEBACK_WINDOW: u64 = 64 << 20;
 
 /// Ask the kernel to start writing `len` bytes from `start` to disk, and with `wait` to finish
 /// doing so first. Best effort: the final fsync reports any I/O error.
 #[cfg(target_os = "linux")]
-fn writeback(file: &File, start: u64, len: u64, wait: bool) {
+pub(crate) fn writeback(file: &File, start: u64, len: u64, wait: bool) {
     use std::os::fd::AsRawFd;
     let flags = if wait {
         libc::SYNC_FILE_RANGE_WAIT_BEFORE
@@ -275,7 +275,7 @@ fn writeback(file: &File, start: u64, len: u64, wait: bool) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn writeback(_file: &File, _start: u64, _len: u64, _wait: bool) {}
+pub(crate) fn writeback(_file: &File, _start: u64, _len: u64, _wait: bool) {}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use cpm_convert::cli::{emit, emit_json, usage_error, JsonError, ModelArgs};
+use cpm_convert::export::{Export, Target};
 use cpm_convert::table;
 use cpm_convert::tokenizer_files::Choice;
 use cpm_convert::write::OutputFile;
@@ -28,6 +29,10 @@ Examples:
       a nanoGPT checkpoint
   cpm-convert model.pt --dry-run
       show what would be written, reading only the checkpoint's structure
+  cpm-convert CPM-large -o CPM-large-mp1 --to cpm --tp 1
+      re-shard to one rank in CPM-Generate's layout (what its change_mp.py does)
+  cpm-convert CPM-large -o cpm-megatron --to megatron --tp 2 --pp 2
+      export to Megatron-LM (checkpoint_version 3.0), vocabulary padded to 128 x tp
 
 INPUT is a checkpoint root holding latest_checkpointed_iteration.txt, an iteration directory
 (80000/, iter_0000100/, release/) holding mp_rank_XX[_YYY] rank files, a Hugging Face directory,
@@ -37,6 +42,9 @@ recognised from its structure; --from names it.
 OUT_DIR receives model.safetensors, config.json and SHA256SUMS (check with
 `cd OUT_DIR && sha256sum -c SHA256SUMS`). It is written in a temporary directory beside it
 and renamed into place only when complete; a failed run leaves nothing behind.
+
+With --to cpm|megatron, OUT_DIR receives latest_checkpointed_iteration.txt, the rank files
+(read by torch.load(weights_only=True)) and SHA256SUMS, and no tokenizer or config.json.
 
 With a tokenizer (--tokenizer, or a spiece.model or chinese_vocab.model found in INPUT or its
 parent; --no-tokenizer for none), OUT_DIR also receives spiece.model, tokenizer.json,
@@ -117,6 +125,46 @@ struct Cli {
     /// Write no tokenizer files, even if a tokenizer lies beside INPUT.
     #[arg(long)]
     no_tokenizer: bool,
+
+    /// Output layout: hf (a Hugging Face GPT-2 directory), cpm (CPM-Generate's
+    /// ITERATION/mp_rank_XX_model_states.pt, what change_mp.py writes) or megatron (Megatron-LM's
+    /// iter_NNNNNNN/mp_rank_TT[_PPP]/model_optim_rng.pt, checkpoint_version 3.0).
+    #[arg(long, value_enum, default_value_t = ToArg::Hf)]
+    to: ToArg,
+
+    /// Tensor-parallel ranks to write (--to cpm|megatron): heads, FFN width and vocabulary must
+    /// divide by it.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=512))]
+    tp: u64,
+
+    /// Pipeline stages to write (--to megatron; at most the layer count).
+    #[arg(long, value_name = "M", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=512))]
+    pp: u64,
+
+    /// --to megatron pads the vocabulary with zero rows to a multiple of this times --tp
+    /// (Megatron's --make-vocab-size-divisible-by).
+    #[arg(long, value_name = "N", default_value_t = 128,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pad_vocab_multiple: u64,
+
+    /// --to hf: split the model into model-0000K-of-0000N.safetensors files of at most SIZE
+    /// (2GB, 500MB: decimal units, or bytes) and model.safetensors.index.json, as transformers'
+    /// save_pretrained(max_shard_size=...) does. Default: one model.safetensors.
+    #[arg(long, value_name = "SIZE", value_parser = parse_shard_size)]
+    max_shard_size: Option<u64>,
+}
+
+fn parse_shard_size(s: &str) -> Result<u64, String> {
+    cpm_convert::shards::parse_size(s).map_err(|e| e.to_string())
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ToArg {
+    Hf,
+    Cpm,
+    Megatron,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -265,6 +313,30 @@ fn fail(cli: &Cli, ui: &Ui, e: &anyhow::Error) -> ExitCode {
     }
 }
 
+/// `--to`, `--tp`, `--pp`: a grid other than 1 x 1 needs a model-parallel layout.
+fn export_choice(cli: &Cli) -> anyhow::Result<Export> {
+    let target = match cli.to {
+        ToArg::Hf => Target::Hf,
+        ToArg::Cpm => Target::Cpm,
+        ToArg::Megatron => Target::Megatron,
+    };
+    if target == Target::Hf && (cli.tp > 1 || cli.pp > 1) {
+        anyhow::bail!("--tp and --pp above 1 need --to cpm or --to megatron");
+    }
+    if target != Target::Hf && cli.max_shard_size.is_some() {
+        anyhow::bail!("--max-shard-size applies to --to hf only");
+    }
+    if target != Target::Hf && cli.tokenizer.is_some() {
+        anyhow::bail!("--tokenizer applies to --to hf only: model-parallel layouts carry none");
+    }
+    Ok(Export {
+        target,
+        tp: cli.tp as usize,
+        pp: cli.pp as usize,
+        pad_vocab_multiple: cli.pad_vocab_multiple,
+    })
+}
+
 fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
     let dtype = match cli.dtype {
         DtypeArg::Keep => OutDtype::Keep,
@@ -290,6 +362,8 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         strict: cli.strict,
         family: cli.model.family(),
         tokenizer: tokenizer_choice(cli),
+        export: export_choice(cli)?,
+        max_shard_size: cli.max_shard_size,
     };
     let summary = cpm_convert::convert(&opts, ui)?;
     ui.bar.finish_and_clear();

@@ -1,0 +1,180 @@
+//! The pickle half of our `torch.save`: a protocol-2 `data.pkl` for a small object tree whose
+//! tensors are persistent references to the archive's `data/N` storages. Only the globals
+//! `torch.load(weights_only=True)` admits are used: `torch._utils._rebuild_tensor_v2`, the
+//! typed storage classes, `collections.OrderedDict` and `__builtin__.set`.
+
+use crate::torch::Dtype;
+
+/// A value of the object tree. Dicts keep their order (as Python's do).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Py {
+    Int(i64),
+    Float(f64),
+    Str(String),
+    /// An empty `set()` (DeepSpeed's `csr_tensor_module_names`).
+    EmptySet,
+    Dict(Vec<(String, Py)>),
+    /// `collections.OrderedDict`, what `state_dict()` returns.
+    OrderedDict(Vec<(String, Py)>),
+    Tensor(TensorMeta),
+}
+
+/// A contiguous tensor filling the whole storage `data/<key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorMeta {
+    pub key: usize,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+}
+
+impl TensorMeta {
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// torch's typed storage class of a dtype (the `torch.<Name>Storage` global).
+pub fn storage_class(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F64 => "DoubleStorage",
+        Dtype::F32 => "FloatStorage",
+        Dtype::F16 => "HalfStorage",
+        Dtype::BF16 => "BFloat16Storage",
+        Dtype::I64 => "LongStorage",
+        Dtype::I32 => "IntStorage",
+        Dtype::I16 => "ShortStorage",
+        Dtype::I8 => "CharStorage",
+        Dtype::U8 => "ByteStorage",
+        Dtype::Bool => "BoolStorage",
+    }
+}
+
+/// `value` pickled at protocol 2, as `torch.save` pickles it (no memo: nothing is shared).
+pub fn dumps(value: &Py) -> Vec<u8> {
+    let mut out = vec![0x80, 2];
+    put(&mut out, value);
+    out.push(b'.');
+    out
+}
+
+const MARK: u8 = b'(';
+const TUPLE: u8 = b't';
+const REDUCE: u8 = b'R';
+const SETITEMS: u8 = b'u';
+
+fn put(out: &mut Vec<u8>, v: &Py) {
+    match v {
+        Py::Int(n) => int(out, *n),
+        Py::Float(f) => {
+            out.push(b'G');
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        Py::Str(s) => string(out, s),
+        Py::EmptySet => {
+            global(out, "__builtin__", "set");
+            out.extend_from_slice(&[b']', 0x85, REDUCE]);
+        }
+        Py::Dict(items) => {
+            out.push(b'}');
+            items_of(out, items);
+        }
+        Py::OrderedDict(items) => {
+            empty_ordered_dict(out);
+            items_of(out, items);
+        }
+        Py::Tensor(t) => tensor(out, t),
+    }
+}
+
+fn items_of(out: &mut Vec<u8>, items: &[(String, Py)]) {
+    // pickle batches SETITEMS by 1000; one batch per dict reads the same.
+    if items.is_empty() {
+        return;
+    }
+    out.push(MARK);
+    for (k, v) in items {
+        string(out, k);
+        put(out, v);
+    }
+    out.push(SETITEMS);
+}
+
+fn empty_ordered_dict(out: &mut Vec<u8>) {
+    global(out, "collections", "OrderedDict");
+    out.extend_from_slice(&[b')', REDUCE]);
+}
+
+/// `_rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())`, the storage being the
+/// persistent id `('storage', torch.<Class>, '<key>', 'cpu', numel)`.
+fn tensor(out: &mut Vec<u8>, t: &TensorMeta) {
+    global(out, "torch._utils", "_rebuild_tensor_v2");
+    out.push(MARK);
+    out.push(MARK);
+    string(out, "storage");
+    global(out, "torch", storage_class(t.dtype));
+    string(out, &t.key.to_string());
+    string(out, "cpu");
+    int(out, clamp(t.numel()));
+    out.push(TUPLE);
+    out.push(b'Q');
+    int(out, 0);
+    let mut stride = vec![1u64; t.shape.len()];
+    for i in (0..t.shape.len().saturating_sub(1)).rev() {
+        stride[i] = stride[i + 1] * t.shape[i + 1];
+    }
+    tuple(out, &t.shape);
+    tuple(out, &stride);
+    out.push(0x89);
+    empty_ordered_dict(out);
+    out.push(TUPLE);
+    out.push(REDUCE);
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn tuple(out: &mut Vec<u8>, xs: &[u64]) {
+    match xs.len() {
+        0 => out.push(b')'),
+        n @ 1..=3 => {
+            xs.iter().for_each(|&x| int(out, clamp(x)));
+            out.push(0x84 + n as u8);
+        }
+        _ => {
+            out.push(MARK);
+            xs.iter().for_each(|&x| int(out, clamp(x)));
+            out.push(TUPLE);
+        }
+    }
+}
+
+fn int(out: &mut Vec<u8>, n: i64) {
+    if (0..=0xff).contains(&n) {
+        out.extend_from_slice(&[b'K', n as u8]);
+    } else if (0..=0xffff).contains(&n) {
+        out.push(b'M');
+        out.extend_from_slice(&(n as u16).to_le_bytes());
+    } else if let Ok(n) = i32::try_from(n) {
+        out.push(b'J');
+        out.extend_from_slice(&n.to_le_bytes());
+    } else {
+        // LONG1: little-endian two's complement, 8 bytes is always enough for an i64.
+        out.extend_from_slice(&[0x8a, 8]);
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'X');
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn global(out: &mut Vec<u8>, module: &str, name: &str) {
+    out.push(b'c');
+    out.extend_from_slice(module.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+}
