@@ -241,6 +241,33 @@ fn sizes_that_do_not_divide_are_refused_before_writing() {
     }
 }
 
+/// `--dry-run` makes the same size checks as a real export (and says what it would write), so a
+/// grid that cannot work is found before a long run is started.
+#[test]
+fn dry_run_checks_the_export_grid() {
+    let ckpt = tiny("ckpt");
+    let bad = ["--to", "cpm", "--tp", "3", "--dry-run"].map(OsStr::new);
+    let mut all: Vec<&OsStr> = vec![ckpt.as_os_str()];
+    all.extend(bad);
+    let r = convert(&all);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("4 attention heads do not divide by 3"),
+        "{}",
+        r.stderr
+    );
+    let good = ["--to", "megatron", "--tp", "2", "--pp", "2", "--dry-run"].map(OsStr::new);
+    let mut all: Vec<&OsStr> = vec![ckpt.as_os_str()];
+    all.extend(good);
+    let r = convert(&all);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("split into 4 rank file(s)"),
+        "{}",
+        r.stdout
+    );
+}
+
 /// Megatron's vocabulary is padded with zero rows to a multiple of --pad-vocab-multiple x tp,
 /// as its make_vocab_size_divisible_by does (read back: the padded row count).
 #[test]

@@ -431,7 +431,17 @@ fn dry_run(cli: &Cli, ui: &Ui, dtype: OutDtype) -> anyhow::Result<()> {
     let tensor_bytes = plan.total_bytes();
     let model_file_bytes = tensor_bytes + header.len() as u64;
     let mut warnings = plan.notes.clone();
-    let located = cpm_convert::tokenizer_files::locate(&cli.input, &tokenizer_choice(cli));
+    // A model-parallel target: the same size checks a real run makes before writing, and no
+    // tokenizer (those layouts carry none).
+    let export = export_choice(cli)?;
+    let located = match export.target.format() {
+        Some(fmt) => {
+            cpm_convert::export::place(&plan, &export, fmt)?;
+            warnings.extend(cpm_convert::export::notes(&plan, &export));
+            None
+        }
+        None => cpm_convert::tokenizer_files::locate(&cli.input, &tokenizer_choice(cli)),
+    };
     let tokenizer = cpm_convert::read_tokenizer(located, &cli.input, &src, &plan, ui, &mut |w| {
         warnings.push(w)
     })?
@@ -449,6 +459,16 @@ fn dry_run(cli: &Cli, ui: &Ui, dtype: OutDtype) -> anyhow::Result<()> {
             eprintln!("cpm-convert: warning: {n}");
         }
         print_plan(&plan, model_file_bytes);
+        if export.target.format().is_some() {
+            emit(&format!(
+                "--to {:?} --tp {} --pp {}: the tensors above, split into {} rank file(s); \
+                 every size divides\n",
+                export.target,
+                export.tp,
+                export.pp,
+                export.tp * export.pp
+            ));
+        }
         if let Some(t) = &tokenizer {
             emit(&format!(
                 "tokenizer {}: {} pieces, <eod> = {}; adds spiece.model, tokenizer.json, \
