@@ -39,6 +39,24 @@ impl<'a> HalfMatrix<'a> {
         })
     }
 
+    /// Rows of the matrix.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of the matrix.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Widens `W[r, c..c + dst.len()]` exactly into `dst`; the caller keeps it inside the
+    /// matrix (a wide product's panel loops do).
+    pub fn widen_into(&self, r: usize, c: usize, dst: &mut [f32]) {
+        let start = 2 * (r * self.cols + c);
+        let src = &self.bytes[start..start + 2 * dst.len()];
+        widen_16(src, dst, self.bf16);
+    }
+
     /// Rows `r..r + n` (in bounds by construction of the callers' loops).
     fn rows_bytes(&self, r: usize, n: usize) -> &'a [u8] {
         let row = 2 * self.cols;
@@ -125,6 +143,32 @@ pub fn head(x: &[f32], w: HalfMatrix<'_>, threads: usize) -> Vec<f32> {
         }
     }
     logits
+}
+
+/// 16-bit floats (`src`, `2 * dst.len()` bytes) widened exactly into `dst`: 8 per
+/// instruction with AVX2+F16C (half's own slice conversion calls a function per 8 values, which
+/// took a quarter of a verification pass), else one at a time.
+fn widen_16(src: &[u8], dst: &mut [f32], bf16: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if src.len() == 2 * dst.len() && simd::available() {
+        // SAFETY: features checked; `src` holds exactly `dst.len()` values (checked).
+        unsafe {
+            if bf16 {
+                simd::widen::<true>(src, dst)
+            } else {
+                simd::widen::<false>(src, dst)
+            }
+        };
+        return;
+    }
+    widen_portable(src, dst, bf16);
+}
+
+/// [`widen_16`] without SIMD.
+fn widen_portable(src: &[u8], dst: &mut [f32], bf16: bool) {
+    for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *d = to_f32(b[0], b[1], bf16);
+    }
 }
 
 /// Rows of W per pass over `y` (and per group of head rows).
@@ -236,6 +280,30 @@ mod simd {
         }
     }
 
+    /// `dst[i]` = value `i` of `src`, widened.
+    ///
+    /// # Safety
+    /// `src.len() == 2 * dst.len()`; the CPU has AVX2 and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen<const BF: bool>(src: &[u8], dst: &mut [f32]) {
+        let n = dst.len();
+        let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+        let mut i = 0;
+        while i + 16 <= n {
+            let (a, b) = (load8(s.add(2 * i), BF), load8(s.add(2 * i + 16), BF));
+            _mm256_storeu_ps(d.add(i), a);
+            _mm256_storeu_ps(d.add(i + 8), b);
+            i += 16;
+        }
+        while i + 8 <= n {
+            _mm256_storeu_ps(d.add(i), load8(s.add(2 * i), BF));
+            i += 8;
+        }
+        for j in i..n {
+            *d.add(j) = to_f32(*s.add(2 * j), *s.add(2 * j + 1), BF);
+        }
+    }
+
     /// For every `out`-long row `b` of `y`: `y[b] += Σ_r a[b * ROWS + r] W[r]` over ROWS rows
     /// of `out` values. Each 8-column block of the ROWS rows is widened once for all rows of
     /// `y`; the products are summed as a tree, not one chain through the accumulator.
@@ -319,13 +387,13 @@ mod simd {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::cpu::{matmul, View};
     use super::*;
     use gemm::Parallelism;
 
     /// Deterministic values in about [-2, 2] with a fraction of them tiny or exactly zero.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -346,7 +414,7 @@ mod tests {
 
     /// `w` as 16-bit bytes starting `shift` bytes into the returned buffer (so unaligned when
     /// shift is odd), and the exact f32 widening of what was stored.
-    fn store(w: &[f32], bf16: bool, shift: usize) -> (Vec<u8>, Vec<f32>) {
+    pub(crate) fn store(w: &[f32], bf16: bool, shift: usize) -> (Vec<u8>, Vec<f32>) {
         let mut bytes = vec![0u8; shift];
         let mut wide = Vec::new();
         for &v in w {
@@ -363,7 +431,7 @@ mod tests {
         (bytes, wide)
     }
 
-    fn raw(bytes: &[u8], bf16: bool, cols: usize) -> Raw<'_> {
+    pub(crate) fn raw(bytes: &[u8], bf16: bool, cols: usize) -> Raw<'_> {
         Raw {
             dtype: if bf16 { Stored::Bf16 } else { Stored::F16 },
             bytes,
@@ -461,6 +529,40 @@ mod tests {
             close(&y1, &y2, "axpy");
             let d1 = dot_rows(&x, rows, ROWS, bf16);
             close(&d1, &dot_portable(&x, rows, ROWS, bf16), "dot");
+        }
+    }
+
+    #[test]
+    fn widening_matches_the_half_crate_on_odd_lengths_unaligned_and_special_values() {
+        // Infinities, NaN, subnormals, signed zeros and the extremes of both formats.
+        let special: [u16; 10] = [
+            0x7c00, 0xfc00, 0x7e01, 0x0001, 0x83ff, 0x8000, 0x0000, 0x7bff, 0x7f80, 0xff7f,
+        ];
+        for bf16 in [false, true] {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 100] {
+                for shift in [0, 1] {
+                    let mut bytes = vec![0u8; shift];
+                    for i in 0..len {
+                        let bits = special[i % 10] ^ ((i as u16 * 0x1357) & 0x03ff);
+                        bytes.extend_from_slice(&bits.to_le_bytes());
+                    }
+                    let src = &bytes[shift..];
+                    let mut got = vec![0f32; len];
+                    widen_16(src, &mut got, bf16);
+                    for (i, (g, b)) in got.iter().zip(src.chunks_exact(2)).enumerate() {
+                        let bits = u16::from_le_bytes([b[0], b[1]]);
+                        let want = if bf16 {
+                            ::half::bf16::from_bits(bits).to_f32()
+                        } else {
+                            ::half::f16::from_bits(bits).to_f32()
+                        };
+                        assert!(
+                            g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                            "bf16 {bf16} len {len} +{shift} [{i}] {bits:#06x}: {g} vs {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 

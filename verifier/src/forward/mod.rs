@@ -7,6 +7,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod half;
+mod panel;
 
 use std::fmt;
 use std::str::FromStr;
