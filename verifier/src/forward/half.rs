@@ -57,6 +57,22 @@ impl<'a> HalfMatrix<'a> {
         widen_16(src, dst, self.bf16);
     }
 
+    /// Asks the CPU to start loading `W[r, c..c + len]` (a row some way ahead of the one being
+    /// widened: rows of a panel lie a page or more apart, where the hardware prefetcher stops).
+    /// Out-of-range rows are ignored.
+    pub fn prefetch(&self, r: usize, c: usize, len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if r < self.rows {
+            let start = 2 * (r * self.cols + c);
+            let end = (start + 2 * len).min(self.bytes.len());
+            for at in (start..end).step_by(64) {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                // SAFETY: a prefetch never faults and `at` is inside the slice anyway.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.bytes.as_ptr().add(at).cast()) };
+            }
+        }
+    }
+
     /// Rows `r..r + n` (in bounds by construction of the callers' loops).
     fn rows_bytes(&self, r: usize, n: usize) -> &'a [u8] {
         let row = 2 * self.cols;

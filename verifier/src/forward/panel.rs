@@ -19,6 +19,8 @@ use crate::model::Activation;
 const PANEL_COLS: usize = 256;
 /// Most inputs per panel: 256 columns x 1024 x 4 bytes is 1 MiB, half this machine's L2.
 const PANEL_DEPTH: usize = 1024;
+/// How many rows ahead of the one being widened to prefetch.
+const PREFETCH_ROWS: usize = 8;
 /// Panels per thread at least, so that the threads finish together.
 const PANELS_PER_THREAD: usize = 4;
 
@@ -143,12 +145,14 @@ fn panel(
         let rhs = match layout {
             Layout::InOut => {
                 for (i, row) in buf.chunks_exact_mut(cols).enumerate() {
+                    w.prefetch(k0 + i + PREFETCH_ROWS, n0, cols);
                     w.widen_into(k0 + i, n0, row);
                 }
                 View::rows(buf, cols)
             }
             Layout::OutIn => {
                 for (j, row) in buf.chunks_exact_mut(kb).enumerate() {
+                    w.prefetch(n0 + j + PREFETCH_ROWS, k0, kb);
                     w.widen_into(n0 + j, k0, row);
                 }
                 View {
