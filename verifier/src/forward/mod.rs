@@ -6,6 +6,7 @@ pub mod cache;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod gelu;
 pub mod half;
 mod panel;
 

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::activate;
 use super::cpu::{matmul, View};
+use super::gelu::gelu_tanh;
 use super::half::HalfMatrix;
 use crate::model::Activation;
 
@@ -60,10 +61,10 @@ impl Epilogue<'_> {
             for (v, &b) in row.iter_mut().zip(bias) {
                 *v += b;
             }
-            if let Some(a) = act {
-                for v in row.iter_mut() {
-                    *v = activate(a, *v);
-                }
+            match act {
+                Some(Activation::GeluTanh) => gelu_tanh(row),
+                Some(a) => row.iter_mut().for_each(|v| *v = activate(a, *v)),
+                None => {}
             }
         }
     }
