@@ -6,7 +6,7 @@ use gemm::Parallelism;
 use super::attention::{attention, Attention, Kv};
 use super::half::{self, HalfMatrix};
 use super::panel::{self, Epilogue, Layout};
-use super::{activate, layer_norm, KvCache, Logits};
+use super::{layer_norm, KvCache, Logits};
 use crate::error::{Error, Result};
 use crate::model::{Config, Model};
 
@@ -128,9 +128,8 @@ fn conv1d(x: &[f32], inp: usize, w: Mat<'_>, y: &mut [f32], ep: Epilogue<'_>, ru
     match ep {
         Epilogue::AddBias(_) => add_into(y, &full),
         Epilogue::BiasAct(_, act) => {
-            for (d, &s) in y.iter_mut().zip(&full) {
-                *d = activate(act, s);
-            }
+            y.copy_from_slice(&full);
+            panel::activate_all(y, act);
         }
         Epilogue::Bias(_) | Epilogue::Plain => y.copy_from_slice(&full),
     }

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use super::activate;
 use super::cpu::{matmul, View};
-use super::gelu::gelu_tanh;
 use super::half::HalfMatrix;
+use super::vmath::gelu_tanh;
 use crate::model::Activation;
 
 /// Most output columns per panel, a multiple of every f32 vector width `gemm` uses (8 and 16).
@@ -61,12 +61,18 @@ impl Epilogue<'_> {
             for (v, &b) in row.iter_mut().zip(bias) {
                 *v += b;
             }
-            match act {
-                Some(Activation::GeluTanh) => gelu_tanh(row),
-                Some(a) => row.iter_mut().for_each(|v| *v = activate(a, *v)),
-                None => {}
+            if let Some(a) = act {
+                activate_all(row, a);
             }
         }
+    }
+}
+
+/// `v = act(v)` for every value, GPT-2's GELU vectorized.
+pub fn activate_all(v: &mut [f32], act: Activation) {
+    match act {
+        Activation::GeluTanh => gelu_tanh(v),
+        a => v.iter_mut().for_each(|x| *x = activate(a, *x)),
     }
 }
 

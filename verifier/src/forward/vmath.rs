@@ -1,4 +1,5 @@
-//! GPT-2's GELU (tanh form) over a slice, 8 values per instruction with AVX2+FMA.
+//! Vector math, 8 values per instruction with AVX2+FMA: GPT-2's GELU (tanh form) and the
+//! exponentials of a softmax.
 //!
 //! `0.5 x (1 + tanh(u))` equals `x / (1 + exp(-2u))` exactly in real arithmetic, and the second
 //! needs only `exp`, which vectorizes with a Cephes-style polynomial (about 1 ulp). The results
@@ -21,6 +22,21 @@ pub fn gelu_tanh(v: &mut [f32]) {
     }
 }
 
+/// `row[i] = exp(row[i] - max)` for every value; returns their sum, accumulated in f64.
+pub fn exp_shifted(row: &mut [f32], max: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked).
+        return unsafe { simd::exp_shifted(row, max) };
+    }
+    let mut sum = 0f64;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    sum
+}
+
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
@@ -31,8 +47,8 @@ mod simd {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     }
 
-    /// `exp(y)` for 8 values: +inf above 88, about `exp(-87)` below -87 (the callers only
-    /// divide by `1 + exp`, where that is exact enough), NaN taken as -87.
+    /// `exp(y)` for 8 values, about 1 ulp: +inf above 88, 0 below -87 (where f32 results turn
+    /// subnormal; a softmax or `1 + exp` cannot tell), NaN kept.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp8(y_in: __m256) -> __m256 {
@@ -65,7 +81,36 @@ mod simd {
         ));
         let e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
         let over = _mm256_cmp_ps::<_CMP_GT_OQ>(y_in, _mm256_set1_ps(88.0));
-        _mm256_blendv_ps(e, _mm256_set1_ps(f32::INFINITY), over)
+        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(y_in, _mm256_set1_ps(-87.0));
+        let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(y_in, y_in);
+        let e = _mm256_blendv_ps(e, _mm256_set1_ps(f32::INFINITY), over);
+        let e = _mm256_blendv_ps(e, _mm256_setzero_ps(), under);
+        _mm256_blendv_ps(e, y_in, nan)
+    }
+
+    /// See [`super::exp_shifted`].
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_shifted(row: &mut [f32], max: f32) -> f64 {
+        let m = _mm256_set1_ps(max);
+        let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut chunks = row.chunks_exact_mut(8);
+        for c in &mut chunks {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
+            _mm256_storeu_ps(c.as_mut_ptr(), e);
+            lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+            hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+        }
+        let mut lanes = [0f64; 4];
+        _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo, hi));
+        let mut sum = lanes.iter().sum::<f64>();
+        for v in chunks.into_remainder() {
+            *v = (*v - max).exp();
+            sum += f64::from(*v);
+        }
+        sum
     }
 
     /// # Safety
@@ -125,6 +170,48 @@ mod tests {
                     };
                     assert!(ok, "gelu({x:e}) = {g:e}, scalar {want:e} (len {len})");
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod softmax_tests {
+    use super::*;
+
+    #[test]
+    fn vector_exponentials_match_libm_and_their_sum_on_odd_lengths() {
+        // Softmax inputs after the shift are <= 0: from 0 down past where exp underflows, with
+        // -inf (a masked score) included; lengths off the vector width.
+        let mut xs: Vec<f32> = (0..3000).map(|i| -(i as f32) * 0.037).collect();
+        xs.extend([
+            -87.5,
+            -100.0,
+            -1e30,
+            f32::NEG_INFINITY,
+            -0.0,
+            -1e-7,
+            f32::NAN,
+        ]);
+        for len in [0, 1, 7, 8, 9, 23, xs.len()] {
+            for shift in [0, 3] {
+                let src: Vec<f32> = xs.iter().skip(shift).take(len).map(|v| v + 2.5).collect();
+                let mut got = src.clone();
+                let sum = exp_shifted(&mut got, 2.5);
+                let mut want_sum = 0f64;
+                for (&x, &g) in src.iter().zip(&got) {
+                    let want = (x - 2.5).exp();
+                    want_sum += f64::from(want);
+                    // 2 ulp, or below exp(-87), about f32's normal range (0 to a softmax).
+                    let ok = (g - want).abs() <= 2.0 * f32::EPSILON * want + 1.7e-38
+                        || (g.is_nan() && want.is_nan());
+                    assert!(ok, "exp({}) = {g:e}, libm {want:e}", x - 2.5);
+                }
+                let close = (sum - want_sum).abs() <= 1e-6 * want_sum.max(1e-30);
+                assert!(
+                    close || (sum.is_nan() && want_sum.is_nan()),
+                    "{sum} vs {want_sum}"
+                );
             }
         }
     }
