@@ -24,6 +24,8 @@ const PANEL_DEPTH: usize = 1024;
 const PREFETCH_ROWS: usize = 8;
 /// Panels per thread at least, so that the threads finish together.
 const PANELS_PER_THREAD: usize = 4;
+/// Panels per thread computed before their outputs are copied into the result.
+const PANELS_PER_WAVE: usize = 16;
 
 /// How the weight matrix `W` is laid out for `y = x @ W'`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,18 +113,26 @@ pub fn product(
         ep.finish(&mut out, n0, cols);
         (n0, out)
     };
-    let parts: Vec<(usize, Vec<f32>)> = if threads <= 1 || panels == 1 {
-        let mut buf = Vec::new();
-        (0..panels).map(|p| task(&mut buf, p)).collect()
-    } else {
-        (0..panels)
-            .into_par_iter()
-            .map_init(Vec::new, task)
-            .collect()
-    };
-    let add = matches!(ep, Epilogue::AddBias(_));
+    // Panels are computed a wave at a time and copied out, so what is held besides `y` is a
+    // wave's outputs, not a second copy of the whole result (the head's logits are the largest).
+    let wave = threads.max(1) * PANELS_PER_WAVE;
+    let mut buf = Vec::new();
+    for first in (0..panels).step_by(wave) {
+        let range = first..(first + wave).min(panels);
+        let parts: Vec<(usize, Vec<f32>)> = if threads <= 1 {
+            range.map(|p| task(&mut buf, p)).collect()
+        } else {
+            range.into_par_iter().map_init(Vec::new, task).collect()
+        };
+        scatter(y, n, parts, matches!(ep, Epilogue::AddBias(_)));
+    }
+}
+
+/// Copies (or with `add`, adds) each panel's `[m, cols]` output into columns `n0..` of `y`.
+fn scatter(y: &mut [f32], n: usize, parts: Vec<(usize, Vec<f32>)>, add: bool) {
+    let m = y.len() / n.max(1);
     for (n0, out) in parts {
-        let cols = out.len() / m;
+        let cols = out.len() / m.max(1);
         for (dst, src) in y.chunks_exact_mut(n).zip(out.chunks_exact(cols.max(1))) {
             let dst = &mut dst[n0..n0 + cols];
             if add {
