@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod half;
 mod panel;
 mod vmath;
+mod widen;
 
 use std::fmt;
 use std::str::FromStr;
