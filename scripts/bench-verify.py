@@ -11,7 +11,7 @@ The two are run alternately, --repeat times each after one warm-up; medians and 
 passes the fixture, so the timing is of a correct forward pass.
 
 Usage: cargo build -p cpm-verify --release
-       python3 scripts/bench-verify.py [--threads 1 2] [--repeat 5] [--dtype float16|float32]
+       python3 scripts/bench-verify.py [--threads 1 2] [--repeat 5] [--dtype float16|bfloat16|float32]
 """
 import argparse
 import json
@@ -86,7 +86,7 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     ap.add_argument("--work", default="/tmp/cpm-verify-bench")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "cpm-verify"))
     args = ap.parse_args()

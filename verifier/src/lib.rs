@@ -27,7 +27,8 @@ use std::time::Instant;
 pub struct Options {
     /// Where the forward pass runs.
     pub device: Device,
-    /// CPU threads for matrix products (1 = serial).
+    /// CPU threads for the whole forward pass: products, widening, attention (1 = serial).
+    /// The default is rayon's: `RAYON_NUM_THREADS` when set, else every core.
     pub threads: usize,
     /// Absolute tolerance from the command line; overrides `fixture.json`.
     pub atol: Option<f64>,
@@ -39,7 +40,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             device: Device::Cpu,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: rayon::current_num_threads(),
             atol: None,
             rtol: None,
         }
@@ -64,7 +65,13 @@ pub fn verify(model_dir: &Path, fixture_dir: &Path, opts: &Options) -> Result<Re
         ));
     }
     let start = Instant::now();
-    let ours = forward::run(&model, &fixture.input_ids, fixture.batch, fixture.seq, opts)?;
+    // Every parallel loop of the pass runs on this pool, so `threads` bounds all of them.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
+    let ours = pool
+        .install(|| forward::run(&model, &fixture.input_ids, fixture.batch, fixture.seq, opts))?;
     let run = RunInfo {
         forward_seconds: start.elapsed().as_secs_f64(),
         device: opts.device.to_string(),

@@ -280,17 +280,16 @@ impl Model {
         }
         // The widened copy is all we need: let the file's pages leave our resident set, so a
         // model read layer by layer never holds more than a layer of it.
-        #[cfg(unix)]
-        // SAFETY: the map is read-only and never written, so MADV_DONTNEED only makes the next
-        // access (if any) fault the same bytes back in from the file.
-        unsafe {
-            let _ = shard.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                entry.start,
-                entry.end - entry.start,
-            );
-        }
+        release_pages(shard, entry);
         Ok(buf)
+    }
+
+    /// Lets the mapped pages of tensor `canonical` leave the resident set once a pass is done
+    /// with them (a model read in place layer by layer then never holds more than a layer).
+    pub fn release(&self, canonical: &str) -> Result<()> {
+        let (entry, shard, _) = self.locate(canonical)?;
+        release_pages(shard, entry);
+        Ok(())
     }
 }
 
@@ -357,6 +356,20 @@ impl Model {
             })?;
         widen(dtype, src, dst);
         Ok(())
+    }
+}
+
+/// Drops the map's pages of `entry` from the resident set (they stay in the page cache).
+fn release_pages(shard: &Shard, entry: &Entry) {
+    #[cfg(unix)]
+    // SAFETY: the map is read-only and never written, so MADV_DONTNEED only makes the next
+    // access (if any) fault the same bytes back in from the file.
+    unsafe {
+        let _ = shard.map.unchecked_advise_range(
+            memmap2::UncheckedAdvice::DontNeed,
+            entry.start,
+            entry.end - entry.start,
+        );
     }
 }
 

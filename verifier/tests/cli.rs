@@ -446,3 +446,20 @@ fn exact_gelu_untied_head_inverse_layer_scaling_f32_variant_passes() {
     let (code, j) = verify_json(&dir, &dir.join("reference"), &[]);
     assert_eq!(code, 0, "{j:#}");
 }
+
+#[test]
+fn threads_default_to_rayon_num_threads_and_the_flag_overrides_it() {
+    // `--threads N` sizes every pool of the pass; without it RAYON_NUM_THREADS does.
+    let (model, fx) = (fixtures().join("hf"), fixtures().join("reference"));
+    let json = |args: &[&str], env: &[(&str, &str)]| -> Value {
+        let mut all = vec![model.as_os_str(), fx.as_os_str(), "--json".as_ref()];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        let run = testkit::run(env!("CARGO_BIN_EXE_cpm-verify"), &all, env);
+        assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+        serde_json::from_str(&run.stdout).unwrap()
+    };
+    assert_eq!(json(&[], &[("RAYON_NUM_THREADS", "3")])["threads"], 3);
+    let j = json(&["--threads", "2"], &[("RAYON_NUM_THREADS", "3")]);
+    assert_eq!(j["threads"], 2);
+    assert_eq!(j["pass"], true);
+}

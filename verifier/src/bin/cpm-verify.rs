@@ -50,7 +50,8 @@ struct Cli {
     /// Where to run the forward pass: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// CPU threads for matrix products [default: all cores].
+    /// CPU threads for the whole forward pass (products, widening, attention) [default:
+    /// RAYON_NUM_THREADS when set, else all cores].
     #[arg(long)]
     threads: Option<usize>,
 }

@@ -1,10 +1,12 @@
-//! The forward pass on the CPU: `gemm` for every matrix product, plain loops for the rest.
+//! The forward pass on the CPU: `gemm` for every matrix product (16-bit weights widened a
+//! panel at a time, see [`super::panel`]), plain loops for the rest.
 
 use gemm::Parallelism;
 
 use super::attention::{attention, Attention, Kv};
 use super::half::{self, HalfMatrix};
-use super::{activate, layer_norm, KvCache, Logits};
+use super::panel::{self, Epilogue, Layout};
+use super::{layer_norm, KvCache, Logits};
 use crate::error::{Error, Result};
 use crate::model::{Config, Model};
 
@@ -94,33 +96,43 @@ enum Mat<'a> {
     Half(HalfMatrix<'a>),
 }
 
-/// Conv1D: `x[rows x inp] @ w[inp x out] + b`, with `w` in GPT-2's `[in, out]` layout.
-fn conv1d(
-    x: &[f32],
-    rows: usize,
-    inp: usize,
-    w: Mat<'_>,
-    b: &[f32],
-    out: usize,
-    (par, threads): (Parallelism, usize),
-) -> Vec<f32> {
-    let w = match w {
-        Mat::F32(w) => w,
-        Mat::Half(m) => return half::conv1d(x, m, b, threads),
+/// How the products of a pass run: `gemm`'s parallelism, the pool's thread count, and whether
+/// 16-bit matrices go to the decode-step kernels (a pass of a few tokens) or the panel products.
+#[derive(Clone, Copy)]
+struct Run {
+    par: Parallelism,
+    threads: usize,
+    direct: bool,
+}
+
+/// Conv1D: `x[rows x inp] @ w[inp x out]` plus the bias in `ep`, into `y` (`[rows, out]`).
+fn conv1d(x: &[f32], inp: usize, w: Mat<'_>, y: &mut [f32], ep: Epilogue<'_>, run: Run) {
+    let bias = match ep {
+        Epilogue::Bias(b) | Epilogue::BiasAct(b, _) | Epilogue::AddBias(b) => b,
+        Epilogue::Plain => &[],
     };
-    // Start from the bias and accumulate, as torch.addmm(bias, x, w) does.
-    let mut y: Vec<f32> = b.iter().copied().cycle().take(rows * out).collect();
-    matmul(
-        &mut y,
-        0,
-        out,
-        View::rows(x, inp),
-        View::rows(w, out),
-        (rows, out, inp),
-        true,
-        par,
-    );
-    y
+    let full = match w {
+        Mat::Half(m) if !run.direct => {
+            return panel::product(x, m, Layout::InOut, y, ep, run.threads);
+        }
+        Mat::Half(m) => half::conv1d(x, m, bias, run.threads),
+        Mat::F32(w) => {
+            let (rows, out) = (x.len() / inp, bias.len());
+            // Start from the bias and accumulate, as torch.addmm(bias, x, w) does.
+            let mut y: Vec<f32> = bias.iter().copied().cycle().take(rows * out).collect();
+            let (lhs, rhs) = (View::rows(x, inp), View::rows(w, out));
+            matmul(&mut y, 0, out, lhs, rhs, (rows, out, inp), true, run.par);
+            y
+        }
+    };
+    match ep {
+        Epilogue::AddBias(_) => add_into(y, &full),
+        Epilogue::BiasAct(_, act) => {
+            y.copy_from_slice(&full);
+            panel::activate_all(y, act);
+        }
+        Epilogue::Bias(_) | Epilogue::Plain => y.copy_from_slice(&full),
+    }
 }
 
 /// The tensors of one block, in the order [`Layer`]'s fields are filled.
@@ -139,7 +151,7 @@ const LAYER_TENSORS: [&str; 12] = [
     "mlp.c_proj.bias",
 ];
 
-/// One block's weights: vectors widened to f32, matrices widened or (direct) read in place.
+/// One block's weights: vectors widened to f32, 16-bit matrices read in place, f32 borrowed.
 struct Layer<'a> {
     ln1_w: &'a [f32],
     ln1_b: &'a [f32],
@@ -156,14 +168,14 @@ struct Layer<'a> {
 }
 
 impl<'a> Layer<'a> {
-    /// Widens layer `l` into `bufs` (one buffer per tensor, reused by every layer so that no
-    /// fresh pages are touched after the first); with `direct`, 16-bit matrices are not widened
-    /// but read in place.
+    /// Reads layer `l`: 16-bit matrices in place (the products widen them a panel at a time),
+    /// vectors and any other matrix widened into `bufs` (one buffer per tensor, reused by every
+    /// layer so that no fresh pages are touched after the first).
     fn load(
         model: &'a Model,
         l: usize,
         bufs: &'a mut [Vec<f32>; 12],
-        (threads, direct): (usize, bool),
+        threads: usize,
     ) -> Result<Self> {
         let (h, inner) = (model.config.n_embd, model.config.n_inner);
         let mut slots = bufs.iter_mut().zip(LAYER_TENSORS);
@@ -173,7 +185,7 @@ impl<'a> Layer<'a> {
                 .next()
                 .ok_or_else(|| Error::Internal("more layer tensors read than listed".into()))?;
             let name = format!("h.{l}.{name}");
-            if let (true, Some((r, c))) = (direct, shape) {
+            if let Some((r, c)) = shape {
                 if let Some(m) = HalfMatrix::new(model.tensor_raw(&name)?, r, c) {
                     return Ok(Mat::Half(m));
                 }
@@ -213,8 +225,8 @@ pub struct Pass {
     pub new: usize,
     /// Positions already in the cache.
     pub past: usize,
-    /// Read 16-bit weight matrices in place instead of widening them (a pass of a few tokens:
-    /// generation's decode steps). Verification never sets it, so its arithmetic is unchanged.
+    /// Multiply 16-bit weight matrices with the matrix-vector kernels (a pass of a few tokens:
+    /// generation's decode steps) rather than the panel products. Verification never sets it.
     pub direct: bool,
 }
 
@@ -229,27 +241,29 @@ pub fn forward(
     threads: usize,
 ) -> Result<Vec<f32>> {
     let c = &model.config;
-    let par = if threads <= 1 {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(threads)
+    let run = Run {
+        par: if threads <= 1 {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(threads)
+        },
+        threads,
+        direct: pass.direct,
     };
     let mut x = embed(model, ids, pass)?;
     let mut bufs: [Vec<f32>; 12] = Default::default();
     for l in 0..c.n_layer {
-        let w = Layer::load(model, l, &mut bufs, (threads, pass.direct))?;
+        let w = Layer::load(model, l, &mut bufs, threads)?;
         let attn = Attention::new(c, l, pass.new, pass.past);
         let layer_cache = cache.as_deref_mut().map(|kv| (l, kv));
-        attention_block(
-            &mut x,
-            &w,
-            &attn,
-            layer_cache,
-            c.layer_norm_epsilon,
-            threads,
-            par,
-        )?;
-        mlp_block(&mut x, &w, c, (par, threads));
+        attention_block(&mut x, &w, &attn, layer_cache, c.layer_norm_epsilon, run)?;
+        mlp_block(&mut x, &w, c, run);
+        if !pass.direct {
+            // Decode steps reread every layer at once; a long pass is done with this one.
+            for name in LAYER_TENSORS {
+                model.release(&format!("h.{l}.{name}"))?;
+            }
+        }
     }
     drop(bufs);
     if let Some(kv) = cache {
@@ -269,15 +283,19 @@ pub fn forward(
     } else {
         "wte.weight"
     };
-    if pass.direct {
-        let raw = model.tensor_raw(name)?;
-        if let Some(m) = HalfMatrix::new(raw, c.vocab_size, c.n_embd) {
+    if let Some(m) = HalfMatrix::new(model.tensor_raw(name)?, c.vocab_size, c.n_embd) {
+        if pass.direct {
             return Ok(half::head(&x, m, threads));
         }
+        // The head is the largest matrix: widened a panel at a time, never as a whole.
+        let mut logits = vec![0f32; n * c.vocab_size];
+        panel::product(&x, m, Layout::OutIn, &mut logits, Epilogue::Plain, threads);
+        model.release(name)?;
+        return Ok(logits);
     }
     let mut head_buf = Vec::new();
     let head = model.tensor_f32_in(name, &mut head_buf, threads)?;
-    Ok(lm_head(&x, head, n, c.n_embd, c.vocab_size, par))
+    Ok(lm_head(&x, head, n, c.n_embd, c.vocab_size, run.par))
 }
 
 /// The hidden state of each row's last token (LayerNorm is per token, so it can come after).
@@ -311,15 +329,16 @@ fn attention_block(
     attn: &Attention,
     cache: Option<(usize, &mut KvCache)>,
     eps: f64,
-    threads: usize,
-    par: Parallelism,
+    run: Run,
 ) -> Result<()> {
     let h = attn.h;
     let n = x.len() / h;
     let mut a = x.to_vec();
     layer_norm(&mut a, h, w.ln1_w, w.ln1_b, eps);
-    let qkv = conv1d(&a, n, h, w.attn_w, w.attn_b, 3 * h, (par, threads));
+    let mut qkv = vec![0f32; n * 3 * h];
+    conv1d(&a, h, w.attn_w, &mut qkv, Epilogue::Bias(w.attn_b), run);
     drop(a);
+    let threads = run.threads;
     let ctx = match cache {
         None => attention(&qkv, Kv::in_qkv(&qkv, attn), attn, threads),
         Some((l, kv)) => {
@@ -329,24 +348,21 @@ fn attention_block(
         }
     };
     drop(qkv);
-    let o = conv1d(&ctx, n, h, w.proj_w, w.proj_b, h, (par, threads));
-    add_into(x, &o);
+    conv1d(&ctx, h, w.proj_w, x, Epilogue::AddBias(w.proj_b), run);
     Ok(())
 }
 
 /// `x += mlp.c_proj(act(c_fc(ln_2(x))))`.
-fn mlp_block(x: &mut [f32], w: &Layer<'_>, c: &Config, (par, threads): (Parallelism, usize)) {
+fn mlp_block(x: &mut [f32], w: &Layer<'_>, c: &Config, run: Run) {
     let (h, inner) = (c.n_embd, c.n_inner);
     let n = x.len() / h;
     let mut m = x.to_vec();
     layer_norm(&mut m, h, w.ln2_w, w.ln2_b, c.layer_norm_epsilon);
-    let mut f = conv1d(&m, n, h, w.fc_w, w.fc_b, inner, (par, threads));
+    let mut f = vec![0f32; n * inner];
+    let fc = Epilogue::BiasAct(w.fc_b, c.activation);
+    conv1d(&m, h, w.fc_w, &mut f, fc, run);
     drop(m);
-    for v in f.iter_mut() {
-        *v = activate(c.activation, *v);
-    }
-    let o = conv1d(&f, n, inner, w.out_w, w.out_b, h, (par, threads));
-    add_into(x, &o);
+    conv1d(&f, inner, w.out_w, x, Epilogue::AddBias(w.out_b), run);
 }
 
 fn add_into(x: &mut [f32], y: &[f32]) {

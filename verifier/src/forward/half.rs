@@ -39,6 +39,40 @@ impl<'a> HalfMatrix<'a> {
         })
     }
 
+    /// Rows of the matrix.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of the matrix.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Widens `W[r, c..c + dst.len()]` exactly into `dst`; the caller keeps it inside the
+    /// matrix (a wide product's panel loops do).
+    pub fn widen_into(&self, r: usize, c: usize, dst: &mut [f32]) {
+        let start = 2 * (r * self.cols + c);
+        let src = &self.bytes[start..start + 2 * dst.len()];
+        super::widen::widen_16(src, dst, self.bf16);
+    }
+
+    /// Asks the CPU to start loading `W[r, c..c + len]` (a row some way ahead of the one being
+    /// widened: rows of a panel lie a page or more apart, where the hardware prefetcher stops).
+    /// Out-of-range rows are ignored.
+    pub fn prefetch(&self, r: usize, c: usize, len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if r < self.rows {
+            let start = 2 * (r * self.cols + c);
+            let end = (start + 2 * len).min(self.bytes.len());
+            for at in (start..end).step_by(64) {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                // SAFETY: a prefetch never faults and `at` is inside the slice anyway.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.bytes.as_ptr().add(at).cast()) };
+            }
+        }
+    }
+
     /// Rows `r..r + n` (in bounds by construction of the callers' loops).
     fn rows_bytes(&self, r: usize, n: usize) -> &'a [u8] {
         let row = 2 * self.cols;
@@ -130,7 +164,7 @@ pub fn head(x: &[f32], w: HalfMatrix<'_>, threads: usize) -> Vec<f32> {
 /// Rows of W per pass over `y` (and per group of head rows).
 const ROWS: usize = 8;
 
-fn to_f32(lo: u8, hi: u8, bf16: bool) -> f32 {
+pub(super) fn to_f32(lo: u8, hi: u8, bf16: bool) -> f32 {
     let bits = u16::from_le_bytes([lo, hi]);
     if bf16 {
         ::half::bf16::from_bits(bits).to_f32()
@@ -210,7 +244,7 @@ fn dot_portable(x: &[f32], rows: &[u8], n: usize, bf16: bool) -> [f32; ROWS] {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
+pub(super) mod simd {
     use std::arch::x86_64::*;
 
     use super::{to_f32, ROWS};
@@ -227,7 +261,7 @@ mod simd {
     /// 16 bytes at `p` are readable; the CPU has AVX2 and F16C.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8(p: *const u8, bf16: bool) -> __m256 {
+    pub(in crate::forward) unsafe fn load8(p: *const u8, bf16: bool) -> __m256 {
         let v = _mm_loadu_si128(p.cast());
         if bf16 {
             _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
@@ -319,13 +353,13 @@ mod simd {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::cpu::{matmul, View};
     use super::*;
     use gemm::Parallelism;
 
     /// Deterministic values in about [-2, 2] with a fraction of them tiny or exactly zero.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -346,7 +380,7 @@ mod tests {
 
     /// `w` as 16-bit bytes starting `shift` bytes into the returned buffer (so unaligned when
     /// shift is odd), and the exact f32 widening of what was stored.
-    fn store(w: &[f32], bf16: bool, shift: usize) -> (Vec<u8>, Vec<f32>) {
+    pub(crate) fn store(w: &[f32], bf16: bool, shift: usize) -> (Vec<u8>, Vec<f32>) {
         let mut bytes = vec![0u8; shift];
         let mut wide = Vec::new();
         for &v in w {
@@ -363,7 +397,7 @@ mod tests {
         (bytes, wide)
     }
 
-    fn raw(bytes: &[u8], bf16: bool, cols: usize) -> Raw<'_> {
+    pub(crate) fn raw(bytes: &[u8], bf16: bool, cols: usize) -> Raw<'_> {
         Raw {
             dtype: if bf16 { Stored::Bf16 } else { Stored::F16 },
             bytes,

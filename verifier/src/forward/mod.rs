@@ -7,6 +7,9 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod half;
+mod panel;
+mod vmath;
+mod widen;
 
 use std::fmt;
 use std::str::FromStr;
@@ -221,11 +224,7 @@ pub fn layer_norm(x: &mut [f32], width: usize, weight: &[f32], bias: &[f32], eps
 /// Softmax of `row` in place, in f32 with an f64 sum, after subtracting the maximum.
 pub fn softmax(row: &mut [f32]) {
     let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f64;
-    for v in row.iter_mut() {
-        *v = (*v - m).exp();
-        sum += f64::from(*v);
-    }
+    let sum = vmath::exp_shifted(row, m);
     let inv = (1.0 / sum) as f32;
     for v in row.iter_mut() {
         *v *= inv;

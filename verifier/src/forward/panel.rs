@@ -1,0 +1,296 @@
+//! Wide matrix products (verification, prefill) with 16-bit weights. Widening a whole matrix to
+//! f32 first writes twice its bytes to fresh memory and reads them back; here each thread widens
+//! one panel (a few dozen output columns by a few thousand inputs, about 1 MiB) into a buffer that
+//! stays in its cache, multiplies it there with `gemm`, and applies bias, activation or residual
+//! add to its own columns before handing them back. No f32 copy of a matrix ever reaches memory,
+//! and the widening runs on every thread of the pool.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::activate;
+use super::cpu::{matmul, View};
+use super::half::HalfMatrix;
+use super::vmath::gelu_tanh;
+use crate::model::Activation;
+
+/// Most output columns per panel, a multiple of every f32 vector width `gemm` uses (8 and 16).
+/// A Conv1D panel reads `2 * PANEL_COLS` contiguous bytes from each of its rows of the map:
+/// 64 columns (128 bytes a row, a page apart) spent 20% more time than 256 on TLB misses.
+const PANEL_COLS: usize = 256;
+/// Most inputs per panel: 256 columns x 1024 x 4 bytes is 1 MiB, half this machine's L2.
+const PANEL_DEPTH: usize = 1024;
+/// How many rows ahead of the one being widened to prefetch.
+const PREFETCH_ROWS: usize = 8;
+/// Panels per thread at least, so that the threads finish together.
+const PANELS_PER_THREAD: usize = 4;
+/// Panels per thread computed before their outputs are copied into the result.
+const PANELS_PER_WAVE: usize = 16;
+
+/// How the weight matrix `W` is laid out for `y = x @ W'`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `W` is `[k, n]` (Conv1D's `[in, out]`): `W' = W`.
+    InOut,
+    /// `W` is `[n, k]` (the tied head, `[vocab, h]`): `W' = Wᵀ`.
+    OutIn,
+}
+
+/// What happens to the product `acc` of each output element on its way into `y`, in
+/// transformers' order (addmm's bias first, then the activation or the residual add).
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `y = acc`.
+    Plain,
+    /// `y = bias + acc`.
+    Bias(&'a [f32]),
+    /// `y = act(bias + acc)`.
+    BiasAct(&'a [f32], Activation),
+    /// `y += bias + acc` (the residual stream).
+    AddBias(&'a [f32]),
+}
+
+impl Epilogue<'_> {
+    /// Applies the bias and activation to `out` (`[m, cols]`, columns `n0..` of the result).
+    fn finish(&self, out: &mut [f32], n0: usize, cols: usize) {
+        let (bias, act) = match *self {
+            Epilogue::Plain => return,
+            Epilogue::Bias(b) | Epilogue::AddBias(b) => (b, None),
+            Epilogue::BiasAct(b, a) => (b, Some(a)),
+        };
+        let bias = &bias[n0..n0 + cols];
+        for row in out.chunks_exact_mut(cols) {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+            if let Some(a) = act {
+                activate_all(row, a);
+            }
+        }
+    }
+}
+
+/// `v = act(v)` for every value, GPT-2's GELU vectorized.
+pub fn activate_all(v: &mut [f32], act: Activation) {
+    match act {
+        Activation::GeluTanh => gelu_tanh(v),
+        a => v.iter_mut().for_each(|x| *x = activate(a, *x)),
+    }
+}
+
+/// `y[m x n] ⟵ x[m x k] @ W'` through `ep`, where `(k, n)` come from `w` and `layout`. Runs on
+/// the current rayon pool when `threads > 1`. The caller sizes `x` and `y` (checked here).
+pub fn product(
+    x: &[f32],
+    w: HalfMatrix<'_>,
+    layout: Layout,
+    y: &mut [f32],
+    ep: Epilogue<'_>,
+    threads: usize,
+) {
+    let (k, n) = match layout {
+        Layout::InOut => (w.rows(), w.cols()),
+        Layout::OutIn => (w.cols(), w.rows()),
+    };
+    let m = x.len() / k.max(1);
+    assert!(
+        x.len() == m * k && y.len() == m * n,
+        "panel product given mismatched buffers"
+    );
+    if m == 0 {
+        return;
+    }
+    let width = n
+        .div_ceil(threads.max(1) * PANELS_PER_THREAD)
+        .next_multiple_of(16)
+        .min(PANEL_COLS);
+    let panels = n.div_ceil(width);
+    let task = |buf: &mut Vec<f32>, p: usize| {
+        let n0 = p * width;
+        let cols = width.min(n - n0);
+        let mut out = vec![0f32; m * cols];
+        panel(x, w, layout, (m, k, n0, cols), buf, &mut out);
+        ep.finish(&mut out, n0, cols);
+        (n0, out)
+    };
+    // Panels are computed a wave at a time and copied out, so what is held besides `y` is a
+    // wave's outputs, not a second copy of the whole result (the head's logits are the largest).
+    let wave = threads.max(1) * PANELS_PER_WAVE;
+    let mut buf = Vec::new();
+    for first in (0..panels).step_by(wave) {
+        let range = first..(first + wave).min(panels);
+        let parts: Vec<(usize, Vec<f32>)> = if threads <= 1 {
+            range.map(|p| task(&mut buf, p)).collect()
+        } else {
+            range.into_par_iter().map_init(Vec::new, task).collect()
+        };
+        scatter(y, n, parts, matches!(ep, Epilogue::AddBias(_)));
+    }
+}
+
+/// Copies (or with `add`, adds) each panel's `[m, cols]` output into columns `n0..` of `y`.
+fn scatter(y: &mut [f32], n: usize, parts: Vec<(usize, Vec<f32>)>, add: bool) {
+    let m = y.len() / n.max(1);
+    for (n0, out) in parts {
+        let cols = out.len() / m.max(1);
+        for (dst, src) in y.chunks_exact_mut(n).zip(out.chunks_exact(cols.max(1))) {
+            let dst = &mut dst[n0..n0 + cols];
+            if add {
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// `out[m x cols] = x @ W'[.., n0..n0 + cols]`, widening `W'` a depth block at a time into `buf`.
+fn panel(
+    x: &[f32],
+    w: HalfMatrix<'_>,
+    layout: Layout,
+    (m, k, n0, cols): (usize, usize, usize, usize),
+    buf: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    // Equal depth blocks, so that no block is a sliver.
+    let depth = k.div_ceil(k.div_ceil(PANEL_DEPTH).max(1)).max(1);
+    let mut k0 = 0;
+    while k0 < k {
+        let kb = depth.min(k - k0);
+        buf.resize(kb * cols, 0.0);
+        let rhs = match layout {
+            Layout::InOut => {
+                for (i, row) in buf.chunks_exact_mut(cols).enumerate() {
+                    w.prefetch(k0 + i + PREFETCH_ROWS, n0, cols);
+                    w.widen_into(k0 + i, n0, row);
+                }
+                View::rows(buf, cols)
+            }
+            Layout::OutIn => {
+                for (j, row) in buf.chunks_exact_mut(kb).enumerate() {
+                    w.prefetch(n0 + j + PREFETCH_ROWS, k0, kb);
+                    w.widen_into(n0 + j, k0, row);
+                }
+                View {
+                    data: buf,
+                    offset: 0,
+                    rs: 1,
+                    cs: kb,
+                }
+            }
+        };
+        let lhs = View {
+            data: x,
+            offset: k0,
+            rs: k,
+            cs: 1,
+        };
+        let shape = (m, cols, kb);
+        matmul(out, 0, cols, lhs, rhs, shape, k0 > 0, Parallelism::None);
+        k0 += kb;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::half::tests::{raw, store, values};
+    use super::*;
+    use crate::model::Activation;
+
+    /// The plain definition, in f64: `y = x @ W'` through `ep`, from the exactly widened `w`.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        (m, k, n): (usize, usize, usize),
+        layout: Layout,
+    ) -> Vec<f64> {
+        let mut y = vec![0f64; m * n];
+        for t in 0..m {
+            for j in 0..n {
+                y[t * n + j] = (0..k)
+                    .map(|i| {
+                        let wv = match layout {
+                            Layout::InOut => w[i * n + j],
+                            Layout::OutIn => w[j * k + i],
+                        };
+                        f64::from(x[t * k + i]) * f64::from(wv)
+                    })
+                    .sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn panel_products_match_the_plain_product_on_odd_shapes_for_each_dtype_and_epilogue() {
+        // 1-row and 1-column matrices, sizes off every panel and vector width, and a depth over
+        // PANEL_DEPTH (two depth blocks), in both layouts, f16 and bf16, aligned or not.
+        let shapes = [
+            (1, 1, 1),
+            (1, 7, 1),
+            (3, 1, 17),
+            (2, 33, 130),
+            (65, 19, 64),
+            (3, 4099, 9),
+        ];
+        for (m, k, n) in shapes {
+            for layout in [Layout::InOut, Layout::OutIn] {
+                for (bf16, shift) in [(false, 0), (false, 1), (true, 0), (true, 3)] {
+                    let x = values(m * k, 7);
+                    let (bytes, wide) = store(&values(k * n, 8), bf16, shift);
+                    let (r, c) = match layout {
+                        Layout::InOut => (k, n),
+                        Layout::OutIn => (n, k),
+                    };
+                    let w = HalfMatrix::new(raw(&bytes[shift..], bf16, c), r, c).unwrap();
+                    let want = reference(&x, &wide, (m, k, n), layout);
+                    let bias = values(n, 9);
+                    let prior = values(m * n, 10);
+                    let what = format!("{m}x{k}x{n} {layout:?} bf16 {bf16} +{shift}");
+                    for threads in [1, 3] {
+                        check_epilogues(&x, w, layout, (&want, &bias, &prior), threads, &what);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs every epilogue and compares with `want` (the plain product) finished the same way.
+    fn check_epilogues(
+        x: &[f32],
+        w: HalfMatrix<'_>,
+        layout: Layout,
+        (want, bias, prior): (&[f64], &[f32], &[f32]),
+        threads: usize,
+        what: &str,
+    ) {
+        let n = bias.len();
+        let k = x.len() / (prior.len() / n);
+        let act = Activation::GeluTanh;
+        let cases: [(Epilogue<'_>, &str); 4] = [
+            (Epilogue::Plain, "plain"),
+            (Epilogue::Bias(bias), "bias"),
+            (Epilogue::BiasAct(bias, act), "bias+gelu"),
+            (Epilogue::AddBias(bias), "residual"),
+        ];
+        for (ep, name) in cases {
+            let mut y = prior.to_vec();
+            product(x, w, layout, &mut y, ep, threads);
+            for (i, (&g, &acc)) in y.iter().zip(want).enumerate() {
+                let b = f64::from(bias[i % n]);
+                let e = match ep {
+                    Epilogue::Plain => acc,
+                    Epilogue::Bias(_) => acc + b,
+                    Epilogue::BiasAct(..) => f64::from(activate(act, (acc + b) as f32)),
+                    Epilogue::AddBias(_) => f64::from(prior[i]) + acc + b,
+                };
+                let tol = 1e-5 * (1.0 + e.abs()) * (k as f64).sqrt();
+                assert!(
+                    (f64::from(g) - e).abs() <= tol,
+                    "{what} {name} {threads} threads [{i}]: {g} vs {e}"
+                );
+            }
+        }
+    }
+}
