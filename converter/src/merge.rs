@@ -1,5 +1,5 @@
 //! Merging one tensor's model-parallel parts into the Hugging Face layout: concatenation on a
-//! dimension, the query/key/value interleave, replicated-copy checks, a blocked transpose, and
+//! dimension, the query/key/value interleave, replicated-copy checks, the transpose (transpose.rs), and
 //! dtype casts. Works on raw little-endian bytes; knows no tensor names.
 
 use std::borrow::Cow;
@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::mapping::Split;
 use crate::plan::Entry;
 use crate::torch::Dtype;
+use crate::transpose::{transpose, Dst};
 
 /// One tensor, merged and ready to write: its pieces in file order, in the output dtype.
 pub struct Merged<'a> {
@@ -173,22 +174,24 @@ pub fn merge<'a>(
             cols,
             dst_row: b.dst_row,
             dst_col: b.dst_col,
-            m_rows,
             m_cols,
         };
-        match (e.transpose, es) {
-            (false, _) => place_rows(&mut out, src, &g, es),
-            (true, 2) => place_transposed::<u16>(&mut out, src, &g),
-            (true, 4) => place_transposed::<u32>(&mut out, src, &g),
-            (true, 8) => place_transposed::<u64>(&mut out, src, &g),
-            // Plans admit only float dtypes, which are 2, 4 or 8 bytes wide.
-            (true, n) => {
-                return Err(Error::internal(format!(
-                    "tensor `{}`: cannot transpose {n}-byte elements",
-                    e.source
-                )))
-            }
+        if !e.transpose {
+            place_rows(&mut out, src, &g, es);
+            continue;
         }
+        let at = Dst {
+            offset: g.dst_col * m_rows + g.dst_row,
+            stride: m_rows,
+        };
+        // Plans admit only float dtypes (2, 4 or 8 bytes) and the shapes were checked above.
+        transpose(src, b.rows, cols, &mut out, at, es).map_err(|_| {
+            Error::internal(format!(
+                "tensor `{}`: a {}-byte {} x {cols} block does not fit the merged {m_rows} x \
+                 {m_cols} matrix",
+                e.source, es, b.rows
+            ))
+        })?;
     }
     Ok(vec![Cow::Owned(out)])
 }
@@ -330,7 +333,6 @@ struct Geometry {
     cols: usize,
     dst_row: usize,
     dst_col: usize,
-    m_rows: usize,
     m_cols: usize,
 }
 
@@ -339,44 +341,6 @@ fn place_rows(out: &mut [u8], src: &[u8], g: &Geometry, es: usize) {
     for i in 0..g.rows {
         let d = ((g.dst_row + i) * g.m_cols + g.dst_col) * es;
         out[d..d + w].copy_from_slice(&src[i * w..(i + 1) * w]);
-    }
-}
-
-/// Plain-old-data elements we move during transposes.
-trait Elem: Copy {}
-impl Elem for u16 {}
-impl Elem for u32 {}
-impl Elem for u64 {}
-
-/// out is the transposed merged matrix, [m_cols, m_rows]. Tiles keep both sides in cache; the
-/// inner loop reads a column of the source tile and writes a contiguous run of the output.
-fn place_transposed<T: Elem>(out: &mut [u8], src: &[u8], g: &Geometry) {
-    const TILE: usize = 64;
-    let es = std::mem::size_of::<T>();
-    // Every index below stays within these bounds; checking them once lets the loops run
-    // without per-element checks.
-    assert!(src.len() >= g.rows * g.cols * es);
-    assert!(g.dst_col + g.cols <= g.m_cols && g.dst_row + g.rows <= g.m_rows);
-    assert!(out.len() >= g.m_rows * g.m_cols * es);
-    let sp = src.as_ptr();
-    let op = out.as_mut_ptr();
-    for i0 in (0..g.rows).step_by(TILE) {
-        let i1 = (i0 + TILE).min(g.rows);
-        for j0 in (0..g.cols).step_by(TILE) {
-            let j1 = (j0 + TILE).min(g.cols);
-            for j in j0..j1 {
-                let drow = (g.dst_col + j) * g.m_rows + g.dst_row;
-                for i in i0..i1 {
-                    // SAFETY: i < rows, j < cols, so (i * cols + j) < rows * cols <= src elements;
-                    // drow + i < (dst_col + cols) * m_rows <= m_cols * m_rows <= out elements
-                    // (asserted above). Unaligned accesses: the input map gives no alignment.
-                    unsafe {
-                        let v = std::ptr::read_unaligned(sp.add((i * g.cols + j) * es) as *const T);
-                        std::ptr::write_unaligned(op.add((drow + i) * es) as *mut T, v);
-                    }
-                }
-            }
-        }
     }
 }
 
