@@ -30,11 +30,14 @@ pub fn tensor<'a>(
     strict: bool,
     alloc: &mut dyn FnMut(usize) -> Vec<u8>,
 ) -> Result<Merged<'a>> {
-    let pieces = merge(e, parts, names, alloc)?;
-    let non_finite: u64 = pieces
-        .iter()
-        .map(|p| count_non_finite(p, e.source_dtype))
-        .sum();
+    let (pieces, counted) = merge_counting(e, parts, names, alloc)?;
+    // A transpose counts on the way; other merges are counted here.
+    let non_finite = counted.unwrap_or_else(|| {
+        pieces
+            .iter()
+            .map(|p| count_non_finite(p, e.source_dtype))
+            .sum()
+    });
     if non_finite > 0 && strict {
         return Err(Error::values(
             &e.source,
@@ -123,11 +126,21 @@ pub fn merge<'a>(
     names: &[String],
     alloc: &mut dyn FnMut(usize) -> Vec<u8>,
 ) -> Result<Vec<Cow<'a, [u8]>>> {
+    merge_counting(e, parts, names, alloc).map(|(pieces, _)| pieces)
+}
+
+/// [`merge`], and the pieces' NaN/Inf count when the merge took it on the way (transposes).
+fn merge_counting<'a>(
+    e: &Entry,
+    parts: Vec<Cow<'a, [u8]>>,
+    names: &[String],
+    alloc: &mut dyn FnMut(usize) -> Vec<u8>,
+) -> Result<(Vec<Cow<'a, [u8]>>, Option<u64>)> {
     let es = e.source_dtype.size();
     if e.zeros {
         let mut out = alloc(e.numel() as usize * es);
         out.fill(0);
-        return Ok(vec![Cow::Owned(out)]);
+        return Ok((vec![Cow::Owned(out)], Some(0)));
     }
     let (rows, cols) = check_parts(e, &parts, names)?;
     if e.split == Split::Replicated {
@@ -155,10 +168,11 @@ pub fn merge<'a>(
                 }
             })
             .collect();
-        return Ok(match e.keep_rows {
+        let pieces = match e.keep_rows {
             Some(n) => cut(pieces, n as usize * row),
             None => pieces,
-        });
+        };
+        return Ok((pieces, None));
     }
     if e.keep_rows.is_some() {
         return Err(Error::internal(format!(
@@ -167,6 +181,8 @@ pub fn merge<'a>(
         )));
     }
     let mut out = alloc(m_rows * m_cols * es);
+    let mask = exponent_mask(e.source_dtype);
+    let mut non_finite = 0;
     for b in &blocks {
         let src = &parts[b.rank][b.src_row * cols * es..(b.src_row + b.rows) * cols * es];
         let g = Geometry {
@@ -185,7 +201,7 @@ pub fn merge<'a>(
             stride: m_rows,
         };
         // Plans admit only float dtypes (2, 4 or 8 bytes) and the shapes were checked above.
-        transpose(src, b.rows, cols, &mut out, at, es).map_err(|_| {
+        non_finite += transpose(src, b.rows, cols, &mut out, at, es, mask).map_err(|_| {
             Error::internal(format!(
                 "tensor `{}`: a {}-byte {} x {cols} block does not fit the merged {m_rows} x \
                  {m_cols} matrix",
@@ -193,7 +209,19 @@ pub fn merge<'a>(
             ))
         })?;
     }
-    Ok(vec![Cow::Owned(out)])
+    let counted = (e.transpose && mask != 0).then_some(non_finite);
+    Ok((vec![Cow::Owned(out)], counted))
+}
+
+/// The exponent bits of a float dtype (all set: NaN or Inf); 0 for other dtypes.
+fn exponent_mask(dtype: Dtype) -> u64 {
+    match dtype {
+        Dtype::F16 => 0x7c00,
+        Dtype::BF16 => 0x7f80,
+        Dtype::F32 => 0x7f80_0000,
+        Dtype::F64 => 0x7ff0_0000_0000_0000,
+        _ => 0,
+    }
 }
 
 /// Every part holds exactly one rank's share (the plan checked the shapes; this checks the
