@@ -129,13 +129,16 @@ pub fn merge<'a>(
     merge_counting(e, parts, names, alloc).map(|(pieces, _)| pieces)
 }
 
+/// A merged tensor's bytes, in file order.
+type Pieces<'a> = Vec<Cow<'a, [u8]>>;
+
 /// [`merge`], and the pieces' NaN/Inf count when the merge took it on the way (transposes).
 fn merge_counting<'a>(
     e: &Entry,
     parts: Vec<Cow<'a, [u8]>>,
     names: &[String],
     alloc: &mut dyn FnMut(usize) -> Vec<u8>,
-) -> Result<(Vec<Cow<'a, [u8]>>, Option<u64>)> {
+) -> Result<(Pieces<'a>, Option<u64>)> {
     let es = e.source_dtype.size();
     if e.zeros {
         let mut out = alloc(e.numel() as usize * es);
@@ -551,6 +554,79 @@ pub fn element(bytes: &[u8], dtype: Dtype, i: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dim-1 split, transposed entry of `rows` x `cols` per rank over `ranks` ranks.
+    fn dim1_transposed(dtype: Dtype, ranks: usize, rows: u64, cols: u64) -> Entry {
+        let m_cols = cols * ranks as u64;
+        Entry {
+            target: "h.0.mlp.c_proj.weight".into(),
+            source: "mlp.dense_4h_to_h.weight".into(),
+            split: Split::Dim1,
+            transpose: true,
+            source_dtype: dtype,
+            dtype,
+            rank_shapes: vec![vec![rows, cols]; ranks],
+            shape: vec![m_cols, rows],
+            zeros: false,
+            keep_rows: None,
+            heads: 1,
+            sources: Vec::new(),
+            dims: Vec::new(),
+        }
+    }
+
+    /// Through `tensor`, a column-merged, transposed tensor of every float dtype comes out as
+    /// the plain definition (out[j][i] = concat(parts)[i][j]), and its NaN/Inf count (taken
+    /// inside the transpose) is the number of elements `half`/std call non-finite; `--strict`
+    /// refuses it. Odd shapes, so the kernels' ragged edges are crossed.
+    #[test]
+    fn transposed_merge_counts_non_finite_like_is_finite_and_places_every_element() {
+        for (dtype, es) in [(Dtype::F16, 2), (Dtype::BF16, 2), (Dtype::F32, 4)] {
+            let (ranks, rows, cols) = (2usize, 19usize, 13usize);
+            let e = dim1_transposed(dtype, ranks, rows as u64, cols as u64);
+            // Element k of rank r: distinct bits, every 7th with the exponent all ones.
+            let value = |r: usize, k: usize| -> u32 {
+                let v = (r * 1000 + k) as u32;
+                match (es, k % 7 == 3) {
+                    (2, true) => v | exponent_mask(dtype) as u32,
+                    (2, false) => v & 0x3fff,
+                    (_, true) => v | 0x7f80_0000,
+                    _ => v,
+                }
+            };
+            let parts: Vec<Vec<u8>> = (0..ranks)
+                .map(|r| {
+                    (0..rows * cols)
+                        .flat_map(|k| value(r, k).to_le_bytes()[..es].to_vec())
+                        .collect()
+                })
+                .collect();
+            let cow = || parts.iter().map(|p| Cow::Borrowed(&p[..])).collect();
+            let names = vec!["r0".to_string(), "r1".to_string()];
+            let merged = tensor(&e, cow(), &names, false, &mut |n| vec![0xAB; n]).unwrap();
+            let out: Vec<u8> = merged.pieces.concat();
+            let m_cols = cols * ranks;
+            for j in 0..m_cols {
+                for i in 0..rows {
+                    let (r, c) = (j / cols, j % cols);
+                    let want = &value(r, i * cols + c).to_le_bytes()[..es];
+                    let at = (j * rows + i) * es;
+                    assert_eq!(&out[at..at + es], want, "{dtype:?} out[{j}][{i}]");
+                }
+            }
+            let bad = out
+                .chunks_exact(es)
+                .filter(|c| match dtype {
+                    Dtype::F16 => !f16::from_le_bytes([c[0], c[1]]).is_finite(),
+                    Dtype::BF16 => !bf16::from_le_bytes([c[0], c[1]]).is_finite(),
+                    _ => !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite(),
+                })
+                .count() as u64;
+            assert!(bad > 0);
+            assert_eq!(merged.non_finite, bad, "{dtype:?}");
+            assert!(tensor(&e, cow(), &names, true, &mut |n| vec![0; n]).is_err());
+        }
+    }
 
     #[test]
     fn f16_cast_overflows_at_65520_not_before() {
