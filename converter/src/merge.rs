@@ -184,9 +184,24 @@ fn merge_counting<'a>(
         )));
     }
     let mut out = alloc(m_rows * m_cols * es);
+    let counted = place_blocks(e, &parts, &blocks, &mut out, cols, (m_rows, m_cols))?;
+    Ok((vec![Cow::Owned(out)], counted))
+}
+
+/// Place every block of the parts into `out`, the merged matrix (transposed when `e` says so),
+/// and return the NaN/Inf count when the transposes took it.
+fn place_blocks(
+    e: &Entry,
+    parts: &[Cow<'_, [u8]>],
+    blocks: &[Block],
+    out: &mut [u8],
+    cols: usize,
+    (m_rows, m_cols): (usize, usize),
+) -> Result<Option<u64>> {
+    let es = e.source_dtype.size();
     let mask = exponent_mask(e.source_dtype);
     let mut non_finite = 0;
-    for b in &blocks {
+    for b in blocks {
         let src = &parts[b.rank][b.src_row * cols * es..(b.src_row + b.rows) * cols * es];
         let g = Geometry {
             rows: b.rows,
@@ -196,7 +211,7 @@ fn merge_counting<'a>(
             m_cols,
         };
         if !e.transpose {
-            place_rows(&mut out, src, &g, es);
+            place_rows(out, src, &g, es);
             continue;
         }
         let at = Dst {
@@ -204,7 +219,7 @@ fn merge_counting<'a>(
             stride: m_rows,
         };
         // Plans admit only float dtypes (2, 4 or 8 bytes) and the shapes were checked above.
-        non_finite += transpose(src, b.rows, cols, &mut out, at, es, mask).map_err(|_| {
+        non_finite += transpose(src, b.rows, cols, out, at, es, mask).map_err(|_| {
             Error::internal(format!(
                 "tensor `{}`: a {}-byte {} x {cols} block does not fit the merged {m_rows} x \
                  {m_cols} matrix",
@@ -212,8 +227,7 @@ fn merge_counting<'a>(
             ))
         })?;
     }
-    let counted = (e.transpose && mask != 0).then_some(non_finite);
-    Ok((vec![Cow::Owned(out)], counted))
+    Ok((e.transpose && mask != 0).then_some(non_finite))
 }
 
 /// The exponent bits of a float dtype (all set: NaN or Inf); 0 for other dtypes.
