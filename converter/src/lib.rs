@@ -41,6 +41,7 @@ pub mod source;
 pub mod table;
 pub mod tokenizer_files;
 pub mod torch;
+pub mod transpose;
 pub mod write;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! Merging one tensor's model-parallel parts into the Hugging Face layout: concatenation on a
-//! dimension, the query/key/value interleave, replicated-copy checks, a blocked transpose, and
+//! dimension, the query/key/value interleave, replicated-copy checks, the transpose (transpose.rs), and
 //! dtype casts. Works on raw little-endian bytes; knows no tensor names.
 
 use std::borrow::Cow;
@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::mapping::Split;
 use crate::plan::Entry;
 use crate::torch::Dtype;
+use crate::transpose::{transpose, Dst};
 
 /// One tensor, merged and ready to write: its pieces in file order, in the output dtype.
 pub struct Merged<'a> {
@@ -29,11 +30,14 @@ pub fn tensor<'a>(
     strict: bool,
     alloc: &mut dyn FnMut(usize) -> Vec<u8>,
 ) -> Result<Merged<'a>> {
-    let pieces = merge(e, parts, names, alloc)?;
-    let non_finite: u64 = pieces
-        .iter()
-        .map(|p| count_non_finite(p, e.source_dtype))
-        .sum();
+    let (pieces, counted) = merge_counting(e, parts, names, alloc)?;
+    // A transpose counts on the way; other merges are counted here.
+    let non_finite = counted.unwrap_or_else(|| {
+        pieces
+            .iter()
+            .map(|p| count_non_finite(p, e.source_dtype))
+            .sum()
+    });
     if non_finite > 0 && strict {
         return Err(Error::values(
             &e.source,
@@ -123,11 +127,24 @@ pub fn merge<'a>(
     names: &[String],
     alloc: &mut dyn FnMut(usize) -> Vec<u8>,
 ) -> Result<Vec<Cow<'a, [u8]>>> {
+    merge_counting(e, parts, names, alloc).map(|(pieces, _)| pieces)
+}
+
+/// A merged tensor's bytes, in file order.
+type Pieces<'a> = Vec<Cow<'a, [u8]>>;
+
+/// [`merge`], and the pieces' NaN/Inf count when the merge took it on the way (transposes).
+fn merge_counting<'a>(
+    e: &Entry,
+    parts: Vec<Cow<'a, [u8]>>,
+    names: &[String],
+    alloc: &mut dyn FnMut(usize) -> Vec<u8>,
+) -> Result<(Pieces<'a>, Option<u64>)> {
     let es = e.source_dtype.size();
     if e.zeros {
         let mut out = alloc(e.numel() as usize * es);
         out.fill(0);
-        return Ok(vec![Cow::Owned(out)]);
+        return Ok((vec![Cow::Owned(out)], Some(0)));
     }
     let (rows, cols) = check_parts(e, &parts, names)?;
     if e.split == Split::Replicated {
@@ -155,10 +172,11 @@ pub fn merge<'a>(
                 }
             })
             .collect();
-        return Ok(match e.keep_rows {
+        let pieces = match e.keep_rows {
             Some(n) => cut(pieces, n as usize * row),
             None => pieces,
-        });
+        };
+        return Ok((pieces, None));
     }
     if e.keep_rows.is_some() {
         return Err(Error::internal(format!(
@@ -167,31 +185,61 @@ pub fn merge<'a>(
         )));
     }
     let mut out = alloc(m_rows * m_cols * es);
-    for b in &blocks {
+    let counted = place_blocks(e, &parts, &blocks, &mut out, cols, (m_rows, m_cols))?;
+    Ok((vec![Cow::Owned(out)], counted))
+}
+
+/// Place every block of the parts into `out`, the merged matrix (transposed when `e` says so),
+/// and return the NaN/Inf count when the transposes took it.
+fn place_blocks(
+    e: &Entry,
+    parts: &[Cow<'_, [u8]>],
+    blocks: &[Block],
+    out: &mut [u8],
+    cols: usize,
+    (m_rows, m_cols): (usize, usize),
+) -> Result<Option<u64>> {
+    let es = e.source_dtype.size();
+    let mask = exponent_mask(e.source_dtype);
+    let mut non_finite = 0;
+    for b in blocks {
         let src = &parts[b.rank][b.src_row * cols * es..(b.src_row + b.rows) * cols * es];
         let g = Geometry {
             rows: b.rows,
             cols,
             dst_row: b.dst_row,
             dst_col: b.dst_col,
-            m_rows,
             m_cols,
         };
-        match (e.transpose, es) {
-            (false, _) => place_rows(&mut out, src, &g, es),
-            (true, 2) => place_transposed::<u16>(&mut out, src, &g),
-            (true, 4) => place_transposed::<u32>(&mut out, src, &g),
-            (true, 8) => place_transposed::<u64>(&mut out, src, &g),
-            // Plans admit only float dtypes, which are 2, 4 or 8 bytes wide.
-            (true, n) => {
-                return Err(Error::internal(format!(
-                    "tensor `{}`: cannot transpose {n}-byte elements",
-                    e.source
-                )))
-            }
+        if !e.transpose {
+            place_rows(out, src, &g, es);
+            continue;
         }
+        let at = Dst {
+            offset: g.dst_col * m_rows + g.dst_row,
+            stride: m_rows,
+        };
+        // Plans admit only float dtypes (2, 4 or 8 bytes) and the shapes were checked above.
+        non_finite += transpose(src, b.rows, cols, out, at, es, mask).map_err(|_| {
+            Error::internal(format!(
+                "tensor `{}`: a {}-byte {} x {cols} block does not fit the merged {m_rows} x \
+                 {m_cols} matrix",
+                e.source, es, b.rows
+            ))
+        })?;
     }
-    Ok(vec![Cow::Owned(out)])
+    Ok((e.transpose && mask != 0).then_some(non_finite))
+}
+
+/// The exponent bits of a float dtype (all set: NaN or Inf); 0 for other dtypes.
+fn exponent_mask(dtype: Dtype) -> u64 {
+    match dtype {
+        Dtype::F16 => 0x7c00,
+        Dtype::BF16 => 0x7f80,
+        Dtype::F32 => 0x7f80_0000,
+        Dtype::F64 => 0x7ff0_0000_0000_0000,
+        _ => 0,
+    }
 }
 
 /// Every part holds exactly one rank's share (the plan checked the shapes; this checks the
@@ -331,7 +379,6 @@ struct Geometry {
     cols: usize,
     dst_row: usize,
     dst_col: usize,
-    m_rows: usize,
     m_cols: usize,
 }
 
@@ -340,44 +387,6 @@ fn place_rows(out: &mut [u8], src: &[u8], g: &Geometry, es: usize) {
     for i in 0..g.rows {
         let d = ((g.dst_row + i) * g.m_cols + g.dst_col) * es;
         out[d..d + w].copy_from_slice(&src[i * w..(i + 1) * w]);
-    }
-}
-
-/// Plain-old-data elements we move during transposes.
-trait Elem: Copy {}
-impl Elem for u16 {}
-impl Elem for u32 {}
-impl Elem for u64 {}
-
-/// out is the transposed merged matrix, [m_cols, m_rows]. Tiles keep both sides in cache; the
-/// inner loop reads a column of the source tile and writes a contiguous run of the output.
-fn place_transposed<T: Elem>(out: &mut [u8], src: &[u8], g: &Geometry) {
-    const TILE: usize = 64;
-    let es = std::mem::size_of::<T>();
-    // Every index below stays within these bounds; checking them once lets the loops run
-    // without per-element checks.
-    assert!(src.len() >= g.rows * g.cols * es);
-    assert!(g.dst_col + g.cols <= g.m_cols && g.dst_row + g.rows <= g.m_rows);
-    assert!(out.len() >= g.m_rows * g.m_cols * es);
-    let sp = src.as_ptr();
-    let op = out.as_mut_ptr();
-    for i0 in (0..g.rows).step_by(TILE) {
-        let i1 = (i0 + TILE).min(g.rows);
-        for j0 in (0..g.cols).step_by(TILE) {
-            let j1 = (j0 + TILE).min(g.cols);
-            for j in j0..j1 {
-                let drow = (g.dst_col + j) * g.m_rows + g.dst_row;
-                for i in i0..i1 {
-                    // SAFETY: i < rows, j < cols, so (i * cols + j) < rows * cols <= src elements;
-                    // drow + i < (dst_col + cols) * m_rows <= m_cols * m_rows <= out elements
-                    // (asserted above). Unaligned accesses: the input map gives no alignment.
-                    unsafe {
-                        let v = std::ptr::read_unaligned(sp.add((i * g.cols + j) * es) as *const T);
-                        std::ptr::write_unaligned(op.add((drow + i) * es) as *mut T, v);
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -560,6 +569,79 @@ pub fn element(bytes: &[u8], dtype: Dtype, i: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dim-1 split, transposed entry of `rows` x `cols` per rank over `ranks` ranks.
+    fn dim1_transposed(dtype: Dtype, ranks: usize, rows: u64, cols: u64) -> Entry {
+        let m_cols = cols * ranks as u64;
+        Entry {
+            target: "h.0.mlp.c_proj.weight".into(),
+            source: "mlp.dense_4h_to_h.weight".into(),
+            split: Split::Dim1,
+            transpose: true,
+            source_dtype: dtype,
+            dtype,
+            rank_shapes: vec![vec![rows, cols]; ranks],
+            shape: vec![m_cols, rows],
+            zeros: false,
+            keep_rows: None,
+            heads: 1,
+            sources: Vec::new(),
+            dims: Vec::new(),
+        }
+    }
+
+    /// Through `tensor`, a column-merged, transposed tensor of every float dtype comes out as
+    /// the plain definition (out[j][i] = concat(parts)[i][j]), and its NaN/Inf count (taken
+    /// inside the transpose) is the number of elements `half`/std call non-finite; `--strict`
+    /// refuses it. Odd shapes, so the kernels' ragged edges are crossed.
+    #[test]
+    fn transposed_merge_counts_non_finite_like_is_finite_and_places_every_element() {
+        for (dtype, es) in [(Dtype::F16, 2), (Dtype::BF16, 2), (Dtype::F32, 4)] {
+            let (ranks, rows, cols) = (2usize, 19usize, 13usize);
+            let e = dim1_transposed(dtype, ranks, rows as u64, cols as u64);
+            // Element k of rank r: distinct bits, every 7th with the exponent all ones.
+            let value = |r: usize, k: usize| -> u32 {
+                let v = (r * 1000 + k) as u32;
+                match (es, k % 7 == 3) {
+                    (2, true) => v | exponent_mask(dtype) as u32,
+                    (2, false) => v & 0x3fff,
+                    (_, true) => v | 0x7f80_0000,
+                    _ => v,
+                }
+            };
+            let parts: Vec<Vec<u8>> = (0..ranks)
+                .map(|r| {
+                    (0..rows * cols)
+                        .flat_map(|k| value(r, k).to_le_bytes()[..es].to_vec())
+                        .collect()
+                })
+                .collect();
+            let cow = || parts.iter().map(|p| Cow::Borrowed(&p[..])).collect();
+            let names = vec!["r0".to_string(), "r1".to_string()];
+            let merged = tensor(&e, cow(), &names, false, &mut |n| vec![0xAB; n]).unwrap();
+            let out: Vec<u8> = merged.pieces.concat();
+            let m_cols = cols * ranks;
+            for j in 0..m_cols {
+                for i in 0..rows {
+                    let (r, c) = (j / cols, j % cols);
+                    let want = &value(r, i * cols + c).to_le_bytes()[..es];
+                    let at = (j * rows + i) * es;
+                    assert_eq!(&out[at..at + es], want, "{dtype:?} out[{j}][{i}]");
+                }
+            }
+            let bad = out
+                .chunks_exact(es)
+                .filter(|c| match dtype {
+                    Dtype::F16 => !f16::from_le_bytes([c[0], c[1]]).is_finite(),
+                    Dtype::BF16 => !bf16::from_le_bytes([c[0], c[1]]).is_finite(),
+                    _ => !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite(),
+                })
+                .count() as u64;
+            assert!(bad > 0);
+            assert_eq!(merged.non_finite, bad, "{dtype:?}");
+            assert!(tensor(&e, cow(), &names, true, &mut |n| vec![0; n]).is_err());
+        }
+    }
 
     #[test]
     fn f16_cast_overflows_at_65520_not_before() {

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -189,15 +189,13 @@ where
     let file = File::create(path).map_err(|e| Error::io(path, "cannot create", e))?;
     let (to_writer, from_producer) = sync_channel::<Chunk<'a>>(QUEUE);
     let (to_hasher, for_hasher) = sync_channel::<Chunk<'a>>(QUEUE);
+    let (to_releaser, releases) = channel::<Arc<AfterWritten<'a>>>();
     std::thread::scope(|s| {
         let writer = s.spawn(move || write_chunks(path, file, from_producer));
-        let hasher = s.spawn(move || {
-            let mut h = Sha256::new();
-            for c in for_hasher {
-                h.update(c.bytes());
-            }
-            hex(&h.finalize())
-        });
+        let hasher = s.spawn(move || hash_chunks(for_hasher, to_releaser));
+        // Releasing a tensor's source pages (munmap work) is done here, not on the hasher, which
+        // is the slowest stage and should only hash.
+        s.spawn(move || releases.into_iter().for_each(drop));
         let mut sink = Sink {
             to_writer,
             to_hasher,
@@ -218,6 +216,23 @@ where
             .map_err(|e| Error::io(path, "cannot sync", e))?;
         Ok((hash, n))
     })
+}
+
+/// The hashing thread: SHA-256 of every chunk, in order. Markers go on to the releasing thread,
+/// so that when the hasher is the last to let go of one its action does not run here.
+fn hash_chunks<'a>(
+    chunks: std::sync::mpsc::Receiver<Chunk<'a>>,
+    releaser: Sender<Arc<AfterWritten<'a>>>,
+) -> String {
+    let mut h = Sha256::new();
+    for c in chunks {
+        match c {
+            // A send fails only once the releaser is gone; the marker is then dropped here.
+            Chunk::Marker(m) => drop(releaser.send(m)),
+            c => h.update(c.bytes()),
+        }
+    }
+    hex(&h.finalize())
 }
 
 /// The writer thread: every chunk to `file` in order, then the buffer flushed (not synced).
