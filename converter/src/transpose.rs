@@ -196,7 +196,7 @@ impl Kernel for u32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod sse2 {
+pub(crate) mod sse2 {
     use super::{Kernel, Mat};
     use std::arch::x86_64::*;
 
@@ -211,15 +211,41 @@ mod sse2 {
             let found = count(&[a0, a1, a2, a3, a4, a5, a6, a7], |a| {
                 _mm_cmpeq_epi16(_mm_and_si128(a, e), e)
             }) / 2;
-            let (t0, t1) = (_mm_unpacklo_epi16(a0, a1), _mm_unpackhi_epi16(a0, a1));
-            let (t2, t3) = (_mm_unpacklo_epi16(a2, a3), _mm_unpackhi_epi16(a2, a3));
-            let (t4, t5) = (_mm_unpacklo_epi16(a4, a5), _mm_unpackhi_epi16(a4, a5));
-            let (t6, t7) = (_mm_unpacklo_epi16(a6, a7), _mm_unpackhi_epi16(a6, a7));
+            let cols = transpose_8x8_u16([a0, a1, a2, a3, a4, a5, a6, a7]);
+            for (k, c) in cols.into_iter().enumerate() {
+                _mm_storeu_si128(m.ptrs(i0, j0 + k, 2).1 as *mut __m128i, c);
+            }
+            found
+        }
+    }
+
+    /// The transpose of an 8 x 8 block of 16-bit lanes held in eight registers (row k in
+    /// `r[k]`, column k out): interleave 16-, then 32-, then 64-bit lanes (24 shuffles). Also
+    /// used by `cpm-diff`'s transposed comparison.
+    pub(crate) fn transpose_8x8_u16(r: [__m128i; 8]) -> [__m128i; 8] {
+        // SAFETY: register-only SSE2 intrinsics; SSE2 is part of every x86-64 CPU.
+        unsafe {
+            let (t0, t1) = (
+                _mm_unpacklo_epi16(r[0], r[1]),
+                _mm_unpackhi_epi16(r[0], r[1]),
+            );
+            let (t2, t3) = (
+                _mm_unpacklo_epi16(r[2], r[3]),
+                _mm_unpackhi_epi16(r[2], r[3]),
+            );
+            let (t4, t5) = (
+                _mm_unpacklo_epi16(r[4], r[5]),
+                _mm_unpackhi_epi16(r[4], r[5]),
+            );
+            let (t6, t7) = (
+                _mm_unpacklo_epi16(r[6], r[7]),
+                _mm_unpackhi_epi16(r[6], r[7]),
+            );
             let (u0, u1) = (_mm_unpacklo_epi32(t0, t2), _mm_unpackhi_epi32(t0, t2));
             let (u2, u3) = (_mm_unpacklo_epi32(t1, t3), _mm_unpackhi_epi32(t1, t3));
             let (u4, u5) = (_mm_unpacklo_epi32(t4, t6), _mm_unpackhi_epi32(t4, t6));
             let (u6, u7) = (_mm_unpacklo_epi32(t5, t7), _mm_unpackhi_epi32(t5, t7));
-            let cols = [
+            [
                 _mm_unpacklo_epi64(u0, u4),
                 _mm_unpackhi_epi64(u0, u4),
                 _mm_unpacklo_epi64(u1, u5),
@@ -228,11 +254,7 @@ mod sse2 {
                 _mm_unpackhi_epi64(u2, u6),
                 _mm_unpacklo_epi64(u3, u7),
                 _mm_unpackhi_epi64(u3, u7),
-            ];
-            for (k, c) in cols.into_iter().enumerate() {
-                _mm_storeu_si128(m.ptrs(i0, j0 + k, 2).1 as *mut __m128i, c);
-            }
-            found
+            ]
         }
     }
 

@@ -202,35 +202,10 @@ mod sse2 {
             unsafe { _mm_loadu_si128(s.as_ptr() as *const __m128i) }
         };
         let r: [__m128i; 8] = std::array::from_fn(|k| load(a[i + k], j));
+        // Column k of the block.
+        let cols = crate::transpose::sse2::transpose_8x8_u16(r);
         // SAFETY: register-only SSE2 intrinsics; SSE2 is part of every x86-64 CPU.
         unsafe {
-            let t0 = _mm_unpacklo_epi16(r[0], r[1]);
-            let t1 = _mm_unpackhi_epi16(r[0], r[1]);
-            let t2 = _mm_unpacklo_epi16(r[2], r[3]);
-            let t3 = _mm_unpackhi_epi16(r[2], r[3]);
-            let t4 = _mm_unpacklo_epi16(r[4], r[5]);
-            let t5 = _mm_unpackhi_epi16(r[4], r[5]);
-            let t6 = _mm_unpacklo_epi16(r[6], r[7]);
-            let t7 = _mm_unpackhi_epi16(r[6], r[7]);
-            let u0 = _mm_unpacklo_epi32(t0, t2);
-            let u1 = _mm_unpackhi_epi32(t0, t2);
-            let u2 = _mm_unpacklo_epi32(t1, t3);
-            let u3 = _mm_unpackhi_epi32(t1, t3);
-            let u4 = _mm_unpacklo_epi32(t4, t6);
-            let u5 = _mm_unpackhi_epi32(t4, t6);
-            let u6 = _mm_unpacklo_epi32(t5, t7);
-            let u7 = _mm_unpackhi_epi32(t5, t7);
-            // Column k of the block.
-            let cols = [
-                _mm_unpacklo_epi64(u0, u4),
-                _mm_unpackhi_epi64(u0, u4),
-                _mm_unpacklo_epi64(u1, u5),
-                _mm_unpackhi_epi64(u1, u5),
-                _mm_unpacklo_epi64(u2, u6),
-                _mm_unpackhi_epi64(u2, u6),
-                _mm_unpacklo_epi64(u3, u7),
-                _mm_unpackhi_epi64(u3, u7),
-            ];
             let mut all = _mm_set1_epi8(-1);
             for (k, col) in cols.iter().enumerate() {
                 all = _mm_and_si128(all, _mm_cmpeq_epi16(*col, load(b[j + k], i)));
