@@ -7,6 +7,7 @@
 //! CPU (or CUDA); [`compare::compare`] measures the difference and decides pass or mismatch.
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod error;
@@ -28,7 +29,7 @@ pub struct Options {
     /// Where the forward pass runs.
     pub device: Device,
     /// CPU threads for the whole forward pass: products, widening, attention (1 = serial).
-    /// The default is rayon's: `RAYON_NUM_THREADS` when set, else every core.
+    /// The default is [`forward::default_threads`]: `RAYON_NUM_THREADS` when set, else every core.
     pub threads: usize,
     /// Absolute tolerance from the command line; overrides `fixture.json`.
     pub atol: Option<f64>,
@@ -40,7 +41,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             device: Device::Cpu,
-            threads: rayon::current_num_threads(),
+            threads: forward::default_threads(),
             atol: None,
             rtol: None,
         }
@@ -56,14 +57,7 @@ pub fn verify(model_dir: &Path, fixture_dir: &Path, opts: &Options) -> Result<Re
     let fixture = fixture::Fixture::open_for(fixture_dir, &model.config)?;
     let tol = Tolerance::resolve(opts.atol, opts.rtol, &fixture)?;
     let mut warnings = Vec::new();
-    let threads = opts.threads.clamp(1, forward::MAX_THREADS);
-    if threads != opts.threads {
-        warnings.push(format!(
-            "--threads {} is outside 1..={}; using {threads}",
-            opts.threads,
-            forward::MAX_THREADS
-        ));
-    }
+    let threads = forward::resolve_threads(Some(opts.threads), &mut warnings);
     let start = Instant::now();
     // Every parallel loop of the pass runs on this pool, so `threads` bounds all of them.
     let pool = rayon::ThreadPoolBuilder::new()

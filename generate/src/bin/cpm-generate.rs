@@ -9,6 +9,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use cpm_generate::{Sampling, Settings, Stop, Strategy};
 use cpm_tokenizer::CpmTokenizer;
+use cpm_verify::cli::{json_error, usage_error};
+use cpm_verify::forward::resolve_threads;
 use cpm_verify::model::Model;
 use cpm_verify::Device;
 
@@ -132,44 +134,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let msg = format!("{e:#}");
             if cli.json {
-                println!("{}", serde_json::json!({ "error": msg }));
-            } else {
-                eprintln!("error: {msg}");
+                return json_error(&msg);
             }
+            eprintln!("error: {msg}");
             ExitCode::from(2)
         }
-    }
-}
-
-/// `--help`/`--version` exit 0; other usage errors exit 2 (as JSON under --json).
-fn usage_error(e: clap::Error) -> ExitCode {
-    let json = std::env::args_os().skip(1).any(|a| a == "--json");
-    if e.use_stderr() && json {
-        let text = e.to_string();
-        let text = text.trim();
-        let msg = text.strip_prefix("error: ").unwrap_or(text);
-        println!("{}", serde_json::json!({ "error": msg }));
-        return ExitCode::from(2);
-    }
-    e.exit()
-}
-
-fn threads(cli: &Cli, warnings: &mut Vec<String>) -> usize {
-    let max = cpm_verify::forward::MAX_THREADS;
-    let all = || std::thread::available_parallelism().map_or(1, |n| n.get());
-    let asked = cli
-        .threads
-        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok());
-    match asked {
-        // RAYON_NUM_THREADS=0 means "all cores" to rayon; --threads 0 is clamped like too many.
-        Some(0) if cli.threads.is_none() => all().min(max),
-        Some(n) if (1..=max).contains(&n) => n,
-        Some(n) => {
-            let used = n.clamp(1, max);
-            warnings.push(format!("--threads {n} is outside 1..={max}; using {used}"));
-            used
-        }
-        None => all().min(max),
     }
 }
 
@@ -323,7 +292,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         strategy,
         eos: eos.clone(),
         device: cli.device,
-        threads: threads(cli, &mut warnings),
+        threads: resolve_threads(cli.threads, &mut warnings),
     };
     let stop_text = cli.stop.as_deref();
     let mut printed = String::new();

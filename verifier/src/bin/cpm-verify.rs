@@ -1,11 +1,11 @@
 //! `cpm-verify`: flags, output and exit codes; the work is in the `cpm_verify` library.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use cpm_verify::cli::{emit, json_error, usage_error};
 use cpm_verify::{compare::Figures, Device, Options, Report};
 
 const AFTER_HELP: &str = "\
@@ -96,24 +96,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--help` and `--version` print plain text (exit 0); other usage errors are exit 2 like every
-/// error, and a `--json` caller gets them as the one JSON object on stdout.
-fn usage_error(e: clap::Error) -> ExitCode {
-    let json = std::env::args_os().skip(1).any(|a| a == "--json");
-    if e.use_stderr() && json {
-        let text = e.to_string();
-        let text = text.trim();
-        return json_error(text.strip_prefix("error: ").unwrap_or(text));
-    }
-    // Prints help/version on stdout, errors on stderr, and exits (0 or 2).
-    e.exit()
-}
-
-fn json_error(msg: &str) -> ExitCode {
-    emit(&serde_json::json!({ "error": msg }).to_string());
-    ExitCode::from(2)
-}
-
 fn row_line(label: &str, f: &Figures) -> String {
     // Undefined when every reference in the row is zero.
     let rel = f
@@ -181,10 +163,4 @@ fn table(cli: &Cli, r: &Report) -> String {
         );
     }
     t
-}
-
-/// Prints one block of output; a closed pipe (`| head`) is not an error worth a panic.
-fn emit(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", text.trim_end()).and_then(|()| out.flush());
 }

@@ -158,6 +158,32 @@ pub const MAX_ACTIVATION_BYTES: usize = 4 << 30;
 /// More threads than this only add memory (one score row each in attention).
 pub const MAX_THREADS: usize = 1024;
 
+/// The thread count when none is asked for: `RAYON_NUM_THREADS` when set to a number above 0
+/// (rayon's own rule), else every core (at most [`MAX_THREADS`]). Read without starting rayon's
+/// global pool: every pass runs on a pool of its own.
+pub fn default_threads() -> usize {
+    let env = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    match env {
+        Some(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS)),
+    }
+}
+
+/// `--threads N` if given, else [`default_threads`]; a count outside 1..=[`MAX_THREADS`] is
+/// clamped with a warning.
+pub fn resolve_threads(asked: Option<usize>, warnings: &mut Vec<String>) -> usize {
+    let n = asked.unwrap_or_else(default_threads);
+    let used = n.clamp(1, MAX_THREADS);
+    if used != n {
+        warnings.push(format!(
+            "--threads {n} is outside 1..={MAX_THREADS}; using {used}"
+        ));
+    }
+    used
+}
+
 /// Refuses a token count whose activations would exceed [`MAX_ACTIVATION_BYTES`]. The logits
 /// (tokens x vocab) are not counted: the fixture's own logits file is at least half their size.
 fn check_activations(model: &Model, tokens: usize) -> Result<()> {
