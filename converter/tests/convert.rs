@@ -99,22 +99,6 @@ fn assert_sums(dir: &Path) {
     );
 }
 
-/// Nothing at OUT_DIR and no staging directory beside it.
-fn assert_nothing_left(out: &Path) {
-    assert!(
-        !out.exists(),
-        "{} was created by a failed run",
-        out.display()
-    );
-    let parent = out.parent().unwrap();
-    let leftovers: Vec<_> = std::fs::read_dir(parent)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains("cpm-convert-"))
-        .collect();
-    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
-}
-
 fn assert_fails(o: &Run, out: &Path, needles: &[&str]) {
     assert_eq!(o.code, Some(2), "exit code; stderr: {}", stderr(o));
     let e = stderr(o);
@@ -122,7 +106,7 @@ fn assert_fails(o: &Run, out: &Path, needles: &[&str]) {
         assert!(e.contains(n), "message lacks {n:?}: {e}");
     }
     assert!(!e.contains("panicked"), "{e}");
-    assert_nothing_left(out);
+    testkit::assert_nothing_left(out);
 }
 
 fn convert_ok(input: &Path, extra: &[&str]) -> tempfile::TempDir {

@@ -254,7 +254,7 @@ fn a_last_stage_copy_of_the_embedding_that_differs_is_refused() {
     // embedding; flip one of its bytes in a copy of the tp2 x pp2 fixture.
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("ckpt");
-    copy_tree(&families().join("megatron-v3-tp2-pp2"), &root);
+    testkit::copy_tree(&families().join("megatron-v3-tp2-pp2"), &root);
     let rank = root.join("iter_0000100/mp_rank_01_001/model_optim_rng.pt");
     let file = cpm_convert::torch::TorchFile::open(&rank).unwrap();
     let head = file
@@ -280,18 +280,6 @@ fn a_last_stage_copy_of_the_embedding_that_differs_is_refused() {
         "{run:?}"
     );
     assert!(!out.exists());
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -16,21 +16,6 @@ use cases::{Case, Expect};
 /// 1 MiB storage key cannot make a megabyte of stderr.
 const MAX_MESSAGE: usize = 2048;
 
-/// Nothing at OUT_DIR and no staging directory beside it.
-fn assert_nothing_left(out: &Path) {
-    assert!(
-        !out.exists(),
-        "{} was created by a failed run",
-        out.display()
-    );
-    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains("cpm-convert-"))
-        .collect();
-    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
-}
-
 /// Write the case's files into `input/` of a fresh directory; returns it and the path to run on.
 fn write_case(case: &Case) -> (tempfile::TempDir, std::path::PathBuf) {
     let parent = tempfile::tempdir().unwrap();
@@ -75,7 +60,7 @@ fn check(case: &Case) {
         Expect::Ends => {
             assert!(matches!(r.code, Some(0) | Some(2)), "{name}: {e}");
             if r.code == Some(2) {
-                assert_nothing_left(&out);
+                testkit::assert_nothing_left(&out);
             }
         }
         Expect::Refused { file, all, any } => {
@@ -88,7 +73,7 @@ fn check(case: &Case) {
                 "{name}: message has none of {any:?}: {e}"
             );
             assert!(e.len() <= MAX_MESSAGE, "{name}: a {}-byte message", e.len());
-            assert_nothing_left(&out);
+            testkit::assert_nothing_left(&out);
             // Shown with `cargo test --test hostile -- --nocapture`: the catalogue of messages.
             println!("REFUSED {}", e.trim());
         }
@@ -246,7 +231,7 @@ fn a_fifo_posing_as_a_rank_file_is_refused_not_waited_on() {
         r.stderr
     );
     assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
-    assert_nothing_left(&out);
+    testkit::assert_nothing_left(&out);
 }
 
 /// The most `cpm-inspect --tree` may print for any case: its tree is cut to

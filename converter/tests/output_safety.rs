@@ -3,7 +3,6 @@
 //! writable copy of the fixture checkpoint and checks that the refusal names both paths, exits 2,
 //! and leaves every input byte where it was.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -14,37 +13,8 @@ const EXE: &str = env!("CARGO_BIN_EXE_cpm-convert");
 fn checkpoint() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = tmp.path().join("ckpt");
-    copy_tree(&testkit::fixtures().join("tiny/ckpt"), &ckpt);
+    testkit::copy_tree(&testkit::fixtures().join("tiny/ckpt"), &ckpt);
     (tmp, ckpt)
-}
-
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap().flatten() {
-        let to = dst.join(e.file_name());
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
-
-/// Every file under `dir` (symlinks not followed) with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                todo.push(e.path());
-            } else if t.is_file() {
-                files.insert(e.path(), std::fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    files
 }
 
 fn convert_in(cwd: &Path, args: &[&str]) -> testkit::Run {
@@ -56,7 +26,7 @@ fn convert_in(cwd: &Path, args: &[&str]) -> testkit::Run {
 /// Run in `cwd`, expect the refusal naming `out` and `input`, and the whole tree under `keep`
 /// unchanged, with no staging directory made anywhere in it.
 fn assert_refused(cwd: &Path, args: &[&str], out: &str, input: &str, keep: &Path) {
-    let before = snapshot(keep);
+    let before = testkit::snapshot(keep);
     assert!(!before.is_empty());
     let r = convert_in(cwd, args);
     assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
@@ -71,7 +41,11 @@ fn assert_refused(cwd: &Path, args: &[&str], out: &str, input: &str, keep: &Path
         "names the input {input}: {}",
         r.stderr
     );
-    assert_eq!(snapshot(keep), before, "{args:?} changed the input");
+    assert_eq!(
+        testkit::snapshot(keep),
+        before,
+        "{args:?} changed the input"
+    );
 }
 
 fn s(p: &Path) -> &str {
@@ -143,7 +117,7 @@ fn out_dir_holding_a_symlinked_iteration_directory_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = tmp.path().join("ckpt");
     let data = tmp.path().join("data");
-    copy_tree(
+    testkit::copy_tree(
         &testkit::fixtures().join("tiny/ckpt/100"),
         &data.join("ranks"),
     );
@@ -184,9 +158,9 @@ fn out_dir_beside_the_input_is_written() {
     // The check must not refuse the ordinary case: a sibling whose name starts like the input's.
     let (tmp, ckpt) = checkpoint();
     let out = tmp.path().join("ckpt-hf");
-    let before = snapshot(&ckpt);
+    let before = testkit::snapshot(&ckpt);
     let r = convert_in(tmp.path(), &["ckpt", "-o", "ckpt-hf", "--quiet"]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(out.join("model.safetensors").is_file());
-    assert_eq!(snapshot(&ckpt), before);
+    assert_eq!(testkit::snapshot(&ckpt), before);
 }

@@ -6,7 +6,6 @@
 //! checkpoint's embedding has 1000 rows, so the small model fits (with a padding warning) and
 //! the released one does not.
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
@@ -95,52 +94,9 @@ fn sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Nothing at OUT_DIR and no staging directory beside it.
-fn assert_nothing_left(out: &Path) {
-    assert!(
-        !out.exists(),
-        "{} was created by a failed run",
-        out.display()
-    );
-    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains("cpm-convert-"))
-        .collect();
-    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
-}
-
 /// A writable copy of the tiny checkpoint at `dir`.
 fn copy_ckpt(dir: &Path) {
-    copy_tree(&ckpt(), dir);
-}
-
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap().flatten() {
-        let to = dst.join(e.file_name());
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
-
-/// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.file_type().unwrap().is_dir() {
-                todo.push(e.path());
-            } else {
-                files.insert(e.path(), std::fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    files
+    testkit::copy_tree(&ckpt(), dir);
 }
 
 /// The whole port for a given tokenizer: every file, the copy byte-identical, the ids of the
@@ -328,7 +284,7 @@ fn more_pieces_than_embedding_rows_is_refused_before_anything_is_written() {
     ] {
         assert!(e.contains(needle), "message lacks {needle:?}: {e}");
     }
-    assert_nothing_left(&out);
+    testkit::assert_nothing_left(&out);
 }
 
 /// The rows compared are the converted model's: `--vocab-size` cuts them first.
@@ -352,7 +308,7 @@ fn the_rows_compared_are_those_after_vocab_size() {
         "{}",
         r.stderr
     );
-    assert_nothing_left(&out);
+    testkit::assert_nothing_left(&out);
 }
 
 /// A `chinese_vocab.model` or `spiece.model` in INPUT is used, with a note on stderr naming it.
@@ -500,7 +456,7 @@ fn out_dir_overlapping_the_tokenizer_is_refused() {
     std::fs::create_dir(&tok_dir).unwrap();
     let model = tok_dir.join("spiece.model");
     std::fs::copy(small(), &model).unwrap();
-    let before = snapshot(&tok_dir);
+    let before = testkit::snapshot(&tok_dir);
     for out in [tok_dir.clone(), model.clone(), model.join("sub")] {
         for force in [&["--force"][..], &[]] {
             let mut args: Vec<&OsStr> = vec!["--tokenizer".as_ref(), model.as_ref()];
@@ -509,7 +465,11 @@ fn out_dir_overlapping_the_tokenizer_is_refused() {
             assert_eq!(r.code, Some(2), "{out:?}: {}", r.stderr);
             assert!(r.stderr.contains("refusing to write to"), "{}", r.stderr);
             assert!(r.stderr.contains(model.to_str().unwrap()), "{}", r.stderr);
-            assert_eq!(snapshot(&tok_dir), before, "{out:?} changed the tokenizer");
+            assert_eq!(
+                testkit::snapshot(&tok_dir),
+                before,
+                "{out:?} changed the tokenizer"
+            );
         }
     }
 }
@@ -547,7 +507,7 @@ fn garbage_and_truncated_tokenizers_are_refused_and_nothing_is_written() {
             "{name}: a {}-byte message",
             r.stderr.len()
         );
-        assert_nothing_left(&out);
+        testkit::assert_nothing_left(&out);
     }
     // Found rather than given: the message says so and how to leave it out.
     let input = tmp.path().join("ckpt");
@@ -557,7 +517,7 @@ fn garbage_and_truncated_tokenizers_are_refused_and_nothing_is_written() {
     let r = convert(&input, &out, &[]);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("--no-tokenizer"), "{}", r.stderr);
-    assert_nothing_left(&out);
+    testkit::assert_nothing_left(&out);
     let r = convert(&input, &out, &["--no-tokenizer".as_ref()]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 
@@ -566,7 +526,7 @@ fn garbage_and_truncated_tokenizers_are_refused_and_nothing_is_written() {
     let r = convert(&ckpt(), &out, &["--tokenizer".as_ref(), missing.as_ref()]);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains(missing.to_str().unwrap()), "{}", r.stderr);
-    assert_nothing_left(&out);
+    testkit::assert_nothing_left(&out);
 }
 
 /// `--dry-run` reads and checks the tokenizer as a conversion would: the same refusal, and the

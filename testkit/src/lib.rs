@@ -159,6 +159,53 @@ pub fn heap_bound(input_bytes: u64) -> usize {
     usize::try_from(input_bytes.saturating_mul(4)).unwrap_or(usize::MAX) + (64 << 20)
 }
 
+/// Copies the tree at `src` into `dst` (created), directories recursively.
+pub fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("create the copy's directory");
+    for e in std::fs::read_dir(src).expect("list the source").flatten() {
+        let to = dst.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).expect("copy");
+        }
+    }
+}
+
+/// Every regular file under `dir` (symlinks not followed) with its bytes, to show that a run
+/// left its input as it was.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("list the directory").flatten() {
+            let t = e.file_type().expect("file type");
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                files.insert(e.path(), std::fs::read(e.path()).expect("read"));
+            }
+        }
+    }
+    files
+}
+
+/// Nothing at OUT_DIR and no `cpm-convert` staging directory beside it: a failed run left no trace.
+pub fn assert_nothing_left(out: &Path) {
+    assert!(
+        !out.exists(),
+        "{} was created by a failed run",
+        out.display()
+    );
+    let parent = out.parent().expect("OUT_DIR has a parent");
+    let leftovers: Vec<_> = std::fs::read_dir(parent)
+        .expect("list OUT_DIR's parent")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("cpm-convert-"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
