@@ -5,7 +5,7 @@ use gemm::Parallelism;
 
 use super::attention::{attention, Attention, Kv};
 use super::half::{self, HalfMatrix};
-use super::panel::{self, Epilogue, Layout};
+use super::panel::{self, Epilogue, F32Matrix, Layout};
 use super::{layer_norm, KvCache, Logits};
 use crate::error::{Error, Result};
 use crate::model::{Config, Model};
@@ -111,19 +111,17 @@ fn conv1d(x: &[f32], inp: usize, w: Mat<'_>, y: &mut [f32], ep: Epilogue<'_>, ru
         Epilogue::Bias(b) | Epilogue::BiasAct(b, _) | Epilogue::AddBias(b) => b,
         Epilogue::Plain => &[],
     };
+    let out = y.len() / (x.len() / inp.max(1)).max(1);
     let full = match w {
         Mat::Half(m) if !run.direct => {
             return panel::product(x, m, Layout::InOut, y, ep, run.threads);
         }
+        Mat::F32(w) if !run.direct => match F32Matrix::new(w, inp, out) {
+            Some(m) => return panel::product(x, m, Layout::InOut, y, ep, run.threads),
+            None => addmm(x, inp, w, bias, run.par),
+        },
         Mat::Half(m) => half::conv1d(x, m, bias, run.threads),
-        Mat::F32(w) => {
-            let (rows, out) = (x.len() / inp, bias.len());
-            // Start from the bias and accumulate, as torch.addmm(bias, x, w) does.
-            let mut y: Vec<f32> = bias.iter().copied().cycle().take(rows * out).collect();
-            let (lhs, rhs) = (View::rows(x, inp), View::rows(w, out));
-            matmul(&mut y, 0, out, lhs, rhs, (rows, out, inp), true, run.par);
-            y
-        }
+        Mat::F32(w) => addmm(x, inp, w, bias, run.par),
     };
     match ep {
         Epilogue::AddBias(_) => add_into(y, &full),
@@ -133,6 +131,16 @@ fn conv1d(x: &[f32], inp: usize, w: Mat<'_>, y: &mut [f32], ep: Epilogue<'_>, ru
         }
         Epilogue::Bias(_) | Epilogue::Plain => y.copy_from_slice(&full),
     }
+}
+
+/// `bias + x @ w` with one `gemm` call, starting from the bias and accumulating as
+/// torch.addmm(bias, x, w) does (decode steps with f32 weights).
+fn addmm(x: &[f32], inp: usize, w: &[f32], bias: &[f32], par: Parallelism) -> Vec<f32> {
+    let (rows, out) = (x.len() / inp, bias.len());
+    let mut y: Vec<f32> = bias.iter().copied().cycle().take(rows * out).collect();
+    let (lhs, rhs) = (View::rows(x, inp), View::rows(w, out));
+    matmul(&mut y, 0, out, lhs, rhs, (rows, out, inp), true, par);
+    y
 }
 
 /// The tensors of one block, in the order [`Layer`]'s fields are filled.
@@ -295,7 +303,14 @@ pub fn forward(
     }
     let mut head_buf = Vec::new();
     let head = model.tensor_f32_in(name, &mut head_buf, threads)?;
-    Ok(lm_head(&x, head, n, c.n_embd, c.vocab_size, run.par))
+    match F32Matrix::new(head, c.vocab_size, c.n_embd) {
+        Some(m) if !pass.direct => {
+            let mut logits = vec![0f32; n * c.vocab_size];
+            panel::product(&x, m, Layout::OutIn, &mut logits, Epilogue::Plain, threads);
+            Ok(logits)
+        }
+        _ => Ok(lm_head(&x, head, n, c.n_embd, c.vocab_size, run.par)),
+    }
 }
 
 /// The hidden state of each row's last token (LayerNorm is per token, so it can come after).

@@ -61,15 +61,10 @@ impl<'a> HalfMatrix<'a> {
     /// widened: rows of a panel lie a page or more apart, where the hardware prefetcher stops).
     /// Out-of-range rows are ignored.
     pub fn prefetch(&self, r: usize, c: usize, len: usize) {
-        #[cfg(target_arch = "x86_64")]
         if r < self.rows {
             let start = 2 * (r * self.cols + c);
             let end = (start + 2 * len).min(self.bytes.len());
-            for at in (start..end).step_by(64) {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                // SAFETY: a prefetch never faults and `at` is inside the slice anyway.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.bytes.as_ptr().add(at).cast()) };
-            }
+            prefetch_range(&self.bytes[start..end]);
         }
     }
 
@@ -159,6 +154,21 @@ pub fn head(x: &[f32], w: HalfMatrix<'_>, threads: usize) -> Vec<f32> {
         }
     }
     logits
+}
+
+/// Asks the CPU to start loading every cache line of `data` (no-op off x86_64).
+pub(super) fn prefetch_range<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (start, bytes) = (data.as_ptr().cast::<u8>(), std::mem::size_of_val(data));
+        for at in (0..bytes).step_by(64) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: a prefetch never faults, and `at` is inside the slice anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(at).cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// Rows of W per pass over `y` (and per group of head rows).

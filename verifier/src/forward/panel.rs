@@ -1,18 +1,86 @@
-//! Wide matrix products (verification, prefill) with 16-bit weights. Widening a whole matrix to
-//! f32 first writes twice its bytes to fresh memory and reads them back; here each thread widens
-//! one panel (a few dozen output columns by a few thousand inputs, about 1 MiB) into a buffer that
-//! stays in its cache, multiplies it there with `gemm`, and applies bias, activation or residual
-//! add to its own columns before handing them back. No f32 copy of a matrix ever reaches memory,
-//! and the widening runs on every thread of the pool.
+//! Wide matrix products (verification, prefill). Widening a whole 16-bit matrix to f32 first
+//! writes twice its bytes to fresh memory and reads them back; here each thread widens one panel
+//! (a few dozen output columns by a few thousand inputs, about 1 MiB) into a buffer that stays in
+//! its cache, multiplies it there with `gemm`, and applies bias, activation or residual add to its
+//! own columns before handing them back. No f32 copy of a matrix ever reaches memory, and the
+//! widening runs on every thread of the pool.
+//!
+//! f32 matrices take the same road, copied instead of widened: handed whole to `gemm`, its
+//! packing gathered each block from rows a page or more apart, and a third of a pass went there.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::activate;
 use super::cpu::{matmul, View};
-use super::half::HalfMatrix;
 use super::vmath::gelu_tanh;
 use crate::model::Activation;
+
+/// A row-major weight matrix whose blocks the panel products copy out as f32.
+pub trait Source: Copy + Sync {
+    /// Rows of the matrix.
+    fn rows(&self) -> usize;
+    /// Columns of the matrix.
+    fn cols(&self) -> usize;
+    /// Writes `W[r, c..c + dst.len()]` into `dst` as f32 (exactly: 16-bit values widen exactly).
+    fn widen_into(&self, r: usize, c: usize, dst: &mut [f32]);
+    /// Starts loading `W[r, c..c + len]` into the cache; rows out of range are ignored.
+    fn prefetch(&self, r: usize, c: usize, len: usize);
+}
+
+impl Source for super::half::HalfMatrix<'_> {
+    fn rows(&self) -> usize {
+        self.rows()
+    }
+    fn cols(&self) -> usize {
+        self.cols()
+    }
+    fn widen_into(&self, r: usize, c: usize, dst: &mut [f32]) {
+        self.widen_into(r, c, dst)
+    }
+    fn prefetch(&self, r: usize, c: usize, len: usize) {
+        self.prefetch(r, c, len)
+    }
+}
+
+/// A row-major `[rows, cols]` f32 matrix (weights stored as f32, borrowed from the map).
+#[derive(Clone, Copy)]
+pub struct F32Matrix<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> F32Matrix<'a> {
+    /// The matrix, if `data` holds exactly `rows x cols` values.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Option<Self> {
+        (rows.checked_mul(cols)? == data.len() && rows > 0 && cols > 0).then_some(F32Matrix {
+            data,
+            rows,
+            cols,
+        })
+    }
+}
+
+impl Source for F32Matrix<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn widen_into(&self, r: usize, c: usize, dst: &mut [f32]) {
+        let start = r * self.cols + c;
+        dst.copy_from_slice(&self.data[start..start + dst.len()]);
+    }
+    fn prefetch(&self, r: usize, c: usize, len: usize) {
+        if r < self.rows {
+            let start = r * self.cols + c;
+            let end = (start + len).min(self.data.len());
+            super::half::prefetch_range(&self.data[start..end]);
+        }
+    }
+}
 
 /// Most output columns per panel, a multiple of every f32 vector width `gemm` uses (8 and 16).
 /// A Conv1D panel reads `2 * PANEL_COLS` contiguous bytes from each of its rows of the map:
@@ -82,7 +150,7 @@ pub fn activate_all(v: &mut [f32], act: Activation) {
 /// the current rayon pool when `threads > 1`. The caller sizes `x` and `y` (checked here).
 pub fn product(
     x: &[f32],
-    w: HalfMatrix<'_>,
+    w: impl Source,
     layout: Layout,
     y: &mut [f32],
     ep: Epilogue<'_>,
@@ -147,7 +215,7 @@ fn scatter(y: &mut [f32], n: usize, parts: Vec<(usize, Vec<f32>)>, add: bool) {
 /// `out[m x cols] = x @ W'[.., n0..n0 + cols]`, widening `W'` a depth block at a time into `buf`.
 fn panel(
     x: &[f32],
-    w: HalfMatrix<'_>,
+    w: impl Source,
     layout: Layout,
     (m, k, n0, cols): (usize, usize, usize, usize),
     buf: &mut Vec<f32>,
@@ -195,6 +263,7 @@ fn panel(
 #[cfg(test)]
 mod tests {
     use super::super::half::tests::{raw, store, values};
+    use super::super::half::HalfMatrix;
     use super::*;
     use crate::model::Activation;
 
@@ -223,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn panel_products_match_the_plain_product_on_odd_shapes_for_each_dtype_and_epilogue() {
+    fn panel_products_match_the_plain_product_on_odd_shapes_for_f16_bf16_f32_and_every_epilogue() {
         // 1-row and 1-column matrices, sizes off every panel and vector width, and a depth over
         // PANEL_DEPTH (two depth blocks), in both layouts, f16 and bf16, aligned or not.
         let shapes = [
@@ -251,6 +320,13 @@ mod tests {
                     for threads in [1, 3] {
                         check_epilogues(&x, w, layout, (&want, &bias, &prior), threads, &what);
                     }
+                    // The same matrix stored as f32 (the values widened exactly), copied
+                    // rather than widened into the panels.
+                    let w = F32Matrix::new(&wide, r, c).unwrap();
+                    let what = format!("{m}x{k}x{n} {layout:?} f32");
+                    for threads in [1, 3] {
+                        check_epilogues(&x, w, layout, (&want, &bias, &prior), threads, &what);
+                    }
                 }
             }
         }
@@ -259,7 +335,7 @@ mod tests {
     /// Runs every epilogue and compares with `want` (the plain product) finished the same way.
     fn check_epilogues(
         x: &[f32],
-        w: HalfMatrix<'_>,
+        w: impl Source,
         layout: Layout,
         (want, bias, prior): (&[f64], &[f32], &[f32]),
         threads: usize,
