@@ -7,8 +7,9 @@ saves it with save_pretrained (fp16 by default, as CPM is stored) into --work, r
   torch   model(ids) of the f32 model already in memory, torch.set_num_threads(N), no_grad
   ours    cpm-verify --json --threads N, its `forward_seconds` (embedding to logits, including
           widening each layer's weights from the memory-mapped file, excluding file checks)
-The two are run alternately, --repeat times each after one warm-up; medians and minima. It also checks that cpm-verify
-passes the fixture, so the timing is of a correct forward pass.
+The two are run alternately, --repeat times each after one warm-up; medians and minima. The
+model file is dropped from the page cache first (see evict()), so the warm-up reads it cold.
+It also checks that cpm-verify passes the fixture, so the timing is of a correct forward pass.
 
 Usage: cargo build -p cpm-verify --release
        python3 scripts/bench-verify.py [--threads 1 2] [--repeat 5] [--dtype float16|bfloat16|float32]
@@ -81,6 +82,20 @@ def bench(model, ids, binary, model_dir, fixture_dir, threads, repeat):
     return theirs, ours, report
 
 
+def evict(path):
+    """Drops the model file from the page cache, so that the first (warm-up) run of cpm-verify
+    reads it the way a first verification after a download or reboot does. How the file entered
+    the cache decides its page size there: written by save_pretrained it is in folios of mixed
+    size, mapped 4 KiB at a time; read cold through cpm-verify's MADV_HUGEPAGE map it is in 2 MiB
+    folios, which every later map takes a 2 MiB entry for. Without this step, our timings depend
+    on the history of the file (0.10 s slower for f32 weights when it was just written)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -93,6 +108,7 @@ def main():
     if not os.path.exists(args.binary):
         sys.exit(f"{args.binary} not found: cargo build -p cpm-verify --release")
     model, ids, model_dir, fixture_dir = make_model(args.work, args.dtype, args.seq)
+    evict(os.path.join(model_dir, "model.safetensors"))
     print(f"GPT-2 n_embd 2560, 4 layers, vocab 30000, {args.seq} tokens, weights stored {args.dtype}; "
           f"torch {torch.__version__}, {os.cpu_count()} CPUs")
     print("median (min) of each; ratio of medians (ratio of minima)")
