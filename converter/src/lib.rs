@@ -28,6 +28,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod diff;
+pub mod elements;
 pub mod error;
 pub mod export;
 pub mod gpt2_config;

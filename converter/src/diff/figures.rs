@@ -116,7 +116,7 @@ impl Wide for f32 {
         self.to_bits() == o.to_bits()
     }
     fn widen(bytes: &[u8], dtype: Dtype, out: &mut [f32]) {
-        crate::merge::widen(bytes, dtype, out)
+        crate::elements::widen(bytes, dtype, out)
     }
 }
 
@@ -130,7 +130,7 @@ impl Wide for f64 {
     fn widen(bytes: &[u8], dtype: Dtype, out: &mut [f64]) {
         let es = dtype.size();
         for (o, c) in out.iter_mut().zip(bytes.chunks_exact(es)) {
-            *o = crate::merge::element(c, dtype, 0);
+            *o = crate::elements::element(c, dtype, 0);
         }
     }
 }
