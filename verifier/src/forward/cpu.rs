@@ -29,6 +29,15 @@ impl<'a> View<'a> {
         }
     }
 
+    /// The transposed view (no data moves).
+    pub(super) fn t(self) -> Self {
+        View {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
     /// Panics unless every element of an `m x n` view lies inside `data`: this is what makes the
     /// raw-pointer call below sound. Sizes were validated when the model was opened, so a failure
     /// here is a bug in this file, not bad input.
@@ -49,6 +58,21 @@ pub(super) fn matmul(
     dst_rs: usize,
     lhs: View<'_>,
     rhs: View<'_>,
+    shape: (usize, usize, usize),
+    accumulate: bool,
+    par: Parallelism,
+) {
+    let at = (dst_off, dst_rs, 1);
+    matmul_strided(dst, at, lhs, rhs, shape, accumulate, par);
+}
+
+/// [`matmul`] into any strided `dst`: element (i, j) at `off + i * rs + j * cs` for
+/// `(off, rs, cs) = at`.
+pub(super) fn matmul_strided(
+    dst: &mut [f32],
+    (dst_off, dst_rs, dst_cs): (usize, usize, usize),
+    lhs: View<'_>,
+    rhs: View<'_>,
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
     par: Parallelism,
@@ -59,7 +83,7 @@ pub(super) fn matmul(
         data: dst,
         offset: dst_off,
         rs: dst_rs,
-        cs: 1,
+        cs: dst_cs,
     }
     .check(m, n);
     // SAFETY: the three checks above keep every access in bounds; dst is borrowed mutably and
@@ -70,7 +94,7 @@ pub(super) fn matmul(
             n,
             k,
             dst.as_mut_ptr().add(dst_off),
-            1,
+            dst_cs as isize,
             dst_rs as isize,
             accumulate,
             lhs.data.as_ptr().add(lhs.offset),
