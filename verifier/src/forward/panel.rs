@@ -270,7 +270,15 @@ fn panel(
         // gemm packs left operands into, which it reads in place (see `leave_panels_unpacked`).
         let out_t = (0, 1, cols);
         let shape = (cols, m, kb);
-        matmul_strided(out, out_t, rhs.t(), lhs.t(), shape, k0 > 0, Parallelism::None);
+        matmul_strided(
+            out,
+            out_t,
+            rhs.t(),
+            lhs.t(),
+            shape,
+            k0 > 0,
+            Parallelism::None,
+        );
         k0 += kb;
     }
 }
