@@ -266,8 +266,10 @@ fn panel(
             cs: 1,
         };
         // out (+)= x_block @ panel, computed as its transpose outᵀ = panelᵀ x_blockᵀ: gemm is
-        // column-major at heart, and panelᵀ is then a column-major left operand, the layout
-        // gemm packs left operands into, which it reads in place (see `leave_panels_unpacked`).
+        // column-major at heart, and a Conv1D panelᵀ is then a column-major left operand, the
+        // layout gemm packs left operands into, which it reads in place (see
+        // `leave_panels_unpacked`). The head's panels (OutIn) are row-major there; gemm packs
+        // them, which is the transpose they need anyway.
         let out_t = (0, 1, cols);
         let shape = (cols, m, kb);
         matmul_strided(
