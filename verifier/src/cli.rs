@@ -7,11 +7,17 @@ use std::process::ExitCode;
 /// `--help` and `--version` print plain text (exit 0); other usage errors are exit 2 like every
 /// error, and a `--json` caller gets them as the one JSON object on stdout.
 pub fn usage_error(e: clap::Error) -> ExitCode {
-    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    // `--json` among the options, not after `--` (where it would be a path).
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
     if e.use_stderr() && json {
+        // clap's first paragraph is the message; the rest is usage and a hint to try --help,
+        // which a program reading the object has no use for (as in cpm-convert's tools).
         let text = e.to_string();
-        let text = text.trim();
-        return json_error(text.strip_prefix("error: ").unwrap_or(text));
+        let first = text.split("\n\n").next().unwrap_or(&text).trim();
+        return json_error(first.strip_prefix("error: ").unwrap_or(first));
     }
     // Prints help/version on stdout, errors on stderr, and exits (0 or 2).
     e.exit()

@@ -42,6 +42,11 @@ fn usage_errors_under_json_are_one_json_error_object_and_nothing_on_stderr() {
             .unwrap_or_else(|e| panic!("{args:?}: not one error object ({e}): {}", run.stdout));
         assert!(e.error.contains(needle), "{args:?}: {}", e.error);
         assert!(
+            !e.error.contains("Usage:") && !e.error.contains("--help"),
+            "{args:?}: the message alone, not clap's usage text: {}",
+            e.error
+        );
+        assert!(
             !e.error.contains('\u{1b}'),
             "no terminal colours in JSON: {}",
             e.error
