@@ -4,10 +4,14 @@
 //! `--version` stay text. The objects are parsed into structs that deny unknown fields, so a
 //! field added or renamed without updating this contract fails here.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use common::TokenizerReport;
 
 const EXE: &str = env!("CARGO_BIN_EXE_cpm-convert");
 
@@ -17,7 +21,7 @@ struct Summary {
     output: PathBuf,
     files: Vec<File>,
     /// Null without a tokenizer (none given, none found, or --no-tokenizer).
-    tokenizer: Option<Tokenizer>,
+    tokenizer: Option<TokenizerReport>,
     tensors: usize,
     tensor_bytes: u64,
     model_file_bytes: u64,
@@ -27,19 +31,6 @@ struct Summary {
     activation: Activation,
     model_parallel: usize,
     warnings: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Tokenizer {
-    path: PathBuf,
-    found: String,
-    pieces: usize,
-    embedding_rows: u64,
-    eod_id: Option<u64>,
-    bos_token_id: Option<u64>,
-    eos_token_id: Option<u64>,
-    pad_token_id: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,7 +66,7 @@ struct DryRun {
     tied_copies: Vec<String>,
     tensor_bytes: u64,
     model_file_bytes: u64,
-    tokenizer: Option<Tokenizer>,
+    tokenizer: Option<TokenizerReport>,
     warnings: Vec<String>,
 }
 

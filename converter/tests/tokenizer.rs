@@ -6,12 +6,16 @@
 //! checkpoint's embedding has 1000 rows, so the small model fits (with a padding warning) and
 //! the released one does not.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use common::TokenizerReport;
 
 const EXE: &str = env!("CARGO_BIN_EXE_cpm-convert");
 
@@ -41,19 +45,6 @@ const PORT_FILES: [&str; 8] = [
     "generation_config.json",
     "SHA256SUMS",
 ];
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenizerReport {
-    path: PathBuf,
-    found: String,
-    pieces: usize,
-    embedding_rows: u64,
-    eod_id: Option<u64>,
-    bos_token_id: Option<u64>,
-    eos_token_id: Option<u64>,
-    pad_token_id: Option<u64>,
-}
 
 /// The part of the summary these tests read (json.rs holds the whole contract).
 #[derive(Debug, Deserialize)]
