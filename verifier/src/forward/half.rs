@@ -39,39 +39,36 @@ impl<'a> HalfMatrix<'a> {
         })
     }
 
-    /// Rows of the matrix.
-    pub fn rows(&self) -> usize {
+    /// Rows `r..r + n` (in bounds by construction of the callers' loops).
+    fn rows_bytes(&self, r: usize, n: usize) -> &'a [u8] {
+        let row = 2 * self.cols;
+        &self.bytes[r * row..(r + n) * row]
+    }
+}
+
+/// The panel products read a 16-bit matrix by widening its blocks exactly.
+impl super::panel::Source for HalfMatrix<'_> {
+    fn rows(&self) -> usize {
         self.rows
     }
 
-    /// Columns of the matrix.
-    pub fn cols(&self) -> usize {
+    fn cols(&self) -> usize {
         self.cols
     }
 
-    /// Widens `W[r, c..c + dst.len()]` exactly into `dst`; the caller keeps it inside the
-    /// matrix (a wide product's panel loops do).
-    pub fn widen_into(&self, r: usize, c: usize, dst: &mut [f32]) {
+    fn widen_into(&self, r: usize, c: usize, dst: &mut [f32]) {
         let start = 2 * (r * self.cols + c);
         let src = &self.bytes[start..start + 2 * dst.len()];
         super::widen::widen_16(src, dst, self.bf16);
     }
 
-    /// Asks the CPU to start loading `W[r, c..c + len]` (a row some way ahead of the one being
-    /// widened: rows of a panel lie a page or more apart, where the hardware prefetcher stops).
-    /// Out-of-range rows are ignored.
-    pub fn prefetch(&self, r: usize, c: usize, len: usize) {
+    /// Rows of a panel lie a page or more apart, where the hardware prefetcher stops.
+    fn prefetch(&self, r: usize, c: usize, len: usize) {
         if r < self.rows {
             let start = 2 * (r * self.cols + c);
             let end = (start + 2 * len).min(self.bytes.len());
             prefetch_range(&self.bytes[start..end]);
         }
-    }
-
-    /// Rows `r..r + n` (in bounds by construction of the callers' loops).
-    fn rows_bytes(&self, r: usize, n: usize) -> &'a [u8] {
-        let row = 2 * self.cols;
-        &self.bytes[r * row..(r + n) * row]
     }
 }
 

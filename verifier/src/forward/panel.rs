@@ -28,21 +28,6 @@ pub trait Source: Copy + Sync {
     fn prefetch(&self, r: usize, c: usize, len: usize);
 }
 
-impl Source for super::half::HalfMatrix<'_> {
-    fn rows(&self) -> usize {
-        self.rows()
-    }
-    fn cols(&self) -> usize {
-        self.cols()
-    }
-    fn widen_into(&self, r: usize, c: usize, dst: &mut [f32]) {
-        self.widen_into(r, c, dst)
-    }
-    fn prefetch(&self, r: usize, c: usize, len: usize) {
-        self.prefetch(r, c, len)
-    }
-}
-
 /// A row-major `[rows, cols]` f32 matrix (weights stored as f32, borrowed from the map).
 #[derive(Clone, Copy)]
 pub struct F32Matrix<'a> {
