@@ -321,11 +321,26 @@ pub fn check_world_size(ranks: &[Rank], mapping: &Mapping, tp: usize) -> Result<
     Ok(())
 }
 
-/// The vocabulary size the checkpoint implies (a tokenizer type), and where that came from.
-pub fn vocab_hint(rec: &Recorded, mapping: &Mapping) -> Option<(u64, String)> {
+/// The vocabulary size the checkpoint records or implies, where that came from, and whether it
+/// was recorded (an exact size, not a guess from a tokenizer type).
+pub fn vocab_hint(rec: &Recorded, mapping: &Mapping) -> Option<(u64, String, bool)> {
     mapping.variant.vocab_hints.iter().find_map(|h| {
-        let v = rec.get(&h.when)?;
-        (v.as_str()? == h.equals)
-            .then(|| (h.size, format!("{} = {}", rec.place(&h.when), h.equals)))
+        let mut from = Vec::new();
+        if let (Some(when), Some(equals)) = (&h.when, &h.equals) {
+            if rec.get(when)?.as_str()? != equals.as_str() {
+                return None;
+            }
+            from.push(format!("{} = {equals}", rec.place(when)));
+        }
+        let size = match (&h.from, h.size) {
+            (Some(path), _) => {
+                let n = u64::try_from(rec.get(path)?.as_int()?).ok()?;
+                from.insert(0, format!("{} = {n}", rec.place(path)));
+                n.checked_add(h.plus)?
+            }
+            (None, Some(size)) => size,
+            (None, None) => return None,
+        };
+        Some((size, from.join(", "), h.from.is_some()))
     })
 }
