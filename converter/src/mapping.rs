@@ -463,6 +463,22 @@ pub fn target_name(pattern: &str, block: Option<u64>) -> String {
 mod tests {
     use super::*;
 
+    /// A vocabulary hint gives its size one way (`size` or `from`) and its condition whole.
+    #[test]
+    fn vocab_hints_that_say_too_much_or_too_little_are_refused() {
+        let text = BUILTIN[1].1;
+        let good = "{ from = \"args.vocab_size\" },";
+        assert!(text.contains(good));
+        for bad in [
+            "{ from = \"args.vocab_size\", size = 3 },",
+            "{ when = \"args.tokenizer_type\" },",
+            "{ from = \"args.vocab_size\", equals = \"x\" },",
+        ] {
+            let e = Mapping::parse(&text.replace(good, bad), Path::new("m.toml")).unwrap_err();
+            assert!(e.to_string().contains("vocab_hints"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn patterns_match_only_canonical_block_indices() {
         let p = "transformer.layers.{bid}.mlp.dense_h_to_4h.weight";

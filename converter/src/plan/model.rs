@@ -344,3 +344,43 @@ pub fn vocab_hint(rec: &Recorded, mapping: &Mapping) -> Option<(u64, String, boo
         Some((size, from.join(", "), h.from.is_some()))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::pickler::{dumps, Py};
+
+    /// The vocabulary `megatron-gpt2`'s hints read from a file whose `args` hold `fields`.
+    fn hint(fields: Vec<(&str, Py)>) -> Option<(u64, String, bool)> {
+        let args = Py::Namespace(fields.into_iter().map(|(k, v)| (k.into(), v)).collect());
+        let bytes = dumps(&Py::Dict(vec![("args".into(), args)]));
+        // The parse owns what the value refers to: kept while the value is read.
+        let parsed = crate::torch::pickle::parse(&bytes, std::path::Path::new("t.pkl"), 0).unwrap();
+        let rec = Recorded {
+            root: &parsed.value,
+            file: "t.pkl",
+            config: None,
+        };
+        vocab_hint(&rec, &Mapping::builtin("megatron-gpt2").unwrap())
+    }
+
+    /// `args.vocab_size` is the vocabulary before NullTokenizer's EOD (Megatron-LM's
+    /// `_NullTokenizer` has one id more); a tokenizer type alone is only a guess.
+    #[test]
+    fn the_recorded_vocab_size_comes_first_and_null_tokenizer_adds_its_eod() {
+        let v = |n: i64| ("vocab_size", Py::Int(n));
+        let t = |s: &str| ("tokenizer_type", Py::Str(s.into()));
+        let got = hint(vec![v(999), t("NullTokenizer")]).unwrap();
+        assert_eq!((got.0, got.2), (1000, true), "{}", got.1);
+        assert!(
+            got.1.contains("args.vocab_size in t.pkl = 999"),
+            "{}",
+            got.1
+        );
+        let got = hint(vec![v(1000), t("GPT2BPETokenizer")]).unwrap();
+        assert_eq!((got.0, got.2), (1000, true));
+        let got = hint(vec![("vocab_size", Py::None), t("GPT2BPETokenizer")]).unwrap();
+        assert_eq!((got.0, got.2), (50257, false));
+        assert_eq!(hint(vec![("vocab_size", Py::None)]), None);
+    }
+}
