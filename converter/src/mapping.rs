@@ -194,8 +194,9 @@ pub struct Variant {
     pub heads_from: Vec<String>,
     #[serde(default)]
     pub qkv: Option<QkvByVersion>,
-    /// Vocabulary sizes a checkpoint implies without recording them (a tokenizer type): used
-    /// to cut padding when no `--vocab-size` is given and the size is at most the rows present.
+    /// The vocabulary size a checkpoint records (`args.vocab_size`) or implies (a tokenizer
+    /// type), the first that applies: used to cut padding when no `--vocab-size` is given and
+    /// the size is at most the rows present.
     #[serde(default)]
     pub vocab_hints: Vec<VocabHint>,
 }
@@ -203,10 +204,16 @@ pub struct Variant {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VocabHint {
-    /// A path into the checkpoint's top-level object, e.g. `args.tokenizer_type`.
-    pub when: String,
-    pub equals: String,
-    pub size: u64,
+    /// A path into the checkpoint's top-level object, e.g. `args.tokenizer_type`: the hint
+    /// applies when the string there is `equals` (no `when`: whenever `from` is recorded).
+    pub when: Option<String>,
+    pub equals: Option<String>,
+    /// The size: this number, implied ...
+    pub size: Option<u64>,
+    /// ... or the integer recorded at this path (`args.vocab_size`), plus `plus`.
+    pub from: Option<String>,
+    #[serde(default)]
+    pub plus: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -352,6 +359,15 @@ impl Mapping {
                 }
             }
         }
+        for h in &m.variant.vocab_hints {
+            if h.size.is_some() == h.from.is_some() || h.when.is_some() != h.equals.is_some() {
+                return Err(bad(
+                    "a vocab_hints entry needs `size` or `from` (one of them), and `when` with \
+                     `equals` or neither"
+                        .into(),
+                ));
+            }
+        }
         for (i, a) in m.tensors.iter().enumerate() {
             let clash = m.tensors[..i].iter().any(|b| {
                 b.target == a.target || b.source.all().iter().any(|x| a.source.all().contains(x))
@@ -446,6 +462,22 @@ pub fn target_name(pattern: &str, block: Option<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A vocabulary hint gives its size one way (`size` or `from`) and its condition whole.
+    #[test]
+    fn vocab_hints_that_say_too_much_or_too_little_are_refused() {
+        let text = BUILTIN[1].1;
+        let good = "{ from = \"args.vocab_size\" },";
+        assert!(text.contains(good));
+        for bad in [
+            "{ from = \"args.vocab_size\", size = 3 },",
+            "{ when = \"args.tokenizer_type\" },",
+            "{ from = \"args.vocab_size\", equals = \"x\" },",
+        ] {
+            let e = Mapping::parse(&text.replace(good, bad), Path::new("m.toml")).unwrap_err();
+            assert!(e.to_string().contains("vocab_hints"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn patterns_match_only_canonical_block_indices() {

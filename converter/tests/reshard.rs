@@ -1,9 +1,11 @@
 //! `cpm-convert --to cpm|megatron --tp N --pp M` (issue 13). The truth is PyTorch's:
 //! fixtures/make_reshard_fixtures.py loaded every rank file these commands write with
-//! `torch.load(weights_only=True)` and ran a rank-by-rank forward over them that reproduced
-//! transformers' logits; it recorded each file's SHA-256 in fixtures/reshard/findings.json, and
-//! these tests require the same bytes. Converting each result back to Hugging Face must give the
-//! direct conversion's tensors exactly.
+//! `torch.load(weights_only=True)` (`argparse.Namespace` allowed, as Megatron's args need),
+//! checked their `args` against what Megatron-LM's and DeepSpeed's loaders read, and ran a
+//! rank-by-rank forward over them that reproduced transformers' logits; it recorded each file's
+//! SHA-256 in fixtures/reshard/findings.json, and these tests require the same bytes.
+//! Converting each result back to Hugging Face, with no flags, must give the direct conversion
+//! exactly.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -134,24 +136,46 @@ fn every_written_rank_file_is_the_one_pytorch_loaded_and_ran() {
     }
 }
 
-/// Re-sharding and converting back gives exactly the direct Hugging Face conversion: names,
-/// order, dtypes, shapes and data (only `__metadata__` differs).
+/// Re-sharding and converting back, with no flags, gives exactly the direct Hugging Face
+/// conversion: config.json byte for byte (heads, vocabulary and activation read from the
+/// export's own `args`), and model.safetensors' names, order, dtypes, shapes and data (only
+/// `__metadata__`, which names the source files, differs).
 #[test]
 fn converting_each_reshard_back_to_hf_gives_the_direct_conversion() {
     let dir = tempfile::tempdir().unwrap();
     let direct = dir.path().join("direct");
     convert_ok(&tiny("ckpt"), &direct, &["--no-tokenizer"]);
-    let want = tensors(&direct);
+    let want = port(&direct);
     for c in findings() {
         let rs = dir.path().join(&c.name);
         c.write(&rs);
         let back = dir.path().join(format!("{}-hf", c.name));
-        // Megatron's padded vocabulary is cut back to the model's 1000 rows.
-        convert_ok(&rs, &back, &["--heads", "4", "--vocab-size", "1000"]);
-        let got = tensors(&back);
-        assert_eq!(got.0, want.0, "{}: tensor list", c.name);
-        assert!(got.1 == want.1, "{}: tensor data differ", c.name);
+        convert_ok(&rs, &back, &["--no-tokenizer"]);
+        same_port(&port(&back), &want, &c.name);
     }
+}
+
+/// A Hugging Face port as the round-trip tests compare it: config.json's bytes, the tensor
+/// list and the tensor data.
+struct Port {
+    config: String,
+    tensors: (Vec<(String, serde_json::Value)>, Vec<u8>),
+}
+
+fn port(dir: &Path) -> Port {
+    Port {
+        config: std::fs::read_to_string(dir.join("config.json")).unwrap(),
+        tensors: tensors(dir),
+    }
+}
+
+fn same_port(got: &Port, want: &Port, what: &str) {
+    assert_eq!(got.config, want.config, "{what}: config.json");
+    assert_eq!(got.tensors.0, want.tensors.0, "{what}: tensor list");
+    assert!(
+        got.tensors.1 == want.tensors.1,
+        "{what}: tensor data differ"
+    );
 }
 
 /// Our own output re-sharded again (cpm tp 4 -> megatron tp 2 pp 2 -> cpm tp 1) ends where a
@@ -167,21 +191,14 @@ fn resharding_our_own_output_again_gives_the_same_bytes() {
         dir.path().join("d"),
     );
     convert_ok(&tiny("ckpt"), &a, &["--to", "cpm", "--tp", "4"]);
-    convert_ok(
-        &a,
-        &b,
-        &["--to", "megatron", "--tp", "2", "--pp", "2", "--heads", "4"],
-    );
-    convert_ok(
-        &b,
-        &c,
-        &["--to", "cpm", "--heads", "4", "--vocab-size", "1000"],
-    );
+    convert_ok(&a, &b, &["--to", "megatron", "--tp", "2", "--pp", "2"]);
+    convert_ok(&b, &c, &["--to", "cpm"]);
     convert_ok(&tiny("ckpt"), &d, &["--to", "cpm"]);
     assert_eq!(tree(&c), tree(&d));
 }
 
-/// cpm-diff finds no difference between the input and any re-sharded copy.
+/// cpm-diff finds no difference between the input and any re-sharded copy, each side's heads
+/// and vocabulary read from its own `args`.
 #[test]
 fn cpm_diff_sees_no_difference_after_resharding() {
     for c in findings() {
@@ -189,15 +206,7 @@ fn cpm_diff_sees_no_difference_after_resharding() {
         let out = dir.path().join("o");
         c.write(&out);
         let ckpt = tiny("ckpt");
-        let args: Vec<&OsStr> = vec![
-            ckpt.as_os_str(),
-            out.as_os_str(),
-            "--values".as_ref(),
-            "--heads".as_ref(),
-            "4".as_ref(),
-            "--vocab-size".as_ref(),
-            "1000".as_ref(),
-        ];
+        let args: Vec<&OsStr> = vec![ckpt.as_os_str(), out.as_os_str(), "--values".as_ref()];
         let r = testkit::run(env!("CARGO_BIN_EXE_cpm-diff"), &args, &[]);
         assert_eq!(r.code, Some(0), "{}: {}{}", c.name, r.stdout, r.stderr);
         assert!(r.stdout.trim_end().ends_with(": equal"), "{}", r.stdout);
@@ -269,7 +278,8 @@ fn dry_run_checks_the_export_grid() {
 }
 
 /// Megatron's vocabulary is padded with zero rows to a multiple of --pad-vocab-multiple x tp,
-/// as its make_vocab_size_divisible_by does (read back: the padded row count).
+/// as its make_vocab_size_divisible_by does; read back, the recorded `args.vocab_size` cuts
+/// the padding, and `--vocab-size` may keep it.
 #[test]
 fn megatron_pads_the_vocabulary_to_the_multiple_times_tp() {
     let dir = tempfile::tempdir().unwrap();
@@ -279,17 +289,17 @@ fn megatron_pads_the_vocabulary_to_the_multiple_times_tp() {
         &out,
         &["--to", "megatron", "--tp", "2", "--pad-vocab-multiple", "7"],
     );
+    let vocab = |extra: &[&str]| {
+        let mut args: Vec<&OsStr> = vec![out.as_os_str(), "--dry-run".as_ref(), "--json".as_ref()];
+        args.extend(extra.iter().map(OsStr::new));
+        let r = convert(&args);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        plan["vocab"].as_u64().unwrap()
+    };
+    assert_eq!(vocab(&[]), 1000);
     // 1000 rows padded to a multiple of 14: 1008, 504 per rank.
-    let r = convert(&[
-        out.as_os_str(),
-        "--dry-run".as_ref(),
-        "--json".as_ref(),
-        "--heads".as_ref(),
-        "4".as_ref(),
-    ]);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!(plan["vocab"], 1008, "{}", r.stdout);
+    assert_eq!(vocab(&["--vocab-size", "1008"]), 1008);
 }
 
 /// `--max-shard-size`: shards named and grouped as huggingface_hub's splitter does (tensors in
@@ -345,59 +355,116 @@ fn max_shard_size_writes_shards_and_an_index_of_the_same_model() {
     assert_eq!(r.code, Some(2), "{}", r.stderr);
 }
 
-/// Every family the converter reads exports to Megatron (tp 2; pp 2) and CPM (tp 1), and reads back
-/// as the same model it converts to directly. An untied head (megatron-core's `output_layer`, an
-/// HF `lm_head`) has no place in CPM-LM's layout: refused with exit 2; Megatron's
-/// `output_layer` holds it.
+/// Every family fixture (and how to open it).
+const FAMILIES: [(&str, &str); 12] = [
+    ("megatron-v0", ""),
+    ("megatron-v1", ""),
+    ("megatron-v2", ""),
+    ("megatron-v3-tp2-pp2", ""),
+    ("megatron-v3-erf", ""),
+    ("mcore-tp2-local", ""),
+    ("mcore-tp2-te", ""),
+    ("nanogpt-nobias", "ckpt.pt"),
+    ("nanogpt-compiled", "ckpt.pt"),
+    ("hf-bin-sharded", ""),
+    ("hf-safetensors-untied", ""),
+    ("hf-legacy-bin", ""),
+];
+
+/// Every family the converter reads, and CPM-LM's tiny checkpoint, exports to Megatron at
+/// tp 2, pp 2 and tp 2 x pp 2 and to CPM at tp 2 (its layout has no pipeline stages), and
+/// converts back with no flags to the direct conversion: config.json byte for byte (heads,
+/// vocabulary and activation from the export's `args`), the same tensors. What CPM-Generate
+/// cannot run is refused with exit 2 and nothing written: an exact-erf GELU (it runs the tanh
+/// one only) and an untied head (megatron-core's `output_layer`, an HF `lm_head`).
 #[test]
-fn every_family_exports_and_reads_back_as_the_direct_conversion() {
+fn every_family_exports_and_converts_back_with_no_flags_to_the_direct_conversion() {
     let families = testkit::fixtures().join("families");
     let dir = tempfile::tempdir().unwrap();
-    for (name, file) in [
-        ("megatron-v0", ""),
-        ("megatron-v1", ""),
-        ("megatron-v2", ""),
-        ("megatron-v3-tp2-pp2", ""),
-        ("megatron-v3-erf", ""),
-        ("mcore-tp2-local", ""),
-        ("mcore-tp2-te", ""),
-        ("nanogpt-nobias", "ckpt.pt"),
-        ("nanogpt-compiled", "ckpt.pt"),
-        ("hf-bin-sharded", ""),
-        ("hf-safetensors-untied", ""),
-        ("hf-legacy-bin", ""),
-    ] {
-        let input = families.join(name).join(file);
+    let mut inputs: Vec<(String, PathBuf)> = FAMILIES
+        .iter()
+        .map(|(n, f)| (n.to_string(), families.join(n).join(f)))
+        .collect();
+    inputs.push(("tiny-ckpt".into(), tiny("ckpt")));
+    // What PyTorch found loading the same exports (make_reshard_fixtures.py).
+    let path = testkit::fixtures().join("reshard/findings.json");
+    let findings: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    for (name, input) in inputs {
         let direct = dir.path().join(format!("{name}-hf"));
         convert_ok(&input, &direct, &["--no-tokenizer"]);
-        let config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(direct.join("config.json")).unwrap()).unwrap();
-        let heads = config["n_head"].to_string();
-        let vocab = config["vocab_size"].to_string();
-        let want = tensors(&direct);
+        let want = port(&direct);
+        let config: serde_json::Value = serde_json::from_str(&want.config).unwrap();
+        let erf = config["activation_function"] == "gelu";
+        let untied = want.tensors.0.iter().any(|(k, _)| k == "lm_head.weight");
         for (to, tp, pp) in [
             ("megatron", "2", "1"),
             ("megatron", "1", "2"),
-            ("cpm", "1", "1"),
+            ("megatron", "2", "2"),
+            ("cpm", "2", "1"),
         ] {
+            let what = format!("{name} --to {to} --tp {tp} --pp {pp}");
+            let torch = &findings["families"][&what];
+            assert!(
+                name == "tiny-ckpt" || torch.is_object(),
+                "{what}: not in findings.json"
+            );
             let out = dir.path().join(format!("{name}-{to}-{tp}-{pp}"));
             let mut args: Vec<&OsStr> = vec![input.as_os_str(), "-o".as_ref(), out.as_os_str()];
             args.extend(["--to", to, "--tp", tp, "--pp", pp, "-q"].map(OsStr::new));
             let r = convert(&args);
-            let untied = want.0.iter().any(|(k, _)| k == "lm_head.weight");
-            if to == "cpm" && untied {
-                assert_eq!(r.code, Some(2), "{name}: {}", r.stderr);
-                assert!(r.stderr.contains("lm_head.weight"), "{}", r.stderr);
+            if to == "cpm" && (erf || untied) {
+                let says = if erf {
+                    "activation `gelu`"
+                } else {
+                    "lm_head.weight"
+                };
+                assert_eq!(r.code, Some(2), "{what}: {}", r.stderr);
+                assert!(r.stderr.contains(says), "{what}: {}", r.stderr);
+                assert!(!out.exists(), "{what}: output left behind");
+                assert!(torch.is_null() || torch["refused"].is_string(), "{what}");
                 continue;
             }
-            assert_eq!(r.code, Some(0), "{name} --to {to}: {}", r.stderr);
+            assert_eq!(r.code, Some(0), "{what}: {}", r.stderr);
+            if !torch.is_null() {
+                assert_eq!(torch["weights_only_load"], true, "{what}");
+                assert_eq!(torch["logits_match"], true, "{what}");
+            }
             let back = dir.path().join(format!("{name}-{to}-{tp}-{pp}-hf"));
-            convert_ok(&out, &back, &["--heads", &heads, "--vocab-size", &vocab]);
-            let got = tensors(&back);
-            assert_eq!(got.0, want.0, "{name} --to {to}: tensor list");
-            assert!(got.1 == want.1, "{name} --to {to}: tensor data differ");
+            convert_ok(&out, &back, &["--no-tokenizer"]);
+            same_port(&port(&back), &want, &what);
         }
     }
+}
+
+/// An activation the target's code has no flag for is refused before writing; `--activation`
+/// is the way to export a model as another (and the export then records that one).
+#[test]
+fn an_activation_the_target_cannot_run_is_refused_unless_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let erf = testkit::fixtures().join("families/megatron-v3-erf");
+    let out = dir.path().join("o");
+    for (input, args, says) in [
+        (
+            tiny("ckpt"),
+            &["--to", "megatron", "--activation", "relu"][..],
+            "activation `relu`",
+        ),
+        (erf.clone(), &["--to", "cpm"][..], "only the tanh GELU"),
+    ] {
+        let mut all: Vec<&OsStr> = vec![input.as_os_str(), "-o".as_ref(), out.as_os_str()];
+        all.extend(args.iter().map(OsStr::new));
+        let r = convert(&all);
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+    convert_ok(&erf, &out, &["--to", "cpm", "--activation", "gelu_new"]);
+    let back = dir.path().join("back");
+    convert_ok(&out, &back, &["--no-tokenizer"]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(back.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["activation_function"], "gelu_new");
 }
 
 /// Our writer's output is an input like any other, so the reader's hostile-input rules hold for

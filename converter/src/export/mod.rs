@@ -124,8 +124,56 @@ pub trait RankFormat: Sync {
     fn file(&self, slot: Slot, grid: Grid) -> String;
     /// A source name as the path of nested dict keys it is saved under.
     fn nest(&self, name: &str) -> Vec<String>;
-    /// The file's top-level object around the weights dict.
-    fn top(&self, weights: pickler::Py, grid: Grid, it: &Iteration) -> pickler::Py;
+    /// The training arguments saved beside the weights, which the family's own loader and
+    /// this converter read the model from; an error when the family's code cannot run the
+    /// model (an activation it has no flag for).
+    fn args(&self, model: &Described, grid: Grid) -> Result<pickler::Py>;
+    /// The file's top-level object around the weights dict and the arguments.
+    fn top(
+        &self,
+        weights: pickler::Py,
+        args: pickler::Py,
+        grid: Grid,
+        it: &Iteration,
+    ) -> pickler::Py;
+}
+
+/// The model as the rank files' arguments state it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Described {
+    pub layers: u64,
+    pub hidden: u64,
+    pub heads: u64,
+    /// The MLP's width.
+    pub inner: u64,
+    pub positions: u64,
+    /// The vocabulary's rows, and the rows written (Megatron's padding included).
+    pub vocab: u64,
+    pub padded_vocab: u64,
+    /// `--pad-vocab-multiple` (Megatron's `make_vocab_size_divisible_by`).
+    pub pad_multiple: u64,
+    /// Hugging Face's `activation_function`.
+    pub activation: String,
+    /// The model has its own output matrix (not the tied embedding).
+    pub untied: bool,
+}
+
+impl Described {
+    pub fn of(plan: &Plan, opts: &Export, fmt: &dyn RankFormat) -> Described {
+        Described {
+            layers: plan.layers,
+            hidden: plan.hidden,
+            heads: plan.heads.count,
+            inner: plan.inner,
+            positions: plan.positions,
+            vocab: plan.vocab,
+            padded_vocab: place::padded_rows(plan.vocab, opts, fmt),
+            pad_multiple: opts.pad_vocab_multiple.max(1),
+            activation: plan.activation.name.clone(),
+            // Hugging Face's name for an untied head, the name every mapping reads it as.
+            untied: plan.entry("lm_head.weight").is_some(),
+        }
+    }
 }
 
 /// One export: what to write from where.
@@ -161,8 +209,9 @@ pub fn write(
         pp: opts.pp,
     };
     let placed = place(plan, opts, fmt)?;
+    let args = fmt.args(&Described::of(plan, opts, fmt), grid)?;
     let folder = fmt.folder(it);
-    let specs = place::files(&placed, fmt, grid, it);
+    let specs = place::files(&placed, fmt, grid, it, &args);
     let mut writers = Vec::with_capacity(specs.len());
     for s in &specs {
         let path = dir.join(&folder).join(&s.name);

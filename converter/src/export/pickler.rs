@@ -1,13 +1,17 @@
 //! The pickle half of our `torch.save`: a protocol-2 `data.pkl` for a small object tree whose
-//! tensors are persistent references to the archive's `data/N` storages. Only the globals
-//! `torch.load(weights_only=True)` admits are used: `torch._utils._rebuild_tensor_v2`, the
-//! typed storage classes, `collections.OrderedDict` and `__builtin__.set`.
+//! tensors are persistent references to the archive's `data/N` storages. The globals are those
+//! `torch.load(weights_only=True)` admits (`torch._utils._rebuild_tensor_v2`, the typed storage
+//! classes, `collections.OrderedDict`, `__builtin__.set`) and `argparse.Namespace`, the
+//! training arguments every Megatron checkpoint carries, which that loader admits once it is
+//! allowed (`torch.serialization.add_safe_globals([argparse.Namespace])`).
 
 use crate::torch::Dtype;
 
 /// A value of the object tree. Dicts keep their order (as Python's do).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Py {
+    None,
+    Bool(bool),
     Int(i64),
     Float(f64),
     Str(String),
@@ -17,6 +21,9 @@ pub enum Py {
     /// `collections.OrderedDict`, what `state_dict()` returns.
     OrderedDict(Vec<(String, Py)>),
     Tensor(TensorMeta),
+    /// `argparse.Namespace(**fields)`, pickled as torch.save pickles one: `Namespace()` by
+    /// NEWOBJ, its `__dict__` set by BUILD.
+    Namespace(Vec<(String, Py)>),
 }
 
 /// A contiguous tensor filling the whole storage `data/<key>`.
@@ -61,9 +68,13 @@ const MARK: u8 = b'(';
 const TUPLE: u8 = b't';
 const REDUCE: u8 = b'R';
 const SETITEMS: u8 = b'u';
+const NEWOBJ: u8 = 0x81;
+const BUILD: u8 = b'b';
 
 fn put(out: &mut Vec<u8>, v: &Py) {
     match v {
+        Py::None => out.push(b'N'),
+        Py::Bool(b) => out.push(if *b { 0x88 } else { 0x89 }),
         Py::Int(n) => int(out, *n),
         Py::Float(f) => {
             out.push(b'G');
@@ -83,6 +94,12 @@ fn put(out: &mut Vec<u8>, v: &Py) {
             items_of(out, items);
         }
         Py::Tensor(t) => tensor(out, t),
+        Py::Namespace(fields) => {
+            global(out, "argparse", "Namespace");
+            out.extend_from_slice(&[b')', NEWOBJ, b'}']);
+            items_of(out, fields);
+            out.push(BUILD);
+        }
     }
 }
 
@@ -177,4 +194,34 @@ fn global(out: &mut Vec<u8>, module: &str, name: &str) {
     out.push(b'\n');
     out.extend_from_slice(name.as_bytes());
     out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// torch 2.10's `torch.save({'args': argparse.Namespace(...), 'checkpoint_version': 3.0})`
+    /// data.pkl, its memo opcodes dropped by `pickletools.optimize` (nothing is shared, so they
+    /// carry nothing): our pickle of the same tree is exactly these bytes.
+    #[test]
+    fn a_namespace_is_pickled_as_torch_save_pickles_it() {
+        let torch: &[u8] = b"\x80\x02}(X\x04\x00\x00\x00argscargparse\nNamespace\n)\x81}(X\n\x00\
+            \x00\x00num_layersK\x02X\x0b\x00\x00\x00openai_gelu\x88X\x10\x00\x00\x00bias_gelu_\
+            fusion\x89X\t\x00\x00\x00onnx_safeNX\x0c\x00\x00\x00norm_epsilonG>\xe4\xf8\xb5\x88\
+            \xe3h\xf1X\r\x00\x00\x00normalizationX\t\x00\x00\x00LayerNormubX\x12\x00\x00\x00\
+            checkpoint_versionG@\x08\x00\x00\x00\x00\x00\x00u.";
+        let args = Py::Namespace(vec![
+            ("num_layers".into(), Py::Int(2)),
+            ("openai_gelu".into(), Py::Bool(true)),
+            ("bias_gelu_fusion".into(), Py::Bool(false)),
+            ("onnx_safe".into(), Py::None),
+            ("norm_epsilon".into(), Py::Float(1e-5)),
+            ("normalization".into(), Py::Str("LayerNorm".into())),
+        ]);
+        let top = Py::Dict(vec![
+            ("args".into(), args),
+            ("checkpoint_version".into(), Py::Float(3.0)),
+        ]);
+        assert_eq!(dumps(&top), torch);
+    }
 }

@@ -40,6 +40,8 @@ pub fn place(plan: &Plan, opts: &Export, fmt: &dyn RankFormat) -> Result<Vec<Pla
         pp: opts.pp,
     };
     check_grid(plan, grid, fmt)?;
+    // A model the format cannot state is refused here, before anything is written.
+    fmt.args(&super::Described::of(plan, opts, fmt), grid)?;
     let mapping = Mapping::builtin(fmt.mapping_name())?;
     let first_block = mapping
         .tensors
@@ -211,9 +213,8 @@ fn placed(
     };
     let tp = opts.tp as u64;
     let vocab = rule.shape.first().is_some_and(|d| d == "vocab");
-    let mult = opts.pad_vocab_multiple.max(1) * tp;
-    let padded = if vocab && fmt.pads_vocab() {
-        rows.div_ceil(mult) * mult
+    let padded = if vocab {
+        padded_rows(rows, opts, fmt)
     } else {
         rows
     };
@@ -254,6 +255,18 @@ fn placed(
     })
 }
 
+/// A vocabulary of `rows` as `fmt` stores it: padded with zero rows to a multiple of
+/// `--pad-vocab-multiple` x `--tp` where the format pads (Megatron's
+/// `make_vocab_size_divisible_by`).
+pub fn padded_rows(rows: u64, opts: &Export, fmt: &dyn RankFormat) -> u64 {
+    if fmt.pads_vocab() {
+        let mult = opts.pad_vocab_multiple.max(1) * opts.tp.max(1) as u64;
+        rows.div_ceil(mult) * mult
+    } else {
+        rows
+    }
+}
+
 /// One rank file before writing: its path in the iteration folder, its pickle, its storages.
 pub struct FileSpec {
     pub name: String,
@@ -262,7 +275,13 @@ pub struct FileSpec {
 }
 
 /// Every rank file's object tree, storages numbered in the order [`super::write`] appends them.
-pub fn files(placed: &[Placed], fmt: &dyn RankFormat, grid: Grid, it: &Iteration) -> Vec<FileSpec> {
+pub fn files(
+    placed: &[Placed],
+    fmt: &dyn RankFormat,
+    grid: Grid,
+    it: &Iteration,
+    args: &Py,
+) -> Vec<FileSpec> {
     let n = grid.tp * grid.pp;
     // (is a copy, key path, tensor) per file.
     let mut trees: Vec<Vec<(bool, Vec<String>, TensorMeta)>> = vec![Vec::new(); n];
@@ -292,7 +311,7 @@ pub fn files(placed: &[Placed], fmt: &dyn RankFormat, grid: Grid, it: &Iteration
             list.sort_by_key(|(copy, _, _)| *copy);
             let list: Vec<_> = list.into_iter().map(|(_, path, m)| (path, m)).collect();
             let storages = list.len();
-            let top = fmt.top(nested(list), grid, it);
+            let top = fmt.top(nested(list), args.clone(), grid, it);
             FileSpec {
                 name: fmt.file(slot, grid),
                 pickle: pickler::dumps(&top),

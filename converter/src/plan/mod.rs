@@ -260,7 +260,7 @@ fn implied_vocab(
     rows: u64,
     notes: &mut Vec<String>,
 ) -> Option<u64> {
-    let (size, from) = model::vocab_hint(rec, mapping)?;
+    let (size, from, recorded) = model::vocab_hint(rec, mapping)?;
     if size > rows {
         notes.push(format!(
             "{from} implies a vocabulary of {size}, more than the {rows} rows present: keeping \
@@ -268,7 +268,8 @@ fn implied_vocab(
         ));
         return None;
     }
-    if size < rows {
+    // A recorded size is the checkpoint's own word, as its head count is: cut without a note.
+    if size < rows && !recorded {
         notes.push(format!(
             "vocabulary cut from {rows} to {size} rows ({from}); --vocab-size N overrides"
         ));

@@ -321,11 +321,66 @@ pub fn check_world_size(ranks: &[Rank], mapping: &Mapping, tp: usize) -> Result<
     Ok(())
 }
 
-/// The vocabulary size the checkpoint implies (a tokenizer type), and where that came from.
-pub fn vocab_hint(rec: &Recorded, mapping: &Mapping) -> Option<(u64, String)> {
+/// The vocabulary size the checkpoint records or implies, where that came from, and whether it
+/// was recorded (an exact size, not a guess from a tokenizer type).
+pub fn vocab_hint(rec: &Recorded, mapping: &Mapping) -> Option<(u64, String, bool)> {
     mapping.variant.vocab_hints.iter().find_map(|h| {
-        let v = rec.get(&h.when)?;
-        (v.as_str()? == h.equals)
-            .then(|| (h.size, format!("{} = {}", rec.place(&h.when), h.equals)))
+        let mut from = Vec::new();
+        if let (Some(when), Some(equals)) = (&h.when, &h.equals) {
+            if rec.get(when)?.as_str()? != equals.as_str() {
+                return None;
+            }
+            from.push(format!("{} = {equals}", rec.place(when)));
+        }
+        let size = match (&h.from, h.size) {
+            (Some(path), _) => {
+                let n = u64::try_from(rec.get(path)?.as_int()?).ok()?;
+                from.insert(0, format!("{} = {n}", rec.place(path)));
+                n.checked_add(h.plus)?
+            }
+            (None, Some(size)) => size,
+            (None, None) => return None,
+        };
+        Some((size, from.join(", "), h.from.is_some()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::pickler::{dumps, Py};
+
+    /// The vocabulary `megatron-gpt2`'s hints read from a file whose `args` hold `fields`.
+    fn hint(fields: Vec<(&str, Py)>) -> Option<(u64, String, bool)> {
+        let args = Py::Namespace(fields.into_iter().map(|(k, v)| (k.into(), v)).collect());
+        let bytes = dumps(&Py::Dict(vec![("args".into(), args)]));
+        // The parse owns what the value refers to: kept while the value is read.
+        let parsed = crate::torch::pickle::parse(&bytes, std::path::Path::new("t.pkl"), 0).unwrap();
+        let rec = Recorded {
+            root: &parsed.value,
+            file: "t.pkl",
+            config: None,
+        };
+        vocab_hint(&rec, &Mapping::builtin("megatron-gpt2").unwrap())
+    }
+
+    /// `args.vocab_size` is the vocabulary before NullTokenizer's EOD (Megatron-LM's
+    /// `_NullTokenizer` has one id more); a tokenizer type alone is only a guess.
+    #[test]
+    fn the_recorded_vocab_size_comes_first_and_null_tokenizer_adds_its_eod() {
+        let v = |n: i64| ("vocab_size", Py::Int(n));
+        let t = |s: &str| ("tokenizer_type", Py::Str(s.into()));
+        let got = hint(vec![v(999), t("NullTokenizer")]).unwrap();
+        assert_eq!((got.0, got.2), (1000, true), "{}", got.1);
+        assert!(
+            got.1.contains("args.vocab_size in t.pkl = 999"),
+            "{}",
+            got.1
+        );
+        let got = hint(vec![v(1000), t("GPT2BPETokenizer")]).unwrap();
+        assert_eq!((got.0, got.2), (1000, true));
+        let got = hint(vec![("vocab_size", Py::None), t("GPT2BPETokenizer")]).unwrap();
+        assert_eq!((got.0, got.2), (50257, false));
+        assert_eq!(hint(vec![("vocab_size", Py::None)]), None);
+    }
 }
