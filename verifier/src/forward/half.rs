@@ -310,6 +310,10 @@ pub(super) mod simd {
         out
     }
 
+    /// The sum of the 8 lanes of `v`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 (register work only, no memory is read).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {

@@ -98,6 +98,9 @@ mod simd {
 
     /// `exp(y)` for 8 values, about 1 ulp: +inf above 88, 0 below -87 (where f32 results turn
     /// subnormal; a softmax or `1 + exp` cannot tell), NaN kept.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA (register work only, no memory is read).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp8(y_in: __m256) -> __m256 {
