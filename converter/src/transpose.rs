@@ -163,6 +163,8 @@ impl Mat {
     }
 
     /// Source element (i, j) and destination element (i, j), as byte pointers.
+    /// # Safety
+    /// Both elements lie inside the matrices [`transpose`] checked (`i < rows`, `j < cols`).
     #[cfg(target_arch = "x86_64")]
     unsafe fn ptrs(&self, i: usize, j: usize, es: usize) -> (*const u8, *mut u8) {
         (
@@ -174,6 +176,8 @@ impl Mat {
 
 impl Kernel for u64 {
     const B: usize = 0;
+    /// # Safety
+    /// Never called (`B` is 0); it touches no memory.
     unsafe fn block(_: &Mat, _: usize, _: usize) -> u64 {
         0
     }
@@ -182,6 +186,8 @@ impl Kernel for u64 {
 #[cfg(not(target_arch = "x86_64"))]
 impl Kernel for u16 {
     const B: usize = 0;
+    /// # Safety
+    /// Never called (`B` is 0); it touches no memory.
     unsafe fn block(_: &Mat, _: usize, _: usize) -> u64 {
         0
     }
@@ -190,6 +196,8 @@ impl Kernel for u16 {
 #[cfg(not(target_arch = "x86_64"))]
 impl Kernel for u32 {
     const B: usize = 0;
+    /// # Safety
+    /// Never called (`B` is 0); it touches no memory.
     unsafe fn block(_: &Mat, _: usize, _: usize) -> u64 {
         0
     }
@@ -203,6 +211,9 @@ pub(crate) mod sse2 {
     impl Kernel for u16 {
         const B: usize = 8;
         /// 8 rows of 8 halves: interleave 16-, then 32-, then 64-bit lanes (24 shuffles).
+        ///
+        /// # Safety
+        /// As [`Kernel::block`]: the block and its destination are in bounds.
         unsafe fn block(m: &Mat, i0: usize, j0: usize) -> u64 {
             let row = |k: usize| _mm_loadu_si128(m.ptrs(i0 + k, j0, 2).0 as *const __m128i);
             let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
@@ -261,6 +272,9 @@ pub(crate) mod sse2 {
     impl Kernel for u32 {
         const B: usize = 4;
         /// 4 rows of 4 words: interleave 32-, then 64-bit lanes (8 shuffles).
+        ///
+        /// # Safety
+        /// As [`Kernel::block`]: the block and its destination are in bounds.
         unsafe fn block(m: &Mat, i0: usize, j0: usize) -> u64 {
             let row = |k: usize| _mm_loadu_si128(m.ptrs(i0 + k, j0, 4).0 as *const __m128i);
             let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
@@ -285,6 +299,9 @@ pub(crate) mod sse2 {
 
     /// Bytes of the lanes `hit` marks in `rows`. NaN/Inf are rare: one test per block decides
     /// whether to count at all.
+    ///
+    /// # Safety
+    /// SSE2 only, which every x86_64 CPU has; reads nothing but its arguments.
     #[inline(always)]
     unsafe fn count(rows: &[__m128i], hit: impl Fn(__m128i) -> __m128i) -> u64 {
         let any = rows

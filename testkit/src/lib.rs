@@ -111,6 +111,7 @@ static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: every call is forwarded to the system allocator unchanged; we only count sizes.
 unsafe impl GlobalAlloc for CountingAlloc {
+    // SAFETY (each method): the caller's contract is GlobalAlloc's, passed on to `System` as is.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = System.alloc(layout);
         if !p.is_null() {

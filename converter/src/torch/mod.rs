@@ -5,6 +5,7 @@
 //! caller asks for it, so reading a checkpoint's structure costs a few kilobytes of I/O.
 
 mod legacy;
+mod names;
 pub mod pickle;
 pub mod safetensors;
 pub mod tensor;

@@ -25,21 +25,7 @@ impl Global {
     }
 }
 
-/// Longest storage key, module or class name a pickle may use. Torch writes keys such as `0` or
-/// `140234…` and module paths of a few dozen bytes; 256 leaves room for anything real.
-pub const MAX_NAME_BYTES: usize = 256;
-
-/// Longest name shown whole in a message; a longer one is cut (a hostile 1 MiB key must not
-/// make a 2 MiB error message).
-const SHOWN_CHARS: usize = 80;
-
-/// `s` as a message shows it: whole when short, else its first characters and its length.
-pub fn shorten(s: &str) -> std::borrow::Cow<'_, str> {
-    match s.char_indices().nth(SHOWN_CHARS) {
-        None => std::borrow::Cow::Borrowed(s),
-        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}… ({} bytes)", &s[..cut], s.len())),
-    }
-}
+pub use super::names::{shorten, MAX_NAME_BYTES};
 
 /// A storage named by a persistent id: which blob holds it and how its elements are typed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,8 @@
 
 use gemm::Parallelism;
 
-use super::cpu::{matmul, View};
-use super::softmax;
+use super::matmul::{matmul, View};
+use super::vmath::softmax;
 use crate::model::Config;
 
 /// Query rows per task (a tile of one batch row). Later positions attend to more keys, so tasks

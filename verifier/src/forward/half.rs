@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::panel::Source;
+use super::widen::{prefetch_range, to_f32, widen_16};
 use crate::model::{Raw, Stored};
 
 /// Passes of at most this many tokens (all rows together) read 16-bit weights directly.
@@ -47,7 +49,7 @@ impl<'a> HalfMatrix<'a> {
 }
 
 /// The panel products read a 16-bit matrix by widening its blocks exactly.
-impl super::panel::Source for HalfMatrix<'_> {
+impl Source for HalfMatrix<'_> {
     fn rows(&self) -> usize {
         self.rows
     }
@@ -59,7 +61,7 @@ impl super::panel::Source for HalfMatrix<'_> {
     fn widen_into(&self, r: usize, c: usize, dst: &mut [f32]) {
         let start = 2 * (r * self.cols + c);
         let src = &self.bytes[start..start + 2 * dst.len()];
-        super::widen::widen_16(src, dst, self.bf16);
+        widen_16(src, dst, self.bf16);
     }
 
     /// Rows of a panel lie a page or more apart, where the hardware prefetcher stops.
@@ -153,32 +155,8 @@ pub fn head(x: &[f32], w: HalfMatrix<'_>, threads: usize) -> Vec<f32> {
     logits
 }
 
-/// Asks the CPU to start loading every cache line of `data` (no-op off x86_64).
-pub(super) fn prefetch_range<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (start, bytes) = (data.as_ptr().cast::<u8>(), std::mem::size_of_val(data));
-        for at in (0..bytes).step_by(64) {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: a prefetch never faults, and `at` is inside the slice anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(at).cast()) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
-}
-
 /// Rows of W per pass over `y` (and per group of head rows).
 const ROWS: usize = 8;
-
-pub(super) fn to_f32(lo: u8, hi: u8, bf16: bool) -> f32 {
-    let bits = u16::from_le_bytes([lo, hi]);
-    if bf16 {
-        ::half::bf16::from_bits(bits).to_f32()
-    } else {
-        ::half::f16::from_bits(bits).to_f32()
-    }
-}
 
 /// For every batch row `b`: `y[b] += Σ_r a[b][r] · W[r]` over the `n` (≤ ROWS) rows in
 /// `rows`, `a` holding `n` coefficients per batch row. Each weight is widened once for all batch
@@ -254,28 +232,11 @@ fn dot_portable(x: &[f32], rows: &[u8], n: usize, bf16: bool) -> [f32; ROWS] {
 pub(super) mod simd {
     use std::arch::x86_64::*;
 
-    use super::{to_f32, ROWS};
+    use super::super::widen::simd::load8;
+    use super::super::widen::to_f32;
+    use super::ROWS;
 
-    pub fn available() -> bool {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-
-    /// 8 values at `p` widened to f32.
-    ///
-    /// # Safety
-    /// 16 bytes at `p` are readable; the CPU has AVX2 and F16C.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in crate::forward) unsafe fn load8(p: *const u8, bf16: bool) -> __m256 {
-        let v = _mm_loadu_si128(p.cast());
-        if bf16 {
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
-        } else {
-            _mm256_cvtph_ps(v)
-        }
-    }
+    pub use super::super::widen::simd::available;
 
     /// For every `out`-long row `b` of `y`: `y[b] += Σ_r a[b * ROWS + r] W[r]` over ROWS rows
     /// of `out` values. Each 8-column block of the ROWS rows is widened once for all rows of
@@ -349,6 +310,10 @@ pub(super) mod simd {
         out
     }
 
+    /// The sum of the 8 lanes of `v`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 (register work only, no memory is read).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -361,7 +326,7 @@ pub(super) mod simd {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::cpu::{matmul, View};
+    use super::super::matmul::{matmul, View};
     use super::*;
     use gemm::Parallelism;
 

@@ -7,6 +7,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod half;
+mod matmul;
 mod panel;
 mod vmath;
 mod widen;
@@ -15,10 +16,11 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use cache::KvCache;
-pub use cpu::Pass;
+pub use cpu::{Logits, Pass};
+pub use vmath::{activate, layer_norm, softmax};
 
 use crate::error::{checked_product, Error, Result};
-use crate::model::{Activation, Model};
+use crate::model::Model;
 use crate::Options;
 
 /// Where the forward pass runs.
@@ -93,16 +95,6 @@ pub fn run(
                 .into(),
         )),
     }
-}
-
-/// Which positions a pass computes logits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// Every position: `[rows, new, vocab]` (verification).
-    All,
-    /// The last position of each row: `[rows, vocab]` (generation; the head is the largest
-    /// product, so the others are skipped).
-    Last,
 }
 
 /// One pass on the CPU over `new = ids.len() / cache.rows()` tokens per row at positions
@@ -208,55 +200,6 @@ fn check_activations(model: &Model, tokens: usize) -> Result<()> {
     Ok(())
 }
 
-/// The activation of one value, as transformers computes it (in f32 unless noted).
-pub fn activate(act: Activation, x: f32) -> f32 {
-    match act {
-        // NewGELUActivation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-        Activation::GeluTanh => {
-            0.5 * x * (1.0 + (0.797_884_6_f32 * (x + 0.044_715 * x * x * x)).tanh())
-        }
-        // nn.functional.gelu: 0.5 x (1 + erf(x / sqrt 2)); erf in f64 (std has none).
-        Activation::GeluErf => {
-            let xd = f64::from(x);
-            (0.5 * xd * (1.0 + libm::erf(xd * std::f64::consts::FRAC_1_SQRT_2))) as f32
-        }
-        Activation::Relu => x.max(0.0),
-        Activation::Silu => x / (1.0 + (-x).exp()),
-        Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
-    }
-}
-
-/// LayerNorm of each `width`-long row of `x`, in place: biased variance, eps inside the root.
-/// Mean and variance are accumulated in f64 (two passes) so that wide rows with a large mean
-/// lose nothing to cancellation.
-pub fn layer_norm(x: &mut [f32], width: usize, weight: &[f32], bias: &[f32], eps: f64) {
-    for row in x.chunks_exact_mut(width) {
-        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / width as f64;
-        let var = row
-            .iter()
-            .map(|&v| {
-                let d = f64::from(v) - mean;
-                d * d
-            })
-            .sum::<f64>()
-            / width as f64;
-        let inv = 1.0 / (var + eps).sqrt();
-        for ((v, &w), &b) in row.iter_mut().zip(weight).zip(bias) {
-            *v = ((f64::from(*v) - mean) * inv) as f32 * w + b;
-        }
-    }
-}
-
-/// Softmax of `row` in place, in f32 with an f64 sum, after subtracting the maximum.
-pub fn softmax(row: &mut [f32]) {
-    let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum = vmath::exp_shifted(row, m);
-    let inv = (1.0 / sum) as f32;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,34 +211,5 @@ mod tests {
         assert_eq!("cuda:3".parse::<Device>(), Ok(Device::Cuda(3)));
         assert!("gpu".parse::<Device>().is_err());
         assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
-    }
-
-    #[test]
-    fn activations_match_known_values() {
-        // torch: F.gelu(1.0) = 0.8413447, gelu(approximate='tanh')(1.0) = 0.8411920
-        assert!((activate(Activation::GeluErf, 1.0) - 0.841_344_7).abs() < 1e-6);
-        assert!((activate(Activation::GeluTanh, 1.0) - 0.841_192).abs() < 1e-6);
-        assert_eq!(activate(Activation::Relu, -2.0), 0.0);
-        assert!((activate(Activation::Silu, 1.0) - 0.731_058_6).abs() < 1e-6);
-    }
-
-    #[test]
-    fn layer_norm_survives_a_large_mean() {
-        // A naive f32 E[x^2] - E[x]^2 loses the variance of 1e4 + small values entirely.
-        let mut x: Vec<f32> = (0..64).map(|i| 1e4 + (i % 2) as f32).collect();
-        layer_norm(&mut x, 64, &[1.0; 64], &[0.0; 64], 0.0);
-        assert!(
-            (x[0] + 1.0).abs() < 1e-3 && (x[1] - 1.0).abs() < 1e-3,
-            "{:?}",
-            &x[..2]
-        );
-    }
-
-    #[test]
-    fn softmax_of_large_values_is_finite_and_sums_to_one() {
-        let mut r = vec![1000.0f32, 999.0, -1e30];
-        softmax(&mut r);
-        assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!((r[0] / r[1] - std::f32::consts::E).abs() < 1e-4);
     }
 }

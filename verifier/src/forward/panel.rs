@@ -11,9 +11,9 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::activate;
-use super::cpu::{matmul_strided, View};
-use super::vmath::gelu_tanh;
+use super::matmul::{matmul_strided, View};
+use super::vmath::{activate, gelu_tanh};
+use super::widen::prefetch_range;
 use crate::model::Activation;
 
 /// A row-major weight matrix whose blocks the panel products copy out as f32.
@@ -62,7 +62,7 @@ impl Source for F32Matrix<'_> {
         if r < self.rows {
             let start = r * self.cols + c;
             let end = (start + len).min(self.data.len());
-            super::half::prefetch_range(&self.data[start..end]);
+            prefetch_range(&self.data[start..end]);
         }
     }
 }

@@ -1,12 +1,12 @@
-//! Vector math, 8 values per instruction with AVX2+FMA: GPT-2's GELU (tanh form) and the
-//! exponentials of a softmax.
+//! Element-wise math of the forward pass: the activations, LayerNorm and softmax as
+//! transformers computes them, with GPT-2's GELU (tanh form) and the softmax's exponentials 8
+//! values per instruction with AVX2+FMA.
 //!
 //! `0.5 x (1 + tanh(u))` equals `x / (1 + exp(-2u))` exactly in real arithmetic, and the second
 //! needs only `exp`, which vectorizes with a Cephes-style polynomial (about 1 ulp). The results
 //! differ from the scalar [`activate`] by a few ulp, far inside the verifier's tolerances; the
 //! scalar libm tanh took 6% of a verification pass.
 
-use super::activate;
 use crate::model::Activation;
 
 /// `v = gelu_tanh(v)` for every value.
@@ -37,6 +37,55 @@ pub fn exp_shifted(row: &mut [f32], max: f32) -> f64 {
     sum
 }
 
+/// The activation of one value, as transformers computes it (in f32 unless noted).
+pub fn activate(act: Activation, x: f32) -> f32 {
+    match act {
+        // NewGELUActivation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+        Activation::GeluTanh => {
+            0.5 * x * (1.0 + (0.797_884_6_f32 * (x + 0.044_715 * x * x * x)).tanh())
+        }
+        // nn.functional.gelu: 0.5 x (1 + erf(x / sqrt 2)); erf in f64 (std has none).
+        Activation::GeluErf => {
+            let xd = f64::from(x);
+            (0.5 * xd * (1.0 + libm::erf(xd * std::f64::consts::FRAC_1_SQRT_2))) as f32
+        }
+        Activation::Relu => x.max(0.0),
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+    }
+}
+
+/// LayerNorm of each `width`-long row of `x`, in place: biased variance, eps inside the root.
+/// Mean and variance are accumulated in f64 (two passes) so that wide rows with a large mean
+/// lose nothing to cancellation.
+pub fn layer_norm(x: &mut [f32], width: usize, weight: &[f32], bias: &[f32], eps: f64) {
+    for row in x.chunks_exact_mut(width) {
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / width as f64;
+        let var = row
+            .iter()
+            .map(|&v| {
+                let d = f64::from(v) - mean;
+                d * d
+            })
+            .sum::<f64>()
+            / width as f64;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, &w), &b) in row.iter_mut().zip(weight).zip(bias) {
+            *v = ((f64::from(*v) - mean) * inv) as f32 * w + b;
+        }
+    }
+}
+
+/// Softmax of `row` in place, in f32 with an f64 sum, after subtracting the maximum.
+pub fn softmax(row: &mut [f32]) {
+    let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum = exp_shifted(row, m);
+    let inv = (1.0 / sum) as f32;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
@@ -49,6 +98,9 @@ mod simd {
 
     /// `exp(y)` for 8 values, about 1 ulp: +inf above 88, 0 below -87 (where f32 results turn
     /// subnormal; a softmax or `1 + exp` cannot tell), NaN kept.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA (register work only, no memory is read).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp8(y_in: __m256) -> __m256 {
@@ -214,5 +266,39 @@ mod softmax_tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod scalar_tests {
+    use super::*;
+
+    #[test]
+    fn activations_match_known_values() {
+        // torch: F.gelu(1.0) = 0.8413447, gelu(approximate='tanh')(1.0) = 0.8411920
+        assert!((activate(Activation::GeluErf, 1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((activate(Activation::GeluTanh, 1.0) - 0.841_192).abs() < 1e-6);
+        assert_eq!(activate(Activation::Relu, -2.0), 0.0);
+        assert!((activate(Activation::Silu, 1.0) - 0.731_058_6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_survives_a_large_mean() {
+        // A naive f32 E[x^2] - E[x]^2 loses the variance of 1e4 + small values entirely.
+        let mut x: Vec<f32> = (0..64).map(|i| 1e4 + (i % 2) as f32).collect();
+        layer_norm(&mut x, 64, &[1.0; 64], &[0.0; 64], 0.0);
+        assert!(
+            (x[0] + 1.0).abs() < 1e-3 && (x[1] - 1.0).abs() < 1e-3,
+            "{:?}",
+            &x[..2]
+        );
+    }
+
+    #[test]
+    fn softmax_of_large_values_is_finite_and_sums_to_one() {
+        let mut r = vec![1000.0f32, 999.0, -1e30];
+        softmax(&mut r);
+        assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((r[0] / r[1] - std::f32::consts::E).abs() < 1e-4);
     }
 }

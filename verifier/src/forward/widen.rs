@@ -1,12 +1,14 @@
 //! 16-bit floats widened to f32 from (possibly unaligned) little-endian bytes, 8 per
-//! instruction with AVX2+F16C: the panels of [`super::panel`] are widened this way.
+//! instruction with AVX2+F16C: the panels of [`super::panel`] are widened this way. The bottom
+//! of the forward pass's layers (widening -> products -> attention -> layer -> model): it
+//! imports none of them.
 
 /// 16-bit floats (`src`, `2 * dst.len()` bytes) widened exactly into `dst`: 8 per
 /// instruction with AVX2+F16C (half's own slice conversion calls a function per 8 values, which
 /// took a quarter of a verification pass), else one at a time.
 pub(super) fn widen_16(src: &[u8], dst: &mut [f32], bf16: bool) {
     #[cfg(target_arch = "x86_64")]
-    if src.len() == 2 * dst.len() && crate::forward::half::simd::available() {
+    if src.len() == 2 * dst.len() && simd::available() {
         // SAFETY: features checked; `src` holds exactly `dst.len()` values (checked).
         unsafe {
             if bf16 {
@@ -23,16 +25,62 @@ pub(super) fn widen_16(src: &[u8], dst: &mut [f32], bf16: bool) {
 /// [`widen_16`] without SIMD.
 fn widen_portable(src: &[u8], dst: &mut [f32], bf16: bool) {
     for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-        *d = super::half::to_f32(b[0], b[1], bf16);
+        *d = to_f32(b[0], b[1], bf16);
     }
 }
 
+/// One little-endian 16-bit float (bf16 or IEEE half) widened.
+pub(super) fn to_f32(lo: u8, hi: u8, bf16: bool) -> f32 {
+    let bits = u16::from_le_bytes([lo, hi]);
+    if bf16 {
+        ::half::bf16::from_bits(bits).to_f32()
+    } else {
+        ::half::f16::from_bits(bits).to_f32()
+    }
+}
+
+/// Asks the CPU to start loading every cache line of `data` (no-op off x86_64).
+pub(super) fn prefetch_range<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (start, bytes) = (data.as_ptr().cast::<u8>(), std::mem::size_of_val(data));
+        for at in (0..bytes).step_by(64) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: a prefetch never faults, and `at` is inside the slice anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(at).cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 #[cfg(target_arch = "x86_64")]
-mod simd {
+pub(super) mod simd {
     use std::arch::x86_64::*;
 
-    use crate::forward::half::simd::load8;
-    use crate::forward::half::to_f32;
+    use super::to_f32;
+
+    /// AVX2, FMA and F16C: what every 16-bit kernel here and in [`super::super::half`] needs.
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    /// 8 values at `p` widened to f32.
+    ///
+    /// # Safety
+    /// 16 bytes at `p` are readable; the CPU has AVX2 and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn load8(p: *const u8, bf16: bool) -> __m256 {
+        let v = _mm_loadu_si128(p.cast());
+        if bf16 {
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
+        } else {
+            _mm256_cvtph_ps(v)
+        }
+    }
 
     /// `dst[i]` = value `i` of `src`, widened.
     ///
