@@ -16,9 +16,13 @@ use std::time::{Duration, Instant};
 /// Longest any single run may take; the slowest hostile case needs well under a second.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The workspace's `fixtures/` directory.
+/// The workspace's `fixtures/` directory. Found from the crate under test (cargo sets
+/// `CARGO_MANIFEST_DIR` when it runs a test), so a build copied from another checkout of the
+/// workspace still reads this checkout's fixtures; testkit's own directory is the fallback.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    crate_dir.join("../fixtures")
 }
 
 /// What a finished run printed and how it ended.
