@@ -4,15 +4,12 @@
 //! together). The counter is process-wide, so this file holds one test that runs its cases one
 //! after another.
 
-mod cases;
+use crate::cases;
 
 use std::path::Path;
 
 use cases::{Case, Expect};
 use cpm_convert::torch::{self, pickle, TorchFile};
-
-#[global_allocator]
-static ALLOC: testkit::CountingAlloc = testkit::CountingAlloc;
 
 /// The whole pipeline short of writing: `cpm_convert::open`, `plan`, every tensor read.
 const PIPELINE: &str = "open + plan + read";
@@ -117,6 +114,7 @@ impl cpm_convert::Progress for Quiet {
 
 #[test]
 fn every_hostile_case_stays_within_the_heap_bound() {
+    let _alone = testkit::alone();
     let marker_dir = tempfile::tempdir().unwrap();
     let marker = marker_dir.path().join("PWNED");
     let cases = cases::all(&marker);
@@ -196,4 +194,22 @@ fn counter_sees_the_readers_allocations(cases: &[Case]) {
     let (_, peak) = testkit::peak_heap_during(|| pickle::parse(&p, Path::new("x"), 0).is_ok());
     assert!(peak >= 1 << 20, "the 1 MiB string was not counted: {peak}");
     assert!(cases.len() > 300, "{} cases", cases.len());
+}
+
+#[test]
+fn a_huge_rank_number_allocates_nothing_per_claimed_rank() {
+    let _alone = testkit::alone();
+    for huge in ["mp_rank_4000000000", "mp_rank_99999999999999999999999999"] {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["mp_rank_00", huge] {
+            std::fs::create_dir_all(d.path().join(f)).unwrap();
+            std::fs::write(d.path().join(f).join("model_optim_rng.pt"), b"x").unwrap();
+        }
+        // A grid of 4e9 entries would take tens of GB; the check walks the two files present.
+        let (e, peak) =
+            testkit::peak_heap_during(|| cpm_convert::layout::discover(d.path()).map(|_| ()));
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("model-parallel rank 1 is missing"), "{e}");
+        assert!(peak < 64 << 20, "{huge}: peak heap {peak} bytes");
+    }
 }

@@ -6,7 +6,7 @@
 //! diff(1): 0 equal, 1 different, 2 error. The `--json` objects are parsed into structs that deny
 //! unknown fields, so the schema cannot change without this file.
 
-mod cases;
+use crate::cases;
 
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-mod cases;
+use crate::cases;
 #[path = "../../fuzz/fuzz_targets/common.rs"]
 mod common;
 

@@ -5,7 +5,7 @@
 //! The cases themselves are built in `cases/` and shared with `alloc_bound.rs`, which runs the
 //! readers in-process on each of them and bounds their peak heap.
 
-mod cases;
+use crate::cases;
 
 use std::path::Path;
 use std::process::Command;

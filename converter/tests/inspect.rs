@@ -5,7 +5,7 @@
 //! script saved. The JSON objects are parsed into structs that deny unknown fields, so a field
 //! added or renamed without updating this contract fails here.
 
-mod cases;
+use crate::cases;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -4,7 +4,7 @@
 //! `--version` stay text. The objects are parsed into structs that deny unknown fields, so a
 //! field added or renamed without updating this contract fails here.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

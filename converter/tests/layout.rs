@@ -11,8 +11,6 @@ use cpm_convert::torch::{self, Format, TorchFile, Value};
 
 // The counter is process-wide: only `a_huge_rank_number_allocates_nothing_per_claimed_rank`
 // reads it, with a bound far above what the other tests running beside it allocate.
-#[global_allocator]
-static ALLOC: testkit::CountingAlloc = testkit::CountingAlloc;
 
 fn fixtures() -> PathBuf {
     testkit::fixtures()
@@ -342,18 +340,8 @@ fn distributed_optimizer_folders_are_not_ranks() {
 }
 
 #[test]
-fn a_huge_rank_number_allocates_nothing_per_claimed_rank() {
-    for huge in ["mp_rank_4000000000", "mp_rank_99999999999999999999999999"] {
-        let d = folder(&[
-            "mp_rank_00/model_optim_rng.pt",
-            &format!("{huge}/model_optim_rng.pt"),
-        ]);
-        // A grid of 4e9 entries would take tens of GB; the check walks the two files present.
-        let (e, peak) = testkit::peak_heap_during(|| layout::discover(d.path()).map(|_| ()));
-        let e = e.unwrap_err().to_string();
-        assert!(e.contains("model-parallel rank 1 is missing"), "{e}");
-        assert!(peak < 64 << 20, "{huge}: peak heap {peak} bytes");
-    }
+fn a_huge_pipeline_stage_number_is_named_as_missing() {
+    // The heap's peak for huge rank numbers is measured in alloc_bound.rs.
     let d = folder(&["mp_rank_00_99999999/model_optim_rng.pt"]);
     refused(d.path(), "", &["rank (tp 0, pp 0) is missing"]);
 }

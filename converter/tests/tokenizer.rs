@@ -6,7 +6,7 @@
 //! checkpoint's embedding has 1000 rows, so the small model fits (with a padding warning) and
 //! the released one does not.
 
-mod common;
+use crate::common;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

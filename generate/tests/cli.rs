@@ -1,7 +1,7 @@
 //! The command line: --json's schema, errors (exit 2, no panic) before any compute, hostile model
 //! directories (the verifier's own hostile cases, run through cpm-generate).
 
-mod common;
+use crate::common;
 
 use common::*;
 

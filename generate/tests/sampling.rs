@@ -2,7 +2,7 @@
 //! first tokens remain, so after temperature T the first one must be drawn with probability
 //! sigmoid(gap / T), where gap is transformers' recorded top-2 logit gap at that step.
 
-mod common;
+use crate::common;
 
 use common::*;
 use cpm_generate::{generate, Sampling, Settings, Strategy};

@@ -1,7 +1,7 @@
 //! Text in and out through the CPM tokenizer: a text prompt gives transformers' continuation
 //! text (greedy_text, decoded by the original pipeline), streamed; --stop cuts it.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -1,7 +1,7 @@
 //! cpm-generate against transformers' recorded continuations (fixtures/generate): greedy token
 //! for token, stopping at eos, min-new-tokens, beam search, and sampling's reproducibility.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -151,12 +151,47 @@ fn grow(n: usize) {
 
 /// Run `f` and return its result with the heap's peak above what was live when it started.
 /// Memory-mapped files are not heap and are not counted (they are bounded by the file itself).
+///
+/// The caller must hold [`alone`] (else another test's allocations would count), and a binary
+/// without [`CountingAlloc`] installed panics here instead of measuring nothing.
 pub fn peak_heap_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    assert!(
+        ALONE_HERE.with(std::cell::Cell::get),
+        "take testkit::alone() first: heap counts are process-wide"
+    );
     let base = LIVE.load(Ordering::Relaxed);
+    assert!(
+        base > 0,
+        "no heap counted: install testkit::CountingAlloc as the #[global_allocator]"
+    );
     PEAK.store(base, Ordering::Relaxed);
     let out = f();
     let peak = PEAK.load(Ordering::Relaxed);
     (out, peak.saturating_sub(base))
+}
+
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+thread_local!(static ALONE_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+
+/// While held, no other test of this process that takes it runs: a test that measures the heap
+/// takes it first, so the tests of one binary measure one at a time.
+pub struct Alone {
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE_HERE.with(|c| c.set(false));
+    }
+}
+
+/// Waits for every other measuring test to finish; see [`Alone`].
+pub fn alone() -> Alone {
+    let turn = ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    ALONE_HERE.with(|c| c.set(true));
+    Alone { _turn: turn }
 }
 
 /// The bound every reader must keep on hostile input: 4 x the input's size + 64 MiB.

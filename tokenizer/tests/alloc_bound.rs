@@ -3,17 +3,15 @@
 //! `testkit::heap_bound(N)` (4N + 64 MiB). The counter is process-wide, so this file holds one
 //! test that runs its cases one after another.
 
-mod cases;
+use crate::cases;
 
 use std::path::Path;
 
 use cpm_tokenizer::SpModel;
 
-#[global_allocator]
-static ALLOC: testkit::CountingAlloc = testkit::CountingAlloc;
-
 #[test]
 fn reading_any_model_stays_within_the_heap_bound() {
+    let _alone = testkit::alone();
     let mut all: Vec<(String, Vec<u8>)> = cases::cases()
         .into_iter()
         .map(|c| (c.name, c.bytes))

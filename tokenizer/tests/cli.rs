@@ -1,7 +1,7 @@
 //! `cpm-tokenize` end to end (through a shell so stdin can be a file), against the ids, pieces
 //! and decoded texts Python recorded.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

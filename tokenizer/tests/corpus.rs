@@ -1,7 +1,7 @@
 //! Every corpus line through both models, against what Python jieba 0.42.1 + sentencepiece
 //! recorded (fixtures/make_tokenizer_fixtures.py).
 
-mod common;
+use crate::common;
 
 use common::*;
 use cpm_tokenizer::CpmTokenizer;

@@ -5,7 +5,7 @@
 //! agrees on every line (the extra Han ranges are not in the dictionary, so they come out one
 //! character at a time either way), and U+9FFF / U+F900 / U+2F800 single characters agree too.
 
-mod common;
+use crate::common;
 
 use common::*;
 use cpm_tokenizer::jieba::Segmenter;

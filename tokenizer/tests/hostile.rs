@@ -1,7 +1,7 @@
 //! Hostile `.model` files are refused with an error that names the file and the broken rule,
 //! never a panic; corrupted-but-decodable models still tokenize without panicking.
 
-mod cases;
+use crate::cases;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! `tokenizers::Tokenizer::from_str` and encodes what the original hands sentencepiece (the
 //! jieba-joined string) to the ids Python recorded.
 
-mod common;
+use crate::common;
 
 use std::str::FromStr;
 

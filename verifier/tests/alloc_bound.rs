@@ -6,13 +6,10 @@
 //! `testkit::heap_bound(total input bytes)` = 4 x the input + 64 MiB. Memory-mapped weights are
 //! not heap and are not counted (they are bounded by the files themselves).
 
-mod cases;
+use crate::cases;
 
 use cases::{Case, Expect};
 use cpm_verify::{Device, Options};
-
-#[global_allocator]
-static ALLOC: testkit::CountingAlloc = testkit::CountingAlloc;
 
 /// Runs one case in process; returns its peak heap and a failure description, if any.
 fn measure(case: &Case) -> (usize, Option<String>) {
@@ -44,6 +41,7 @@ fn measure(case: &Case) -> (usize, Option<String>) {
 /// run concurrently with anything else in this binary.
 #[test]
 fn every_hostile_case_stays_within_the_heap_bound() {
+    let _alone = testkit::alone();
     let mut failures = Vec::new();
     let mut count = 0;
     for (group, cases) in cases::all() {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use testkit::copy_dir;
 
-mod common;
+use crate::common;
 
 use common::{verify_json, verify_text, write_npy};
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 use testkit::copy_dir;
 
-mod common;
+use crate::common;
 
 use common::{cpm_verify, verify_json, verify_text, write_npy, JsonError};
 

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-mod cases;
+use crate::cases;
 
 use cases::{Case, Expect};
 

@@ -8,7 +8,7 @@
 //! fixtures that PyTorch wrote. A `Ckpt` builder makes a complete, valid one-layer CPM
 //! checkpoint; each case changes one thing about it, and the `builder` case proves the
 //! unchanged one converts, so every refusal is caused by the one change.
-#![allow(dead_code)]
+#![allow(dead_code)] // shared by the tests and alloc binaries; each uses a part
 
 pub mod build;
 

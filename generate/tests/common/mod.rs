@@ -1,5 +1,4 @@
 //! Shared helpers: the recorded continuations and a runner for the binary.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! (bounded heap). Most are the real small model with protobuf fields appended: a decoder merges
 //! an appended field into the message (a repeated field gains an element, a scalar or bytes
 //! field is replaced), so each case breaks exactly one rule of an otherwise real model.
-#![allow(dead_code)]
+#![allow(dead_code)] // shared by the tests and alloc binaries; each uses a part
 
 use std::path::PathBuf;
 

@@ -1,5 +1,4 @@
 //! Fixture loading shared by the integration tests.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 

@@ -5,7 +5,7 @@
 //! Inputs are the real fixtures (fixtures/tiny/hf written by transformers, fixtures/tiny/reference
 //! by numpy), cut, patched or rewritten byte by byte, plus small models built here for the
 //! size-driven cases.
-#![allow(dead_code)] // each test binary uses its own subset of the helpers
+#![allow(dead_code)] // shared by the tests and alloc binaries; each uses a part
 
 use std::path::{Path, PathBuf};
 

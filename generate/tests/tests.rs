@@ -1,0 +1,8 @@
+//! The integration tests of cpm-generate: one binary, a module per subject.
+
+mod common;
+
+mod cli;
+mod sampling;
+mod text;
+mod transformers;

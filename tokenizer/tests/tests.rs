@@ -1,0 +1,10 @@
+//! The integration tests of cpm-tokenize and the tokenizer library: one binary, a module per subject.
+
+mod cases;
+mod common;
+
+mod cli;
+mod corpus;
+mod disagreements;
+mod hostile;
+mod tokenizer_json;
