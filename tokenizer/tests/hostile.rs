@@ -126,3 +126,47 @@ fn arbitrary_text_encodes_and_decodes_without_panicking() {
         }
     }
 }
+
+/// A FIFO or `/dev/zero` as the model, given directly or as a directory's `spiece.model`: refused
+/// at once, in-process and by cpm-tokenize (before, the FIFO hung and `/dev/zero` was read until
+/// memory ran out).
+#[test]
+fn special_files_as_the_model_are_refused_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("model-dir");
+    std::fs::create_dir(&dir).unwrap();
+    for special in testkit::special_files(d.path()) {
+        let inside = dir.join("spiece.model");
+        let _ = std::fs::remove_file(&inside);
+        std::os::unix::fs::symlink(&special, &inside).unwrap();
+        for (arg, named) in [(&special, &special), (&dir, &inside)] {
+            let r = testkit::run_refusing(env!("CARGO_BIN_EXE_cpm-tokenize"), &[arg]);
+            testkit::assert_not_regular(&r, named, "cpm-tokenize");
+        }
+        let start = std::time::Instant::now();
+        let err = match SpModel::open(&special) {
+            Ok(_) => panic!("{} accepted", special.display()),
+            Err(e) => e,
+        };
+        assert!(matches!(err, Error::File(_)), "{err:?}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+}
+
+/// cpm-tokenize on a model over the size limit: exit 2 naming the file and the limit.
+#[test]
+fn cpm_tokenize_names_the_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.model");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(cpm_tokenizer::spm::MAX_FILE_BYTES + 1).unwrap(); // sparse
+    let r = testkit::run_refusing(env!("CARGO_BIN_EXE_cpm-tokenize"), &[&path]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    let limit = cpm_tokenizer::spm::MAX_FILE_BYTES.to_string();
+    assert!(
+        r.stderr.contains("big.model") && r.stderr.contains(&limit),
+        "{}",
+        r.stderr
+    );
+}

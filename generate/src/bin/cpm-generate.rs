@@ -69,7 +69,8 @@ struct Cli {
     /// The most new tokens.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
-    /// eos is suppressed until this many new tokens (MinNewTokensLengthLogitsProcessor).
+    /// eos is suppressed until this many new tokens (MinNewTokensLengthLogitsProcessor); at
+    /// most --max-new-tokens.
     #[arg(long, default_value_t = 0)]
     min_new_tokens: usize,
     /// Greedy decoding (the default).
@@ -78,7 +79,9 @@ struct Cli {
     /// Sample (see below for the defaults).
     #[arg(long)]
     sample: bool,
-    /// Sampling temperature (implies --sample) [default: 1.0].
+    /// Sampling temperature, > 0 (implies --sample) [default: 1.0]. Logits are divided in
+    /// double precision, so any positive value works: a tiny one draws greedily (ties shared),
+    /// a huge one uniformly among the tokens top-k/top-p keep.
     #[arg(long)]
     temperature: Option<f32>,
     /// Keep only the k most likely tokens (implies --sample; 0 = off).
@@ -93,7 +96,7 @@ struct Cli {
     /// Beam search with N beams (1..=64).
     #[arg(long, conflicts_with_all = ["sample", "temperature", "top_k", "top_p"])]
     beams: Option<usize>,
-    /// Stop when the continuation contains this text (which is not printed).
+    /// Stop when the continuation contains this text (which is not printed); not empty.
     #[arg(long)]
     stop: Option<String>,
     /// Print the new token ids (space separated, one line) instead of the text.
@@ -180,27 +183,24 @@ fn read_prompt(cli: &Cli) -> anyhow::Result<Option<String>> {
     if let Some(p) = &cli.prompt {
         return Ok(Some(p.clone()));
     }
-    let mut bytes = Vec::new();
-    let what = match &cli.prompt_file {
-        Some(path) => {
-            let f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-            if !f.metadata()?.is_file() {
-                bail!("{}: not a regular file", path.display());
-            }
-            f.take(MAX_PROMPT_BYTES + 1).read_to_end(&mut bytes)?;
-            path.display().to_string()
-        }
+    let (bytes, what) = match &cli.prompt_file {
+        // A regular file only (a FIFO or a device is refused at once), read under the cap.
+        Some(path) => (
+            cpm_files::read_capped(path, MAX_PROMPT_BYTES).map_err(cpm_generate::Error::File)?,
+            path.display().to_string(),
+        ),
         None => {
+            let mut bytes = Vec::new();
             std::io::stdin()
                 .take(MAX_PROMPT_BYTES + 1)
                 .read_to_end(&mut bytes)
                 .context("reading the prompt from stdin")?;
-            "stdin".to_string()
+            if bytes.len() as u64 > MAX_PROMPT_BYTES {
+                bail!("stdin: the prompt is larger than {MAX_PROMPT_BYTES} bytes");
+            }
+            (bytes, "stdin".to_string())
         }
     };
-    if bytes.len() as u64 > MAX_PROMPT_BYTES {
-        bail!("{what}: the prompt is larger than {MAX_PROMPT_BYTES} bytes");
-    }
     let text = String::from_utf8(bytes).with_context(|| format!("{what}: not UTF-8"))?;
     Ok(Some(text))
 }
@@ -263,10 +263,13 @@ fn cut(text: &str, stop: Option<&str>) -> (usize, bool) {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if cli.stop.as_deref() == Some("") {
+        bail!("--stop \"\": the stop text must not be empty (it would match before any token)");
+    }
     let mut warnings = Vec::new();
     let strategy = strategy(cli, &mut warnings)?;
     let model = Model::open(&cli.model_dir)?;
-    let eos = cpm_generate::eos::eos_ids(&cli.model_dir)?;
+    let eos = cpm_generate::eos::eos_ids_within(&cli.model_dir, model.config.vocab_size)?;
     let text_prompt = read_prompt(cli)?;
     let stream = !cli.ids && !cli.json;
     let need_tok = text_prompt.is_some() || stream || cli.stop.is_some();
