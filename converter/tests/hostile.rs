@@ -388,10 +388,18 @@ fn special_files_as_any_file_argument_are_refused_at_once() {
                 vec![c, "-o".as_ref(), o, "--mapping".as_ref(), s],
             ),
             ("cpm-inspect INPUT", inspect, vec![s]),
-            ("cpm-inspect --mapping", inspect, vec![c, "--mapping".as_ref(), s]),
+            (
+                "cpm-inspect --mapping",
+                inspect,
+                vec![c, "--mapping".as_ref(), s],
+            ),
             ("cpm-diff A", diff, vec![s, c]),
             ("cpm-diff B", diff, vec![c, s]),
-            ("cpm-diff --mapping", diff, vec![c, c, "--mapping".as_ref(), s]),
+            (
+                "cpm-diff --mapping",
+                diff,
+                vec![c, c, "--mapping".as_ref(), s],
+            ),
         ];
         for (what, exe, args) in runs {
             let r = testkit::run_refusing(exe, &args);
@@ -419,7 +427,13 @@ fn files_over_their_cap_are_refused_naming_the_cap() {
         ("--tokenizer", &model, "67108864"),
         ("--mapping", &mapping, "1048576"),
     ] {
-        let args = [ckpt.as_os_str(), "-o".as_ref(), out.as_os_str(), flag.as_ref(), file.as_os_str()];
+        let args = [
+            ckpt.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            flag.as_ref(),
+            file.as_os_str(),
+        ];
         let r = testkit::run_refusing(env!("CARGO_BIN_EXE_cpm-convert"), &args);
         assert_eq!(r.code, Some(2), "{flag}: {r:?}");
         assert!(

@@ -192,7 +192,10 @@ mod tests {
             (d.path(), "a directory"),
         ] {
             let e = read_capped(p, 1 << 20).unwrap_err();
-            assert!(matches!(e, Error::NotRegular { kind: k, .. } if k == kind), "{e}");
+            assert!(
+                matches!(e, Error::NotRegular { kind: k, .. } if k == kind),
+                "{e}"
+            );
             let msg = e.to_string();
             assert!(msg.contains(&*p.to_string_lossy()) && msg.contains("not a regular file"));
         }

@@ -38,7 +38,12 @@ fn special_files_as_any_file_cpm_generate_reads_are_refused_at_once() {
             ("--tokenizer", args(&["--prompt", "x", "--tokenizer", &s])),
             (
                 "--prompt-file",
-                args(&["--prompt-file", &s, "--tokenizer", &tok.display().to_string()]),
+                args(&[
+                    "--prompt-file",
+                    &s,
+                    "--tokenizer",
+                    &tok.display().to_string(),
+                ]),
             ),
         ];
         for (what, a) in runs {
@@ -86,7 +91,11 @@ fn files_over_their_cap_are_refused_naming_the_cap() {
             "67108864",
             vec![small.as_str(), "--prompt", "x", "--tokenizer", &m],
         ),
-        (&generation, "1048576", vec![wg.as_str(), "--prompt-ids", "1"]),
+        (
+            &generation,
+            "1048576",
+            vec![wg.as_str(), "--prompt-ids", "1"],
+        ),
     ] {
         let mut a = a;
         a.push("--ids");
@@ -118,7 +127,10 @@ fn a_signal_while_loading_ends_it_at_once_with_nothing_printed() {
             .unwrap();
         // The model is read before the prompt; give it time to reach the read of stdin.
         std::thread::sleep(Duration::from_millis(500));
-        assert!(child.try_wait().unwrap().is_none(), "ended before the signal");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended before the signal"
+        );
         let pid = libc::pid_t::try_from(child.id()).unwrap();
         // SAFETY: kill(2) on our own child.
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
@@ -127,7 +139,10 @@ fn a_signal_while_loading_ends_it_at_once_with_nothing_printed() {
             if let Some(s) = child.try_wait().unwrap() {
                 break s;
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "signal {sig} ignored");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "signal {sig} ignored"
+            );
             std::thread::sleep(Duration::from_millis(5));
         };
         use std::os::unix::process::ExitStatusExt;

@@ -65,7 +65,17 @@ fn no_temperature_top_k_or_top_p_lets_a_nan_reach_the_draw() {
         ramp,
     ];
     let temps = [
-        1e-45f32, 1e-38, 1e-20, 1e-6, 0.5, 1.0, 2.0, 1e6, 1e20, 1e30, f32::MAX,
+        1e-45f32,
+        1e-38,
+        1e-20,
+        1e-6,
+        0.5,
+        1.0,
+        2.0,
+        1e6,
+        1e20,
+        1e30,
+        f32::MAX,
     ];
     for l in &logits {
         for &temperature in &temps {
@@ -80,7 +90,10 @@ fn no_temperature_top_k_or_top_p_lets_a_nan_reach_the_draw() {
                     let what = format!("{l:?} {cfg:?}");
                     let mut s = Sampler::new(cfg);
                     let d = s.distribution(l);
-                    assert!(d.iter().all(|p| p.is_finite() && *p >= 0.0), "{what}: {d:?}");
+                    assert!(
+                        d.iter().all(|p| p.is_finite() && *p >= 0.0),
+                        "{what}: {d:?}"
+                    );
                     let sum: f64 = d.iter().sum();
                     assert!((sum - 1.0).abs() < 1e-9, "{what}: sums to {sum}");
                     for _ in 0..20 {

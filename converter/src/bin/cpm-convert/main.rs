@@ -369,7 +369,7 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         max_shard_size: cli.max_shard_size,
     };
     #[cfg(feature = "test-hooks")]
-    let _ = test_hooks::block_while_loading();
+    let _ = test_hooks::Pause::block_while_loading();
     let summary = cpm_convert::convert(&opts, ui)?;
     ui.bar.finish_and_clear();
     if cli.json {

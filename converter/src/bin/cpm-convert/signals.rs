@@ -29,8 +29,8 @@ pub fn defer() {
     DEFER.store(true, Ordering::SeqCst);
 }
 
-/// `stop`: handle SIGINT/SIGTERM (an immediate exit 130/143 while loading, a stop request once
-/// [`defer`] was called) (for a conversion, which then cleans up).
+/// `stop`: handle SIGINT/SIGTERM (for a conversion): an immediate exit 130/143 while loading,
+/// a stop request the conversion acts on (cleaning up) once [`defer`] was called.
 /// `bar`: a progress bar is drawn on stderr, so a message starts on a new line.
 pub fn install(json: bool, stop: bool, bar: bool) {
     JSON.store(json, Ordering::SeqCst);
