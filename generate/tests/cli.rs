@@ -179,8 +179,12 @@ fn contradictory_or_empty_options_are_refused_naming_the_bound() {
     let small = model_dir("small");
     let dir = small.display().to_string();
     let base = ["--prompt-ids", "1 2", "--ids"];
+    let tok = tokenizer("small").display().to_string();
     for (extra, needles) in [
-        (vec!["--stop", ""], vec!["--stop", "empty"]),
+        (
+            vec!["--stop", "", "--tokenizer", &tok],
+            vec!["--stop", "empty"],
+        ),
         (
             vec!["--min-new-tokens", "9", "--max-new-tokens", "8"],
             vec!["--min-new-tokens 9", "--max-new-tokens 8"],
