@@ -211,34 +211,6 @@ pub fn assert_nothing_left(out: &Path) {
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[global_allocator]
-    static A: CountingAlloc = CountingAlloc;
-
-    #[test]
-    fn peak_counts_a_large_allocation_and_ignores_freed_ones() {
-        let (_, peak) = peak_heap_during(|| {
-            let v = vec![1u8; 8 << 20];
-            std::hint::black_box(&v);
-        });
-        assert!(peak >= 8 << 20, "peak {peak}");
-        let (_, small) = peak_heap_during(|| std::hint::black_box(vec![0u8; 1000]).len());
-        assert!(
-            small < 8 << 20,
-            "the earlier, freed allocation leaked into the peak: {small}"
-        );
-    }
-
-    #[test]
-    fn a_finished_child_reports_its_exit_code() {
-        let run = run("true", &[] as &[&str], &[]);
-        assert_eq!(run.code, Some(0));
-    }
-}
-
 /// How long a tool may take to refuse a file that is not regular (it should take milliseconds;
 /// reading `/dev/zero` instead would take this long to fill the heap limit below).
 pub const REFUSAL_DEADLINE: Duration = Duration::from_secs(20);
@@ -313,4 +285,32 @@ pub fn assert_not_regular(r: &Run, file: &Path, what: &str) {
         file.display()
     );
     assert!(!msg.contains("panicked"), "{what}: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[global_allocator]
+    static A: CountingAlloc = CountingAlloc;
+
+    #[test]
+    fn peak_counts_a_large_allocation_and_ignores_freed_ones() {
+        let (_, peak) = peak_heap_during(|| {
+            let v = vec![1u8; 8 << 20];
+            std::hint::black_box(&v);
+        });
+        assert!(peak >= 8 << 20, "peak {peak}");
+        let (_, small) = peak_heap_during(|| std::hint::black_box(vec![0u8; 1000]).len());
+        assert!(
+            small < 8 << 20,
+            "the earlier, freed allocation leaked into the peak: {small}"
+        );
+    }
+
+    #[test]
+    fn a_finished_child_reports_its_exit_code() {
+        let run = run("true", &[] as &[&str], &[]);
+        assert_eq!(run.code, Some(0));
+    }
 }
