@@ -170,3 +170,42 @@ fn cpm_tokenize_names_the_size_limit() {
         r.stderr
     );
 }
+
+/// SIGINT/SIGTERM end cpm-tokenize at once, whatever it is doing (here: loading the model or
+/// waiting for stdin), by the signal's default action: no handler defers it, and it writes no
+/// file to leave behind.
+#[test]
+fn a_signal_ends_cpm_tokenize_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let model = testkit::fixtures().join("tokenizer/chinese_vocab.model");
+    for (sig, delay) in [(libc::SIGINT, 0), (libc::SIGTERM, 300), (libc::SIGINT, 300)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cpm-tokenize"))
+            .arg(&model)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "signal {sig} ignored"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(
+            status.signal() == Some(sig) || status.code() == Some(128 + sig),
+            "signal {sig}: {status}"
+        );
+    }
+}
