@@ -33,14 +33,17 @@ Defaults, ours vs CPM-Generate's (the original scripts):
 
 Stops at eos_token_id (generation_config.json, else config.json; the eos is included in --ids
 and never printed), at --stop TEXT (looked for in the decoded continuation, which is printed
-cut before it; with --beams it only cuts the result), or after --max-new-tokens.
+cut before it; with --beams it only cuts the result), or after --max-new-tokens. An
+eos_token_id outside the model's vocabulary is an error.
 
 Speed: on the CPU a KV cache holds every layer's keys and values, so each step runs one token
 per beam; fp16/bf16 weights are read directly by the decode steps (no f32 copy). With
 --device cuda there is no KV cache: each step recomputes the whole sequence through the
 verifier's CUDA forward pass (correct, slower).
 
-Exit codes: 0 done, 2 error (bad flags, files, a prompt too long for n_positions, ...).
+Exit codes: 0 done, 2 error (bad flags, files, a prompt too long for n_positions, ...);
+SIGINT/SIGTERM end it at once (a shell reports 130/143). Every file read must be a regular
+file: --prompt-file up to 16 MiB, the tokenizer up to 64 MiB, the JSON files up to 1 MiB.
 
 Examples:
   cpm-generate MODEL_DIR --prompt '清华大学' --max-new-tokens 50
