@@ -18,7 +18,7 @@
 //! Nothing here is sized by a number read from a name: rank numbers are checked against the files
 //! present, and every count is capped.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -459,11 +459,7 @@ fn complete_grid(dir: &Path, form: Form, found: &[Found]) -> Result<(usize, usiz
 /// Whether anything exists at `path` (a dangling symlink, a FIFO or a device included), so a
 /// file that is there but unusable is an error rather than taken as absent.
 fn present(path: &Path) -> Result<bool> {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io(path, "cannot read", e)),
-    }
+    cpm_files::exists(path).map_err(|e| from_files(e, ""))
 }
 
 /// Refuse anything but a regular file (after following symlinks): opening a FIFO or a device
@@ -477,52 +473,40 @@ fn check_regular(path: &Path, meta: &std::fs::Metadata, why: &str) -> Result<()>
     if meta.is_file() {
         return Ok(());
     }
-    Err(Error::layout(path, format!("is not a regular file; {why}")))
+    let kind = cpm_files::kind_of(&meta.file_type());
+    Err(Error::layout(
+        path,
+        format!("is {kind}, not a regular file; {why}"),
+    ))
 }
 
-/// Open `path` for reading, refusing anything but a regular file. The open never blocks (a FIFO
-/// opened for reading waits for a writer) and the type is checked on the opened handle, so a
-/// file swapped after an earlier check cannot slip through. Returns the file and its length.
+/// Open `path` for reading, refusing anything but a regular file without blocking
+/// (`cpm_files::open_regular`). Returns the file and its length.
 pub(crate) fn open_regular(path: &Path, why: &str) -> Result<(File, u64)> {
-    let mut opts = OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = opts
-        .open(path)
-        .map_err(|e| Error::io(path, "cannot open", e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io(path, "cannot stat", e))?;
-    check_regular(path, &meta, why)?;
-    Ok((file, meta.len()))
+    cpm_files::open_regular(path).map_err(|e| from_files(e, why))
 }
 
-/// A whole regular file of at most `cap` bytes; the read is limited too, so a file that grows
-/// while it is read cannot make us read more.
+/// A whole regular file of at most `cap` bytes (`cpm_files::read_capped`).
 pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
-    let (file, len) = open_regular(path, "expected a text file")?;
-    if len > cap {
-        return Err(Error::layout(
+    cpm_files::read_capped(path, cap).map_err(|e| from_files(e, "expected a text file"))
+}
+
+/// The shared reader's error in ours; `why` follows a refused file type.
+fn from_files(e: cpm_files::Error, why: &str) -> Error {
+    use cpm_files::Error as F;
+    match e {
+        F::Io { path, what, err } => Error::io(path, what, err),
+        F::NotRegular { path, kind } => {
+            Error::layout(path, format!("is {kind}, not a regular file; {why}"))
+        }
+        F::TooLarge { path, size, cap } => Error::layout(
             path,
-            format!("is {len} bytes; cpm-convert reads at most {cap} bytes of it"),
-        ));
+            format!("is {size} bytes; cpm-convert reads at most {cap} bytes of it"),
+        ),
+        F::Grew { path, cap } => {
+            Error::layout(path, format!("grew past {cap} bytes while being read"))
+        }
     }
-    // len <= cap: the capacity is bounded by the stated cap.
-    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(cap + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(path, "cannot read", e))?;
-    if buf.len() as u64 > cap {
-        return Err(Error::layout(
-            path,
-            format!("grew past {cap} bytes while being read"),
-        ));
-    }
-    Ok(buf)
 }
 
 /// What a JSON value is, for messages (the value itself may be megabytes).

@@ -91,6 +91,10 @@ pub trait Progress {
     fn cancelled(&self) -> bool {
         false
     }
+    /// Called once, just before the staging directory is created. Until then nothing exists
+    /// to clean up (a UI may let a stop signal end the process at once, even in a blocked
+    /// read); from then on a stop must come through [`Progress::cancelled`].
+    fn writing(&self) {}
 }
 
 /// What a finished conversion did.
@@ -163,6 +167,7 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let tokenizer = read_tokenizer(located, &opts.input, &src, &plan, progress, &mut |w| {
         log.warn(w)
     })?;
+    progress.writing();
     let staging = write::Staging::new(&opts.output, opts.force)?;
     for p in &staging.removed_stale {
         log.warn(format!(

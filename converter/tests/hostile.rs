@@ -354,3 +354,93 @@ fn assert_refused(name: &str, code: Option<i32>, e: &str, file: &str) {
         "{name}: message does not name {named:?}: {e}"
     );
 }
+
+/// A FIFO and `/dev/zero` as every file argument of cpm-convert, cpm-inspect and cpm-diff: exit
+/// 2 at once with a message naming the file (a FIFO `--tokenizer` used to hang cpm-convert,
+/// deaf to its first SIGINT; `/dev/zero` as `--tokenizer` read until memory ran out).
+#[test]
+fn special_files_as_any_file_argument_are_refused_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let ckpt = cases::fixtures().join("ckpt");
+    let out = d.path().join("out");
+    let (convert, inspect, diff) = (
+        env!("CARGO_BIN_EXE_cpm-convert"),
+        env!("CARGO_BIN_EXE_cpm-inspect"),
+        env!("CARGO_BIN_EXE_cpm-diff"),
+    );
+    for special in testkit::special_files(d.path()) {
+        let (s, c, o) = (special.as_os_str(), ckpt.as_os_str(), out.as_os_str());
+        let runs: [(&str, &str, Vec<&std::ffi::OsStr>); 9] = [
+            ("cpm-convert INPUT", convert, vec![s, "-o".as_ref(), o]),
+            (
+                "cpm-convert --tokenizer",
+                convert,
+                vec![c, "-o".as_ref(), o, "--tokenizer".as_ref(), s],
+            ),
+            (
+                "cpm-convert --dry-run --tokenizer",
+                convert,
+                vec![c, "--dry-run".as_ref(), "--tokenizer".as_ref(), s],
+            ),
+            (
+                "cpm-convert --mapping",
+                convert,
+                vec![c, "-o".as_ref(), o, "--mapping".as_ref(), s],
+            ),
+            ("cpm-inspect INPUT", inspect, vec![s]),
+            (
+                "cpm-inspect --mapping",
+                inspect,
+                vec![c, "--mapping".as_ref(), s],
+            ),
+            ("cpm-diff A", diff, vec![s, c]),
+            ("cpm-diff B", diff, vec![c, s]),
+            (
+                "cpm-diff --mapping",
+                diff,
+                vec![c, c, "--mapping".as_ref(), s],
+            ),
+        ];
+        for (what, exe, args) in runs {
+            let r = testkit::run_refusing(exe, &args);
+            testkit::assert_not_regular(&r, &special, &format!("{what} {}", special.display()));
+            testkit::assert_nothing_left(&out);
+        }
+    }
+}
+
+/// Files read whole are read under a cap, checked before reading: a sparse file over it is
+/// refused at once with a message naming the file and the cap.
+#[test]
+fn files_over_their_cap_are_refused_naming_the_cap() {
+    let d = tempfile::tempdir().unwrap();
+    let ckpt = cases::fixtures().join("ckpt");
+    let out = d.path().join("out");
+    let sparse = |name: &str, len: u64| {
+        let p = d.path().join(name);
+        std::fs::File::create(&p).unwrap().set_len(len).unwrap();
+        p
+    };
+    let model = sparse("big.model", cpm_tokenizer::spm::MAX_FILE_BYTES + 1);
+    let mapping = sparse("big.toml", 4 << 30);
+    for (flag, file, cap) in [
+        ("--tokenizer", &model, "67108864"),
+        ("--mapping", &mapping, "1048576"),
+    ] {
+        let args = [
+            ckpt.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            flag.as_ref(),
+            file.as_os_str(),
+        ];
+        let r = testkit::run_refusing(env!("CARGO_BIN_EXE_cpm-convert"), &args);
+        assert_eq!(r.code, Some(2), "{flag}: {r:?}");
+        assert!(
+            r.stderr.contains(&*file.to_string_lossy()) && r.stderr.contains(cap),
+            "{flag}: the message names neither the file nor the cap {cap}: {}",
+            r.stderr
+        );
+        testkit::assert_nothing_left(&out);
+    }
+}

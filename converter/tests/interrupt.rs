@@ -349,3 +349,73 @@ fn a_write_past_the_file_size_limit_is_an_error_and_leaves_nothing() {
     );
     assert!(entries(tmp.path()).is_empty(), "left behind");
 }
+
+/// A run held in a read that blocks while loading (the test hook stands for a slow disk; a FIFO
+/// did this before such files were refused): the first signal ends it at once, 128 + signal,
+/// with nothing written and an existing OUT_DIR as it was. Before, the first SIGINT/SIGTERM was
+/// only noted for the conversion phase, and the run went on waiting.
+fn signal_while_loading(sig: libc::c_int, extra: &[&str]) -> (ExitStatus, String, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "old result").unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cpm-convert"))
+        .arg(fixtures().join("ckpt"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--force")
+        .args(extra)
+        .env("CPM_CONVERT_TEST_PAUSE_LOADING", "1")
+        .env("CPM_CONVERT_TEST_PAUSE_DIR", logs.path())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(logs.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(logs.path().join("stderr")).unwrap())
+        .spawn()
+        .expect("spawn cpm-convert");
+    let start = Instant::now();
+    while !logs.path().join("paused").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "cpm-convert ended before it reached the loading pause"
+        );
+        assert!(start.elapsed() < Duration::from_secs(30), "no pause");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the first signal did not stop a run blocked while loading");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(entries(&out), vec!["keep.txt".to_string()]);
+    assert_eq!(entries(tmp.path()), vec!["out".to_string()], "left behind");
+    let read = |n: &str| std::fs::read_to_string(logs.path().join(n)).unwrap();
+    (status, read("stdout"), read("stderr"))
+}
+
+#[test]
+fn sigint_while_loading_exits_130_at_once_and_leaves_nothing() {
+    let (status, stdout, stderr) = signal_while_loading(libc::SIGINT, &[]);
+    assert_eq!(status.code(), Some(130), "{status}: {stderr}");
+    assert_eq!(stderr, "cpm-convert: interrupted: nothing written\n");
+    assert!(stdout.is_empty());
+}
+
+#[test]
+fn sigterm_while_loading_exits_143_at_once_and_leaves_nothing() {
+    let (status, stdout, stderr) = signal_while_loading(libc::SIGTERM, &["--json"]);
+    assert_eq!(status.code(), Some(143), "{status}: {stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    assert_eq!(v["error"], "interrupted: nothing written");
+    assert!(stderr.is_empty(), "{stderr}");
+}

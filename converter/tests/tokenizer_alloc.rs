@@ -46,6 +46,12 @@ fn reading_a_tokenizer_stays_within_the_heap_bound() {
         std::fs::write(&p, bytes).unwrap();
         cases.push((name.to_string(), p, false));
     }
+    // /dev/zero and a FIFO are refused before any read (a reader that read /dev/zero would
+    // fail at this heap limit instead of exhausting the machine).
+    testkit::limit_own_heap();
+    for special in testkit::special_files(tmp.path()) {
+        cases.push((special.display().to_string(), special, false));
+    }
     for (i, (name, path, ok)) in cases.iter().enumerate() {
         let out = tmp.path().join(format!("out{i}"));
         std::fs::create_dir(&out).unwrap();

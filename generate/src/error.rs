@@ -26,6 +26,10 @@ pub enum Error {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// A file (the prompt file, generation_config.json) is not a regular file, is over its
+    /// size limit, or cannot be read; the message names it.
+    #[error(transparent)]
+    File(cpm_files::Error),
     /// `generation_config.json` or `config.json` has an eos_token_id of the wrong form.
     #[error("{}: {detail}", path.display())]
     GenerationConfig {

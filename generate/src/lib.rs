@@ -115,6 +115,20 @@ fn check(model: &Model, prompt: &[u32], s: &Settings) -> Result<()> {
     if s.max_new_tokens == 0 {
         return Err(Error::Options("--max-new-tokens must be at least 1".into()));
     }
+    // transformers accepts it and suppresses eos to the end; here it is surely a mistake.
+    if s.min_new_tokens > s.max_new_tokens {
+        return Err(Error::Options(format!(
+            "--min-new-tokens {} is above --max-new-tokens {}: at most {} new tokens are made",
+            s.min_new_tokens, s.max_new_tokens, s.max_new_tokens
+        )));
+    }
+    if let Some(&id) = s.eos.iter().find(|&&i| i as usize >= c.vocab_size) {
+        return Err(Error::Options(format!(
+            "eos_token_id {id} is outside the model's vocabulary of {} (ids 0..={})",
+            c.vocab_size,
+            c.vocab_size.saturating_sub(1)
+        )));
+    }
     match s.strategy {
         Strategy::Beam(n) if n == 0 || n > MAX_BEAMS => Err(Error::Options(format!(
             "--beams {n} is outside 1..={MAX_BEAMS}"
@@ -176,7 +190,7 @@ fn run(
             }
         }
         let next = match sampler.as_mut() {
-            Some(sm) => sm.next(&mut logits),
+            Some(sm) => sm.next(&logits),
             None => sample::argmax(&logits),
         };
         ids.push(next);

@@ -9,7 +9,8 @@ use rand_chacha::ChaCha8Rng;
 /// 0.9, top-k 0 and top-p 0 (both off: plain sampling).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
-    /// Logits are divided by this (> 0).
+    /// Logits are divided by this (> 0 and finite; any such value is usable, see
+    /// [`Sampler::distribution`]).
     pub temperature: f32,
     /// Keep the k most likely tokens (None or 0: all).
     pub top_k: Option<usize>,
@@ -47,51 +48,71 @@ impl Sampler {
         }
     }
 
-    /// Draws the next token from `logits` (modified in place).
-    pub fn next(&mut self, logits: &mut [f32]) -> u32 {
-        for v in logits.iter_mut() {
-            *v /= self.cfg.temperature;
-        }
-        if let Some(k) = self.cfg.top_k.filter(|&k| k > 0 && k < logits.len()) {
-            top_k(logits, k);
+    /// The probabilities the next draw uses: temperature, then top-k, then top-p, then the
+    /// softmax. Every entry is finite and >= 0; they sum to 1 (or are all 0 when no logit is
+    /// above -inf, and the draw then takes the argmax).
+    ///
+    /// The temperature divides in f64: a finite f32 logit over any positive f32 temperature is
+    /// at most ~2.4e83, far inside f64, so nothing overflows to inf and no inf - inf makes a NaN.
+    /// A tiny temperature therefore behaves as its limit, greedy (the mass on the largest logit,
+    /// shared among exact ties), and a huge one as a uniform draw over what top-k/top-p keep.
+    /// A NaN logit (a broken model) is never drawn; +inf logits share all the mass.
+    pub fn distribution(&self, logits: &[f32]) -> Vec<f64> {
+        let t = f64::from(self.cfg.temperature);
+        let mut scaled: Vec<f64> = logits
+            .iter()
+            .map(|&v| match v {
+                v if v.is_nan() => f64::NEG_INFINITY,
+                v if v.is_infinite() => f64::from(v),
+                v => f64::from(v) / t,
+            })
+            .collect();
+        if let Some(k) = self.cfg.top_k.filter(|&k| k > 0 && k < scaled.len()) {
+            top_k(&mut scaled, k);
         }
         if let Some(p) = self.cfg.top_p.filter(|&p| p < 1.0) {
-            top_p(logits, p);
+            top_p(&mut scaled, p);
         }
-        let probs = softmax64(logits);
+        softmax(&scaled)
+    }
+
+    /// Draws the next token from `logits`.
+    pub fn next(&mut self, logits: &[f32]) -> u32 {
+        let probs = self.distribution(logits);
         let u: f64 = self.rng.random();
         let mut acc = 0.0;
-        let mut last = argmax(logits);
+        let mut last = None;
         for (i, &p) in probs.iter().enumerate() {
             if p > 0.0 {
                 acc += p;
-                last = i as u32;
+                last = Some(i as u32);
                 if u < acc {
                     return i as u32;
                 }
             }
         }
-        // Rounding left the sum just under u: the last token with any probability.
-        last
+        // Rounding left the sum just under u: the last token with any probability; none has
+        // any (every logit -inf or NaN): the argmax, as greedy would choose.
+        last.unwrap_or_else(|| argmax(logits))
     }
 }
 
 /// TopKLogitsWarper: every logit below the k-th largest becomes -inf (ties with it stay).
-fn top_k(logits: &mut [f32], k: usize) {
-    let mut sorted: Vec<f32> = logits.to_vec();
+fn top_k(logits: &mut [f64], k: usize) {
+    let mut sorted: Vec<f64> = logits.to_vec();
     sorted.sort_unstable_by(|a, b| b.total_cmp(a));
     let kth = sorted[k - 1];
     for v in logits.iter_mut() {
         if *v < kth {
-            *v = f32::NEG_INFINITY;
+            *v = f64::NEG_INFINITY;
         }
     }
 }
 
 /// TopPLogitsWarper: sort ascending, remove the tokens whose cumulative probability is at most
 /// 1 - p, always keeping the most likely one.
-fn top_p(logits: &mut [f32], p: f32) {
-    let probs = softmax64(logits);
+fn top_p(logits: &mut [f64], p: f32) {
+    let probs = softmax(logits);
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[a].total_cmp(&logits[b]));
     let mut cum = 0f64;
@@ -99,18 +120,26 @@ fn top_p(logits: &mut [f32], p: f32) {
     for (rank, &i) in order.iter().enumerate() {
         cum += probs[i];
         if cum <= 1.0 - f64::from(p) && rank < last {
-            logits[i] = f32::NEG_INFINITY;
+            logits[i] = f64::NEG_INFINITY;
         }
     }
 }
 
-/// Softmax in f64 (all -inf gives all zero).
-pub fn softmax64(logits: &[f32]) -> Vec<f64> {
-    let m = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    if m == f32::NEG_INFINITY {
+/// Softmax of logits that hold no NaN: all -inf gives all zero; +inf entries share the mass.
+fn softmax(logits: &[f64]) -> Vec<f64> {
+    let m = logits.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+    if m == f64::NEG_INFINITY {
         return vec![0.0; logits.len()];
     }
-    let mut e: Vec<f64> = logits.iter().map(|&v| f64::from(v - m).exp()).collect();
+    let mut e: Vec<f64> = if m == f64::INFINITY {
+        logits
+            .iter()
+            .map(|&v| if v == m { 1.0 } else { 0.0 })
+            .collect()
+    } else {
+        // v - m <= 0 and finite or -inf: each term in [0, 1], the largest exactly 1.
+        logits.iter().map(|&v| (v - m).exp()).collect()
+    };
     let s: f64 = e.iter().sum();
     for v in e.iter_mut() {
         *v /= s;
@@ -135,13 +164,13 @@ mod tests {
         // probs of [2, 1, 0, -1] ~ [0.644, 0.237, 0.087, 0.032]
         let mut l = vec![2.0, 1.0, 0.0, -1.0];
         top_k(&mut l, 3);
-        assert_eq!(l[3], f32::NEG_INFINITY);
+        assert_eq!(l[3], f64::NEG_INFINITY);
         let mut l = vec![2.0, 1.0, 0.0, -1.0];
         top_p(&mut l, 0.8); // 0.644 < 0.8: the second is needed too
-        assert!(l[0].is_finite() && l[1].is_finite() && l[2] == f32::NEG_INFINITY);
+        assert!(l[0].is_finite() && l[1].is_finite() && l[2] == f64::NEG_INFINITY);
         let mut l = vec![2.0, 1.0, 0.0, -1.0];
         top_p(&mut l, 0.1); // the top token is always kept
-        assert!(l[0].is_finite() && l[1] == f32::NEG_INFINITY);
+        assert!(l[0].is_finite() && l[1] == f64::NEG_INFINITY);
     }
 
     #[test]

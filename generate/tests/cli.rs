@@ -170,3 +170,55 @@ fn hostile_model_directories_are_refused_without_a_panic() {
         "{refused} of {total}"
     );
 }
+
+/// Options that cannot mean what they say are refused, naming the option and the bound: an
+/// empty --stop (matched nowhere useful), --min-new-tokens above --max-new-tokens, and an
+/// eos_token_id outside the vocabulary (which would never stop generation).
+#[test]
+fn contradictory_or_empty_options_are_refused_naming_the_bound() {
+    let small = model_dir("small");
+    let dir = small.display().to_string();
+    // Valid apart from the option under test (the small model has 64 positions).
+    let base = ["--prompt-ids", "1 2", "--ids", "--max-new-tokens", "4"];
+    let tok = tokenizer("small").display().to_string();
+    for (extra, needles) in [
+        (
+            vec!["--stop", "", "--tokenizer", &tok],
+            vec!["--stop", "empty"],
+        ),
+        (
+            vec!["--min-new-tokens", "9"],
+            vec!["--min-new-tokens 9", "--max-new-tokens 4"],
+        ),
+    ] {
+        let mut a = vec![dir.clone()];
+        a.extend(base.iter().chain(&extra).map(|s| s.to_string()));
+        let out = run(&a);
+        assert_eq!(out.code, Some(2), "{extra:?}: {}", out.stderr);
+        for n in needles {
+            assert!(out.stderr.contains(n), "{extra:?}: {}", out.stderr);
+        }
+    }
+    let vocab = {
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(small.join("config.json")).unwrap()).unwrap();
+        c["vocab_size"].as_u64().unwrap()
+    };
+    let copy = testkit::copy_dir(&small);
+    std::fs::write(
+        copy.path().join("generation_config.json"),
+        format!("{{\"eos_token_id\": {vocab}}}"),
+    )
+    .unwrap();
+    let mut a = vec![copy.path().display().to_string()];
+    a.extend(base.iter().map(|s| s.to_string()));
+    let out = run(&a);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    for n in [
+        "generation_config.json",
+        &format!("eos_token_id {vocab}"),
+        &format!("vocabulary of {vocab}"),
+    ] {
+        assert!(out.stderr.contains(n), "{}", out.stderr);
+    }
+}

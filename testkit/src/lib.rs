@@ -46,7 +46,12 @@ pub fn run<S: AsRef<OsStr>>(exe: &str, args: &[S], env: &[(&str, &str)]) -> Run 
 }
 
 /// [`run`] for a prepared command (a working directory, a cleared environment).
-pub fn run_command(mut cmd: Command) -> Run {
+pub fn run_command(cmd: Command) -> Run {
+    run_command_within(cmd, DEADLINE)
+}
+
+/// [`run_command`] failing the test after `deadline` instead of [`DEADLINE`].
+pub fn run_command_within(mut cmd: Command, deadline: Duration) -> Run {
     let logs = tempfile::tempdir().expect("temporary directory for the child's output");
     let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
     cmd.stdin(Stdio::null())
@@ -58,11 +63,11 @@ pub fn run_command(mut cmd: Command) -> Run {
         if let Some(s) = child.try_wait().expect("wait for the child") {
             break s;
         }
-        if start.elapsed() > DEADLINE {
+        if start.elapsed() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "{cmd:?} still running after {DEADLINE:?} (hang); stderr so far: {}",
+                "{cmd:?} still running after {deadline:?} (hang); stderr so far: {}",
                 std::fs::read_to_string(&err_path).unwrap_or_default()
             );
         }
@@ -244,6 +249,82 @@ pub fn assert_nothing_left(out: &Path) {
         .filter(|e| e.file_name().to_string_lossy().contains("cpm-convert-"))
         .collect();
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+}
+
+/// How long a tool may take to refuse a file that is not regular (it should take milliseconds;
+/// reading `/dev/zero` instead would take this long to fill the heap limit below).
+pub const REFUSAL_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The heap (data segment and private mappings, `RLIMIT_DATA`) a tool may use while refusing a
+/// file, so that a tool that reads `/dev/zero` fails its test instead of exhausting memory.
+pub const REFUSAL_HEAP: u64 = 2 << 30;
+
+/// A FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let ok = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo")
+        .success();
+    assert!(ok, "mkfifo {}", path.display());
+}
+
+/// The files that are not regular that every file argument must refuse at once: a FIFO
+/// (created in `dir`), which blocks an open or a read, and `/dev/zero`, which never ends.
+pub fn special_files(dir: &Path) -> Vec<PathBuf> {
+    let fifo = dir.join("fifo");
+    mkfifo(&fifo);
+    vec![fifo, PathBuf::from("/dev/zero")]
+}
+
+/// Runs `exe` with `args` as [`run`] does, but under [`REFUSAL_DEADLINE`] and [`REFUSAL_HEAP`]:
+/// for runs that must refuse a file at once.
+pub fn run_refusing<S: AsRef<OsStr>>(exe: &str, args: &[S]) -> Run {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    let limit = libc::rlimit {
+        rlim_cur: REFUSAL_HEAP,
+        rlim_max: REFUSAL_HEAP,
+    };
+    // SAFETY: setrlimit is async-signal-safe and reads only the copied struct.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_DATA, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    run_command_within(cmd, REFUSAL_DEADLINE)
+}
+
+/// Limits this process's heap ([`REFUSAL_HEAP`] as `RLIMIT_DATA`): for in-process tests of
+/// readers given `/dev/zero`, so that a reader that reads it whole fails instead of exhausting
+/// the machine's memory.
+pub fn limit_own_heap() {
+    let limit = libc::rlimit {
+        rlim_cur: REFUSAL_HEAP,
+        rlim_max: REFUSAL_HEAP,
+    };
+    // SAFETY: setrlimit reads only the given struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
+/// `r` refused `file` as not a regular file: exit 2, and a message (stderr, else stdout for
+/// `--json`) that names the file and says "not a regular file".
+pub fn assert_not_regular(r: &Run, file: &Path, what: &str) {
+    let msg = format!("{}{}", r.stderr, r.stdout);
+    assert_eq!(r.code, Some(2), "{what}: {r:?}");
+    assert!(
+        msg.contains(&*file.to_string_lossy()) && msg.contains("not a regular file"),
+        "{what}: the message does not name {} as not a regular file: {msg}",
+        file.display()
+    );
+    assert!(!msg.contains("panicked"), "{what}: {msg}");
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ pub enum Error {
         /// What the system said.
         source: std::io::Error,
     },
+    /// The model is not a regular file (a FIFO, a device, ...) or grew while being read.
+    #[error(transparent)]
+    File(cpm_files::Error),
     /// A directory without `spiece.model` or `chinese_vocab.model`.
     #[error("{0}: no spiece.model or chinese_vocab.model in this directory")]
     NoModelInDir(PathBuf),
@@ -75,6 +78,22 @@ pub enum Error {
     /// The `tokenizers` crate refused to build or serialize the unigram part.
     #[error("tokenizer.json: {0}")]
     TokenizerJson(String),
+}
+
+impl Error {
+    /// The shared file reader's error (`cpm_files`) in ours.
+    pub(crate) fn from_file(e: cpm_files::Error) -> Error {
+        use cpm_files::Error as F;
+        match e {
+            F::Io { path, err, .. } => Error::Io { path, source: err },
+            F::TooLarge { path, size, cap } => Error::TooLarge {
+                path,
+                size,
+                limit: cap,
+            },
+            e => Error::File(e),
+        }
+    }
 }
 
 /// The crate's result type.

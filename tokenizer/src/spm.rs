@@ -103,28 +103,10 @@ pub(crate) struct Parsed {
     pub(crate) normalizer: Normalizer,
 }
 
-/// Reads `path` (size-capped) and parses it.
+/// Reads `path` (a regular file, at most [`MAX_FILE_BYTES`]: `cpm_files::read_capped`) and
+/// parses it.
 pub(crate) fn read(path: &Path) -> Result<(Vec<u8>, Parsed)> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    if size > MAX_FILE_BYTES {
-        return Err(Error::TooLarge {
-            path: path.into(),
-            size,
-            limit: MAX_FILE_BYTES,
-        });
-    }
-    let bytes = std::fs::read(path).map_err(io)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(Error::TooLarge {
-            path: path.into(),
-            size: bytes.len() as u64,
-            limit: MAX_FILE_BYTES,
-        });
-    }
+    let bytes = cpm_files::read_capped(path, MAX_FILE_BYTES).map_err(Error::from_file)?;
     let parsed = parse(&bytes, path)?;
     Ok((bytes, parsed))
 }
@@ -377,7 +359,8 @@ fn varint(b: &mut &[u8]) -> std::result::Result<u64, String> {
 }
 
 /// Picks the model file for `path`: the file itself, or `spiece.model` / `chinese_vocab.model`
-/// inside a directory.
+/// inside a directory. A name that is there but is no regular file (a FIFO, a dangling link) is
+/// picked, so that reading it says why, rather than taken as absent.
 pub(crate) fn resolve(path: &Path) -> Result<PathBuf> {
     if !path.is_dir() {
         return Ok(path.to_path_buf());
@@ -385,6 +368,6 @@ pub(crate) fn resolve(path: &Path) -> Result<PathBuf> {
     ["spiece.model", "chinese_vocab.model"]
         .iter()
         .map(|n| path.join(n))
-        .find(|p| p.is_file())
+        .find(|p| cpm_files::exists(p).unwrap_or(true))
         .ok_or_else(|| Error::NoModelInDir(path.to_path_buf()))
 }

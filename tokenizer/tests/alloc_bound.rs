@@ -27,6 +27,15 @@ fn reading_any_model_stays_within_the_heap_bound() {
         "real model".into(),
         std::fs::read(testkit::fixtures().join("tokenizer/chinese_vocab.model")).unwrap(),
     ));
+    // A FIFO and /dev/zero are refused before any read: no heap beyond the error. (A reader
+    // that read /dev/zero would fail here at the heap limit, not exhaust the machine.)
+    testkit::limit_own_heap();
+    let tmp = tempfile::tempdir().unwrap();
+    for special in testkit::special_files(tmp.path()) {
+        let (refused, peak) = testkit::peak_heap_during(|| SpModel::open(&special).is_err());
+        assert!(refused, "{} accepted", special.display());
+        assert!(peak < 64 << 10, "{}: peak {peak} bytes", special.display());
+    }
     let mut worst = (0.0f64, String::new());
     for (name, bytes) in all {
         let n = bytes.len() as u64;

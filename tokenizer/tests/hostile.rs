@@ -126,3 +126,89 @@ fn arbitrary_text_encodes_and_decodes_without_panicking() {
         }
     }
 }
+
+/// A FIFO or `/dev/zero` as the model, given directly or as a directory's `spiece.model`: refused
+/// at once, in-process and by cpm-tokenize (before, the FIFO hung and `/dev/zero` was read until
+/// memory ran out).
+#[test]
+fn special_files_as_the_model_are_refused_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("model-dir");
+    std::fs::create_dir(&dir).unwrap();
+    for special in testkit::special_files(d.path()) {
+        let inside = dir.join("spiece.model");
+        let _ = std::fs::remove_file(&inside);
+        std::os::unix::fs::symlink(&special, &inside).unwrap();
+        for (arg, named) in [(&special, &special), (&dir, &inside)] {
+            let r = testkit::run_refusing(env!("CARGO_BIN_EXE_cpm-tokenize"), &[arg]);
+            testkit::assert_not_regular(&r, named, "cpm-tokenize");
+        }
+        let start = std::time::Instant::now();
+        let err = match SpModel::open(&special) {
+            Ok(_) => panic!("{} accepted", special.display()),
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&*special.to_string_lossy()) && msg.contains("not a regular file"),
+            "{msg}"
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+}
+
+/// cpm-tokenize on a model over the size limit: exit 2 naming the file and the limit.
+#[test]
+fn cpm_tokenize_names_the_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.model");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(cpm_tokenizer::spm::MAX_FILE_BYTES + 1).unwrap(); // sparse
+    let r = testkit::run_refusing(env!("CARGO_BIN_EXE_cpm-tokenize"), &[&path]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    let limit = cpm_tokenizer::spm::MAX_FILE_BYTES.to_string();
+    assert!(
+        r.stderr.contains("big.model") && r.stderr.contains(&limit),
+        "{}",
+        r.stderr
+    );
+}
+
+/// SIGINT/SIGTERM end cpm-tokenize at once, whatever it is doing (here: loading the model or
+/// waiting for stdin), by the signal's default action: no handler defers it, and it writes no
+/// file to leave behind.
+#[test]
+fn a_signal_ends_cpm_tokenize_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let model = testkit::fixtures().join("tokenizer/chinese_vocab.model");
+    for (sig, delay) in [(libc::SIGINT, 0), (libc::SIGTERM, 300), (libc::SIGINT, 300)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cpm-tokenize"))
+            .arg(&model)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "signal {sig} ignored"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(
+            status.signal() == Some(sig) || status.code() == Some(128 + sig),
+            "signal {sig}: {status}"
+        );
+    }
+}

@@ -155,3 +155,23 @@ fn npy_fuzz_inputs_replay_cleanly() {
 fn safetensors_fuzz_inputs_replay_cleanly() {
     replay("safetensors", verify_common::safetensors);
 }
+
+/// A FIFO or `/dev/zero` given as MODEL_DIR or FIXTURE_DIR: exit 2 at once naming it (the files
+/// inside those directories are covered by the cases above).
+#[test]
+fn special_files_as_either_directory_argument_are_refused_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let tiny = testkit::fixtures().join("tiny");
+    let (model, fixture) = (tiny.join("hf"), tiny.join("reference"));
+    for special in testkit::special_files(d.path()) {
+        for args in [[&special, &fixture], [&model, &special]] {
+            let r = testkit::run_refusing(env!("CARGO_BIN_EXE_cpm-verify"), &args);
+            assert_eq!(r.code, Some(2), "{args:?}: {r:?}");
+            assert!(
+                r.stderr.contains(&*special.to_string_lossy()),
+                "{args:?}: {}",
+                r.stderr
+            );
+        }
+    }
+}

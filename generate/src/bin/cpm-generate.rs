@@ -33,14 +33,17 @@ Defaults, ours vs CPM-Generate's (the original scripts):
 
 Stops at eos_token_id (generation_config.json, else config.json; the eos is included in --ids
 and never printed), at --stop TEXT (looked for in the decoded continuation, which is printed
-cut before it; with --beams it only cuts the result), or after --max-new-tokens.
+cut before it; with --beams it only cuts the result), or after --max-new-tokens. An
+eos_token_id outside the model's vocabulary is an error.
 
 Speed: on the CPU a KV cache holds every layer's keys and values, so each step runs one token
 per beam; fp16/bf16 weights are read directly by the decode steps (no f32 copy). With
 --device cuda there is no KV cache: each step recomputes the whole sequence through the
 verifier's CUDA forward pass (correct, slower).
 
-Exit codes: 0 done, 2 error (bad flags, files, a prompt too long for n_positions, ...).
+Exit codes: 0 done, 2 error (bad flags, files, a prompt too long for n_positions, ...);
+SIGINT/SIGTERM end it at once (a shell reports 130/143). Every file read must be a regular
+file: --prompt-file up to 16 MiB, the tokenizer up to 64 MiB, the JSON files up to 1 MiB.
 
 Examples:
   cpm-generate MODEL_DIR --prompt '清华大学' --max-new-tokens 50
@@ -69,7 +72,8 @@ struct Cli {
     /// The most new tokens.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
-    /// eos is suppressed until this many new tokens (MinNewTokensLengthLogitsProcessor).
+    /// eos is suppressed until this many new tokens (MinNewTokensLengthLogitsProcessor); at
+    /// most --max-new-tokens.
     #[arg(long, default_value_t = 0)]
     min_new_tokens: usize,
     /// Greedy decoding (the default).
@@ -78,7 +82,9 @@ struct Cli {
     /// Sample (see below for the defaults).
     #[arg(long)]
     sample: bool,
-    /// Sampling temperature (implies --sample) [default: 1.0].
+    /// Sampling temperature, > 0 (implies --sample) [default: 1.0]. Logits are divided in
+    /// double precision, so any positive value works: a tiny one draws greedily (ties shared),
+    /// a huge one uniformly among the tokens top-k/top-p keep.
     #[arg(long)]
     temperature: Option<f32>,
     /// Keep only the k most likely tokens (implies --sample; 0 = off).
@@ -93,7 +99,7 @@ struct Cli {
     /// Beam search with N beams (1..=64).
     #[arg(long, conflicts_with_all = ["sample", "temperature", "top_k", "top_p"])]
     beams: Option<usize>,
-    /// Stop when the continuation contains this text (which is not printed).
+    /// Stop when the continuation contains this text (which is not printed); not empty.
     #[arg(long)]
     stop: Option<String>,
     /// Print the new token ids (space separated, one line) instead of the text.
@@ -180,27 +186,24 @@ fn read_prompt(cli: &Cli) -> anyhow::Result<Option<String>> {
     if let Some(p) = &cli.prompt {
         return Ok(Some(p.clone()));
     }
-    let mut bytes = Vec::new();
-    let what = match &cli.prompt_file {
-        Some(path) => {
-            let f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-            if !f.metadata()?.is_file() {
-                bail!("{}: not a regular file", path.display());
-            }
-            f.take(MAX_PROMPT_BYTES + 1).read_to_end(&mut bytes)?;
-            path.display().to_string()
-        }
+    let (bytes, what) = match &cli.prompt_file {
+        // A regular file only (a FIFO or a device is refused at once), read under the cap.
+        Some(path) => (
+            cpm_files::read_capped(path, MAX_PROMPT_BYTES).map_err(cpm_generate::Error::File)?,
+            path.display().to_string(),
+        ),
         None => {
+            let mut bytes = Vec::new();
             std::io::stdin()
                 .take(MAX_PROMPT_BYTES + 1)
                 .read_to_end(&mut bytes)
                 .context("reading the prompt from stdin")?;
-            "stdin".to_string()
+            if bytes.len() as u64 > MAX_PROMPT_BYTES {
+                bail!("stdin: the prompt is larger than {MAX_PROMPT_BYTES} bytes");
+            }
+            (bytes, "stdin".to_string())
         }
     };
-    if bytes.len() as u64 > MAX_PROMPT_BYTES {
-        bail!("{what}: the prompt is larger than {MAX_PROMPT_BYTES} bytes");
-    }
     let text = String::from_utf8(bytes).with_context(|| format!("{what}: not UTF-8"))?;
     Ok(Some(text))
 }
@@ -263,10 +266,13 @@ fn cut(text: &str, stop: Option<&str>) -> (usize, bool) {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if cli.stop.as_deref() == Some("") {
+        bail!("--stop \"\": the stop text must not be empty (it would match before any token)");
+    }
     let mut warnings = Vec::new();
     let strategy = strategy(cli, &mut warnings)?;
     let model = Model::open(&cli.model_dir)?;
-    let eos = cpm_generate::eos::eos_ids(&cli.model_dir)?;
+    let eos = cpm_generate::eos::eos_ids_within(&cli.model_dir, model.config.vocab_size)?;
     let text_prompt = read_prompt(cli)?;
     let stream = !cli.ids && !cli.json;
     let need_tok = text_prompt.is_some() || stream || cli.stop.is_some();

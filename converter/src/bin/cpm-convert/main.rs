@@ -234,6 +234,9 @@ impl Progress for Ui {
     fn cancelled(&self) -> bool {
         signals::stop_signal().is_some()
     }
+    fn writing(&self) {
+        signals::defer();
+    }
 }
 
 /// `--json`'s result of a conversion: what was written, never the plan.
@@ -365,6 +368,8 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         export: export_choice(cli)?,
         max_shard_size: cli.max_shard_size,
     };
+    #[cfg(feature = "test-hooks")]
+    let _ = test_hooks::Pause::block_while_loading();
     let summary = cpm_convert::convert(&opts, ui)?;
     ui.bar.finish_and_clear();
     if cli.json {
@@ -489,7 +494,8 @@ mod signals;
 ///
 /// `CPM_CONVERT_TEST_PAUSE_AFTER=N`: after the N-th tensor, create `paused` in the directory
 /// `CPM_CONVERT_TEST_PAUSE_DIR` (if set), then wait until `resume` appears there, a stop signal
-/// arrives, or 60 s pass.
+/// arrives, or 60 s pass. `CPM_CONVERT_TEST_PAUSE_LOADING=1`: before the input is opened,
+/// create `paused` there and wait for `resume` or 60 s, ignoring stop requests (a blocked read).
 #[cfg(feature = "test-hooks")]
 mod test_hooks {
     use std::cell::Cell;
@@ -514,6 +520,20 @@ mod test_hooks {
                 dir,
                 done: Cell::new(0),
             })
+        }
+
+        /// Stands for a read that blocks while loading (a slow disk, a network file system):
+        /// creates `paused` and waits for `resume` or 60 s, deaf to stop requests as a blocked
+        /// read is.
+        pub fn block_while_loading() -> Option<()> {
+            std::env::var_os("CPM_CONVERT_TEST_PAUSE_LOADING")?;
+            let dir = PathBuf::from(std::env::var_os("CPM_CONVERT_TEST_PAUSE_DIR")?);
+            let _ = std::fs::write(dir.join("paused"), b"");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(60) && !dir.join("resume").exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Some(())
         }
 
         /// Called after each tensor.
@@ -569,8 +589,10 @@ mod tests {
     #[test]
     fn signal_messages_agree_and_the_json_ones_parse() {
         use super::signals::{AGAIN_JSON, AGAIN_TEXT, BUS_JSON, BUS_TEXT};
+        use super::signals::{LOADING_JSON, LOADING_TEXT};
         for (text, json, prefix) in [
             (AGAIN_TEXT, AGAIN_JSON, "cpm-convert: "),
+            (LOADING_TEXT, LOADING_JSON, "cpm-convert: "),
             (BUS_TEXT, BUS_JSON, "cpm-convert: error: "),
         ] {
             let text = std::str::from_utf8(text).unwrap();

@@ -8,6 +8,10 @@
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static STOP: AtomicI32 = AtomicI32::new(0);
+/// Whether a stop is deferred to the conversion (which then removes its staging directory):
+/// set just before the staging directory is created. Before that nothing exists to clean up,
+/// and loading may be blocked in a read, so the first signal ends the process at once.
+static DEFER: AtomicBool = AtomicBool::new(false);
 static JSON: AtomicBool = AtomicBool::new(false);
 static BAR: AtomicBool = AtomicBool::new(false);
 
@@ -19,7 +23,14 @@ pub fn stop_signal() -> Option<i32> {
     }
 }
 
-/// `stop`: turn SIGINT/SIGTERM into a stop request (for a conversion, which then cleans up).
+/// From now on a first SIGINT/SIGTERM is a stop request the conversion acts on (removing its
+/// staging directory) rather than an immediate exit.
+pub fn defer() {
+    DEFER.store(true, Ordering::SeqCst);
+}
+
+/// `stop`: handle SIGINT/SIGTERM (for a conversion): an immediate exit 130/143 while loading,
+/// a stop request the conversion acts on (cleaning up) once [`defer`] was called.
 /// `bar`: a progress bar is drawn on stderr, so a message starts on a new line.
 pub fn install(json: bool, stop: bool, bar: bool) {
     JSON.store(json, Ordering::SeqCst);
@@ -54,10 +65,15 @@ unsafe fn set(sig: libc::c_int, handler: extern "C" fn(libc::c_int), keep_ignore
     libc::sigaction(sig, &sa, std::ptr::null_mut());
 }
 
-/// First SIGINT/SIGTERM: ask the conversion to stop at the next tensor (it then removes its
-/// staging directory). A second one: stop now, leaving the staging directory for the next
-/// run to remove.
+/// While loading (before [`defer`]): exit now, nothing having been written. Then, a first
+/// SIGINT/SIGTERM asks the conversion to stop at the next tensor (it then removes its staging
+/// directory); a second one stops now, leaving the staging directory for the next run to remove.
 extern "C" fn on_stop(sig: libc::c_int) {
+    if !DEFER.load(Ordering::SeqCst) {
+        say(LOADING_TEXT, LOADING_JSON);
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + sig) }
+    }
     if STOP.swap(sig, Ordering::SeqCst) != 0 {
         say(AGAIN_TEXT, AGAIN_JSON);
         // SAFETY: _exit is async-signal-safe.
@@ -72,7 +88,11 @@ extern "C" fn on_bus(_: libc::c_int) {
     unsafe { libc::_exit(128 + libc::SIGBUS) }
 }
 
-// A handler cannot format: each message is written out twice, checked equal by a test.
+// A handler cannot format: each message is written out twice, checked equal by a test. While
+// loading, the warnings printed so far are on stderr; the JSON object cannot list them.
+pub(crate) const LOADING_TEXT: &[u8] = b"cpm-convert: interrupted: nothing written\n";
+pub(crate) const LOADING_JSON: &[u8] =
+    b"{\"error\": \"interrupted: nothing written\", \"warnings\": []}\n";
 pub(crate) const AGAIN_TEXT: &[u8] = b"cpm-convert: interrupted again: stopped at once; the \
     next run removes the staging directory\n";
 pub(crate) const AGAIN_JSON: &[u8] = b"{\"error\": \"interrupted again: stopped at once; the \
