@@ -3,7 +3,7 @@
 //! written. Before, a FIFO as `--tokenizer`, `--prompt-file` or `generation_config.json` hung
 //! it, and `/dev/zero` as `--tokenizer` was read until memory ran out.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

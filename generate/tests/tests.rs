@@ -3,6 +3,7 @@
 mod common;
 
 mod cli;
+mod hostile;
 mod sampling;
 mod text;
 mod transformers;
