@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
+use cpm_gpt2::model::Model;
 use cpm_verify::fixture::Fixture;
-use cpm_verify::model::Model;
 
 const IDS: &[u8] = include_bytes!("../seeds/npy/ids-i64");
 const LOGITS: &[u8] = include_bytes!("../seeds/npy/logits-f32");

@@ -2,9 +2,9 @@
 //! (each step computes only the new token of every row); elsewhere (CUDA), the verifier's
 //! uncached forward pass over the whole sequence of every row at each step.
 
-use cpm_verify::forward::{self, KvCache, Logits};
-use cpm_verify::model::Model;
-use cpm_verify::{Device, Options};
+use cpm_gpt2::forward::{self, KvCache, Logits};
+use cpm_gpt2::model::Model;
+use cpm_gpt2::{Device, Options};
 
 use crate::error::{Error, Result};
 
@@ -46,12 +46,7 @@ impl<'m> Engine<'m> {
             Device::Cuda(_) => State::Recompute {
                 model,
                 seqs: vec![Vec::new()],
-                opts: Options {
-                    device,
-                    threads,
-                    atol: None,
-                    rtol: None,
-                },
+                opts: Options { device, threads },
             },
         };
         Ok(Engine { state, pool })

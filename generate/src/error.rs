@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// The model directory or the forward pass failed (the verifier's error names the file).
     #[error(transparent)]
-    Model(#[from] cpm_verify::Error),
+    Model(#[from] cpm_gpt2::Error),
     /// The tokenizer could not be read or could not encode/decode.
     #[error("tokenizer {}: {err}", path.display())]
     Tokenizer {

@@ -1,5 +1,5 @@
 //! Text generation with a converted CPM-LM (any Hugging Face GPT-2 directory) on the
-//! verifier's one forward pass (`cpm_verify::forward`): a prefill over the prompt fills a KV
+//! model crate's forward pass (`cpm_gpt2::forward`, the one verification runs): a prefill over the prompt fills a KV
 //! cache, then each step runs only the new token of every row (beam) through the same code.
 //! The decoding strategies follow transformers' `generate`: greedy, sampling (temperature,
 //! top-k, top-p) and beam search ([`beam`]).
@@ -16,8 +16,8 @@ pub use sample::Sampling;
 
 use std::time::Instant;
 
-use cpm_verify::model::Model;
-use cpm_verify::Device;
+use cpm_gpt2::model::Model;
+use cpm_gpt2::Device;
 
 use engine::Engine;
 

@@ -6,8 +6,8 @@ use crate::common;
 
 use common::*;
 use cpm_generate::{generate, Sampling, Settings, Strategy};
-use cpm_verify::model::Model;
-use cpm_verify::Device;
+use cpm_gpt2::model::Model;
+use cpm_gpt2::Device;
 
 #[test]
 fn top_k_2_draws_the_top_token_with_the_probability_transformers_gap_implies() {

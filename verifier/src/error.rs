@@ -6,6 +6,9 @@ use std::path::PathBuf;
 /// Why a verification could not be carried out (as opposed to a mismatch, which is a result).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The model directory could not be opened, validated or run (the GPT-2 crate's errors).
+    #[error(transparent)]
+    Model(#[from] cpm_gpt2::Error),
     /// A file could not be opened, mapped or read. The OS error is part of the message and
     /// deliberately not a `source()`, so a chain printer (anyhow's `{:#}`) says it once.
     #[error("{}: {err}", path.display())]
@@ -15,15 +18,9 @@ pub enum Error {
         /// The operating system's reason.
         err: std::io::Error,
     },
-    /// A path the verifier reads is not a regular file (after following symlinks): a FIFO would
-    /// block forever, a device like `/dev/zero` never ends.
-    #[error("{}: is {kind}, not a regular file", path.display())]
-    NotAFile {
-        /// The path as given.
-        path: PathBuf,
-        /// What it is instead ("a FIFO", "a character device", "a directory", ...).
-        kind: &'static str,
-    },
+    /// A fixture file could not be opened as a regular file or read whole under its cap.
+    #[error(transparent)]
+    File(#[from] cpm_files::Error),
     /// An input exceeds one of the verifier's stated limits (SECURITY.md lists them).
     #[error("{}: {detail}", path.display())]
     Limit {
@@ -40,62 +37,6 @@ pub enum Error {
         path: PathBuf,
         /// What the parser said.
         err: serde_json::Error,
-    },
-    /// `config.json` lacks a field the forward pass needs, or holds an unusable value.
-    #[error("{}: {detail}", path.display())]
-    Config {
-        /// The config file.
-        path: PathBuf,
-        /// Which field and what is wrong with it.
-        detail: String,
-    },
-    /// A safetensors file's header or layout is invalid.
-    #[error("{}: not a valid safetensors file: {detail}", path.display())]
-    Safetensors {
-        /// The file.
-        path: PathBuf,
-        /// What the safetensors reader found.
-        detail: String,
-    },
-    /// The shard index (`model.safetensors.index.json`) is inconsistent with the shards.
-    #[error("{}: {detail}", path.display())]
-    ShardIndex {
-        /// The index file.
-        path: PathBuf,
-        /// What is inconsistent.
-        detail: String,
-    },
-    /// A tensor the forward pass needs is in none of the model's files.
-    #[error("{}: no tensor `{name}` (looked for {tried})", dir.display())]
-    MissingTensor {
-        /// The model directory.
-        dir: PathBuf,
-        /// The canonical name (without the `transformer.` prefix).
-        name: String,
-        /// The names that were tried.
-        tried: String,
-    },
-    /// A tensor's shape disagrees with `config.json`.
-    #[error("{}: tensor `{name}` has shape {found:?}, config.json implies {expected:?}", path.display())]
-    TensorShape {
-        /// The safetensors file holding the tensor.
-        path: PathBuf,
-        /// The tensor's name as stored.
-        name: String,
-        /// The shape the config implies.
-        expected: Vec<usize>,
-        /// The shape in the file.
-        found: Vec<usize>,
-    },
-    /// A tensor is stored in a dtype the forward pass cannot widen to f32.
-    #[error("{}: tensor `{name}` is {dtype}; only F16, BF16 and F32 are supported", path.display())]
-    TensorDtype {
-        /// The safetensors file holding the tensor.
-        path: PathBuf,
-        /// The tensor's name as stored.
-        name: String,
-        /// The stored dtype.
-        dtype: String,
     },
     /// An `.npy` file has the wrong dtype, rank or layout, or is truncated.
     #[error("{}: {detail}", path.display())]

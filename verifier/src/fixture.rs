@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::error::{checked_product, Error, Result};
 use crate::files;
-use crate::model::Config;
+use cpm_gpt2::config::Config;
 
 /// `fixture.json`. Unknown keys (e.g. the recording's torch version) are kept out of the way.
 #[derive(Debug, Clone, Default, Deserialize)]

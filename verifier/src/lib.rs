@@ -7,18 +7,16 @@
 //! CPU (or CUDA); [`compare::compare`] measures the difference and decides pass or mismatch.
 #![deny(missing_docs)]
 
-pub mod cli;
 pub mod compare;
-pub mod config;
 pub mod error;
 pub mod files;
 pub mod fixture;
-pub mod forward;
-pub mod model;
 
 pub use compare::{Report, RunInfo, Tolerance};
+pub use cpm_gpt2::Device;
 pub use error::{Error, Result};
-pub use forward::Device;
+
+use cpm_gpt2::{forward, model};
 
 use std::path::Path;
 use std::time::Instant;
@@ -64,8 +62,13 @@ pub fn verify(model_dir: &Path, fixture_dir: &Path, opts: &Options) -> Result<Re
         .num_threads(threads)
         .build()
         .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
-    let ours = pool
-        .install(|| forward::run(&model, &fixture.input_ids, fixture.batch, fixture.seq, opts))?;
+    let ours = pool.install(|| {
+        let run = cpm_gpt2::Options {
+            device: opts.device,
+            threads,
+        };
+        forward::run(&model, &fixture.input_ids, fixture.batch, fixture.seq, &run)
+    })?;
     let run = RunInfo {
         forward_seconds: start.elapsed().as_secs_f64(),
         device: opts.device.to_string(),

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use cpm_gpt2::forward::{run_cached, KvCache, Logits};
+use cpm_gpt2::model::Model;
 use cpm_verify::fixture::Fixture;
-use cpm_verify::forward::{run_cached, KvCache, Logits};
-use cpm_verify::model::Model;
 
 fn tiny() -> PathBuf {
     testkit::fixtures().join("tiny")

@@ -1,5 +1,5 @@
 //! `cpm-generate`: flags, streaming output and exit codes; the decoding loop is in the
-//! `cpm_generate` library, the forward pass in `cpm_verify`.
+//! `cpm_generate` library, the forward pass in `cpm_gpt2`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -7,12 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use cpm_cli::{json_error, usage_error};
 use cpm_generate::{Sampling, Settings, Stop, Strategy};
+use cpm_gpt2::forward::resolve_threads;
+use cpm_gpt2::model::Model;
+use cpm_gpt2::Device;
 use cpm_tokenizer::CpmTokenizer;
-use cpm_verify::cli::{json_error, usage_error};
-use cpm_verify::forward::resolve_threads;
-use cpm_verify::model::Model;
-use cpm_verify::Device;
 
 const AFTER_HELP: &str = "\
 Decoding (the first that applies):

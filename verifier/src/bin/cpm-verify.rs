@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cpm_verify::cli::{emit, json_error, usage_error};
+use cpm_cli::{emit, json_error, usage_error};
 use cpm_verify::{compare::Figures, Device, Options, Report};
 
 const AFTER_HELP: &str = "\

@@ -32,7 +32,7 @@ fn padded_json(pad: usize) -> Vec<u8> {
 pub fn special_and_oversized_files() -> Vec<Case> {
     const FIFO: &str = "a FIFO, not a regular file";
     const DEV: &str = "a character device, not a regular file";
-    const BIG: &str = "reads at most";
+    const BIG: &str = "-byte limit for this file";
     vec![
         model_case(
             "config.json is a FIFO".into(),
@@ -168,7 +168,7 @@ pub fn shard_indexes() -> Vec<Case> {
         ),
         model_case(
             "index of 5 MiB".into(),
-            &["model.safetensors.index.json", "reads at most"],
+            &["model.safetensors.index.json", "-byte limit for this file"],
             |d| {
                 std::fs::remove_file(d.join("model.safetensors")).expect("remove");
                 write(

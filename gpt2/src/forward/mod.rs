@@ -90,7 +90,7 @@ pub fn run(
         Device::Cuda(ordinal) => cuda::forward(model, ids, batch, seq, ordinal),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(Error::Device(
-            "this cpm-verify was built without CUDA support; rebuild with `cargo build --release \
+            "built without CUDA support; rebuild with `cargo build --release \
              --features cuda` or use --device cpu"
                 .into(),
         )),

@@ -1,5 +1,6 @@
-//! What `cpm-verify` and `cpm-generate` (which runs on this crate's forward pass) share on the
-//! command line: the usage-error contract and the JSON error object.
+//! What the command-line tools share: the usage-error contract and the JSON error object
+//! (`cpm-verify` and `cpm-generate` so far).
+#![deny(missing_docs)]
 
 use std::io::Write as _;
 use std::process::ExitCode;

@@ -1,0 +1,150 @@
+//! The crate's one error type. Every variant names the file at fault, and where a size or type
+//! is wrong, what was expected and what was found.
+
+use std::path::PathBuf;
+
+/// Why a model could not be opened or run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened as a regular file or read whole under its cap.
+    #[error(transparent)]
+    File(#[from] cpm_files::Error),
+    /// A file could not be opened, mapped or read. The OS error is part of the message and
+    /// deliberately not a `source()`, so a chain printer (anyhow's `{:#}`) says it once.
+    #[error("{}: {err}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        err: std::io::Error,
+    },
+    /// An input exceeds one of the verifier's stated limits (SECURITY.md lists them).
+    #[error("{}: {detail}", path.display())]
+    Limit {
+        /// The file (or directory) whose content is too large.
+        path: PathBuf,
+        /// What exceeds which limit, with both numbers.
+        detail: String,
+    },
+    /// A JSON file (config, shard index, fixture.json) is not valid JSON of the expected form.
+    /// As with [`Error::Io`], the parser's message is in the text and not a `source()`.
+    #[error("{}: not valid JSON of the expected form: {err}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        err: serde_json::Error,
+    },
+    /// `config.json` lacks a field the forward pass needs, or holds an unusable value.
+    #[error("{}: {detail}", path.display())]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// Which field and what is wrong with it.
+        detail: String,
+    },
+    /// A safetensors file's header or layout is invalid.
+    #[error("{}: not a valid safetensors file: {detail}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What the safetensors reader found.
+        detail: String,
+    },
+    /// The shard index (`model.safetensors.index.json`) is inconsistent with the shards.
+    #[error("{}: {detail}", path.display())]
+    ShardIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is inconsistent.
+        detail: String,
+    },
+    /// A tensor the forward pass needs is in none of the model's files.
+    #[error("{}: no tensor `{name}` (looked for {tried})", dir.display())]
+    MissingTensor {
+        /// The model directory.
+        dir: PathBuf,
+        /// The canonical name (without the `transformer.` prefix).
+        name: String,
+        /// The names that were tried.
+        tried: String,
+    },
+    /// A tensor's shape disagrees with `config.json`.
+    #[error("{}: tensor `{name}` has shape {found:?}, config.json implies {expected:?}", path.display())]
+    TensorShape {
+        /// The safetensors file holding the tensor.
+        path: PathBuf,
+        /// The tensor's name as stored.
+        name: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor is stored in a dtype the forward pass cannot widen to f32.
+    #[error("{}: tensor `{name}` is {dtype}; only F16, BF16 and F32 are supported", path.display())]
+    TensorDtype {
+        /// The safetensors file holding the tensor.
+        path: PathBuf,
+        /// The tensor's name as stored.
+        name: String,
+        /// The stored dtype.
+        dtype: String,
+    },
+    /// A size computed from the files does not fit in memory addresses.
+    #[error("size overflow computing {0}")]
+    Overflow(String),
+    /// A broken internal precondition (a caller skipped a check it promised): a bug to report,
+    /// never the input's fault.
+    #[error("internal error: {0}; please report this")]
+    Internal(String),
+    /// The requested device cannot be used.
+    #[error("device: {0}")]
+    Device(String),
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            err,
+        }
+    }
+
+    pub(crate) fn json(path: impl Into<PathBuf>, err: serde_json::Error) -> Self {
+        Error::Json {
+            path: path.into(),
+            err,
+        }
+    }
+
+    pub(crate) fn limit(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        Error::Limit {
+            path: path.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Multiplies sizes, naming what was being computed if the product overflows.
+pub fn checked_product(dims: &[usize], what: &str) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::Overflow(what.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_say_they_are_bugs_and_overflow_says_overflow() {
+        let e = Error::Internal("forward pass given unchecked ids".into()).to_string();
+        assert!(e.starts_with("internal error:") && e.ends_with("please report this"));
+        let e = checked_product(&[usize::MAX, 2], "batch * seq").unwrap_err();
+        assert_eq!(e.to_string(), "size overflow computing batch * seq");
+    }
+}
