@@ -254,7 +254,10 @@ impl CpmTokenizer {
         limits: &Limits,
         emit: &mut dyn FnMut(u32),
     ) -> std::result::Result<(), String> {
-        let block = jieba::longest_block(text);
+        let block = match text.len() > limits.max_block_bytes {
+            true => jieba::longest_block(text),
+            false => 0,
+        };
         if block > limits.max_block_bytes {
             return Err(format!(
                 "a run of {block} bytes of letters, digits and Han characters with no punctuation or space, more than the limit of {} (jieba cuts such a run whole)",

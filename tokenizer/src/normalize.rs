@@ -103,7 +103,7 @@ impl<'m> Normalizer<'m> {
             let mut user = None;
             self.s
                 .index
-                .each_prefix(&self.m.pieces, rest.as_bytes(), |len, id| {
+                .each_prefix(&self.m.pieces, &self.m.ids, rest, |len, id| {
                     if self.m.pieces[id as usize].kind == PieceType::UserDefined {
                         user = Some(len);
                     }

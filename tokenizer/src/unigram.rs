@@ -39,14 +39,14 @@
 //! itself needs no such property and holds for any model. Nodes cost 8 bytes per byte of the
 //! text since the last such point.
 
-use crate::prefix::PrefixIndex;
+use crate::prefix::Matcher;
 use crate::spm::Parsed;
 use crate::PieceType;
 
 /// What the search needs beyond the parsed model, computed once.
 pub(crate) struct Search {
     /// The NORMAL and USER_DEFINED pieces, for prefix walks.
-    pub(crate) index: PrefixIndex,
+    pub(crate) index: Matcher,
     min_score: f32,
     max_score: f32,
     pub(crate) max_piece_bytes: usize,
@@ -71,9 +71,7 @@ impl Search {
                 _ => {}
             }
         }
-        let index = PrefixIndex::new(&m.pieces, |p| {
-            matches!(p.kind, PieceType::Normal | PieceType::UserDefined)
-        });
+        let index = Matcher::new(&m.pieces);
         Search {
             index,
             min_score,
@@ -158,11 +156,11 @@ impl<'m> Lattice<'m> {
     fn expand(&mut self) {
         let (m, s, at) = (self.m, self.s, self.at);
         let here = self.score[at];
-        let rest = &self.text.as_bytes()[at..];
+        let rest = &self.text[at..];
         let mblen = self.text[at..].chars().next().map_or(1, char::len_utf8);
         let mut single = false;
         let (score, back, reach) = (&mut self.score, &mut self.back, &mut self.reach);
-        s.index.each_prefix(&m.pieces, rest, |len, id| {
+        s.index.each_prefix(&m.pieces, &m.ids, rest, |len, id| {
             let edge = match m.pieces[id as usize].kind {
                 PieceType::Normal => m.pieces[id as usize].score,
                 // USER_DEFINED: C++ `length * max_score_ - 0.1` (a double) stored as float.
