@@ -7,29 +7,28 @@
 //! its Precompiled normalizer works per grapheme cluster instead of sentencepiece's longest
 //! match, and indexes the charsmap without bounds checks. Normalization is in [`crate::normalize`].
 //!
-//! Search (sentencepiece `Model::EncodeOptimized`): at each character, every NORMAL or
+//! Search (sentencepiece 0.2.3 `Model::EncodeOptimized`): at each character, every NORMAL or
 //! USER_DEFINED piece starting there is a candidate edge, with the piece's score (a
-//! USER_DEFINED piece scores `bytes * max_score - 0.1`, `max_score` being the largest NORMAL
-//! score and at least `f32::MIN_POSITIVE`, as sentencepiece starts it at `FLT_MIN`); when no
-//! piece covers exactly the one character, an `<unk>` edge of one character scores
-//! `min_score - 10`. The best path keeps the first candidate on ties (shorter pieces come
-//! first). CONTROL, UNKNOWN and UNUSED pieces are never matched from text. Adjacent unknown
-//! characters come out as one `<unk>` (recorded: `sp.encode("😀😃")` is `▁ <unk>`, ids `8 0`).
+//! USER_DEFINED piece scores `0.1 * (bytes - 1)`, computed in `f64` and returned as `f32`);
+//! when no piece covers exactly the one character, an `<unk>` edge of one character scores
+//! `min_score - 10` (`min_score`: the lowest NORMAL score). The best path keeps the first
+//! candidate on ties (shorter pieces come first). CONTROL, UNKNOWN and UNUSED pieces are never
+//! matched from text. Adjacent unknown characters come out as one `<unk>` (recorded:
+//! `sp.encode("😀😃")` is `▁ <unk>`, ids `8 0`).
 //!
-//! Arithmetic: every node's score is an `f32`, candidates are added and compared in `f32`
-//! (ties keep the first). How this was established, against sentencepiece 0.2.3 from PyPI on
-//! the long lines of `fixtures/tokenizer/longlines.jsonl` (texts rebuilt from the corpus by the
-//! rule in `fixtures/make_tokenizer_longlines.py`): a re-implementation in Python of each rule,
-//! compared id for id. The C++ source reads as "add and compare in `double`, store `float`";
-//! that first differs at id 11,170 of the 10^5-character prose line (`▁20 .5` where
-//! sentencepiece gives `▁2 0.5`: the two candidates differ by 0.0012 at a score of -81,742, and
-//! only equal `f32` values make sentencepiece keep the first). Keeping the score in `f64`
-//! throughout differs at the same place. `f32` throughout gives sentencepiece's ids on every
-//! corpus line and every line up to 10^5 characters (`tests/longlines.rs`), but not yet on the
-//! 10^6-character line (id 144,463: near -2^20 sentencepiece separates two paths 0.04 apart
-//! that round to the same `f32`); rounding toward zero at the store fails later (id 278,548).
-//! The rule sentencepiece's binary follows past that is not established; that test is ignored
-//! with the reason.
+//! Arithmetic, as in 0.2.3's source (read in the sdist, `src/unigram_model.cc`) and checked on
+//! its PyPI build: node scores are `f32`; a candidate is the piece's `f32` score plus the
+//! score where it starts, added and compared in `f32`. When the score where the search stands
+//! passes ±100,000 (`kScoreResetThreshold`), that score is subtracted from every node between
+//! there and the furthest edge end so far, and the search goes on from 0; without this reset
+//! long lines get other ids (`▁` + `回事` for `▁回事`, `V ID` for `VI D`). Established against
+//! sentencepiece on the lines of `fixtures/tokenizer/longlines.jsonl` (texts rebuilt from the
+//! corpus by the rule in `fixtures/make_tokenizer_longlines.py`): the C++ reading of older
+//! versions ("add and compare in `double`, store `float`") first differs at id 11,170 of the
+//! 10^5-character prose line, a score kept in `f64` throughout at the same place, `f32` without
+//! the reset at id 144,463 of the 10^6-character line; `f32` with the reset gives
+//! sentencepiece's ids on every corpus line and every recorded line up to 10^7 characters
+//! (`tests/longlines.rs`).
 //!
 //! Bounded memory: a position that no edge crosses (every edge from before it ends at or
 //! before it) is one every path passes through. There the best path so far is final: it is
@@ -48,20 +47,18 @@ pub(crate) struct Search {
     /// The NORMAL and USER_DEFINED pieces, for prefix walks.
     pub(crate) index: Matcher,
     min_score: f32,
-    max_score: f32,
     pub(crate) max_piece_bytes: usize,
     pub(crate) max_user_bytes: usize,
 }
 
 impl Search {
     pub(crate) fn new(m: &Parsed) -> Search {
-        let (mut min_score, mut max_score) = (f32::MAX, f32::MIN_POSITIVE);
+        let mut min_score = f32::MAX;
         let (mut max_piece_bytes, mut max_user_bytes) = (0, 0);
         for p in &m.pieces {
             match p.kind {
                 PieceType::Normal => {
                     min_score = min_score.min(p.score);
-                    max_score = max_score.max(p.score);
                     max_piece_bytes = max_piece_bytes.max(p.text.len());
                 }
                 PieceType::UserDefined => {
@@ -75,7 +72,6 @@ impl Search {
         Search {
             index,
             min_score,
-            max_score,
             max_piece_bytes,
             max_user_bytes,
         }
@@ -83,6 +79,8 @@ impl Search {
 }
 
 const NONE: u32 = u32::MAX;
+/// sentencepiece 0.2.3's `kScoreResetThreshold`.
+const RESET_AT: f32 = 100_000.0;
 
 /// The search over normalized text that arrives in pieces.
 pub(crate) struct Lattice<'m> {
@@ -155,7 +153,14 @@ impl<'m> Lattice<'m> {
     /// Relaxes every edge from `self.at`.
     fn expand(&mut self) {
         let (m, s, at) = (self.m, self.s, self.at);
-        let here = self.score[at];
+        let mut here = self.score[at];
+        if !(-RESET_AT..=RESET_AT).contains(&here) {
+            // sentencepiece 0.2.3 moves every node from here to the furthest edge end by the
+            // score here (exact: nearby floats), then goes on from 0.
+            let reach = self.reach.max(at);
+            self.score[at..=reach].iter_mut().for_each(|v| *v -= here);
+            here = 0.0;
+        }
         let rest = &self.text[at..];
         let mblen = self.text[at..].chars().next().map_or(1, char::len_utf8);
         let mut single = false;
@@ -163,8 +168,9 @@ impl<'m> Lattice<'m> {
         s.index.each_prefix(&m.pieces, &m.ids, rest, |len, id| {
             let edge = match m.pieces[id as usize].kind {
                 PieceType::Normal => m.pieces[id as usize].score,
-                // USER_DEFINED: C++ `length * max_score_ - 0.1` (a double) stored as float.
-                _ => (f64::from(len as f32 * s.max_score) - 0.1) as f32,
+                // USER_DEFINED: sentencepiece 0.2.3's `GetUserDefinedScore(length)`, the double
+                // `0.1 * (length - 1)` returned as float (length in bytes).
+                _ => (0.1 * (len as f64 - 1.0)) as f32,
             };
             relax(score, back, at + len, edge + here, id);
             *reach = (*reach).max(at + len);
