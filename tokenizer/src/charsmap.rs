@@ -141,29 +141,42 @@ impl Charsmap {
         Ok(())
     }
 
-    /// Walks the table twice: the offsets the rules use (each measured once, in one pass over
-    /// the strings), then every rule against the bounds, so an error names the rule.
+    /// Walks the table once, gathering every rule's (string offset, key length); measures each
+    /// string once, in one pass over the strings; checks every rule against the bounds. Only
+    /// when one breaks them is the table walked again, to name its key.
     fn validate(&mut self) -> Result<(), String> {
-        let mut offsets = Vec::new();
-        self.walk(|_, v| {
-            offsets.push(v);
+        let mut leaves = Vec::new();
+        self.walk(|key, v| {
+            leaves.push((v, key.len()));
             Ok(())
         })?;
+        let mut offsets: Vec<u32> = leaves.iter().map(|&(v, _)| v).collect();
         offsets.sort_unstable();
         offsets.dedup();
         self.lens = self.measure(&offsets)?;
+        drop(offsets);
+        if leaves.iter().all(|&(v, n)| self.rule_fits(v, n).is_ok()) {
+            return Ok(());
+        }
         self.walk(|key, v| {
-            let len = self.lens_of(v).map_or(0, |(_, n)| n as usize);
-            let limit = MAX_REPLACEMENT_BYTES.min(MAX_EXPANSION * key.len());
-            if len > limit {
-                return Err(format!(
+            self.rule_fits(v, key.len()).map_err(|(len, limit)| {
+                format!(
                     "precompiled_charsmap rule {} ({} bytes) has a {len}-byte replacement, more than the limit of {limit} ({MAX_EXPANSION} per key byte, at most {MAX_REPLACEMENT_BYTES})",
                     show(key),
                     key.len()
-                ));
-            }
-            Ok(())
+                )
+            })
         })
+    }
+
+    /// Whether the replacement at `v` fits a key of `key_len` bytes; else (length, limit).
+    fn rule_fits(&self, v: u32, key_len: usize) -> Result<(), (usize, usize)> {
+        let len = self.lens_of(v).map_or(0, |(_, n)| n as usize);
+        let limit = MAX_REPLACEMENT_BYTES.min(MAX_EXPANSION * key_len);
+        if len > limit {
+            return Err((len, limit));
+        }
+        Ok(())
     }
 
     /// The length of the string at each sorted offset, from one sweep over the strings.

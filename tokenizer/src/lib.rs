@@ -126,7 +126,7 @@ impl SpModel {
     /// sentencepiece's `encode(text)` (ids), no jieba.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::new();
-        let mut pipe = self.pipe(usize::MAX);
+        let mut pipe = self.pipe(usize::MAX, text.len());
         let mut emit = |id| ids.push(id);
         // Without a window limit the pipe cannot fail.
         let _ = pipe
@@ -134,8 +134,8 @@ impl SpModel {
             .and_then(|()| pipe.finish(&mut emit));
         ids
     }
-    fn pipe(&self, max_window: usize) -> pipeline::Pipe<'_> {
-        pipeline::Pipe::new(&self.parsed, &self.search, max_window)
+    fn pipe(&self, max_window: usize, hint: usize) -> pipeline::Pipe<'_> {
+        pipeline::Pipe::new(&self.parsed, &self.search, max_window, hint)
     }
     /// sentencepiece's `decode(ids)`: CONTROL pieces decode to nothing, `<unk>` to the model's
     /// `unk_surface`, `▁` to a space (dropped at the very start).
@@ -264,7 +264,8 @@ impl CpmTokenizer {
                 limits.max_block_bytes
             ));
         }
-        let mut pipe = self.model.pipe(limits.max_window_bytes);
+        // jieba's joining spaces and ▂/▃ make sentencepiece's input up to ~2x the text.
+        let mut pipe = self.model.pipe(limits.max_window_bytes, text.len() * 2);
         let mut first = true;
         let mut failed = Ok(());
         self.jieba.cut_each(text, hmm, &mut |seg| {

@@ -19,12 +19,14 @@ pub(crate) struct Pipe<'m> {
 }
 
 impl<'m> Pipe<'m> {
-    pub(crate) fn new(m: &'m Parsed, s: &'m Search, max_window: usize) -> Self {
+    /// A pipe for about `hint` bytes of input (buffers sized once, up to a chunk).
+    pub(crate) fn new(m: &'m Parsed, s: &'m Search, max_window: usize, hint: usize) -> Self {
+        let hint = hint.min(CHUNK) + 16;
         Pipe {
             norm: Normalizer::new(m, s),
             lattice: Lattice::new(m, s, max_window),
-            input: String::new(),
-            normed: String::new(),
+            input: String::with_capacity(hint),
+            normed: String::with_capacity(hint * 2),
         }
     }
 

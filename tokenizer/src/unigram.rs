@@ -97,6 +97,8 @@ pub(crate) struct Lattice<'m> {
     reach: usize,
     cut: usize,
     last_unk: bool,
+    /// The path being emitted, reused.
+    path: Vec<u32>,
     /// The longest `text` may grow (a stretch with no point every path passes through).
     max_window: usize,
 }
@@ -113,6 +115,7 @@ impl<'m> Lattice<'m> {
             reach: 0,
             cut: 0,
             last_unk: false,
+            path: Vec::new(),
             max_window,
         }
     }
@@ -190,7 +193,7 @@ impl<'m> Lattice<'m> {
         if cut == 0 {
             return;
         }
-        let mut ids = Vec::new();
+        let mut ids = std::mem::take(&mut self.path);
         let mut end = cut;
         while end > 0 {
             let id = self.back[end];
@@ -203,7 +206,7 @@ impl<'m> Lattice<'m> {
                     .map_or(1, char::len_utf8),
             };
         }
-        for id in ids.into_iter().rev() {
+        for id in ids.drain(..).rev() {
             let unk = id == self.m.unk_id;
             // sentencepiece merges adjacent unknown characters into one `<unk>`.
             if !(unk && self.last_unk) {
@@ -211,6 +214,7 @@ impl<'m> Lattice<'m> {
             }
             self.last_unk = unk;
         }
+        self.path = ids;
         self.text.drain(..cut);
         self.score.drain(..cut);
         self.back.drain(..cut);

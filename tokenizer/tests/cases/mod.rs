@@ -337,16 +337,6 @@ pub fn crafted_lines() -> Vec<(String, Vec<u8>, String)> {
     let prose = corpus
         .replace(['\n', '\r'], " ")
         .repeat((4 << 20) / corpus.len());
-    let fx = testkit::fixtures().join("tokenizer");
-    let released = std::fs::read(fx.join("chinese_vocab.model")).unwrap();
-    let corpus = std::fs::read_to_string(fx.join("corpus.jsonl")).unwrap();
-    let corpus: String = corpus
-        .lines()
-        .map(|l| serde_json::from_str::<String>(l).unwrap())
-        .collect();
-    let prose = corpus
-        .replace(['\n', '\r'], " ")
-        .repeat((4 << 20) / corpus.len());
     vec![
         (
             "rule c -> 16 bytes, 1 MiB of c,".into(),
