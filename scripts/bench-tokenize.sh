@@ -40,9 +40,10 @@ PY
 lines=$(wc -l < "$work/corpus.jsonl")
 bytes=$(wc -c < "$work/corpus.jsonl")
 
-measure() {  # output file, command...: prints "seconds peak-kB"
+input="$work/corpus.jsonl"
+measure() {  # output file, command...: prints "seconds peak-kB" (stdin: $input)
   local out=$1 f; f=$(mktemp); shift
-  /usr/bin/time -f "%e %M" -o "$f" "$@" < "$work/corpus.jsonl" > "$out" 2> "$f.err" || { cat "$f.err" >&2; exit 1; }
+  /usr/bin/time -f "%e %M" -o "$f" "$@" < "$input" > "$out" 2> "$f.err" || { cat "$f.err" >&2; exit 1; }
   cat "$f"; grep -h "after initialize" "$f.err" >&2 || true; rm -f "$f" "$f.err"
 }
 
@@ -77,7 +78,7 @@ PY
 echo
 printf "| %-22s | %10s | %8s | %8s | %9s | %8s | %8s | %9s | %s |\n" line bytes "ours s" "peak MB" "peak/line" "Python s" "peak MB" "vs Python" "ids"
 for name in long-100000 long-1000000 long-10000000 long-ab; do
-  f="$work/$name.jsonl"; cp "$f" "$work/corpus.jsonl"; b=$(wc -c < "$f")
+  input="$work/$name.jsonl"; b=$(wc -c < "$input")
   read -r o_s o_kb < <(measure "$work/$name.ours" "$exe" "$model" --jsonl --threads 1)
   p_s=-; p_mb=-; vs=-; same=-
   if [ "$name" = long-100000 ] || [ "$name" = long-1000000 ]; then
