@@ -313,15 +313,37 @@ impl CpmTokenizer {
     /// The original decode: sentencepiece decode, spaces removed, ▂ → space, ▃ → newline.
     /// An id outside the vocabulary is an error.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        let text = self.model.decode(ids)?;
-        Ok(text
-            .chars()
-            .filter(|&c| c != ' ')
-            .map(|c| match c {
-                '\u{2582}' => ' ',
-                '\u{2583}' => '\n',
-                c => c,
-            })
-            .collect())
+        let mut out = String::new();
+        for &id in ids {
+            self.decode_one(id, &mut out)?;
+        }
+        Ok(out)
+    }
+    /// Appends one id's share of [`CpmTokenizer::decode`] to `out`. The original's steps
+    /// (sentencepiece decode, then every space deleted) make each id's share independent of
+    /// its neighbours: a piece's text without spaces and `▁`, `▂` → space, `▃` → newline;
+    /// `<unk>` the model's `unk_surface` likewise; CONTROL pieces nothing.
+    pub fn decode_one(&self, id: u32, out: &mut String) -> Result<()> {
+        let p = self
+            .model
+            .parsed
+            .pieces
+            .get(id as usize)
+            .ok_or(Error::IdOutOfRange {
+                id: id.into(),
+                size: self.model.len(),
+            })?;
+        let text = match p.kind {
+            PieceType::Control => return Ok(()),
+            PieceType::Unknown => &self.model.parsed.unk_surface,
+            _ => &p.text,
+        };
+        out.extend(text.chars().filter_map(|c| match c {
+            ' ' | '\u{2581}' => None,
+            '\u{2582}' => Some(' '),
+            '\u{2583}' => Some('\n'),
+            c => Some(c),
+        }));
+        Ok(())
     }
 }

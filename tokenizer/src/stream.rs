@@ -7,7 +7,8 @@
 //! block over 4 MiB is refused before anything is written for the line; a stretch of over
 //! 8 MiB of normalized text with no point every segmentation passes through, which a model
 //! splitting on whitespace cannot produce from such blocks, is refused where it is met, after
-//! the ids before it). A batch is split into one contiguous chunk per thread; each thread writes its
+//! the ids before it). Plain `--decode` of such a line checks every id, then writes the text id
+//! by id; `--decode --jsonl` holds the line's ids and text whole. A batch is split into one contiguous chunk per thread; each thread writes its
 //! chunk's output into its own buffer, and the buffers are written in input order, so the output
 //! never depends on the thread count. Processing stops at the first bad line: the lines before
 //! it are written, then the error names the line.
@@ -61,7 +62,7 @@ pub fn run(
         }
         let n = batch.len() as u64;
         if let [line] = batch.as_slice() {
-            if line.len() > LONG_LINE && !opts.decode {
+            if line.len() > LONG_LINE && !(opts.decode && opts.jsonl) {
                 long_line(tok, line, first_line, opts, &mut out)?;
                 first_line += 1;
                 continue;
@@ -117,11 +118,15 @@ fn long_line(
         }
         buf.clear();
     };
-    let res = encode_line(tok, line, opts, &mut buf, &mut |buf| {
+    let mut drain = |buf: &mut Vec<u8>| {
         if buf.len() >= FLUSH_BYTES {
             flush(buf);
         }
-    });
+    };
+    let res = match opts.decode {
+        true => decode_plain_line(tok, line, &mut buf, &mut drain),
+        false => encode_line(tok, line, opts, &mut buf, &mut drain),
+    };
     if res.is_ok() {
         buf.push(b'\n');
     }
@@ -246,6 +251,45 @@ fn write_one(tok: &CpmTokenizer, id: u32, opts: &Options, buf: &mut Vec<u8>) {
     } else {
         buf.extend_from_slice(piece.as_bytes());
     }
+}
+
+/// Decodes a plain line of ids into `buf` one id at a time, calling `drain(buf)` after each;
+/// every id is checked first, so a bad line writes nothing.
+fn decode_plain_line(
+    tok: &CpmTokenizer,
+    line: &[u8],
+    buf: &mut Vec<u8>,
+    drain: &mut dyn FnMut(&mut Vec<u8>),
+) -> std::result::Result<(), String> {
+    let line = std::str::from_utf8(line).map_err(|e| format!("not UTF-8 ({e})"))?;
+    let words = || line.split_ascii_whitespace();
+    // The checks in the order the short path makes them: every word a number, every number
+    // an id, every id in the vocabulary.
+    for w in words() {
+        w.parse::<u64>()
+            .map_err(|_| format!("{w:?} is not an id"))?;
+    }
+    words().try_for_each(|w| parse_id(w).map(drop))?;
+    let mut text = String::new();
+    for emit in [false, true] {
+        for w in words() {
+            text.clear();
+            tok.decode_one(parse_id(w)?, &mut text)
+                .map_err(|e| e.to_string())?;
+            if emit {
+                buf.extend_from_slice(text.as_bytes());
+                drain(buf);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_id(w: &str) -> std::result::Result<u32, String> {
+    let id = w
+        .parse::<u64>()
+        .map_err(|_| format!("{w:?} is not an id"))?;
+    u32::try_from(id).map_err(|_| format!("id {id} is outside the vocabulary"))
 }
 
 /// Ids from a line: whitespace-separated integers, or a JSON array of integers.

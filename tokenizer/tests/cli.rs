@@ -221,3 +221,50 @@ fn a_long_line_is_written_as_it_is_encoded_with_the_same_output() {
     );
     assert_eq!(r.stdout, format!("[{}]\n", words.join(",")));
 }
+
+#[test]
+fn a_long_line_of_ids_decodes_as_it_goes_with_the_same_text_and_errors() {
+    // Each id's share of the decode is independent of its neighbours, so the recorded ids of
+    // every corpus line, concatenated, decode to the recorded texts concatenated.
+    let rows = expected();
+    let unit: String = rows
+        .iter()
+        .flat_map(|r| r["ids"].as_array().unwrap().clone())
+        .map(|v| format!("{v} "))
+        .collect();
+    let texts: String = rows
+        .iter()
+        .map(|r| r["decoded"].as_str().unwrap())
+        .collect();
+    let n = cpm_tokenizer::stream::LONG_LINE / unit.len() + 1;
+    let line = unit.repeat(n);
+    let r = run(
+        &format!("{} --decode", model()),
+        format!("837\n{line}\n").as_bytes(),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout == format!("今天\n{}\n", texts.repeat(n)),
+        "long-line decode differs"
+    );
+    for (bad, want) in [
+        ("x 99999999999 30000", "\"x\" is not an id"),
+        (
+            "99999999999 30000",
+            "id 99999999999 is outside the vocabulary",
+        ),
+        ("30000", "id 30000 is outside the vocabulary (30000 pieces)"),
+    ] {
+        let r = run(
+            &format!("{} --decode", model()),
+            format!("837\n{line}{bad}\n").as_bytes(),
+        );
+        assert_eq!(r.code, Some(2), "{bad}");
+        assert_eq!(r.stdout, "今天\n", "{bad}: nothing of the bad line");
+        assert!(
+            r.stderr.contains(&format!("stdin line 2: {want}")),
+            "{bad}: {}",
+            r.stderr
+        );
+    }
+}
