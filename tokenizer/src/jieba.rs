@@ -34,6 +34,15 @@ fn is_block_char(c: char) -> bool {
     matches!(c, '\u{4E00}'..='\u{9FD5}' | 'a'..='z' | 'A'..='Z' | '0'..='9' | '+' | '#' | '&' | '.' | '_' | '%' | '-')
 }
 
+/// The length in bytes of the longest block of `text` (rule 1): jieba cuts a block whole, with
+/// tables per character, so a bounded caller checks this first.
+pub fn longest_block(text: &str) -> usize {
+    text.split(|c| !is_block_char(c))
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+}
+
 /// `finalseg`'s `re_han`.
 fn is_hmm_han(c: char) -> bool {
     matches!(c, '\u{4E00}'..='\u{9FD5}')
@@ -59,11 +68,19 @@ impl Segmenter {
     /// Python jieba's `cut(text, cut_all=False, HMM=hmm)`, as slices of `text`.
     pub fn cut<'a>(&self, text: &'a str, hmm: bool) -> Vec<&'a str> {
         let mut out = Vec::new();
+        self.cut_each(text, hmm, &mut |s| out.push(s));
+        out
+    }
+
+    /// The same segments, handed to `f` one at a time; what is kept meanwhile is one block's.
+    pub fn cut_each<'a>(&self, text: &'a str, hmm: bool, f: &mut dyn FnMut(&'a str)) {
+        let mut block_out = Vec::new();
         let mut rest = text;
         while let Some(c) = rest.chars().next() {
             if is_block_char(c) {
                 let end = rest.find(|c| !is_block_char(c)).unwrap_or(rest.len());
-                self.cut_block(&rest[..end], hmm, &mut out);
+                self.cut_block(&rest[..end], hmm, &mut block_out);
+                block_out.drain(..).for_each(&mut *f);
                 rest = &rest[end..];
             } else {
                 let n = if rest.starts_with("\r\n") {
@@ -71,11 +88,10 @@ impl Segmenter {
                 } else {
                     c.len_utf8()
                 };
-                out.push(&rest[..n]);
+                f(&rest[..n]);
                 rest = &rest[n..];
             }
         }
-        out
     }
 
     /// The route steps of a block (rule 2).

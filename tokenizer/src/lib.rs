@@ -8,14 +8,19 @@
 //! - decode: `sp.decode(ids)`, then every `" "` deleted, `▂` → space, `▃` → newline.
 //!
 //! Modules: [`spm`] reads and validates the `.model` file, `charsmap` its normalization table,
-//! `unigram` runs sentencepiece's normalizer and search, [`jieba`] Python jieba's cut, and
-//! `hf` writes the Hugging Face `tokenizer.json` for the unigram part.
+//! `normalize` runs sentencepiece's normalizer, `prefix` finds the pieces a text starts with,
+//! `unigram` runs sentencepiece's search, `pipeline` chains the two over text in pieces,
+//! [`jieba`] Python jieba's cut, and `hf` writes the Hugging Face `tokenizer.json` for the
+//! unigram part.
 #![deny(missing_docs)]
 
 mod charsmap;
 pub mod error;
 mod hf;
 pub mod jieba;
+mod normalize;
+mod pipeline;
+mod prefix;
 pub mod spm;
 pub mod stream;
 mod unigram;
@@ -116,15 +121,21 @@ impl SpModel {
     }
     /// sentencepiece's `normalize(text)`.
     pub fn normalize(&self, text: &str) -> String {
-        unigram::normalize(&self.parsed, &self.search, text)
+        normalize::normalize(&self.parsed, &self.search, text)
     }
     /// sentencepiece's `encode(text)` (ids), no jieba.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let norm = self.normalize(text);
-        unigram::search(&self.parsed, &self.search, &norm)
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect()
+        let mut ids = Vec::new();
+        let mut pipe = self.pipe(usize::MAX, text.len());
+        let mut emit = |id| ids.push(id);
+        // Without a window limit the pipe cannot fail.
+        let _ = pipe
+            .push_str(text, &mut emit)
+            .and_then(|()| pipe.finish(&mut emit));
+        ids
+    }
+    fn pipe(&self, max_window: usize, hint: usize) -> pipeline::Pipe<'_> {
+        pipeline::Pipe::new(&self.parsed, &self.search, max_window, hint)
     }
     /// sentencepiece's `decode(ids)`: CONTROL pieces decode to nothing, `<unk>` to the model's
     /// `unk_surface`, `▁` to a space (dropped at the very start).
@@ -161,6 +172,24 @@ impl SpModel {
     pub fn to_tokenizer_json(&self) -> Result<String> {
         hf::tokenizer_json(self)
     }
+}
+
+/// Bounds on what one text may hold at once in [`CpmTokenizer::encode_each`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest run jieba cuts as one block (its tables cost ~30 bytes per byte).
+    pub max_block_bytes: usize,
+    /// The longest stretch of normalized text with no point every segmentation passes through
+    /// (the search's table costs 8 bytes per byte of it).
+    pub max_window_bytes: usize,
+}
+
+impl Limits {
+    /// No bounds: memory grows with the text.
+    pub const NONE: Limits = Limits {
+        max_block_bytes: usize::MAX,
+        max_window_bytes: usize::MAX,
+    };
 }
 
 /// The CPM pipeline over one sentencepiece model.
@@ -210,7 +239,68 @@ impl CpmTokenizer {
     }
     /// The ids with jieba's HMM on (`true`, the original) or off.
     pub fn encode_with(&self, text: &str, hmm: bool) -> Vec<u32> {
-        self.model.encode(&self.sp_input(text, hmm))
+        let mut ids = Vec::new();
+        // Unlimited: cannot fail.
+        let _ = self.encode_each(text, hmm, &Limits::NONE, &mut |id| ids.push(id));
+        ids
+    }
+    /// The ids, handed to `emit` as they become final, with what is held at once bounded by
+    /// `limits` (beyond the text itself); the error says which limit the text passes, before
+    /// any id is emitted for the jieba block limit.
+    pub fn encode_each(
+        &self,
+        text: &str,
+        hmm: bool,
+        limits: &Limits,
+        emit: &mut dyn FnMut(u32),
+    ) -> std::result::Result<(), String> {
+        let block = match text.len() > limits.max_block_bytes {
+            true => jieba::longest_block(text),
+            false => 0,
+        };
+        if block > limits.max_block_bytes {
+            return Err(format!(
+                "a run of {block} bytes of letters, digits and Han characters with no punctuation or space, more than the limit of {} (jieba cuts such a run whole)",
+                limits.max_block_bytes
+            ));
+        }
+        // jieba's joining spaces and ▂/▃ make sentencepiece's input up to ~2x the text.
+        let mut pipe = self.model.pipe(limits.max_window_bytes, text.len() * 2);
+        let mut first = true;
+        let mut failed = Ok(());
+        self.jieba.cut_each(text, hmm, &mut |seg| {
+            if failed.is_ok() {
+                failed = self.push_segment(&mut pipe, seg, std::mem::take(&mut first), emit);
+            }
+        });
+        failed?;
+        pipe.finish(emit)
+    }
+    /// One segment into sentencepiece's input: a joining space, then ▂ for space, ▃ for newline.
+    fn push_segment(
+        &self,
+        pipe: &mut pipeline::Pipe<'_>,
+        seg: &str,
+        first: bool,
+        emit: &mut dyn FnMut(u32),
+    ) -> std::result::Result<(), String> {
+        if !first {
+            pipe.push(' ', emit)?;
+        }
+        if !seg.contains([' ', '\n']) {
+            return pipe.push_str(seg, emit);
+        }
+        for c in seg.chars() {
+            pipe.push(
+                match c {
+                    ' ' => '\u{2582}',
+                    '\n' => '\u{2583}',
+                    c => c,
+                },
+                emit,
+            )?;
+        }
+        Ok(())
     }
     /// The pieces for `text` (`<unk>` for unknown characters, as `sp.id_to_piece` gives).
     pub fn encode_pieces(&self, text: &str) -> Result<Vec<String>> {
@@ -223,15 +313,37 @@ impl CpmTokenizer {
     /// The original decode: sentencepiece decode, spaces removed, ▂ → space, ▃ → newline.
     /// An id outside the vocabulary is an error.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        let text = self.model.decode(ids)?;
-        Ok(text
-            .chars()
-            .filter(|&c| c != ' ')
-            .map(|c| match c {
-                '\u{2582}' => ' ',
-                '\u{2583}' => '\n',
-                c => c,
-            })
-            .collect())
+        let mut out = String::new();
+        for &id in ids {
+            self.decode_one(id, &mut out)?;
+        }
+        Ok(out)
+    }
+    /// Appends one id's share of [`CpmTokenizer::decode`] to `out`. The original's steps
+    /// (sentencepiece decode, then every space deleted) make each id's share independent of
+    /// its neighbours: a piece's text without spaces and `▁`, `▂` → space, `▃` → newline;
+    /// `<unk>` the model's `unk_surface` likewise; CONTROL pieces nothing.
+    pub fn decode_one(&self, id: u32, out: &mut String) -> Result<()> {
+        let p = self
+            .model
+            .parsed
+            .pieces
+            .get(id as usize)
+            .ok_or(Error::IdOutOfRange {
+                id: id.into(),
+                size: self.model.len(),
+            })?;
+        let text = match p.kind {
+            PieceType::Control => return Ok(()),
+            PieceType::Unknown => &self.model.parsed.unk_surface,
+            _ => &p.text,
+        };
+        out.extend(text.chars().filter_map(|c| match c {
+            ' ' | '\u{2581}' => None,
+            '\u{2582}' => Some(' '),
+            '\u{2583}' => Some('\n'),
+            c => Some(c),
+        }));
+        Ok(())
     }
 }

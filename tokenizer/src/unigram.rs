@@ -5,58 +5,60 @@
 //! would become id 4), scores USER_DEFINED pieces with their stored score instead of
 //! sentencepiece's bonus, and takes its minimum (hence the `<unk>` score) over all pieces; and
 //! its Precompiled normalizer works per grapheme cluster instead of sentencepiece's longest
-//! match, and indexes the charsmap without bounds checks.
+//! match, and indexes the charsmap without bounds checks. Normalization is in [`crate::normalize`].
 //!
-//! Normalization (sentencepiece `Normalizer::Normalize`): at each position a USER_DEFINED piece
-//! is copied unchanged (longest one wins); otherwise the longest rule of the model's own
-//! charsmap replaces its key; otherwise one character is copied. With
-//! `remove_extra_whitespaces`, leading spaces are dropped, a run of spaces becomes one, trailing
-//! ones are dropped; `add_dummy_prefix` puts one space in front of non-empty text;
-//! `escape_whitespaces` writes every space as `▁`.
-//!
-//! Search (sentencepiece `Model::EncodeOptimized`): at each character, every NORMAL or
+//! Search (sentencepiece 0.2.3 `Model::EncodeOptimized`): at each character, every NORMAL or
 //! USER_DEFINED piece starting there is a candidate edge, with the piece's score (a
-//! USER_DEFINED piece scores `bytes * max_score - 0.1`, `max_score` being the largest NORMAL
-//! score and at least `f32::MIN_POSITIVE`, as sentencepiece starts it at `FLT_MIN`); when no
-//! piece covers exactly the one character, an `<unk>` edge of one character scores
-//! `min_score - 10`. The best path keeps the first candidate on ties (shorter pieces come
-//! first). Scores add in `f32`, candidates compare in `f64` before rounding, as in the C++.
-//! CONTROL, UNKNOWN and UNUSED pieces are never matched from text. Adjacent unknown characters
-//! come out as one `<unk>` (recorded: `sp.encode("😀😃")` is `▁ <unk>`, ids `8 0`).
+//! USER_DEFINED piece scores `0.1 * (bytes - 1)`, computed in `f64` and returned as `f32`);
+//! when no piece covers exactly the one character, an `<unk>` edge of one character scores
+//! `min_score - 10` (`min_score`: the lowest NORMAL score). The best path keeps the first
+//! candidate on ties (shorter pieces come first). CONTROL, UNKNOWN and UNUSED pieces are never
+//! matched from text. Adjacent unknown characters come out as one `<unk>` (recorded:
+//! `sp.encode("😀😃")` is `▁ <unk>`, ids `8 0`).
+//!
+//! Arithmetic, as in 0.2.3's source (read in the sdist, `src/unigram_model.cc`) and checked on
+//! its PyPI build: node scores are `f32`; a candidate is the piece's `f32` score plus the
+//! score where it starts, added and compared in `f32`. When the score where the search stands
+//! passes ±100,000 (`kScoreResetThreshold`), that score is subtracted from every node between
+//! there and the furthest edge end so far, and the search goes on from 0; without this reset
+//! long lines get other ids (`▁` + `回事` for `▁回事`, `V ID` for `VI D`). Established against
+//! sentencepiece on the lines of `fixtures/tokenizer/longlines.jsonl` (texts rebuilt from the
+//! corpus by the rule in `fixtures/make_tokenizer_longlines.py`): the C++ reading of older
+//! versions ("add and compare in `double`, store `float`") first differs at id 11,170 of the
+//! 10^5-character prose line, a score kept in `f64` throughout at the same place, `f32` without
+//! the reset at id 144,463 of the 10^6-character line; `f32` with the reset gives
+//! sentencepiece's ids on every corpus line and every recorded line up to 10^7 characters
+//! (`tests/longlines.rs`).
+//!
+//! Bounded memory: a position that no edge crosses (every edge from before it ends at or
+//! before it) is one every path passes through. There the best path so far is final: it is
+//! emitted and the table before it dropped, the running score carried on unchanged, so the
+//! result is the same as one search over the whole text. With `split_by_whitespace` models
+//! every `▁` is such a point, since no piece has `▁` after its first character; the rule
+//! itself needs no such property and holds for any model. Nodes cost 8 bytes per byte of the
+//! text since the last such point.
 
-use std::collections::HashMap;
-
+use crate::prefix::Matcher;
 use crate::spm::Parsed;
 use crate::PieceType;
 
-const SPACE: &str = "\u{2581}";
-
 /// What the search needs beyond the parsed model, computed once.
 pub(crate) struct Search {
-    /// For each first character, bit `k` set when a matchable piece of `k` characters starts
-    /// with it (bit 63: 63 or more), so the search looks up only lengths that exist.
-    lengths: HashMap<char, u64, ahash::RandomState>,
+    /// The NORMAL and USER_DEFINED pieces, for prefix walks.
+    pub(crate) index: Matcher,
     min_score: f32,
-    max_score: f32,
-    max_piece_bytes: usize,
-    max_user_bytes: usize,
+    pub(crate) max_piece_bytes: usize,
+    pub(crate) max_user_bytes: usize,
 }
 
 impl Search {
     pub(crate) fn new(m: &Parsed) -> Search {
-        let (mut min_score, mut max_score) = (f32::MAX, f32::MIN_POSITIVE);
+        let mut min_score = f32::MAX;
         let (mut max_piece_bytes, mut max_user_bytes) = (0, 0);
-        let mut lengths = HashMap::with_hasher(ahash::RandomState::new());
         for p in &m.pieces {
-            if matches!(p.kind, PieceType::Normal | PieceType::UserDefined) {
-                if let Some(c) = p.text.chars().next() {
-                    *lengths.entry(c).or_insert(0u64) |= 1 << p.text.chars().count().min(63);
-                }
-            }
             match p.kind {
                 PieceType::Normal => {
                     min_score = min_score.min(p.score);
-                    max_score = max_score.max(p.score);
                     max_piece_bytes = max_piece_bytes.max(p.text.len());
                 }
                 PieceType::UserDefined => {
@@ -66,186 +68,164 @@ impl Search {
                 _ => {}
             }
         }
+        let index = Matcher::new(&m.pieces);
         Search {
-            lengths,
+            index,
             min_score,
-            max_score,
             max_piece_bytes,
             max_user_bytes,
         }
     }
 }
 
-/// The id of `s` when it is a piece of type `want`.
-fn piece_of(m: &Parsed, s: &str, want: PieceType) -> Option<u32> {
-    let id = *m.ids.get(s)?;
-    (m.pieces.get(id as usize)?.kind == want).then_some(id)
+const NONE: u32 = u32::MAX;
+/// sentencepiece 0.2.3's `kScoreResetThreshold`.
+const RESET_AT: f32 = 100_000.0;
+
+/// The search over normalized text that arrives in pieces.
+pub(crate) struct Lattice<'m> {
+    m: &'m Parsed,
+    s: &'m Search,
+    /// The text since the last point every path passes through.
+    text: String,
+    /// Best score and last piece of the best path to each byte position of `text`.
+    score: Vec<f32>,
+    back: Vec<u32>,
+    /// The next position to expand, the furthest edge end so far, the latest point every
+    /// path passes through.
+    at: usize,
+    reach: usize,
+    cut: usize,
+    last_unk: bool,
+    /// The path being emitted, reused.
+    path: Vec<u32>,
+    /// The longest `text` may grow (a stretch with no point every path passes through).
+    max_window: usize,
 }
 
-/// The byte ends of the characters of `s` starting at `from`, up to `max` bytes.
-fn char_ends(s: &str, from: usize, max: usize) -> impl Iterator<Item = usize> + '_ {
-    s.get(from..)
-        .unwrap_or("")
-        .char_indices()
-        .map(move |(i, c)| from + i + c.len_utf8())
-        .take_while(move |&e| e - from <= max)
-}
-
-/// One normalization step at the start of `rest`: (replacement, bytes consumed).
-fn normalize_prefix<'a>(m: &'a Parsed, search: &Search, rest: &'a str) -> (&'a str, usize) {
-    let user = char_ends(rest, 0, search.max_user_bytes)
-        .filter(|&e| piece_of(m, &rest[..e], PieceType::UserDefined).is_some())
-        .last();
-    if let Some(e) = user {
-        return (&rest[..e], e);
-    }
-    if let Some((n, rep)) = m
-        .normalizer
-        .charsmap
-        .as_ref()
-        .and_then(|c| c.longest_prefix(rest.as_bytes()))
-    {
-        // A rule always ends on a character boundary of valid text; if a forged table says
-        // otherwise, fall back to one character.
-        if rest.is_char_boundary(n) {
-            return (rep, n);
+impl<'m> Lattice<'m> {
+    pub(crate) fn new(m: &'m Parsed, s: &'m Search, max_window: usize) -> Self {
+        Lattice {
+            m,
+            s,
+            text: String::new(),
+            score: vec![0.0],
+            back: vec![NONE],
+            at: 0,
+            reach: 0,
+            cut: 0,
+            last_unk: false,
+            path: Vec::new(),
+            max_window,
         }
     }
-    let n = rest.chars().next().map_or(rest.len(), char::len_utf8);
-    (&rest[..n], n)
-}
 
-/// sentencepiece's normalized form of `text`.
-pub(crate) fn normalize(m: &Parsed, search: &Search, text: &str) -> String {
-    let spec = &m.normalizer;
-    let mut rest = text;
-    if spec.remove_extra_whitespaces {
-        while !rest.is_empty() {
-            let (rep, n) = normalize_prefix(m, search, rest);
-            if rep != " " {
-                break;
+    /// Adds `more` text (`last`: nothing follows) and emits every id that is final.
+    pub(crate) fn feed(
+        &mut self,
+        more: &str,
+        last: bool,
+        emit: &mut dyn FnMut(u32),
+    ) -> Result<(), String> {
+        self.text.push_str(more);
+        self.score.resize(self.text.len() + 1, f32::NEG_INFINITY);
+        self.back.resize(self.text.len() + 1, NONE);
+        while self.at < self.text.len() {
+            if !last && self.text.len() - self.at < self.s.max_piece_bytes {
+                break; // a piece from here could end in text not yet seen
             }
-            rest = &rest[n..];
-        }
-    }
-    let mut out = String::with_capacity(text.len() + 3);
-    if rest.is_empty() {
-        return out;
-    }
-    let space = if spec.escape_whitespaces { SPACE } else { " " };
-    if spec.add_dummy_prefix {
-        out.push_str(space);
-    }
-    let mut prev_space = spec.remove_extra_whitespaces;
-    while !rest.is_empty() {
-        let (mut rep, n) = normalize_prefix(m, search, rest);
-        if prev_space {
-            rep = rep.trim_start_matches(' ');
-        }
-        if !rep.is_empty() {
-            for piece in rep.split_inclusive(' ') {
-                match piece.strip_suffix(' ') {
-                    Some(word) => {
-                        out.push_str(word);
-                        out.push_str(space);
-                    }
-                    None => out.push_str(piece),
-                }
+            if self.reach <= self.at {
+                self.cut = self.at;
             }
-            prev_space = rep.ends_with(' ');
+            self.expand();
         }
-        rest = &rest[n..];
-        if !spec.remove_extra_whitespaces {
-            prev_space = false;
+        if last {
+            self.cut = self.text.len();
         }
+        self.flush(emit);
+        if self.text.len() > self.max_window {
+            return Err(format!(
+                "{} bytes of normalized text with no point every segmentation passes through, more than the limit of {}",
+                self.text.len(),
+                self.max_window
+            ));
+        }
+        Ok(())
     }
-    if spec.remove_extra_whitespaces {
-        while let Some(s) = out.strip_suffix(space) {
-            out.truncate(s.len());
+
+    /// Relaxes every edge from `self.at`.
+    fn expand(&mut self) {
+        let (m, s, at) = (self.m, self.s, self.at);
+        let mut here = self.score[at];
+        if !(-RESET_AT..=RESET_AT).contains(&here) {
+            // sentencepiece 0.2.3 moves every node from here to the furthest edge end by the
+            // score here (exact: nearby floats), then goes on from 0.
+            let reach = self.reach.max(at);
+            self.score[at..=reach].iter_mut().for_each(|v| *v -= here);
+            here = 0.0;
         }
-    }
-    out
-}
-
-#[derive(Clone, Copy)]
-struct Best {
-    id: u32,
-    score: f32,
-    start: Option<usize>,
-}
-
-/// The best segmentation of normalized text: (piece text, id) pairs in order.
-pub(crate) fn search<'a>(m: &Parsed, search: &Search, s: &'a str) -> Vec<(&'a str, u32)> {
-    let unk_score = search.min_score - 10.0;
-    let mut best = vec![
-        Best {
-            id: 0,
-            score: 0.0,
-            start: None
-        };
-        s.len() + 1
-    ];
-    let mut at = 0;
-    while at < s.len() {
-        let here = best[at].score;
-        let mblen = s[at..].chars().next().map_or(1, char::len_utf8);
+        let rest = &self.text[at..];
+        let mblen = self.text[at..].chars().next().map_or(1, char::len_utf8);
         let mut single = false;
-        let first = s[at..].chars().next().unwrap_or_default();
-        let mask = search.lengths.get(&first).copied().unwrap_or(0);
-        for (k, end) in char_ends(s, at, search.max_piece_bytes).enumerate() {
-            let bit = (k + 1).min(63);
-            if mask >> bit == 0 {
-                break; // no longer piece starts with this character
-            }
-            if mask & (1 << bit) == 0 {
-                continue;
-            }
-            let Some(&id) = m.ids.get(&s[at..end]) else {
-                continue;
+        let (score, back, reach) = (&mut self.score, &mut self.back, &mut self.reach);
+        s.index.each_prefix(&m.pieces, &m.ids, rest, |len, id| {
+            let edge = match m.pieces[id as usize].kind {
+                PieceType::Normal => m.pieces[id as usize].score,
+                // USER_DEFINED: sentencepiece 0.2.3's `GetUserDefinedScore(length)`, the double
+                // `0.1 * (length - 1)` returned as float (length in bytes).
+                _ => (0.1 * (len as f64 - 1.0)) as f32,
             };
-            let score = match m.pieces.get(id as usize).map(|p| (p.kind, p.score)) {
-                Some((PieceType::Normal, score)) => f64::from(score),
-                Some((PieceType::UserDefined, _)) => {
-                    (end - at) as f64 * f64::from(search.max_score) - 0.1
-                }
-                _ => continue,
-            };
-            relax(&mut best[end], score + f64::from(here), at, id);
-            single |= end - at == mblen;
-        }
+            relax(score, back, at + len, edge + here, id);
+            *reach = (*reach).max(at + len);
+            single |= len == mblen;
+        });
         if !single {
-            relax(
-                &mut best[at + mblen],
-                f64::from(unk_score) + f64::from(here),
-                at,
-                m.unk_id,
-            );
+            let unk = s.min_score - 10.0;
+            relax(score, back, at + mblen, unk + here, m.unk_id);
         }
-        at += mblen;
+        self.reach = self.reach.max(at + mblen);
+        self.at += mblen;
     }
-    let mut out: Vec<(&str, u32)> = Vec::new();
-    let mut end = s.len();
-    while let Some(start) = best.get(end).and_then(|b| b.start) {
-        let id = best[end].id;
-        match out.last_mut() {
+
+    /// Emits the best path up to `self.cut` and drops the table before it.
+    fn flush(&mut self, emit: &mut dyn FnMut(u32)) {
+        let cut = std::mem::take(&mut self.cut);
+        if cut == 0 {
+            return;
+        }
+        let mut ids = std::mem::take(&mut self.path);
+        let mut end = cut;
+        while end > 0 {
+            let id = self.back[end];
+            ids.push(id);
+            end -= match self.m.pieces.get(id as usize) {
+                Some(p) if id != self.m.unk_id => p.text.len(),
+                _ => self.text[..end]
+                    .chars()
+                    .next_back()
+                    .map_or(1, char::len_utf8),
+            };
+        }
+        for id in ids.drain(..).rev() {
+            let unk = id == self.m.unk_id;
             // sentencepiece merges adjacent unknown characters into one `<unk>`.
-            Some((piece, last)) if *last == m.unk_id && id == m.unk_id => {
-                *piece = &s[start..start + (end - start) + piece.len()];
+            if !(unk && self.last_unk) {
+                emit(id);
             }
-            _ => out.push((&s[start..end], id)),
+            self.last_unk = unk;
         }
-        end = start;
+        self.path = ids;
+        self.text.drain(..cut);
+        self.score.drain(..cut);
+        self.back.drain(..cut);
+        self.at -= cut;
+        self.reach -= cut;
     }
-    out.reverse();
-    out
 }
 
-fn relax(node: &mut Best, candidate: f64, start: usize, id: u32) {
-    if node.start.is_none() || candidate > f64::from(node.score) {
-        *node = Best {
-            id,
-            score: candidate as f32,
-            start: Some(start),
-        };
+fn relax(score: &mut [f32], back: &mut [u32], node: usize, candidate: f32, id: u32) {
+    if candidate > score[node] {
+        score[node] = candidate;
+        back[node] = id;
     }
 }

@@ -7,7 +7,7 @@ use crate::cases;
 
 use std::path::Path;
 
-use cpm_tokenizer::SpModel;
+use cpm_tokenizer::{CpmTokenizer, SpModel};
 
 #[test]
 fn reading_any_model_stays_within_the_heap_bound() {
@@ -60,4 +60,30 @@ fn reading_any_model_stays_within_the_heap_bound() {
         "largest peak/size ratio among files over 1 MiB: {:.1} ({})",
         worst.0, worst.1
     );
+    lines_through_crafted_models_stay_within_the_bound();
+}
+
+/// One line through each crafted model as `cpm-tokenize` runs it (ids counted, not kept): the
+/// peak while encoding stays within the bound of the line's size.
+fn lines_through_crafted_models_stay_within_the_bound() {
+    let _ =
+        CpmTokenizer::new(SpModel::from_bytes(cases::small_model_bytes(), Path::new("m")).unwrap())
+            .unwrap()
+            .encode("预热"); // jieba's dictionary is loaded once per process, outside the count
+    for (name, bytes, line) in cases::crafted_lines() {
+        let tok = CpmTokenizer::new(SpModel::from_bytes(bytes, Path::new(&name)).unwrap()).unwrap();
+        let (n, peak) = testkit::peak_heap_during(|| {
+            let mut n = 0u64;
+            tok.encode_each(&line, true, &cpm_tokenizer::stream::LIMITS, &mut |_| n += 1)
+                .map(|()| n)
+        });
+        let bound = testkit::heap_bound(line.len() as u64);
+        eprintln!("{name}: {} bytes, {n:?} ids, peak {peak}", line.len());
+        assert!(n.is_ok(), "{name}: {n:?}");
+        assert!(
+            peak <= bound,
+            "{name}: peak {peak} for a {}-byte line",
+            line.len()
+        );
+    }
 }

@@ -180,3 +180,91 @@ fn a_closed_stdout_ends_the_run_quietly_with_exit_0() {
     assert_eq!(r.stdout.trim(), "0", "exit status of cpm-tokenize");
     assert_eq!(r.stderr, "", "no error message for a closed pipe");
 }
+
+#[test]
+fn a_line_over_the_jieba_block_limit_exits_2_naming_it_after_the_lines_before() {
+    let mut input = "今天天气不错\n".as_bytes().to_vec();
+    input.extend(vec![b'a'; 5 << 20]);
+    input.extend(b"\nok\n");
+    let r = run(&model(), &input);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("error: stdin line 2: a run of 5242880 bytes of letters, digits"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "837 259 497 788\n");
+}
+
+#[test]
+fn a_long_line_is_written_as_it_is_encoded_with_the_same_output() {
+    let rows = expected();
+    let line: String = rows
+        .iter()
+        .map(|r| r["text"].as_str().unwrap().replace(['\n', '\r'], " "))
+        .collect::<Vec<_>>()
+        .concat()
+        .repeat(80); // ~1.8 MB: over stream::LONG_LINE
+    assert!(line.len() > cpm_tokenizer::stream::LONG_LINE);
+    let tok = cpm_tokenizer::CpmTokenizer::open(&big_model()).unwrap();
+    let ids = tok.encode(&line).unwrap();
+    let input = format!("今天天气不错\n{line}\n今天天气不错\n");
+    let r = run(&model(), input.as_bytes());
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let words: Vec<String> = ids.iter().map(u32::to_string).collect();
+    let want = format!("837 259 497 788\n{}\n837 259 497 788\n", words.join(" "));
+    assert!(r.stdout == want, "long-line output differs");
+    let r = run(
+        &format!("{} --jsonl", model()),
+        serde_json::to_string(&line).unwrap().as_bytes(),
+    );
+    assert_eq!(r.stdout, format!("[{}]\n", words.join(",")));
+}
+
+#[test]
+fn a_long_line_of_ids_decodes_as_it_goes_with_the_same_text_and_errors() {
+    // Each id's share of the decode is independent of its neighbours, so the recorded ids of
+    // every corpus line, concatenated, decode to the recorded texts concatenated.
+    let rows = expected();
+    let unit: String = rows
+        .iter()
+        .flat_map(|r| r["ids"].as_array().unwrap().clone())
+        .map(|v| format!("{v} "))
+        .collect();
+    let texts: String = rows
+        .iter()
+        .map(|r| r["decoded"].as_str().unwrap())
+        .collect();
+    let n = cpm_tokenizer::stream::LONG_LINE / unit.len() + 1;
+    let line = unit.repeat(n);
+    let r = run(
+        &format!("{} --decode", model()),
+        format!("837\n{line}\n").as_bytes(),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout == format!("今天\n{}\n", texts.repeat(n)),
+        "long-line decode differs"
+    );
+    for (bad, want) in [
+        ("x 99999999999 30000", "\"x\" is not an id"),
+        (
+            "99999999999 30000",
+            "id 99999999999 is outside the vocabulary",
+        ),
+        ("30000", "id 30000 is outside the vocabulary (30000 pieces)"),
+    ] {
+        let r = run(
+            &format!("{} --decode", model()),
+            format!("837\n{line}{bad}\n").as_bytes(),
+        );
+        assert_eq!(r.code, Some(2), "{bad}");
+        assert_eq!(r.stdout, "今天\n", "{bad}: nothing of the bad line");
+        assert!(
+            r.stderr.contains(&format!("stdin line 2: {want}")),
+            "{bad}: {}",
+            r.stderr
+        );
+    }
+}

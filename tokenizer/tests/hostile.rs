@@ -211,4 +211,44 @@ fn a_signal_ends_cpm_tokenize_at_once() {
             "signal {sig}: {status}"
         );
     }
+/// Runs `f` on a thread and fails the test if it takes longer than `secs`.
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()));
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what}: not done in {secs} s"))
+}
+
+#[test]
+fn crafted_models_that_load_cost_time_linear_in_the_line() {
+    for (name, bytes, line) in cases::crafted_lines() {
+        let tok = within(30, &format!("{name}: load"), move || {
+            CpmTokenizer::new(SpModel::from_bytes(bytes, Path::new("crafted.model")).unwrap())
+                .unwrap()
+        });
+        let n = line.len();
+        let ids = within(30, &format!("{name}: encode {n} bytes"), move || {
+            let ids = tok.encode(&line).unwrap();
+            (ids.len(), tok.model().encode(&line).len())
+        });
+        assert!(ids.0 > 0 && ids.1 > 0, "{name}");
+    }
+}
+
+#[test]
+fn a_charsmap_of_many_rules_onto_one_long_string_is_refused_quickly() {
+    let big: Vec<u8> = [vec![b'y'; 1 << 20], vec![0]].concat();
+    let firsts: Vec<u8> = (1..=255).collect();
+    let mut bytes = cases::small_model_bytes();
+    bytes.extend(cases::normalizer_with(&cases::many_rules(
+        &firsts,
+        &big,
+        |_| 0,
+    )));
+    let err = within(10, "65,025 rules onto one 1 MB string", move || {
+        SpModel::from_bytes(bytes, Path::new("m.model"))
+            .err()
+            .map(|e| e.to_string())
+    });
+    assert!(err.unwrap().contains("1048576-byte replacement"));
 }

@@ -6,5 +6,7 @@ mod common;
 mod cli;
 mod corpus;
 mod disagreements;
+mod fuzz_seeds;
 mod hostile;
+mod longlines;
 mod tokenizer_json;

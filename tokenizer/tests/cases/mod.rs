@@ -75,8 +75,52 @@ pub fn charsmap(trie_bytes: u32, units: &[u32], strings: &[u8]) -> Vec<u8> {
     b
 }
 
-fn normalizer_with(blob: &[u8]) -> Vec<u8> {
+pub fn normalizer_with(blob: &[u8]) -> Vec<u8> {
     field(3, &field(2, blob))
+}
+
+/// A charsmap with one rule, the one-byte `key` → `rep`.
+pub fn one_rule(key: u8, rep: &[u8]) -> Vec<u8> {
+    // Root: children at 256 ^ c; the key's unit leads (XOR) to the value unit at 512.
+    let mut units = vec![0u32; 768];
+    units[0] = 256 << 10;
+    let pos = 256 ^ key as usize;
+    units[pos] = key as u32 | 1 << 8 | ((pos ^ 512) as u32) << 10;
+    units[512] = 1 << 31; // string offset 0
+    let mut strings = rep.to_vec();
+    strings.push(0);
+    charsmap(units.len() as u32 * 4, &units, &strings)
+}
+
+/// A charsmap with a rule for every two-byte key `[a, b]`, `a` in `firsts`, `b` in 1..=255;
+/// rule `i` (in key order) points at string offset `at(i)` of `strings`.
+pub fn many_rules(firsts: &[u8], strings: &[u8], at: impl Fn(usize) -> u32) -> Vec<u8> {
+    let vbase = 1024 + 256 * firsts.len();
+    let leaves = firsts.len() * 255;
+    let mut units = vec![0u32; (vbase + leaves) | 0xFF];
+    units.push(0);
+    units[0] = 256 << 10;
+    for (i, &a) in firsts.iter().enumerate() {
+        let p1 = 256 ^ a as usize;
+        let block = 1024 + 256 * i;
+        units[p1] = a as u32 | ((p1 ^ block) as u32) << 10;
+        for b in 1..=255u32 {
+            let leaf = i * 255 + b as usize - 1;
+            let (p2, v) = (block ^ b as usize, vbase + leaf);
+            units[p2] = b | 1 << 8 | ((p2 ^ v) as u32) << 10;
+            units[v] = 1 << 31 | at(leaf);
+        }
+    }
+    charsmap(units.len() as u32 * 4, &units, strings)
+}
+
+/// A model with one long matchable piece: `a` then `len - 1` times `b` (`kind`: 1 NORMAL, 4
+/// USER_DEFINED).
+pub fn long_piece_model(len: usize, kind: u64) -> Vec<u8> {
+    let text = format!("a{}", "b".repeat(len - 1));
+    let mut bytes = small_model_bytes();
+    bytes.extend(piece(text.as_bytes(), Some(-1.0), Some(kind)));
+    bytes
 }
 
 pub fn cases() -> Vec<Case> {
@@ -209,6 +253,30 @@ pub fn cases() -> Vec<Case> {
         normalizer_with(&charsmap(2048, &units, b"x")),
         "no NUL",
     ));
+    // A replacement megabytes long would be copied at every match of its key.
+    out.push(appended(
+        "charsmap rule c -> 6 MB",
+        normalizer_with(&one_rule(b'c', &vec![b'x'; 6 << 20])),
+        "rule \"c\" (1 bytes) has a 6291456-byte replacement, more than the limit of 16",
+    ));
+    out.push(appended(
+        "charsmap rule c -> 17 bytes (over 16 per key byte)",
+        normalizer_with(&one_rule(b'c', &[b'x'; 17])),
+        "has a 17-byte replacement",
+    ));
+    // 65,025 rules onto one 1 MB string: measured once, not once per rule.
+    let big: Vec<u8> = [vec![b'y'; 1 << 20], vec![0]].concat();
+    let firsts: Vec<u8> = (1..=255).collect();
+    out.push(appended(
+        "charsmap 65,025 rules onto one 1 MB string",
+        normalizer_with(&many_rules(&firsts, &big, |_| 0)),
+        "-byte replacement, more than the limit of 32",
+    ));
+    out.push(appended(
+        "charsmap 65,025 rules onto 65,025 offsets of one 1 MB string",
+        normalizer_with(&many_rules(&firsts, &big, |i| i as u32)),
+        "-byte replacement, more than the limit of 32",
+    ));
     // Too many pieces: counted before decoding.
     let many: Vec<u8> = [0x0Au8, 0x00].repeat(cpm_tokenizer::spm::MAX_PIECES + 1);
     out.push(Case {
@@ -252,6 +320,50 @@ pub fn mutations(n: usize) -> Vec<(String, Vec<u8>)> {
             (format!("bit {} of byte {at} flipped", i % 8), b)
         })
         .collect()
+}
+
+/// Models that load (at the limits or crafted to cost time), each with a line that stresses it.
+pub fn crafted_lines() -> Vec<(String, Vec<u8>, String)> {
+    let mut rule = small_model_bytes();
+    rule.extend(normalizer_with(&one_rule(b'c', &[b'x'; 16])));
+    let walk = "a".repeat(20_000);
+    let fx = testkit::fixtures().join("tokenizer");
+    let released = std::fs::read(fx.join("chinese_vocab.model")).unwrap();
+    let corpus = std::fs::read_to_string(fx.join("corpus.jsonl")).unwrap();
+    let corpus: String = corpus
+        .lines()
+        .map(|l| serde_json::from_str::<String>(l).unwrap())
+        .collect();
+    let prose = corpus
+        .replace(['\n', '\r'], " ")
+        .repeat((4 << 20) / corpus.len());
+    vec![
+        (
+            "rule c -> 16 bytes, 1 MiB of c,".into(),
+            rule,
+            "c,".repeat(1 << 19),
+        ),
+        (
+            "NORMAL piece of 100,000 characters".into(),
+            long_piece_model(100_000, 1),
+            walk.clone(),
+        ),
+        (
+            "USER_DEFINED piece of 100,000 characters".into(),
+            long_piece_model(100_000, 4),
+            walk,
+        ),
+        (
+            "small model, 4 MB of 'ab! '".into(),
+            small_model_bytes(),
+            "ab! ".repeat(1 << 20),
+        ),
+        (
+            "released model, one 4 MB line of the corpus".into(),
+            released,
+            prose,
+        ),
+    ]
 }
 
 pub fn write_temp(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
