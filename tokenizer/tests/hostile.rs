@@ -211,6 +211,8 @@ fn a_signal_ends_cpm_tokenize_at_once() {
             "signal {sig}: {status}"
         );
     }
+}
+
 /// Runs `f` on a thread and fails the test if it takes longer than `secs`.
 fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
