@@ -15,6 +15,21 @@ pub enum Error {
         /// The operating system's reason.
         err: std::io::Error,
     },
+    /// MODEL_DIR holds a fixture and FIXTURE_DIR a model: the arguments were given swapped.
+    #[error(
+        "the arguments are swapped: {} holds a fixture (logits.npy) and {} a model \
+         (config.json); the model comes first: cpm-verify {} {}",
+        model_dir.display(),
+        fixture_dir.display(),
+        fixture_dir.display(),
+        model_dir.display()
+    )]
+    Swapped {
+        /// The first argument (a fixture).
+        model_dir: PathBuf,
+        /// The second argument (a model).
+        fixture_dir: PathBuf,
+    },
     /// A path the verifier reads is not a regular file (after following symlinks): a FIFO would
     /// block forever, a device like `/dev/zero` never ends.
     #[error("{}: is {kind}, not a regular file", path.display())]
