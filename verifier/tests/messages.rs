@@ -2,8 +2,6 @@
 //! every `--flag` its messages can name is one it has, and arguments given the wrong way round
 //! are called swapped.
 
-mod common;
-
 use std::path::Path;
 
 use testkit::messages::{assert_error_prefix, assert_sources_name_only_flags_of, source_flags};
