@@ -6,8 +6,9 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 /// `--help` and `--version` print plain text (exit 0); other usage errors are exit 2 like every
-/// error, and a `--json` caller gets them as the one JSON object on stdout.
-pub fn usage_error(e: clap::Error) -> ExitCode {
+/// error, and a `--json` caller gets them as the one JSON object on stdout. As text they start
+/// `TOOL: error:`, like every other error of the workspace's tools.
+pub fn usage_error(tool: &str, e: clap::Error) -> ExitCode {
     // `--json` among the options, not after `--` (where it would be a path).
     let json = std::env::args_os()
         .skip(1)
@@ -20,8 +21,13 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
         let first = text.split("\n\n").next().unwrap_or(&text).trim();
         return json_error(first.strip_prefix("error: ").unwrap_or(first));
     }
-    // Prints help/version on stdout, errors on stderr, and exits (0 or 2).
-    e.exit()
+    if !e.use_stderr() {
+        // Help and version, on stdout, exit 0.
+        e.exit()
+    }
+    // clap's text starts with `error:`; its usage and hint follow.
+    let _ = write!(std::io::stderr().lock(), "{tool}: {}", e.render());
+    ExitCode::from(2)
 }
 
 /// The `--json` error object `{"error": msg}` on stdout, exit 2.

@@ -10,7 +10,8 @@ use crate::{Family, Hints};
 use serde::Serialize;
 
 /// What every tool needs to know to read an input as a model: the flags `cpm-convert`,
-/// `cpm-inspect` and `cpm-diff` share (flattened into each one's own arguments).
+/// `cpm-inspect` and `cpm-diff` share (flattened into each one's own arguments), so that advice
+/// to use one of them holds in every tool that prints it. `cpm-diff` applies them to both sides.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ModelArgs {
     /// Number of attention heads, when the checkpoint does not record it and the size is not a
@@ -30,6 +31,12 @@ pub struct ModelArgs {
     /// Keep only the first N vocabulary rows: cuts the padding Megatron and nanoGPT add.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub vocab_size: Option<u64>,
+
+    /// The activation function (config.json's activation_function: gelu is the exact erf GELU,
+    /// gelu_new the tanh approximation), overriding what the checkpoint's flags imply; no
+    /// warning that one was assumed.
+    #[arg(long, value_name = "NAME")]
+    pub activation: Option<String>,
 }
 
 impl ModelArgs {
@@ -45,6 +52,7 @@ impl ModelArgs {
         Hints {
             heads: self.heads,
             vocab_size: self.vocab_size,
+            activation: self.activation.clone(),
         }
     }
 }
@@ -85,8 +93,9 @@ pub fn json_requested() -> bool {
 }
 
 /// Help and version print as text with exit 0; a usage error is exit 2, and with `--json`
-/// anywhere among the arguments (before `--`) it is the JSON error object on stdout.
-pub fn usage_error(e: clap::Error) -> ExitCode {
+/// anywhere among the arguments (before `--`) it is the JSON error object on stdout. As text it
+/// starts `TOOL: error:`, like every other error of the workspace's tools.
+pub fn usage_error(tool: &str, e: clap::Error) -> ExitCode {
     if !e.use_stderr() {
         emit(&e.to_string());
         return ExitCode::SUCCESS;
@@ -101,9 +110,15 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
             warnings: Vec::new(),
         });
     } else {
-        let _ = e.print();
+        say_usage_error(tool, &e);
     }
     ExitCode::from(2)
+}
+
+/// clap's message, usage and hint, after `TOOL: ` (clap's text starts with `error:`), on stderr.
+pub fn say_usage_error(tool: &str, e: &clap::Error) {
+    use std::io::Write;
+    let _ = write!(std::io::stderr().lock(), "{tool}: {}", e.render());
 }
 
 /// A bus error (SIGBUS) while reading a memory-mapped input means a file shrank under us:

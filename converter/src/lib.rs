@@ -23,7 +23,7 @@
 //! ```
 //!
 //! Tensors stream through one at a time; the heap holds at most a few merged tensors (recycled
-//! transpose buffers) and the writer's and hasher's bounded queues: README, "Memory".
+//! transpose buffers) and the writer's and hasher's bounded queues: docs/architecture.md, "Memory".
 
 pub mod checkpoint;
 pub mod cli;
@@ -146,14 +146,9 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let hints = Hints {
         heads: opts.heads,
         vocab_size: opts.vocab_size,
+        activation: opts.activation.clone(),
     };
     let mut plan = plan(&src, hints, opts.dtype)?;
-    if let Some(a) = &opts.activation {
-        plan.activation = plan::Activation {
-            name: a.clone(),
-            source: "--activation".into(),
-        };
-    }
     if let Some(fmt) = rank_format {
         // Refuse a grid the model cannot be split on before anything is created.
         export::place(&plan, &opts.export, fmt)?;

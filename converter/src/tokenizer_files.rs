@@ -1,7 +1,7 @@
 //! The tokenizer files of a port (`--tokenizer`, or a `chinese_vocab.model`/`spiece.model`
 //! found beside the input): `spiece.model`, `tokenizer.json`, `tokenizer_config.json`,
 //! `tokenization_cpm_jieba.py` and `generation_config.json`, and the special ids `config.json`
-//! takes from the tokenizer. README, "Tokenizer files in a port".
+//! takes from the tokenizer. docs/tokenizer.md, "Tokenizer files in a port".
 
 use std::path::{Path, PathBuf};
 

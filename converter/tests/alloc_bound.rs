@@ -93,6 +93,7 @@ fn readers(case: &Case, dir: &Path) -> Vec<Measured> {
             let opts = cpm_convert::diff::Options {
                 heads: case.heads(),
                 vocab_size: None,
+                activation: None,
                 family: cpm_convert::Family::Detect,
                 raw,
                 values: true,

@@ -12,6 +12,7 @@ mod inspect;
 mod interrupt;
 mod json;
 mod layout;
+mod messages;
 mod output_safety;
 mod reshard;
 mod tokenizer;

@@ -1,4 +1,4 @@
-//! `--tokenizer` (README, "Tokenizer files in a port"): the port gets the tokenizer files, and
+//! `--tokenizer` (docs/tokenizer.md, "Tokenizer files in a port"): the port gets the tokenizer files, and
 //! config.json / generation_config.json the id of `<eod>` looked up in the given model. The ids
 //! the tests expect are facts about the committed models recorded by sentencepiece itself
 //! (fixtures/tokenizer/README.md): `<eod>` is 7 and `<pad>` 5 in `chinese_vocab.model` (30000

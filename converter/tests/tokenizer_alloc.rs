@@ -58,7 +58,7 @@ fn reading_a_tokenizer_stays_within_the_heap_bound() {
         let n = std::fs::metadata(path).unwrap().len();
         let (loaded, peak) = testkit::peak_heap_during(|| load_and_write(path, &out));
         assert_eq!(loaded, *ok, "{name}");
-        // Shown with --nocapture: the measurements the README quotes.
+        // Shown with --nocapture: the measurements SECURITY.md quotes.
         println!("{name}: {n} bytes, peak heap {peak} bytes");
         assert!(
             peak <= testkit::heap_bound(n),

@@ -30,6 +30,16 @@ pub enum Error {
     /// size limit, or cannot be read; the message names it.
     #[error(transparent)]
     File(cpm_files::Error),
+    /// A prompt of ids needs no tokenizer, but printing the continuation as text does.
+    #[error(
+        "no tokenizer at {} to print the continuation as text: add --ids or --json to print \
+         the new token ids instead, or pass --tokenizer PATH (a CPM spiece.model)",
+        path.display()
+    )]
+    NoTokenizerForText {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
     /// `generation_config.json` or `config.json` has an eos_token_id of the wrong form.
     #[error("{}: {detail}", path.display())]
     GenerationConfig {

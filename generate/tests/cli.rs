@@ -109,7 +109,11 @@ fn bad_prompts_and_flags_exit_2() {
         a.push("--ids".into());
         let out = run(&a);
         assert_eq!(out.code, Some(2), "{bad:?}: {}", out.stderr);
-        assert!(out.stderr.starts_with("error: "), "{bad:?}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with("cpm-generate: error: "),
+            "{bad:?}: {}",
+            out.stderr
+        );
     }
 }
 
@@ -154,7 +158,7 @@ fn hostile_model_directories_are_refused_without_a_panic() {
             );
             if out.code == Some(2) {
                 assert!(
-                    out.stderr.starts_with("error: "),
+                    out.stderr.starts_with("cpm-generate: error: "),
                     "{}: {}",
                     case.name,
                     out.stderr

@@ -4,6 +4,7 @@ mod common;
 
 mod cli;
 mod hostile;
+mod messages;
 mod sampling;
 mod text;
 mod transformers;

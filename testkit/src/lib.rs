@@ -5,6 +5,7 @@
 //! - [`copy_dir`] and [`fixtures`]: writable copies of the committed fixtures.
 //! - [`CountingAlloc`]: a global allocator that tracks the heap's peak, for tests that bound what
 //!   an input may make a reader allocate.
+//! - [`messages`]: the tools' one error prefix, and advice that names only flags they have.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::OsStr;
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+pub mod messages;
 
 /// Longest any single run may take; the slowest hostile case needs well under a second.
 pub const DEADLINE: Duration = Duration::from_secs(60);

@@ -101,28 +101,32 @@ fn bad_lines_are_reported_by_number_with_exit_2_after_the_good_lines() {
         (
             "--jsonl",
             b"\"ok\"\nnot json\n",
-            "error: stdin line 2: not a JSON string",
+            "cpm-tokenize: error: stdin line 2: not a JSON string",
         ),
-        ("", b"a\n\xff\xfe\n", "error: stdin line 2: not UTF-8"),
+        (
+            "",
+            b"a\n\xff\xfe\n",
+            "cpm-tokenize: error: stdin line 2: not UTF-8",
+        ),
         (
             "--decode",
             b"837\n30000\n",
-            "error: stdin line 2: id 30000 is outside the vocabulary",
+            "cpm-tokenize: error: stdin line 2: id 30000 is outside the vocabulary",
         ),
         (
             "--decode",
             b"837 x\n",
-            "error: stdin line 1: \"x\" is not an id",
+            "cpm-tokenize: error: stdin line 1: \"x\" is not an id",
         ),
         (
             "--decode",
             b"99999999999\n",
-            "error: stdin line 1: id 99999999999 is outside the vocabulary",
+            "cpm-tokenize: error: stdin line 1: id 99999999999 is outside the vocabulary",
         ),
         (
             "--decode --jsonl",
             b"[1,2]\n[-1]\n",
-            "error: stdin line 2: not a JSON array of ids",
+            "cpm-tokenize: error: stdin line 2: not a JSON array of ids",
         ),
     ];
     for (flags, input, want) in cases {
@@ -133,7 +137,7 @@ fn bad_lines_are_reported_by_number_with_exit_2_after_the_good_lines() {
             "{flags} {input:?}: {}",
             r.stderr
         );
-        let bad_line: usize = want["error: stdin line ".len()..]
+        let bad_line: usize = want["cpm-tokenize: error: stdin line ".len()..]
             .split(':')
             .next()
             .unwrap()
@@ -161,7 +165,8 @@ fn a_bad_model_source_exits_2_naming_it() {
         let r = run(&quote(&src), b"hi\n");
         assert_eq!(r.code, Some(2));
         assert!(
-            r.stderr.starts_with("error: ") && r.stderr.contains(&*src.display().to_string()),
+            r.stderr.starts_with("cpm-tokenize: error: ")
+                && r.stderr.contains(&*src.display().to_string()),
             "{}",
             r.stderr
         );
@@ -189,8 +194,9 @@ fn a_line_over_the_jieba_block_limit_exits_2_naming_it_after_the_lines_before() 
     let r = run(&model(), &input);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(
-        r.stderr
-            .starts_with("error: stdin line 2: a run of 5242880 bytes of letters, digits"),
+        r.stderr.starts_with(
+            "cpm-tokenize: error: stdin line 2: a run of 5242880 bytes of letters, digits"
+        ),
         "{}",
         r.stderr
     );

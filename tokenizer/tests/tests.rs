@@ -9,4 +9,5 @@ mod disagreements;
 mod fuzz_seeds;
 mod hostile;
 mod longlines;
+mod messages;
 mod tokenizer_json;

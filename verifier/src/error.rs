@@ -21,6 +21,21 @@ pub enum Error {
     /// A fixture file could not be opened as a regular file or read whole under its cap.
     #[error(transparent)]
     File(#[from] cpm_files::Error),
+    /// MODEL_DIR holds a fixture and FIXTURE_DIR a model: the arguments were given swapped.
+    #[error(
+        "the arguments are swapped: {} holds a fixture (logits.npy) and {} a model \
+         (config.json); the model comes first: cpm-verify {} {}",
+        model_dir.display(),
+        fixture_dir.display(),
+        fixture_dir.display(),
+        model_dir.display()
+    )]
+    Swapped {
+        /// The first argument (a fixture).
+        model_dir: PathBuf,
+        /// The second argument (a model).
+        fixture_dir: PathBuf,
+    },
     /// An input exceeds one of the verifier's stated limits (SECURITY.md lists them).
     #[error("{}: {detail}", path.display())]
     Limit {

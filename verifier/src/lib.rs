@@ -46,12 +46,27 @@ impl Default for Options {
     }
 }
 
+/// When the model cannot be opened because the two directories were given the wrong way round
+/// (a fixture first, a model second), that is the error to report, not the missing config.json.
+fn swapped(model_dir: &Path, fixture_dir: &Path, err: Error) -> Error {
+    let fixture_first =
+        model_dir.join("logits.npy").is_file() && !model_dir.join("config.json").exists();
+    if fixture_first && fixture_dir.join("config.json").is_file() {
+        return Error::Swapped {
+            model_dir: model_dir.into(),
+            fixture_dir: fixture_dir.into(),
+        };
+    }
+    err
+}
+
 /// Runs the model in `model_dir` on the fixture in `fixture_dir` and compares the logits.
 ///
 /// A returned [`Report`] whose `overall.pass` is false is a mismatch (the port is wrong); an
 /// `Err` means the files could not be checked at all.
 pub fn verify(model_dir: &Path, fixture_dir: &Path, opts: &Options) -> Result<Report> {
-    let model = model::Model::open(model_dir)?;
+    let model =
+        model::Model::open(model_dir).map_err(|e| swapped(model_dir, fixture_dir, e.into()))?;
     let fixture = fixture::Fixture::open_for(fixture_dir, &model.config)?;
     let tol = Tolerance::resolve(opts.atol, opts.rtol, &fixture)?;
     let mut warnings = Vec::new();

@@ -7,3 +7,4 @@ mod cache;
 mod cli;
 mod contract;
 mod hostile;
+mod messages;

@@ -106,7 +106,7 @@ impl Progress for Ui {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return cli::usage_error(e),
+        Err(e) => return cli::usage_error("cpm-diff", e),
     };
     cpm_convert::cli::report_bus_errors(cli.json, "cpm-diff", "comparing it");
     let ui = Ui::default();
@@ -138,6 +138,7 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<Report> {
     let opts = Options {
         heads: cli.model.heads,
         vocab_size: cli.model.vocab_size,
+        activation: cli.model.activation.clone(),
         family: cli.model.family(),
         raw: cli.raw,
         values: cli.values,

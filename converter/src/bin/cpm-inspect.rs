@@ -75,7 +75,7 @@ struct JsonReport<'a> {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error(e),
+        Err(e) => return usage_error("cpm-inspect", e),
     };
     cpm_convert::cli::report_bus_errors(cli.json, "cpm-inspect", "inspecting it");
     let opts = inspect::Options {

@@ -39,6 +39,9 @@ pub struct Options {
     pub heads: Option<u64>,
     /// Keep only the first N vocabulary rows on both sides (cut the padding), as cpm-convert.
     pub vocab_size: Option<u64>,
+    /// The activation function of both sides, as cpm-convert's `--activation` (the tensors do not
+    /// depend on it; given, no side warns that it assumed one).
+    pub activation: Option<String>,
     /// How both sides' families are chosen: detected, named (`--from`) or a mapping file.
     pub family: Family,
     /// Compare the weights as stored (names, shapes, dtypes of each rank file), not mapped.
@@ -205,8 +208,9 @@ fn sides(
         let hints = Hints {
             heads: opts.heads,
             vocab_size: opts.vocab_size,
+            activation: opts.activation.clone(),
         };
-        let a = Side::canonical(src_a, who("A", a), hints, opts.values, warn)?;
+        let a = Side::canonical(src_a, who("A", a), hints.clone(), opts.values, warn)?;
         let b = Side::canonical(src_b, who("B", b), hints, opts.values, warn)?;
         if let (Some(ha), Some(hb)) = (&a.heads, &b.heads) {
             if ha.count != hb.count {

@@ -127,7 +127,7 @@ fn plan_side(
     who: &str,
     warn: &mut dyn FnMut(String),
 ) -> Result<(Plan, bool)> {
-    let err = match crate::plan(src, hints, OutDtype::Keep) {
+    let err = match crate::plan(src, hints.clone(), OutDtype::Keep) {
         Ok(p) => return Ok((p, true)),
         Err(e @ Error::Usage { .. }) if hints.heads.is_none() => e,
         Err(e) => return Err(e),

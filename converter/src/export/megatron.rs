@@ -73,7 +73,7 @@ impl RankFormat for Megatron {
             other => {
                 return Err(Error::usage(format!(
                     "activation `{other}`: Megatron-LM's GPT runs the tanh GELU (`gelu_new`, \
-                     --openai-gelu) or the exact one (`gelu`) only; --activation chooses one"
+                     Megatron's openai_gelu) or the exact one (`gelu`) only; --activation chooses one"
                 )))
             }
         };

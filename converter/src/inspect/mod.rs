@@ -115,7 +115,7 @@ pub fn inspect(opts: &Options, warnings: &mut Vec<String>) -> Result<Report> {
         Ok(src) => src,
         Err(e) => return structure_only(opts, e, warnings),
     };
-    let plan = match crate::plan(&src, opts.hints, OutDtype::Keep) {
+    let plan = match crate::plan(&src, opts.hints.clone(), OutDtype::Keep) {
         Ok(plan) => Some(plan),
         Err(e) if opts.mapped => return Err(e),
         Err(e) => {

@@ -41,12 +41,14 @@ impl OutDtype {
 }
 
 /// What the user may tell the plan that the checkpoint does not.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Hints {
     /// `--heads`.
     pub heads: Option<u64>,
     /// `--vocab-size`: keep only the first N vocabulary rows (padding cut).
     pub vocab_size: Option<u64>,
+    /// `--activation`: the activation function, whatever the checkpoint's flags imply.
+    pub activation: Option<String>,
 }
 
 /// One tensor-parallel rank's part of an output tensor: the index of its file in the source's
@@ -184,13 +186,23 @@ pub fn build(
     {
         e.heads = heads.count;
     }
-    let activation = model::activation(&rec, mapping);
-    if activation.source.contains("records none of the flags") {
-        notes.push(format!(
-            "activation_function `{}` assumed: {} (override with --activation)",
-            activation.name, activation.source
-        ));
-    }
+    let activation = match hints.activation {
+        // The user said: nothing is assumed, so there is nothing to warn about.
+        Some(name) => Activation {
+            name,
+            source: "--activation".into(),
+        },
+        None => {
+            let found = model::activation(&rec, mapping);
+            if found.source.contains("records none of the flags") {
+                notes.push(format!(
+                    "activation_function `{}` assumed: {} (override with --activation)",
+                    found.name, found.source
+                ));
+            }
+            found
+        }
+    };
     Ok(Plan {
         variant: mapping.variant.name.clone(),
         model_parallel: grid.tp,

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// The `tokenizer` object of the summary and the `--dry-run` plan (README, "Tokenizer files in
-/// a port"), exactly: an added or renamed field fails the parse.
+/// The `tokenizer` object of the summary and the `--dry-run` plan (docs/tokenizer.md,
+/// "Tokenizer files in a port"), exactly: an added or renamed field fails the parse.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // each test file reads its own subset

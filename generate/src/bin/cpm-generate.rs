@@ -133,7 +133,7 @@ struct Report {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error(e),
+        Err(e) => return usage_error("cpm-generate", e),
     };
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,7 +142,7 @@ fn main() -> ExitCode {
             if cli.json {
                 return json_error(&msg);
             }
-            eprintln!("error: {msg}");
+            eprintln!("cpm-generate: error: {msg}");
             ExitCode::from(2)
         }
     }
@@ -226,6 +226,10 @@ fn open_tokenizer(cli: &Cli, needed: bool) -> anyhow::Result<Option<CpmTokenizer
         return Ok(None);
     }
     if !path.exists() {
+        // Ids in and nothing to cut at a --stop: only the printing of text wants the tokenizer.
+        if cli.prompt_ids.is_some() && cli.stop.is_none() {
+            return Err(cpm_generate::Error::NoTokenizerForText { path }.into());
+        }
         return Err(cpm_generate::Error::NoTokenizer { path }.into());
     }
     let tok =

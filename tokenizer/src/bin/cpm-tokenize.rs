@@ -21,7 +21,7 @@ Output order is input order for any --threads.
 
 Exit codes:
   0  done (also when the reader of stdout goes away)
-  2  error: unreadable model, or a bad input line (reported as `error: stdin line N: ...`)";
+  2  error: unreadable model, or a bad input line (reported as `cpm-tokenize: error: stdin line N: ...`)";
 
 /// Tokenize text (or decode ids) with CPM-LM's tokenizer, one line at a time.
 #[derive(Parser, Debug)]
@@ -44,15 +44,37 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version on stdout, exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // clap's text starts with `error:`, as ours do after the tool's name.
+            eprint!("cpm-tokenize: {}", e.render());
+            return ExitCode::from(2);
+        }
+    };
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("cpm-tokenize: error: {}", message(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, each said once: a message that already ends with its cause's text
+/// (the reader's `PATH: cannot read: OS ERROR`) does not repeat it.
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !msg.ends_with(&cause) {
+            msg = format!("{msg}: {cause}");
+        }
+    }
+    msg
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

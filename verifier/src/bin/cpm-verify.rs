@@ -59,7 +59,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error(e),
+        Err(e) => return usage_error("cpm-verify", e),
     };
     let mut opts = Options {
         device: cli.device,

@@ -109,11 +109,6 @@ struct Cli {
     #[arg(short, long)]
     quiet: bool,
 
-    /// config.json's activation_function, overriding what the checkpoint's flags imply
-    /// (gelu: exact erf; gelu_new: tanh approximation).
-    #[arg(long, value_name = "NAME")]
-    activation: Option<String>,
-
     /// The model's sentencepiece tokenizer (CPM-Generate's bpe_3w_new/chinese_vocab.model):
     /// OUT_DIR also gets spiece.model, tokenizer.json, tokenizer_config.json, the Python
     /// tokenizer and generation_config.json, and config.json's bos/eos become the id of <eod>.
@@ -278,7 +273,7 @@ struct JsonPlan<'a> {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error(e),
+        Err(e) => return usage_error("cpm-convert", e),
     };
     // A dry run writes nothing and reads only structure: the default ^C is the right one there.
     let show_bar = !cli.quiet && !cli.json && std::io::stderr().is_terminal();
@@ -360,7 +355,7 @@ fn run(cli: &Cli, ui: &Ui) -> anyhow::Result<()> {
         dtype,
         heads: cli.model.heads,
         vocab_size: cli.model.vocab_size,
-        activation: cli.activation.clone(),
+        activation: cli.model.activation.clone(),
         force: cli.force,
         strict: cli.strict,
         family: cli.model.family(),
@@ -423,13 +418,7 @@ fn tokenizer_choice(cli: &Cli) -> Choice {
 /// read and checked as a conversion would.
 fn dry_run(cli: &Cli, ui: &Ui, dtype: OutDtype) -> anyhow::Result<()> {
     let src = cpm_convert::open(&cli.input, &cli.model.family())?;
-    let mut plan = cpm_convert::plan(&src, cli.model.hints(), dtype)?;
-    if let Some(a) = &cli.activation {
-        plan.activation = cpm_convert::plan::Activation {
-            name: a.clone(),
-            source: "--activation".into(),
-        };
-    }
+    let plan = cpm_convert::plan(&src, cli.model.hints(), dtype)?;
     // The header the writer would produce, so the sizes agree with a real run's summary.
     let metadata = cpm_convert::write::model_metadata(&src.ranks, &plan);
     let header = cpm_convert::write::safetensors_header(&plan, &metadata)?;
