@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! layout::discover       input path  -> every file (tracker, iteration, rank grid, HF shards)
+//! zero                   or a DeepSpeed ZeRO root/tag: each tp rank's fp32 masters as tensors
+//!                                       assembled from runs of the optimizer partitions
 //! source::open           files       -> torch object trees (torch:: reads zip, legacy and
 //!                                       safetensors files through a memory map, executing
 //!                                       nothing), the family chosen, each file's weights
@@ -44,6 +46,7 @@ pub mod tokenizer_files;
 pub mod torch;
 pub mod transpose;
 pub mod write;
+pub mod zero;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
