@@ -1,0 +1,101 @@
+//! DeepSpeed ZeRO checkpoints (`fixtures/training/zero*`, written by DeepSpeed 0.19.8 itself,
+//! logits by transformers or megatron-core on the weights DeepSpeed's `zero_to_fp32` recovers):
+//! each converts from its root with the family detected, writes the fp32 masters, and
+//! reproduces those logits (`cpm-verify`'s library). The model config comes from config.json
+//! beside the root, or from `--heads` alone.
+
+use std::path::{Path, PathBuf};
+
+const EXE: &str = env!("CARGO_BIN_EXE_cpm-convert");
+
+/// (fixture, family expected, activation expected)
+const CASES: &[(&str, &str, &str)] = &[
+    ("zero1-bf16-w2", "hf-gpt2", "gelu_new"),
+    ("zero2-fp16-w2", "hf-gpt2", "gelu_new"),
+    ("zero2-fp32-w5", "hf-gpt2", "gelu_new"),
+    ("zero3-bf16-w3", "hf-gpt2", "gelu_new"),
+    ("zero1-tp2-dp2-mcore", "megatron-core-gpt", "gelu"),
+];
+
+fn training(name: &str) -> PathBuf {
+    testkit::fixtures().join("training").join(name)
+}
+
+fn convert(input: &Path, out: &Path, extra: &[&str]) -> testkit::Run {
+    let mut args: Vec<&std::ffi::OsStr> = vec![input.as_os_str(), "-o".as_ref(), out.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    args.push("--json".as_ref());
+    testkit::run(EXE, &args, &[])
+}
+
+fn verify(out: &Path, reference: &Path, name: &str) {
+    let opts = cpm_verify::Options {
+        threads: 1,
+        ..Default::default()
+    };
+    let report =
+        cpm_verify::verify(out, reference, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(
+        report.overall.pass,
+        "{name}: logits differ from the reference: max |diff| {}",
+        report.overall.max_abs_diff
+    );
+}
+
+/// Every file of `from` copied under `to` (the fixtures are small).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn every_zero_case_converts_with_heads_and_reproduces_its_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, family, activation) in CASES {
+        let fixture = training(name);
+        let out = tmp.path().join(name);
+        let run = convert(&fixture.join("checkpoint"), &out, &["--heads", "4"]);
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(summary["variant"], *family, "{name}: family detected");
+        assert_eq!(summary["family_from"], "detected", "{name}");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["activation_function"], *activation, "{name}");
+        // The fp32 masters, never the module copy in the training dtype.
+        assert_eq!(config["torch_dtype"], "float32", "{name}");
+        verify(&out, &fixture.join("reference"), name);
+    }
+}
+
+#[test]
+fn config_beside_the_root_or_a_tag_folder_as_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, _, _) in CASES {
+        let fixture = training(name);
+        let root = tmp.path().join(name).join("ckpt");
+        copy_tree(&fixture.join("checkpoint"), &root);
+        std::fs::copy(
+            fixture.join("reference/config.json"),
+            root.join("config.json"),
+        )
+        .unwrap();
+        let out = tmp.path().join(name).join("out");
+        let run = convert(&root, &out, &[]);
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        verify(&out, &fixture.join("reference"), name);
+        // The tag folder itself, heads given.
+        let out = tmp.path().join(name).join("out-tag");
+        let run = convert(&root.join("global_step2"), &out, &["--heads", "4"]);
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        verify(&out, &fixture.join("reference"), name);
+    }
+}
