@@ -354,3 +354,8 @@ fn assert_refused(name: &str, code: Option<i32>, e: &str, file: &str) {
         "{name}: message does not name {named:?}: {e}"
     );
 }
+
+#[test]
+fn deepspeed_zero_checkpoints_that_lie_are_refused() {
+    check_all(cases::zero::zero_checkpoints());
+}
