@@ -99,3 +99,85 @@ fn config_beside_the_root_or_a_tag_folder_as_input() {
         verify(&out, &fixture.join("reference"), name);
     }
 }
+
+fn inspect(input: &Path) -> serde_json::Value {
+    let run = testkit::run(
+        env!("CARGO_BIN_EXE_cpm-inspect"),
+        &[
+            input.as_os_str(),
+            "--heads".as_ref(),
+            "4".as_ref(),
+            "--json".as_ref(),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+/// The partition sizes the fixtures' README records (read from the files with Python).
+#[test]
+fn inspect_shows_ranks_partitions_padding_and_what_is_read() {
+    let z = inspect(&training("zero2-fp32-w5").join("checkpoint"));
+    let g = &z["zero"][0]["groups"][0];
+    assert_eq!(z["zero"][0]["stage"], "1/2");
+    assert_eq!(g["elements"], 30624);
+    let lens: Vec<u64> = g["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["elements"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lens, [6126, 6126, 6126, 6126, 6120]);
+    let z = inspect(&training("zero3-bf16-w3").join("checkpoint"));
+    let g = &z["zero"][0]["groups"][0];
+    assert_eq!(z["zero"][0]["stage"], "3");
+    assert_eq!(g["padding"], 30, "30 624 elements stored as 3 × 10 218");
+    let read: u64 = g["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["elements"], 10218);
+            p["read"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(read, 30624 * 4, "the padding is never read");
+    let z = inspect(&training("zero1-tp2-dp2-mcore").join("checkpoint"));
+    assert_eq!(z["zero"].as_array().unwrap().len(), 2, "two tp ranks");
+    for r in z["zero"].as_array().unwrap() {
+        assert_eq!(r["groups"][0]["elements"], 16064);
+        assert_eq!(r["groups"][0]["partitions"].as_array().unwrap().len(), 2);
+    }
+}
+
+#[test]
+fn cpm_diff_finds_a_checkpoint_and_its_conversion_equal() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, _, _) in CASES {
+        let ckpt = training(name).join("checkpoint");
+        let out = tmp.path().join(name);
+        assert_eq!(
+            convert(&ckpt, &out, &["--heads", "4"]).code,
+            Some(0),
+            "{name}"
+        );
+        let run = testkit::run(
+            env!("CARGO_BIN_EXE_cpm-diff"),
+            &[
+                ckpt.as_os_str(),
+                out.as_os_str(),
+                "--values".as_ref(),
+                "--heads".as_ref(),
+                "4".as_ref(),
+            ],
+            &[],
+        );
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        assert!(
+            run.stdout.contains("28 identical"),
+            "{name}: {}",
+            run.stdout
+        );
+    }
+}

@@ -189,6 +189,8 @@ pub trait Assembled {
     /// `t`'s elements in row-major order, gathered from its pieces (whose pages are released
     /// once copied).
     fn read(&self, name: &str, t: &TensorRef) -> Result<Vec<u8>>;
+    /// For reports that know the concrete kind.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// The mapped bytes of a [`TorchFile`], shareable across threads.

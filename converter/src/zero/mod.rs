@@ -10,6 +10,7 @@
 
 pub mod files;
 pub mod partition;
+pub mod report;
 
 use std::rc::Rc;
 
@@ -264,6 +265,10 @@ impl Masters {
 impl Assembled for Masters {
     fn holds(&self, key: &str) -> bool {
         self.param(key).is_some()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn check(&self, name: &str, t: &TensorRef) -> Result<()> {

@@ -134,8 +134,11 @@ fn int(v: &crate::torch::Value) -> Option<u64> {
     v.as_int().and_then(|i| u64::try_from(i).ok())
 }
 
+/// One parameter group's `(name, shape)` pairs, in order.
+pub type GroupShapes = Vec<(String, Vec<u64>)>;
+
 /// `param_shapes`: a list of dicts name -> `torch.Size` (a tuple of ints).
-pub fn param_shapes(model: &TorchFile) -> Result<Vec<Vec<(String, Vec<u64>)>>> {
+pub fn param_shapes(model: &TorchFile) -> Result<Vec<GroupShapes>> {
     let bad = |m: String| Error::format(&model.path, m);
     let groups = match &model.root.get("param_shapes") {
         Some(crate::torch::Value::List(l)) => l.borrow().clone(),
