@@ -142,6 +142,9 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     write::check_outside_inputs(&opts.output, &opts.input, &extra)?;
     write::check_target(&opts.output, opts.force)?;
     let src = open(&opts.input, &opts.family)?;
+    if let Some(n) = zero::note(&src.ranks) {
+        progress.note(&n);
+    }
     let hints = Hints {
         heads: opts.heads,
         vocab_size: opts.vocab_size,

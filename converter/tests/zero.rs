@@ -64,6 +64,23 @@ fn every_zero_case_converts_with_heads_and_reproduces_its_logits() {
         let out = tmp.path().join(name);
         let run = convert(&fixture.join("checkpoint"), &out, &["--heads", "4"]);
         assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        let text = testkit::run(
+            EXE,
+            &[
+                fixture.join("checkpoint").as_os_str(),
+                "-o".as_ref(),
+                tmp.path().join("text").as_os_str(),
+                "--force".as_ref(),
+                "--heads".as_ref(),
+                "4".as_ref(),
+            ],
+            &[],
+        );
+        assert!(
+            text.stderr.contains("fp32 master weights"),
+            "{name}: {}",
+            text.stderr
+        );
         let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
         assert_eq!(summary["variant"], *family, "{name}: family detected");
         assert_eq!(summary["family_from"], "detected", "{name}");

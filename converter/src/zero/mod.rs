@@ -20,6 +20,18 @@ use crate::torch::{Assembled, TensorRef, TorchFile, Value};
 pub use files::{find, Files, Found};
 use partition::{Group, Packing, Param, Partitions};
 
+/// What a conversion of ZeRO ranks writes, for the user (`None` for other checkpoints).
+pub fn note(ranks: &[Rank]) -> Option<String> {
+    let r = report::report(ranks)?;
+    let stage = r.first().map_or("?", |r| r.stage);
+    Some(format!(
+        "DeepSpeed ZeRO stage {stage}, {} tensor-parallel rank(s): writing the fp32 master \
+         weights from the optimizer partitions (as DeepSpeed's zero_to_fp32 recovers them), not \
+         the module copy in the training dtype; float32 unless --dtype says otherwise",
+        r.len()
+    ))
+}
+
 /// Storage keys of assembled tensors: `zero/<parameter index>`.
 const KEY: &str = "zero/";
 
