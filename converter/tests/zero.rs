@@ -4,6 +4,8 @@
 //! reproduces those logits (`cpm-verify`'s library). The model config comes from config.json
 //! beside the root, or from `--heads` alone.
 
+mod cases;
+
 use std::path::{Path, PathBuf};
 
 const EXE: &str = env!("CARGO_BIN_EXE_cpm-convert");
@@ -197,4 +199,23 @@ fn cpm_diff_finds_a_checkpoint_and_its_conversion_equal() {
             run.stdout
         );
     }
+}
+
+/// Older DeepSpeed kept the alignment padding in the last rank's slice; 0.19.8 cuts it. Both
+/// convert to the same logits.
+#[test]
+fn a_last_slice_that_keeps_its_padding_converts_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("ckpt");
+    for (name, bytes) in cases::zero::padded_last_slice() {
+        let f = root.join(name);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, bytes).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let run = convert(&root, &out, &["--heads", "4"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    verify(&out, &training("zero2-fp32-w5").join("reference"), "padded");
+    let z = inspect(&root);
+    assert_eq!(z["zero"][0]["groups"][0]["padding"], 6);
 }

@@ -297,3 +297,89 @@ pub fn tensor_ref(key: &str, p: &Param) -> TensorRef {
         stride,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(start: u64, len: u64) -> Flat {
+        Flat {
+            bytes: start..start + len * 4,
+            len,
+        }
+    }
+
+    fn param(numel: u64, offset: u64) -> Param {
+        Param {
+            name: "p".into(),
+            shape: vec![numel],
+            numel,
+            group: 0,
+            offset,
+        }
+    }
+
+    fn parts(packing: Packing, flats: Vec<Flat>) -> Partitions {
+        Partitions {
+            packing,
+            params: Vec::new(),
+            groups: vec![Group {
+                flats,
+                used: 0,
+                padding: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn joined_runs_cross_rank_boundaries_after_alignment_padding() {
+        // Two slices of 5: a (3 elements, 1 padding) at 0, b (4 elements) at 4 ends in rank 1.
+        let p = parts(Packing::Joined, vec![flat(100, 5), flat(1000, 5)]);
+        assert_eq!(
+            p.runs(&param(4, 4)),
+            [
+                Run {
+                    dp: 0,
+                    start: 116,
+                    count: 1
+                },
+                Run {
+                    dp: 1,
+                    start: 1000,
+                    count: 3
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn stage_3_pieces_are_ceil_numel_over_world() {
+        // 7 elements over 3 ranks: 3 + 3 + 1, each at the parameter's offset 2 in its flat.
+        let p = parts(
+            Packing::PerParameter,
+            vec![flat(100, 9), flat(1000, 9), flat(2000, 9)],
+        );
+        assert_eq!(
+            p.runs(&param(7, 2)),
+            [
+                Run {
+                    dp: 0,
+                    start: 108,
+                    count: 3
+                },
+                Run {
+                    dp: 1,
+                    start: 1008,
+                    count: 3
+                },
+                Run {
+                    dp: 2,
+                    start: 2008,
+                    count: 1
+                }
+            ]
+        );
+        // Fewer elements than ranks: the last rank holds only padding.
+        assert_eq!(p.runs(&param(2, 0)).len(), 2);
+    }
+}

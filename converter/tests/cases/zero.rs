@@ -9,7 +9,7 @@ use super::Case;
 const TAG: &str = "global_step2";
 
 /// Every file of a fixture's checkpoint folder, relative to it.
-fn checkpoint(case: &str) -> Vec<(String, Vec<u8>)> {
+pub fn checkpoint(case: &str) -> Vec<(String, Vec<u8>)> {
     let root = testkit::fixtures()
         .join("training")
         .join(case)
@@ -62,6 +62,55 @@ fn edit_pickle(zip_bytes: &[u8], edit: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
         z.write_all(&data).unwrap();
     }
     z.finish().unwrap().into_inner()
+}
+
+/// A torch zip with every entry passed through `edit(name, bytes)`.
+fn edit_entries(zip_bytes: &[u8], edit: impl Fn(&str, Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+    use zip::write::SimpleFileOptions;
+    let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut a = zip::ZipArchive::new(Cursor::new(zip_bytes)).unwrap();
+    let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    for i in 0..a.len() {
+        let mut f = a.by_index(i).unwrap();
+        let name = f.name().unwrap().to_string();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).unwrap();
+        z.start_file(name.clone(), opts).unwrap();
+        z.write_all(&edit(&name, data)).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
+/// `zero2-fp32-w5` as DeepSpeed before 0.19.8 saved it: the last rank's slice keeps the group's
+/// 6 alignment-padding elements (size 6120 -> 6126), as every other rank's does. Its storage
+/// already holds 6126 (0.19.8 saves a narrowed view of the padded partition).
+pub fn padded_last_slice() -> Vec<(String, Vec<u8>)> {
+    let mut files = checkpoint("zero2-fp32-w5");
+    let last = format!("{TAG}/zero_pp_rank_4_mp_rank_00_optim_states.pt");
+    let bytes = bytes_of(&files, &last);
+    // 6120 as a pickle BININT2 (`M` + little-endian u16): the partition's size, the one 6120 in
+    // the pickle (storages and Adam moments hold 6126).
+    let patched = edit_entries(&bytes, |name, data| {
+        if name.ends_with("/data.pkl") {
+            assert_eq!(data.windows(3).filter(|w| *w == b"M\xe8\x17").count(), 1);
+            let mut out = Vec::with_capacity(data.len());
+            let mut i = 0;
+            while i < data.len() {
+                if data[i..].starts_with(b"M\xe8\x17") {
+                    out.extend_from_slice(b"M\xee\x17");
+                    i += 3;
+                } else {
+                    out.push(data[i]);
+                    i += 1;
+                }
+            }
+            out
+        } else {
+            data
+        }
+    });
+    set(&mut files, &last, patched);
+    files
 }
 
 /// `from` replaced by `to` at its first occurrence after `after` then `anchor`.
