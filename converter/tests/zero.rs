@@ -219,3 +219,18 @@ fn a_last_slice_that_keeps_its_padding_converts_the_same() {
     let z = inspect(&root);
     assert_eq!(z["zero"][0]["groups"][0]["padding"], 6);
 }
+
+/// A Megatron tracker beside DeepSpeed's `latest` (Megatron-DeepSpeed writes both): a tag that
+/// holds no ZeRO files, or a `latest` that is no tag, leaves the root to the tracker.
+#[test]
+fn the_tracker_wins_when_latest_names_no_zero_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (k, latest) in ["100", "../x", "global_step9"].iter().enumerate() {
+        let root = tmp.path().join(format!("ckpt{k}"));
+        copy_tree(&testkit::fixtures().join("tiny/ckpt"), &root);
+        std::fs::write(root.join("latest"), latest).unwrap();
+        let out = tmp.path().join(format!("out{k}"));
+        let run = convert(&root, &out, &[]);
+        assert_eq!(run.code, Some(0), "latest {latest}: {run:?}");
+    }
+}

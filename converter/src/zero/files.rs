@@ -63,9 +63,19 @@ pub fn find(input: &Path) -> Result<Option<Found>> {
         return Ok(None);
     }
     let latest = input.join(LATEST);
+    // Megatron-DeepSpeed roots may hold Megatron's tracker too: a tag folder without ZeRO files
+    // is then the tracker's business.
+    let tracker = exists(&input.join(layout::TRACKER))?;
     let (dir, prefix, tag) = if exists(&latest)? {
-        let tag = read_latest(&latest)?;
+        let tag = match read_latest(&latest) {
+            Ok(tag) => tag,
+            Err(_) if tracker => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let dir = input.join(&tag);
+        if !dir.is_dir() && tracker {
+            return Ok(None);
+        }
         if !dir.is_dir() {
             return Err(Error::layout(
                 &dir,
@@ -83,7 +93,7 @@ pub fn find(input: &Path) -> Result<Option<Found>> {
     };
     let listed = list(&dir)?;
     if listed.optim.is_empty() {
-        return Ok(if prefix.is_empty() {
+        return Ok(if prefix.is_empty() || tracker {
             None
         } else {
             Some(Found::Folder(dir))
