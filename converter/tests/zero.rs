@@ -234,3 +234,24 @@ fn the_tracker_wins_when_latest_names_no_zero_checkpoint() {
         assert_eq!(run.code, Some(0), "latest {latest}: {run:?}");
     }
 }
+
+/// Only the fp32 partitions are read: with the Adam moments and the module copy overwritten by
+/// NaN bytes the conversion still reproduces the logits.
+#[test]
+fn neither_the_adam_moments_nor_the_module_copy_are_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("ckpt");
+    for (name, bytes) in cases::zero::poisoned_moments_and_module() {
+        let f = root.join(name);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, bytes).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let run = convert(&root, &out, &["--heads", "4", "--strict"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    verify(
+        &out,
+        &training("zero2-fp32-w5").join("reference"),
+        "poisoned",
+    );
+}

@@ -113,6 +113,58 @@ pub fn padded_last_slice() -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// `zero2-fp32-w5` with every storage but the fp32 partitions overwritten with NaN bytes: the
+/// Adam moments and the module copy (fp32 here, equal to the masters). A conversion that read
+/// either would not reproduce the logits.
+pub fn poisoned_moments_and_module() -> Vec<(String, Vec<u8>)> {
+    let files = checkpoint("zero2-fp32-w5");
+    let mut out = Vec::new();
+    for (name, bytes) in files {
+        if !name.ends_with(".pt") {
+            out.push((name, bytes));
+            continue;
+        }
+        let pkl = {
+            let mut a = zip::ZipArchive::new(Cursor::new(&bytes[..])).unwrap();
+            let i = (0..a.len())
+                .find(|&i| {
+                    a.by_index(i)
+                        .unwrap()
+                        .name()
+                        .unwrap()
+                        .ends_with("/data.pkl")
+                })
+                .unwrap();
+            let mut d = Vec::new();
+            a.by_index(i).unwrap().read_to_end(&mut d).unwrap();
+            d
+        };
+        // The storage key the fp32 partition's persistent id names (a one-character
+        // BINUNICODE right after the list's name); model states keep none.
+        let keep = super::find(&pkl, b"single_partition_of_fp32_groups").map(|at| {
+            let k = at + super::find(&pkl[at..], b"X\x01\x00\x00\x00").unwrap() + 5;
+            format!("/data/{}", pkl[k] as char)
+        });
+        let (hit, kept) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let poisoned = edit_entries(&bytes, |entry, data| {
+            let storage = entry.contains("/data/");
+            if storage && keep.as_deref().is_none_or(|k| !entry.ends_with(k)) {
+                hit.set(hit.get() + 1);
+                vec![0xff; data.len()]
+            } else {
+                kept.set(kept.get() + usize::from(storage));
+                data
+            }
+        });
+        // Optimizer files: step, exp_avg, exp_avg_sq poisoned, the partition kept; model
+        // states: the module copy (one flat storage all its tensors view) poisoned.
+        let want = if keep.is_some() { (3, 1) } else { (1, 0) };
+        assert_eq!((hit.get(), kept.get()), want, "{name}");
+        out.push((name, poisoned));
+    }
+    out
+}
+
 /// `from` replaced by `to` at its first occurrence after `after` then `anchor`.
 fn patch_after(p: &[u8], after: &[u8], anchor: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     let a = super::find(p, after).unwrap();
