@@ -148,7 +148,7 @@ pub fn poisoned_moments_and_module() -> Vec<(String, Vec<u8>)> {
         let (hit, kept) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
         let poisoned = edit_entries(&bytes, |entry, data| {
             let storage = entry.contains("/data/");
-            if storage && keep.as_deref().is_none_or(|k| !entry.ends_with(k)) {
+            if storage && !matches!(keep.as_deref(), Some(k) if entry.ends_with(k)) {
                 hit.set(hit.get() + 1);
                 vec![0xff; data.len()]
             } else {
