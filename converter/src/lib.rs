@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! layout::discover       input path  -> every file (tracker, iteration, rank grid, HF shards)
+//! zero                   or a DeepSpeed ZeRO root/tag: each tp rank's fp32 masters as tensors
+//!                                       assembled from runs of the optimizer partitions
 //! source::open           files       -> torch object trees (torch:: reads zip, legacy and
 //!                                       safetensors files through a memory map, executing
 //!                                       nothing), the family chosen, each file's weights
@@ -44,6 +46,7 @@ pub mod tokenizer_files;
 pub mod torch;
 pub mod transpose;
 pub mod write;
+pub mod zero;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -143,6 +146,9 @@ pub fn convert(opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     write::check_outside_inputs(&opts.output, &opts.input, &extra)?;
     write::check_target(&opts.output, opts.force)?;
     let src = open(&opts.input, &opts.family)?;
+    if let Some(n) = zero::note(&src.ranks) {
+        progress.note(&n);
+    }
     let hints = Hints {
         heads: opts.heads,
         vocab_size: opts.vocab_size,

@@ -39,20 +39,11 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Find and open the checkpoint at `input`.
 pub fn open(input: &Path, family: &Family) -> Result<Source> {
-    let layout = layout::discover(input)?;
-    let mut ranks = layout
-        .shards
-        .into_iter()
-        .map(|s| {
-            Ok(Rank {
-                file: TorchFile::open(&s.path)?,
-                display: s.display,
-                tp: s.tp,
-                pp: s.pp,
-                weights: Vec::new(),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let (layout, zero) = discover_with(input)?;
+    let mut ranks = match zero {
+        Some(z) => crate::zero::open(&z)?,
+        None => open_ranks(layout.shards)?,
+    };
     let config = match &layout.config {
         Some(path) => Some(path.clone()),
         // A single file may have its config beside it.
@@ -84,6 +75,61 @@ pub fn open(input: &Path, family: &Family) -> Result<Source> {
         ranks,
         config,
         family_from,
+    })
+}
+
+fn open_ranks(shards: Vec<layout::ShardPath>) -> Result<Vec<Rank>> {
+    shards
+        .into_iter()
+        .map(|s| {
+            Ok(Rank {
+                file: TorchFile::open(&s.path)?,
+                display: s.display,
+                tp: s.tp,
+                pp: s.pp,
+                weights: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+/// Every file of the checkpoint at `input`, DeepSpeed ZeRO's included.
+pub fn discover(input: &Path) -> Result<layout::Layout> {
+    discover_with(input).map(|(l, _)| l)
+}
+
+fn discover_with(input: &Path) -> Result<(layout::Layout, Option<crate::zero::Files>)> {
+    Ok(match crate::zero::find(input)? {
+        Some(crate::zero::Found::Zero(z)) => (zero_layout(input, &z)?, Some(z)),
+        Some(crate::zero::Found::Folder(dir)) => (layout::discover(&dir)?, None),
+        None => (layout::discover(input)?, None),
+    })
+}
+
+/// A ZeRO checkpoint's layout: every file as a shard (its ranks come from [`crate::zero`]) (its ranks come from [`crate::zero`]), the
+/// config.json beside the tag folder, else beside the root (ZeRO records no model config).
+fn zero_layout(input: &Path, z: &crate::zero::Files) -> Result<layout::Layout> {
+    let config = match layout::config_beside(&z.dir)? {
+        Some(c) => Some(c),
+        None if z.dir != input => layout::config_beside(input)?,
+        None => None,
+    };
+    let tp_files = z.model.iter().zip(&z.optim).enumerate();
+    let shards = tp_files
+        .flat_map(|(t, (m, o))| std::iter::once(m).chain(o).map(move |p| (t, p)))
+        .map(|(tp, p)| layout::ShardPath {
+            path: p.clone(),
+            display: z.show(p),
+            tp,
+            pp: 0,
+        })
+        .collect();
+    Ok(layout::Layout {
+        shards,
+        tp: z.tp(),
+        pp: 1,
+        iteration: z.tag.strip_prefix("global_step").map(str::to_string),
+        config,
     })
 }
 

@@ -444,3 +444,8 @@ fn files_over_their_cap_are_refused_naming_the_cap() {
         testkit::assert_nothing_left(&out);
     }
 }
+
+#[test]
+fn deepspeed_zero_checkpoints_that_lie_are_refused() {
+    check_all(cases::zero::zero_checkpoints());
+}

@@ -16,3 +16,4 @@ mod messages;
 mod output_safety;
 mod reshard;
 mod tokenizer;
+mod zero;

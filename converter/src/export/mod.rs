@@ -90,7 +90,7 @@ pub struct Iteration {
 impl Iteration {
     /// The input's iteration (its tracker or folder name), if it has a numbered one.
     pub fn of_input(input: &Path) -> Iteration {
-        let number = crate::layout::discover(input)
+        let number = crate::source::discover(input)
             .ok()
             .and_then(|l| l.iteration)
             .and_then(|s| s.parse().ok());

@@ -104,6 +104,9 @@ pub struct Report {
     /// With `--tree`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tree: Option<Vec<FileTree>>,
+    /// A DeepSpeed ZeRO checkpoint's ranks, partitions and padding, and what a conversion reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero: Option<Vec<crate::zero::report::RankReport>>,
 }
 
 /// Read `opts.input`'s structure and describe it. Problems that leave something to show (no
@@ -144,6 +147,7 @@ pub fn inspect(opts: &Options, warnings: &mut Vec<String>) -> Result<Report> {
         tree: opts
             .tree
             .then(|| trees(src.ranks.iter().map(|r| (&r.display, &r.file)))),
+        zero: crate::zero::report::report(&src.ranks),
     })
 }
 
@@ -160,7 +164,7 @@ fn structure_only(opts: &Options, err: Error, warnings: &mut Vec<String>) -> Res
     if opts.mapped || bad_mapping || matches!(err, Error::Mapping { .. }) {
         return Err(err);
     }
-    let Ok(layout) = crate::layout::discover(&opts.input) else {
+    let Ok(layout) = crate::source::discover(&opts.input) else {
         return Err(err);
     };
     let Ok(files) = layout
@@ -182,6 +186,7 @@ fn structure_only(opts: &Options, err: Error, warnings: &mut Vec<String>) -> Res
         sizes: None,
         mapped: None,
         tree: opts.tree.then(|| trees(named())),
+        zero: None,
     })
 }
 

@@ -26,6 +26,10 @@ pub fn text(r: &Report) -> String {
         None => out.push_str(&tensors_text(&r.tensors, r.files.len())),
     }
     out.push('\n');
+    if let Some(z) = &r.zero {
+        out.push_str(&crate::zero::report::text(z));
+        out.push('\n');
+    }
     out.push_str(&sizes_text(r));
     for t in r.tree.iter().flatten() {
         out.push('\n');

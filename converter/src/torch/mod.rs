@@ -52,6 +52,9 @@ pub struct TorchFile {
     map: Mmap,
     /// Storage key -> byte range in `map`.
     storages: HashMap<String, Range<u64>>,
+    /// Tensors whose bytes lie in other files (DeepSpeed ZeRO partitions), standing in for
+    /// this file's own tensors: see [`TorchFile::with_assembled`].
+    assembled: Option<Box<dyn Assembled>>,
     /// Declared after `root`, so it drops after it and frees any reference cycles.
     _arena: Arena,
 }
@@ -87,8 +90,36 @@ impl TorchFile {
             root,
             map,
             storages,
+            assembled: None,
             _arena: arena,
         })
+    }
+
+    /// This file with `root` as its object tree and `assembled` answering for the tensors
+    /// whose storage keys it holds (their bytes lie in other files). The file's own storages
+    /// stay readable.
+    pub fn with_assembled(mut self, root: Value, assembled: Box<dyn Assembled>) -> TorchFile {
+        self.root = root;
+        self.assembled = Some(assembled);
+        self
+    }
+
+    /// The assembled tensors this file stands for, if any.
+    pub fn assembled(&self) -> Option<&dyn Assembled> {
+        self.assembled.as_deref()
+    }
+
+    fn assembled_for(&self, t: &TensorRef) -> Option<&dyn Assembled> {
+        self.assembled
+            .as_deref()
+            .filter(|a| a.holds(&t.storage_key))
+    }
+
+    /// Bytes `r` of the mapped file, if it lies inside.
+    pub fn bytes_at(&self, r: &Range<u64>) -> Option<&[u8]> {
+        let s = usize::try_from(r.start).ok()?;
+        let e = usize::try_from(r.end).ok()?;
+        self.map.get(s..e)
     }
 
     /// Size of the file in bytes.
@@ -98,17 +129,28 @@ impl TorchFile {
 
     /// Check `t` against its storage and return the byte range of the file it spans.
     pub fn span(&self, name: &str, t: &TensorRef) -> Result<Range<u64>> {
+        if let Some(a) = self.assembled_for(t) {
+            // Nothing of this file's map: the pieces are checked and read by `a`.
+            a.check(name, t)?;
+            return Ok(0..0);
+        }
         span(&self.storages, &self.path, name, t)
     }
 
     /// The tensor's elements in row-major order: borrowed from the map when the tensor is
     /// contiguous (the usual case), gathered otherwise.
     pub fn read(&self, name: &str, t: &TensorRef) -> Result<Cow<'_, [u8]>> {
+        if let Some(a) = self.assembled_for(t) {
+            return a.read(name, t).map(Cow::Owned);
+        }
         read_tensor(&self.map, &self.storages, &self.path, name, t)
     }
 
     /// [`TorchFile::read`] for a span already computed by [`TorchFile::span`] for this tensor.
     pub fn read_at(&self, name: &str, t: &TensorRef, span: &Range<u64>) -> Result<Cow<'_, [u8]>> {
+        if let Some(a) = self.assembled_for(t) {
+            return a.read(name, t).map(Cow::Owned);
+        }
         read_span(&self.map, &self.path, name, t, span)
     }
 
@@ -134,6 +176,21 @@ impl TorchFile {
     pub fn pages(&self) -> Pages<'_> {
         Pages(&self.map)
     }
+}
+
+/// Tensors a [`TorchFile`] stands for whose bytes lie elsewhere, in pieces (DeepSpeed ZeRO's
+/// fp32 partitions: [`crate::zero`]). Keyed by the storage key of the tensor references the
+/// file's (replaced) object tree holds.
+pub trait Assembled {
+    /// Whether `key` names one of these tensors.
+    fn holds(&self, key: &str) -> bool;
+    /// Check that every piece of `t` lies inside its file.
+    fn check(&self, name: &str, t: &TensorRef) -> Result<()>;
+    /// `t`'s elements in row-major order, gathered from its pieces (whose pages are released
+    /// once copied).
+    fn read(&self, name: &str, t: &TensorRef) -> Result<Vec<u8>>;
+    /// For reports that know the concrete kind.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// The mapped bytes of a [`TorchFile`], shareable across threads.

@@ -11,6 +11,7 @@
 #![allow(dead_code)] // shared by the tests and alloc binaries; each uses a part
 
 pub mod build;
+pub mod zero;
 
 use std::io::{Cursor, Write};
 use std::path::Path;
@@ -158,6 +159,7 @@ pub fn all(marker: &Path) -> Vec<Case> {
         safetensors_headers,
         safetensors_sizes,
         hf_indexes,
+        zero::zero_checkpoints,
     ];
     let mut out = code_execution(marker);
     for g in groups {
