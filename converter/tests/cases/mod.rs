@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod build;
+pub mod dcp;
 
 use std::io::{Cursor, Write};
 use std::path::Path;
@@ -158,6 +159,7 @@ pub fn all(marker: &Path) -> Vec<Case> {
         safetensors_headers,
         safetensors_sizes,
         hf_indexes,
+        dcp::dcp_folders,
     ];
     let mut out = code_execution(marker);
     for g in groups {
