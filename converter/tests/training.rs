@@ -133,3 +133,70 @@ fn accelerate_output_takes_the_config_json_saved_beside_it() {
     assert_eq!(run.code, Some(0), "{run:?}");
     verify("dcp-fsdp2-accelerate", &out, &fixture.join("reference"));
 }
+
+#[test]
+fn inspect_shows_the_chunks_and_what_a_conversion_reads() {
+    let input = training().join("mcore-dist-019-tp2-pp2/checkpoint");
+    let args: Vec<&std::ffi::OsStr> = vec![input.as_os_str(), "--json".as_ref()];
+    let run = testkit::run(env!("CARGO_BIN_EXE_cpm-inspect"), &args, &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let r: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(r["files"][0]["format"], "dcp");
+    let chunks = &r["chunks"];
+    let qkv = chunks["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "decoder.layers.self_attention.linear_qkv.weight")
+        .unwrap();
+    // tp 2 x pp 2: each stage's layer split in two along the rows (README's facts).
+    assert_eq!(qkv["shape"], serde_json::json!([2, 96, 32]));
+    assert_eq!(qkv["chunks"].as_array().unwrap().len(), 4);
+    assert_eq!(qkv["read"], true);
+    let files = chunks["data_files"].as_array().unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "__0_0.distcp",
+            "__1_0.distcp",
+            "__2_0.distcp",
+            "__3_0.distcp"
+        ]
+    );
+    for f in files {
+        assert!(f["read_bytes"].as_u64() <= f["item_bytes"].as_u64(), "{f}");
+    }
+    // The layers show as the family's per-layer names.
+    let names: Vec<&str> = r["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"decoder.layers.1.mlp.linear_fc2.weight"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn diff_finds_each_checkpoint_equal_to_its_conversion() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, flags) in [
+        ("dcp-fsdp2-accelerate", &["--heads", "4"][..]),
+        ("mcore-dist-016-tp2", &[]),
+        ("mcore-dist-019-tp2-pp2", &[]),
+    ] {
+        let input = training().join(name).join("checkpoint");
+        let out = tmp.path().join(name);
+        let run = convert(&input, &out, flags);
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec![input.as_os_str(), out.as_os_str(), "--values".as_ref()];
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
+        let diff = testkit::run(env!("CARGO_BIN_EXE_cpm-diff"), &args, &[]);
+        assert_eq!(diff.code, Some(0), "{name}: {diff:?}");
+        assert!(diff.stdout.contains("0 differ: equal"), "{name}: {diff:?}");
+    }
+}

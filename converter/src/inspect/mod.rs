@@ -9,6 +9,7 @@
 //! The work is split by job: this file builds the [`Report`]; `text` renders it as
 //! `cpm-inspect` prints it; `tree` builds the bounded `--tree` values ([`Node`]) and their JSON.
 
+mod chunks;
 mod text;
 mod tree;
 
@@ -23,6 +24,7 @@ use crate::plan::{Activation, Entry, Heads, Plan};
 use crate::torch::TorchFile;
 use crate::{Family, Hints, OutDtype};
 
+pub use chunks::{ChunkRow, Chunks, DataFile, StoredTensor};
 pub use text::{text, tree_text};
 pub use tree::{node, Node, MAX_CHARS, MAX_DEPTH, MAX_ENTRIES, MAX_ITEMS, MAX_NODES};
 
@@ -104,6 +106,9 @@ pub struct Report {
     /// With `--tree`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tree: Option<Vec<FileTree>>,
+    /// A torch Distributed Checkpoint: its stored tensors' chunks and what a conversion reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Chunks>,
 }
 
 /// Read `opts.input`'s structure and describe it. Problems that leave something to show (no
@@ -129,6 +134,7 @@ pub fn inspect(opts: &Options, warnings: &mut Vec<String>) -> Result<Report> {
         warnings.extend(p.notes.iter().cloned());
     }
     let family = plan.as_ref().map(|p| p.variant.clone());
+    let chunks = chunks::chunks(&src.ranks, plan.as_ref());
     let family_from = plan.as_ref().map(|_| src.family_from.clone());
     Ok(Report {
         files: src
@@ -144,6 +150,7 @@ pub fn inspect(opts: &Options, warnings: &mut Vec<String>) -> Result<Report> {
         tree: opts
             .tree
             .then(|| trees(src.ranks.iter().map(|r| (&r.display, &r.file)))),
+        chunks,
     })
 }
 
@@ -182,6 +189,7 @@ fn structure_only(opts: &Options, err: Error, warnings: &mut Vec<String>) -> Res
         sizes: None,
         mapped: None,
         tree: opts.tree.then(|| trees(named())),
+        chunks: None,
     })
 }
 
