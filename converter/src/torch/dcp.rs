@@ -458,7 +458,7 @@ impl Dcp {
     }
 
     /// The bytes of virtual range `span` (inside one tensor, as [`span`] computed it).
-    pub fn read(&self, path: &Path, name: &str, span: &Range<u64>) -> Result<Vec<u8>> {
+    pub fn read(&self, name: &str, span: &Range<u64>) -> Result<Vec<u8>> {
         let i = self.tensors.partition_point(|s| s.start <= span.start);
         let s = i
             .checked_sub(1)
@@ -468,8 +468,18 @@ impl Dcp {
         let es = s.t.dtype.size() as u64;
         let (a, b) = ((span.start - s.start) / es, (span.end - s.start) / es);
         let mut out = vec![0u8; ((b - a) * es) as usize];
-        let _ = path;
-        s.t.fill(a..b, &mut out, |k| self.chunk_bytes(s, &s.t.chunks[k]))?;
+        let mut touched = Vec::new();
+        let filled = s.t.fill(a..b, &mut out, |k| {
+            touched.push(s.t.chunks[k].source);
+            self.chunk_bytes(s, &s.t.chunks[k])
+        });
+        // The bytes are copied: drop the pages, so the resident set does not grow with the
+        // model (as TorchFile::release does for mapped tensors).
+        for i in touched {
+            let it = &self.items[i];
+            super::Pages(Some(&self.files[it.file].1)).release(&it.range);
+        }
+        filled?;
         Ok(out)
     }
 

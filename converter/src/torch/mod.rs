@@ -144,7 +144,11 @@ impl TorchFile {
         match &self.dcp {
             None => read_span(&self.map, &self.path, name, t, span),
             Some(d) => {
-                let bytes = d.read(&self.path, name, span)?;
+                let bytes = d.read(name, span)?;
+                // Assembled already: a contiguous view is those bytes, a strided one gathered.
+                if t.is_contiguous() && t.nbytes() == Some(bytes.len() as u64) {
+                    return Ok(Cow::Owned(bytes));
+                }
                 let whole = 0..bytes.len() as u64;
                 Ok(Cow::Owned(
                     read_span(&bytes, &self.path, name, t, &whole)?.into_owned(),
