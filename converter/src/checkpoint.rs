@@ -121,7 +121,7 @@ impl Walk<'_> {
     fn tensor(&mut self, name: String, t: &Rc<TensorRef>) -> Result<()> {
         let stack = self.stacked.iter().find_map(|p| {
             let rest = name.strip_prefix(p.as_str())?;
-            (!rest.starts_with(|c: char| c.is_ascii_digit())).then(|| (p.as_str(), rest))
+            (!rest.starts_with(|c: char| c.is_ascii_digit())).then_some((p.as_str(), rest))
         });
         let Some((p, rest)) = stack else {
             self.out.push((name, Rc::clone(t)));

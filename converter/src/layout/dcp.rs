@@ -31,10 +31,10 @@ pub(super) fn accelerate(dir: &Path) -> Result<Option<Layout>> {
         let e = e.map_err(|e| Error::io(dir, "cannot list", e))?;
         let name = e.file_name().to_string_lossy().into_owned();
         let index = name.strip_prefix(ACCELERATE_PREFIX);
-        if index.is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())) {
-            if present(&dir.join(&name).join(METADATA))? {
-                found.push(name);
-            }
+        let numbered =
+            index.is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
+        if numbered && present(&dir.join(&name).join(METADATA))? {
+            found.push(name);
         }
     }
     found.sort();

@@ -79,7 +79,7 @@ impl Assembled {
             }
             for d in 0..nd {
                 let end = c.offsets[d].checked_add(c.sizes[d]);
-                if end.is_none_or(|e| e > self.shape[d]) {
+                if end.map_or(true, |e| e > self.shape[d]) {
                     return Err(format!(
                         "chunk at offsets {:?} sizes {:?} exceeds the global shape {:?}",
                         c.offsets, c.sizes, self.shape

@@ -63,6 +63,10 @@ pub struct Dcp {
     tensors: Vec<Stored>,
 }
 
+/// A stored tensor for reports: name, global shape, and each chunk with its data file's name
+/// and the byte range of its item there.
+pub type Described = (String, Vec<u64>, Vec<(Chunk, String, Range<u64>)>);
+
 /// What [`open`] gives a [`super::TorchFile`].
 pub struct Opened {
     pub root: Value,
@@ -484,7 +488,7 @@ impl Dcp {
     }
 
     /// For reports: each tensor's name, global shape and chunks, and the files they lie in.
-    pub fn describe(&self) -> Vec<(String, Vec<u64>, Vec<(Chunk, String, Range<u64>)>)> {
+    pub fn describe(&self) -> Vec<Described> {
         self.tensors
             .iter()
             .map(|s| {
@@ -549,7 +553,8 @@ fn common(
 fn is_class(v: &Value, module_tail: &str, name: &str) -> bool {
     match v {
         Value::Object(o) => o.borrow().class.as_ref().is_some_and(|g| {
-            &*g.name == name && &*g.module == format!("torch.distributed.checkpoint.{module_tail}")
+            &*g.name == name
+                && g.module.strip_prefix("torch.distributed.checkpoint.") == Some(module_tail)
         }),
         _ => false,
     }
