@@ -414,17 +414,32 @@ impl Dcp {
         Ok(())
     }
 
-    /// An item's bytes (inside its file: checked at open).
-    fn item(&self, i: usize) -> (&Path, &[u8]) {
+    /// An item's bytes, checked to lie inside its file.
+    fn item(&self, i: usize) -> Result<(&Path, &[u8])> {
         let it = &self.items[i];
         let (path, map) = &self.files[it.file];
-        (path, &map[it.range.start as usize..it.range.end as usize])
+        let bytes = usize::try_from(it.range.start)
+            .ok()
+            .zip(usize::try_from(it.range.end).ok())
+            .and_then(|(a, b)| map.get(a..b))
+            .ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!(
+                        "an item claims bytes {}..{}, but the file has {} bytes",
+                        it.range.start,
+                        it.range.end,
+                        map.len()
+                    ),
+                )
+            })?;
+        Ok((path, bytes))
     }
 
     /// A chunk's row-major bytes: its item parsed as a `torch.save` zip of one tensor of the
     /// chunk's sizes and the tensor's dtype.
     fn chunk_bytes(&self, s: &Stored, c: &Chunk) -> Result<Cow<'_, [u8]>> {
-        let (path, bytes) = self.item(c.source);
+        let (path, bytes) = self.item(c.source)?;
         let what = format!("{} (chunk at offsets {:?})", s.name, c.offsets);
         if !bytes.starts_with(b"PK\x03\x04") {
             return Err(Error::tensor(
@@ -528,7 +543,7 @@ fn common(
         items
             .iter()
             .map(|&i| {
-                let (path, bytes) = dcp.item(i);
+                let (path, bytes) = dcp.item(i)?;
                 Ok((parse_bytes(bytes, path)?, path.to_path_buf()))
             })
             .collect::<Result<Vec<_>>>()?

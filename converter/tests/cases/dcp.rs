@@ -27,6 +27,9 @@ pub struct Dcp {
     pub first_transform: Option<Vec<u8>>,
     /// The first chunk's item bytes, instead of its torch.save zip.
     pub first_item: Option<Vec<u8>>,
+    /// A bytes item `common_state/shard_0_1` (megatron-core's args) at this byte range of
+    /// `__0_0.distcp`.
+    pub common_state: Option<(u64, u64)>,
 }
 
 fn split0(name: &str, shape: &[u64]) -> Tensor {
@@ -74,6 +77,7 @@ impl Dcp {
             first_extra_length: 0,
             first_transform: None,
             first_item: None,
+            common_state: None,
         }
     }
 
@@ -118,7 +122,23 @@ impl Dcp {
             p.str(&t.name);
             self.tensor_metadata(&mut p, t);
         }
+        if self.common_state.is_some() {
+            p.str("common_state/shard_0_1");
+            obj(&mut p, "metadata", "BytesStorageMetadata");
+        }
         p.raw(b"u").str("storage_data").raw(b"}(");
+        if let Some((start, len)) = self.common_state {
+            obj(&mut p, "metadata", "MetadataIndex");
+            p.raw(b"}(").str("fqn").str("common_state/shard_0_1");
+            p.str("offset").raw(b"N").str("index").raw(b"Nub");
+            obj(&mut p, "filesystem", "_StorageInfo");
+            p.raw(b"}(").str("relative_path").str("__0_0.distcp");
+            p.str("offset")
+                .int(start as i64)
+                .str("length")
+                .int(len as i64);
+            p.str("transform_descriptors").raw(b"Nub");
+        }
         for (fqn, off, path, start, len, first) in &entries {
             obj(&mut p, "metadata", "MetadataIndex");
             p.raw(b"}(").str("fqn").str(fqn).str("offset");
@@ -303,6 +323,13 @@ pub fn dcp_folders() -> Vec<Case> {
     let mut d = Dcp::gpt2();
     d.first_path = Some("__9_0.distcp".into());
     out.push(d.refused("relative_path naming a missing file", "__9_0.distcp", &[]));
+    let mut d = Dcp::gpt2();
+    d.common_state = Some((100, 1 << 40));
+    out.push(d.refused(
+        "a bytes item past the end of its file",
+        "__0_0.distcp",
+        &["claims bytes 100..1099511627876"],
+    ));
     let mut d = Dcp::gpt2();
     d.dtype = "complex64";
     out.push(d.refused(
