@@ -134,8 +134,22 @@ impl Walk<'_> {
                 "stacks layers on its first dimension, but is a scalar",
             ));
         };
+        // Each view's name is at least this long: more layers than the file could name is a lie
+        // about the first dimension, refused before any view is made.
+        let least = (p.len() + rest.len() + 2) as u64;
+        if layers.saturating_mul(least) > self.name_budget {
+            return Err(Error::tensor(
+                &self.file.path,
+                &name,
+                format!(
+                    "stacks {layers} layers on its first dimension (shape {:?}): more than the \
+                     file's {} bytes could name",
+                    t.shape,
+                    self.file.file_len()
+                ),
+            ));
+        }
         for i in 0..layers {
-            // Each view's name is charged to the budget: a huge first dimension runs it out.
             let view = self.name("", &format!("{p}{i}.{rest}"))?;
             let offset = i
                 .checked_mul(step)

@@ -323,6 +323,18 @@ pub fn dcp_folders() -> Vec<Case> {
     let mut d = Dcp::gpt2();
     d.first_path = Some("__9_0.distcp".into());
     out.push(d.refused("relative_path naming a missing file", "__9_0.distcp", &[]));
+    // megatron-core's stacked layers: 2^40 layers would be 2^40 views; the name budget ends it.
+    let mut d = Dcp::gpt2();
+    d.tensors = vec![Tensor {
+        name: "decoder.layers.mlp.linear_fc2.bias".into(),
+        shape: vec![1 << 40, 1],
+        chunks: vec![(vec![0, 0], vec![1 << 40, 1])],
+    }];
+    out.push(d.refused(
+        "2^40 stacked layers",
+        meta,
+        &["stacks 1099511627776 layers", "more than the file"],
+    ));
     let mut d = Dcp::gpt2();
     d.common_state = Some((100, 1 << 40));
     out.push(d.refused(
