@@ -389,12 +389,31 @@ impl<'a> Files<'a> {
 }
 
 impl Dcp {
-    /// Every item lies inside its file.
+    /// Every item lies inside its file and is large enough to hold its chunk: what a read
+    /// allocates is then backed by bytes of the input.
     fn check_items(&self, meta: &Path) -> Result<()> {
         for s in &self.tensors {
             for c in &s.t.chunks {
                 let it = &self.items[c.source];
                 let (path, map) = &self.files[it.file];
+                let need = c
+                    .sizes
+                    .iter()
+                    .try_fold(s.t.dtype.size() as u64, |a, &d| a.checked_mul(d));
+                if need.map_or(true, |n| n > it.range.end - it.range.start) {
+                    return Err(Error::tensor(
+                        meta,
+                        &s.name,
+                        format!(
+                            "chunk at offsets {:?} (sizes {:?}) needs more bytes than its item \
+                             in {} holds ({})",
+                            c.offsets,
+                            c.sizes,
+                            path.display(),
+                            it.range.end - it.range.start
+                        ),
+                    ));
+                }
                 if it.range.end > map.len() as u64 {
                     return Err(Error::tensor(
                         meta,

@@ -323,7 +323,7 @@ pub fn dcp_folders() -> Vec<Case> {
     let mut d = Dcp::gpt2();
     d.first_path = Some("__9_0.distcp".into());
     out.push(d.refused("relative_path naming a missing file", "__9_0.distcp", &[]));
-    // megatron-core's stacked layers: 2^40 layers would be 2^40 views; the name budget ends it.
+    // megatron-core's stacked layers: 2^40 layers, each a view; the item holds one element.
     let mut d = Dcp::gpt2();
     d.tensors = vec![Tensor {
         name: "decoder.layers.mlp.linear_fc2.bias".into(),
@@ -333,7 +333,7 @@ pub fn dcp_folders() -> Vec<Case> {
     out.push(d.refused(
         "2^40 stacked layers",
         meta,
-        &["stacks 1099511627776 layers", "more than the file"],
+        &["sizes [1099511627776, 1]", "needs more bytes than its item"],
     ));
     let mut d = Dcp::gpt2();
     d.common_state = Some((100, 1 << 40));
