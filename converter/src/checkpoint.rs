@@ -47,6 +47,7 @@ pub fn weights(file: &TorchFile, mapping: &Mapping) -> Result<Vec<(String, Rc<Te
             keyname
         },
         strip: &mapping.variant.strip_prefixes,
+        stacked: &mapping.variant.stacked,
         // Each name is copied out of the tree. Real names are distinct strings stored in the
         // file, so together they are shorter than it; one memoized name reused is not.
         name_budget: file.file_len(),
@@ -72,6 +73,7 @@ struct Walk<'a> {
     file: &'a TorchFile,
     keyname: &'a str,
     strip: &'a [String],
+    stacked: &'a [String],
     name_budget: u64,
     out: Vec<(String, Rc<TensorRef>)>,
 }
@@ -102,7 +104,7 @@ impl Walk<'_> {
             match &v {
                 Value::Tensor(t) => {
                     let name = self.name(prefix, key)?;
-                    self.out.push((name, Rc::clone(t)));
+                    self.tensor(name, t)?;
                 }
                 Value::Dict(_) if depth < MAX_WEIGHT_DEPTH => {
                     let name = self.name(prefix, key)?;
@@ -111,6 +113,55 @@ impl Walk<'_> {
                 // Non-tensor entries (`_metadata`, `_extra_state` bytes, None) carry no weights.
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// A weight, or one per layer when it stacks the layers (see `stacked` in the mapping).
+    fn tensor(&mut self, name: String, t: &Rc<TensorRef>) -> Result<()> {
+        let stack = self.stacked.iter().find_map(|p| {
+            let rest = name.strip_prefix(p.as_str())?;
+            (!rest.starts_with(|c: char| c.is_ascii_digit())).then_some((p.as_str(), rest))
+        });
+        let Some((p, rest)) = stack else {
+            self.out.push((name, Rc::clone(t)));
+            return Ok(());
+        };
+        let (Some(&layers), Some(&step)) = (t.shape.first(), t.stride.first()) else {
+            return Err(Error::tensor(
+                &self.file.path,
+                &name,
+                "stacks layers on its first dimension, but is a scalar",
+            ));
+        };
+        // Each view's name is at least this long: more layers than the file could name is a lie
+        // about the first dimension, refused before any view is made.
+        let least = (p.len() + rest.len() + 2) as u64;
+        if layers.saturating_mul(least) > self.name_budget {
+            return Err(Error::tensor(
+                &self.file.path,
+                &name,
+                format!(
+                    "stacks {layers} layers on its first dimension (shape {:?}): more than the \
+                     file's {} bytes could name",
+                    t.shape,
+                    self.file.file_len()
+                ),
+            ));
+        }
+        for i in 0..layers {
+            let view = self.name("", &format!("{p}{i}.{rest}"))?;
+            let offset = i
+                .checked_mul(step)
+                .and_then(|o| o.checked_add(t.offset))
+                .ok_or_else(|| Error::tensor(&self.file.path, &name, "layer offset overflows"))?;
+            let one = TensorRef {
+                offset,
+                shape: t.shape[1..].to_vec(),
+                stride: t.stride[1..].to_vec(),
+                ..TensorRef::clone(t)
+            };
+            self.out.push((view, Rc::new(one)));
         }
         Ok(())
     }

@@ -13,7 +13,11 @@
 //! * a Hugging Face folder: `model.safetensors`, `model.safetensors.index.json`,
 //!   `pytorch_model.bin` or `pytorch_model.bin.index.json` (safetensors preferred), with
 //!   `config.json` beside it;
-//! * a folder holding nanoGPT's `ckpt.pt`.
+//! * a folder holding nanoGPT's `ckpt.pt`;
+//! * a torch Distributed Checkpoint folder (`.metadata` and `*.distcp`), as itself, as
+//!   megatron-core's iteration folder (found through the tracker too), or inside accelerate's
+//!   output folder (`pytorch_model_fsdp_0/`, `config.json` beside it): one rank of global
+//!   tensors.
 //!
 //! Nothing here is sized by a number read from a name: rank numbers are checked against the files
 //! present, and every count is capped.
@@ -24,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+mod dcp;
 mod hugging_face;
 pub(crate) use hugging_face::config_beside;
 use hugging_face::hugging_face;
@@ -87,6 +92,17 @@ pub fn discover(input: &Path) -> Result<Layout> {
     }
     let name = input.file_name().map(|n| n.to_string_lossy().into_owned());
     let iteration = name.as_deref().and_then(iteration_of_folder);
+    if let Some(mut l) = dcp::folder(input, "")? {
+        l.iteration = iteration;
+        l.config = match config_beside(input)? {
+            Some(c) => Some(c),
+            None => input.parent().map(config_beside).transpose()?.flatten(),
+        };
+        return Ok(l);
+    }
+    if let Some(l) = dcp::accelerate(input)? {
+        return Ok(l);
+    }
     match rank_grid(input, "")? {
         Some(mut l) => {
             l.iteration = iteration;
@@ -156,7 +172,12 @@ fn from_tracker(input: &Path, tracker: &Path) -> Result<Layout> {
         }
     };
     let dir = input.join(folder);
-    let mut l = rank_grid(&dir, &format!("{folder}/"))?.ok_or_else(|| no_checkpoint(&dir))?;
+    let prefix = format!("{folder}/");
+    let grid = match dcp::folder(&dir, &prefix)? {
+        Some(l) => Some(l),
+        None => rank_grid(&dir, &prefix)?,
+    };
+    let mut l = grid.ok_or_else(|| no_checkpoint(&dir))?;
     l.iteration = Some(it.to_string());
     Ok(l)
 }

@@ -10,7 +10,9 @@
 //!                                       assembled from runs of the optimizer partitions
 //! source::open           files       -> torch object trees (torch:: reads zip, legacy and
 //!                                       safetensors files through a memory map, executing
-//!                                       nothing), the family chosen, each file's weights
+//!                                       nothing; a Distributed Checkpoint folder as one file
+//!                                       of global tensors assembled from chunks), the family
+//!                                       chosen, each file's weights
 //! plan::build            weights + mapping (mappings/*.toml) -> every output tensor, checked
 //! merge::tensor          one tensor's parts -> Hugging Face layout (concat, qkv interleave,
 //!                                       transpose), NaN/Inf check, cast

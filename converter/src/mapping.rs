@@ -183,6 +183,11 @@ pub struct Variant {
     /// Prefixes removed from every weight name when present (`_orig_mod.` from torch.compile).
     #[serde(default)]
     pub strip_prefixes: Vec<String>,
+    /// Prefixes under which a tensor with no layer number holds every layer stacked on its
+    /// first dimension (megatron-core's `torch_dist`: `decoder.layers.<name>` is
+    /// `[layers, ...]`): it reads as one tensor per layer, `<prefix>N.<name>`.
+    #[serde(default)]
+    pub stacked: Vec<String>,
     /// Weights that are not parameters (buffers, Transformer Engine state): ignored by name.
     /// Patterns may hold `{bid}` and `*` (any run of characters).
     #[serde(default)]

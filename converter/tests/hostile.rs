@@ -193,6 +193,11 @@ fn hostile_shard_indexes_are_refused() {
 }
 
 #[test]
+fn hostile_distributed_checkpoints_are_refused() {
+    check_all(cases::dcp::dcp_folders());
+}
+
+#[test]
 fn truncated_files_are_refused_by_the_reader_at_every_seventh_byte() {
     // ...and the reader in-process at every 7th byte (some 55,000 parses).
     use cpm_convert::torch::parse_bytes;

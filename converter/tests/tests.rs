@@ -16,4 +16,5 @@ mod messages;
 mod output_safety;
 mod reshard;
 mod tokenizer;
+mod training;
 mod zero;

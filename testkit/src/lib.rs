@@ -339,6 +339,7 @@ mod tests {
 
     #[test]
     fn peak_counts_a_large_allocation_and_ignores_freed_ones() {
+        let _alone = alone();
         let (_, peak) = peak_heap_during(|| {
             let v = vec![1u8; 8 << 20];
             std::hint::black_box(&v);

@@ -9,6 +9,7 @@
 //! The work is split by job: this file builds the [`Report`]; `text` renders it as
 //! `cpm-inspect` prints it; `tree` builds the bounded `--tree` values ([`Node`]) and their JSON.
 
+mod chunks;
 mod text;
 mod tree;
 
@@ -23,6 +24,7 @@ use crate::plan::{Activation, Entry, Heads, Plan};
 use crate::torch::TorchFile;
 use crate::{Family, Hints, OutDtype};
 
+pub use chunks::{ChunkRow, Chunks, DataFile, StoredTensor};
 pub use text::{text, tree_text};
 pub use tree::{node, Node, MAX_CHARS, MAX_DEPTH, MAX_ENTRIES, MAX_ITEMS, MAX_NODES};
 
@@ -107,6 +109,9 @@ pub struct Report {
     /// A DeepSpeed ZeRO checkpoint's ranks, partitions and padding, and what a conversion reads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zero: Option<Vec<crate::zero::report::RankReport>>,
+    /// A torch Distributed Checkpoint: its stored tensors' chunks and what a conversion reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Chunks>,
 }
 
 /// Read `opts.input`'s structure and describe it. Problems that leave something to show (no
@@ -132,6 +137,7 @@ pub fn inspect(opts: &Options, warnings: &mut Vec<String>) -> Result<Report> {
         warnings.extend(p.notes.iter().cloned());
     }
     let family = plan.as_ref().map(|p| p.variant.clone());
+    let chunks = chunks::chunks(&src.ranks, plan.as_ref());
     let family_from = plan.as_ref().map(|_| src.family_from.clone());
     Ok(Report {
         files: src
@@ -148,6 +154,7 @@ pub fn inspect(opts: &Options, warnings: &mut Vec<String>) -> Result<Report> {
             .tree
             .then(|| trees(src.ranks.iter().map(|r| (&r.display, &r.file)))),
         zero: crate::zero::report::report(&src.ranks),
+        chunks,
     })
 }
 
@@ -187,6 +194,7 @@ fn structure_only(opts: &Options, err: Error, warnings: &mut Vec<String>) -> Res
         mapped: None,
         tree: opts.tree.then(|| trees(named())),
         zero: None,
+        chunks: None,
     })
 }
 

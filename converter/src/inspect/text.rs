@@ -25,6 +25,10 @@ pub fn text(r: &Report) -> String {
         Some(entries) => out.push_str(&mapped_text(entries)),
         None => out.push_str(&tensors_text(&r.tensors, r.files.len())),
     }
+    if let Some(c) = &r.chunks {
+        out.push('\n');
+        out.push_str(&super::chunks::text(c));
+    }
     out.push('\n');
     if let Some(z) = &r.zero {
         out.push_str(&crate::zero::report::text(z));

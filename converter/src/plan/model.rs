@@ -298,7 +298,8 @@ pub fn check_world_size(ranks: &[Rank], mapping: &Mapping, tp: usize) -> Result<
     let Some(key) = &mapping.variant.world_size_key else {
         return Ok(());
     };
-    for rank in ranks {
+    // A DCP folder holds global tensors: the size it was trained at is no file count.
+    for rank in ranks.iter().filter(|r| !r.file.holds_global_tensors()) {
         let Some(n) = at_path(&rank.file.root, key).and_then(|v| v.as_int()) else {
             continue;
         };

@@ -4,6 +4,8 @@
 //! storages, each a byte range of the memory-mapped file. Tensor data is only touched when a
 //! caller asks for it, so reading a checkpoint's structure costs a few kilobytes of I/O.
 
+pub mod assembled;
+pub mod dcp;
 mod legacy;
 mod names;
 pub mod pickle;
@@ -32,6 +34,9 @@ pub enum Format {
     Legacy,
     /// A safetensors file: each tensor is its own storage.
     Safetensors,
+    /// A torch Distributed Checkpoint folder (its `.metadata`): global tensors assembled from
+    /// chunks in its data files.
+    Dcp,
 }
 
 impl Format {
@@ -40,6 +45,7 @@ impl Format {
             Format::Zip => "zip",
             Format::Legacy => "legacy",
             Format::Safetensors => "safetensors",
+            Format::Dcp => "dcp",
         }
     }
 }
@@ -55,6 +61,8 @@ pub struct TorchFile {
     /// Tensors whose bytes lie in other files (DeepSpeed ZeRO partitions), standing in for
     /// this file's own tensors: see [`TorchFile::with_assembled`].
     assembled: Option<Box<dyn Assembled>>,
+    /// A DCP folder: storages are virtual ranges, read by assembling chunks.
+    dcp: Option<dcp::Dcp>,
     /// Declared after `root`, so it drops after it and frees any reference cycles.
     _arena: Arena,
 }
@@ -78,6 +86,19 @@ impl TorchFile {
         // the kernel raises SIGBUS; that is the usual contract of memory-mapped readers
         // (safetensors, llama.cpp) and the price of not copying gigabytes.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "cannot map", e))?;
+        if path.file_name().is_some_and(|n| n == dcp::METADATA) {
+            let o = dcp::open(&map, path)?;
+            return Ok(TorchFile {
+                path: path.to_path_buf(),
+                format: Format::Dcp,
+                root: o.root,
+                map,
+                storages: o.storages,
+                assembled: None,
+                dcp: Some(o.dcp),
+                _arena: o.arena,
+            });
+        }
         let Contents {
             format,
             root,
@@ -91,6 +112,7 @@ impl TorchFile {
             map,
             storages,
             assembled: None,
+            dcp: None,
             _arena: arena,
         })
     }
@@ -122,6 +144,16 @@ impl TorchFile {
         self.map.get(s..e)
     }
 
+    /// Whether the file holds global tensors (a DCP folder), not one model-parallel rank's.
+    pub fn holds_global_tensors(&self) -> bool {
+        self.dcp.is_some()
+    }
+
+    /// A DCP folder's tensors and chunks, for reports.
+    pub fn dcp(&self) -> Option<&dcp::Dcp> {
+        self.dcp.as_ref()
+    }
+
     /// Size of the file in bytes.
     pub fn file_len(&self) -> u64 {
         self.map.len() as u64
@@ -143,7 +175,8 @@ impl TorchFile {
         if let Some(a) = self.assembled_for(t) {
             return a.read(name, t).map(Cow::Owned);
         }
-        read_tensor(&self.map, &self.storages, &self.path, name, t)
+        let span = self.span(name, t)?;
+        self.read_at(name, t, &span)
     }
 
     /// [`TorchFile::read`] for a span already computed by [`TorchFile::span`] for this tensor.
@@ -151,12 +184,28 @@ impl TorchFile {
         if let Some(a) = self.assembled_for(t) {
             return a.read(name, t).map(Cow::Owned);
         }
-        read_span(&self.map, &self.path, name, t, span)
+        match &self.dcp {
+            None => read_span(&self.map, &self.path, name, t, span),
+            Some(d) => {
+                let bytes = d.read(name, span)?;
+                // Assembled already: a contiguous view is those bytes, a strided one gathered.
+                if t.is_contiguous() && t.nbytes() == Some(bytes.len() as u64) {
+                    return Ok(Cow::Owned(bytes));
+                }
+                let whole = 0..bytes.len() as u64;
+                Ok(Cow::Owned(
+                    read_span(&bytes, &self.path, name, t, &whole)?.into_owned(),
+                ))
+            }
+        }
     }
 
     /// Map these pages in one system call before they are read: cheaper than a page fault per
     /// 64 KiB. Best effort (MADV_POPULATE_READ needs Linux 5.14).
     pub fn prefetch(&self, span: &Range<u64>) {
+        if self.dcp.is_some() {
+            return;
+        }
         let page = 4096u64;
         let start = span.start / page * page;
         let len = (span.end - start) as usize;
@@ -174,7 +223,8 @@ impl TorchFile {
     /// A handle on the file's mapped bytes that another thread may use to release pages (the
     /// object tree is single-threaded; the map is not).
     pub fn pages(&self) -> Pages<'_> {
-        Pages(&self.map)
+        // A DCP folder's spans are virtual: its chunk bytes were copied when read.
+        Pages(self.dcp.is_none().then_some(&self.map))
     }
 }
 
@@ -195,12 +245,15 @@ pub trait Assembled {
 
 /// The mapped bytes of a [`TorchFile`], shareable across threads.
 #[derive(Clone, Copy)]
-pub struct Pages<'a>(&'a Mmap);
+pub struct Pages<'a>(Option<&'a Mmap>);
 
 impl Pages<'_> {
     /// Tell the kernel we are done with these pages, so a long conversion's resident set does
     /// not grow with the model (the page cache keeps them if memory allows).
     pub fn release(&self, span: &Range<u64>) {
+        let Some(map) = self.0 else {
+            return;
+        };
         let page = 4096u64;
         let start = span.start / page * page;
         let len = (span.end - start) as usize;
@@ -208,8 +261,7 @@ impl Pages<'_> {
         // read (even one still in flight on another thread) faults them in again from the
         // file, with the same contents. Callers release a tensor after they are done with it.
         let _ = unsafe {
-            self.0
-                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, len)
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, len)
         };
     }
 }

@@ -11,6 +11,7 @@
 #![allow(dead_code)] // shared by the tests and alloc binaries; each uses a part
 
 pub mod build;
+pub mod dcp;
 pub mod zero;
 
 use std::io::{Cursor, Write};
@@ -160,6 +161,7 @@ pub fn all(marker: &Path) -> Vec<Case> {
         safetensors_sizes,
         hf_indexes,
         zero::zero_checkpoints,
+        dcp::dcp_folders,
     ];
     let mut out = code_execution(marker);
     for g in groups {
