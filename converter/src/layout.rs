@@ -22,11 +22,11 @@
 //! Nothing here is sized by a number read from a name: rank numbers are checked against the files
 //! present, and every count is capped.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::files::open_regular;
 
 mod dcp;
 mod hugging_face;
@@ -480,7 +480,7 @@ fn complete_grid(dir: &Path, form: Form, found: &[Found]) -> Result<(usize, usiz
 /// Whether anything exists at `path` (a dangling symlink, a FIFO or a device included), so a
 /// file that is there but unusable is an error rather than taken as absent.
 fn present(path: &Path) -> Result<bool> {
-    cpm_files::exists(path).map_err(|e| from_files(e, ""))
+    cpm_files::exists(path).map_err(|e| crate::files::from_files(e, ""))
 }
 
 /// Refuse anything but a regular file (after following symlinks): opening a FIFO or a device
@@ -499,35 +499,6 @@ fn check_regular(path: &Path, meta: &std::fs::Metadata, why: &str) -> Result<()>
         path,
         format!("is {kind}, not a regular file; {why}"),
     ))
-}
-
-/// Open `path` for reading, refusing anything but a regular file without blocking
-/// (`cpm_files::open_regular`). Returns the file and its length.
-pub(crate) fn open_regular(path: &Path, why: &str) -> Result<(File, u64)> {
-    cpm_files::open_regular(path).map_err(|e| from_files(e, why))
-}
-
-/// A whole regular file of at most `cap` bytes (`cpm_files::read_capped`).
-pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
-    cpm_files::read_capped(path, cap).map_err(|e| from_files(e, "expected a text file"))
-}
-
-/// The shared reader's error in ours; `why` follows a refused file type.
-fn from_files(e: cpm_files::Error, why: &str) -> Error {
-    use cpm_files::Error as F;
-    match e {
-        F::Io { path, what, err } => Error::io(path, what, err),
-        F::NotRegular { path, kind } => {
-            Error::layout(path, format!("is {kind}, not a regular file; {why}"))
-        }
-        F::TooLarge { path, size, cap } => Error::layout(
-            path,
-            format!("is {size} bytes; cpm-convert reads at most {cap} bytes of it"),
-        ),
-        F::Grew { path, cap } => {
-            Error::layout(path, format!("grew past {cap} bytes while being read"))
-        }
-    }
 }
 
 /// What a JSON value is, for messages (the value itself may be megabytes).

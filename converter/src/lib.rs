@@ -35,6 +35,7 @@ pub mod diff;
 pub mod elements;
 pub mod error;
 pub mod export;
+pub mod files;
 pub mod gpt2_config;
 pub mod inspect;
 pub mod layout;

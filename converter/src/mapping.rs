@@ -315,7 +315,7 @@ impl Mapping {
 
     /// Load a mapping file (a regular file of at most 1 MiB).
     pub fn load(path: &Path) -> Result<Mapping> {
-        let bytes = crate::layout::read_capped(path, MAX_MAPPING_BYTES)?;
+        let bytes = crate::files::read_capped(path, MAX_MAPPING_BYTES)?;
         let text = String::from_utf8(bytes).map_err(|_| Error::Mapping {
             path: path.to_path_buf(),
             msg: "is not UTF-8 text".into(),

@@ -201,7 +201,7 @@ fn brief(family: &str, e: &Error) -> String {
 
 /// A Hugging Face `config.json`, read whole up to its cap.
 fn read_config(path: &Path) -> Result<serde_json::Value> {
-    let bytes = layout::read_capped(path, MAX_CONFIG_BYTES)?;
+    let bytes = crate::files::read_capped(path, MAX_CONFIG_BYTES)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
 }
 

@@ -6,10 +6,11 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::{
-    file_name, json_kind, present, read_capped, require_regular, single, Layout, ShardPath,
-    MAX_INDEX_BYTES, MAX_SHARDS,
+    file_name, json_kind, present, require_regular, single, Layout, ShardPath, MAX_INDEX_BYTES,
+    MAX_SHARDS,
 };
 use crate::error::{Error, Result};
+use crate::files::read_capped;
 
 /// The single files and indexes a Hugging Face folder may hold, in order of preference.
 const HF_FILES: [(&str, &str); 2] = [

@@ -378,7 +378,7 @@ impl<'a> Files<'a> {
             .map(|n| {
                 let path = self.dir.join(n);
                 let (file, _) =
-                    crate::layout::open_regular(&path, "DCP data files must be regular files")?;
+                    crate::files::open_regular(&path, "DCP data files must be regular files")?;
                 // SAFETY: read-only map; see TorchFile::open.
                 let map =
                     unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, "cannot map", e))?;
@@ -556,7 +556,7 @@ fn common(
 ) -> Result<()> {
     let file = dir.join("common.pt");
     let parsed = if file.exists() {
-        let bytes = crate::layout::read_capped(&file, MAX_COMMON_BYTES)?;
+        let bytes = crate::files::read_capped(&file, MAX_COMMON_BYTES)?;
         vec![(parse_bytes(&bytes, &file)?, file)]
     } else {
         items

@@ -72,7 +72,7 @@ impl TorchFile {
     pub fn open(path: &Path) -> Result<TorchFile> {
         // A FIFO or a device would block or read forever: regular files only, checked on the
         // handle.
-        let (file, len) = crate::layout::open_regular(
+        let (file, len) = crate::files::open_regular(
             path,
             "checkpoint files must be torch or safetensors files",
         )?;

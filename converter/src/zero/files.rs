@@ -112,7 +112,7 @@ fn exists(p: &Path) -> Result<bool> {
 
 /// The tag `latest` names: one plain folder name, never a path (`../x`, `/abs`, `a/b`).
 fn read_latest(latest: &Path) -> Result<String> {
-    let bytes = layout::read_capped(latest, MAX_TRACKER_BYTES)?;
+    let bytes = crate::files::read_capped(latest, MAX_TRACKER_BYTES)?;
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::layout(latest, "is not UTF-8 text; expected a tag name"))?;
     let tag = text.trim();
