@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-const EXE: &str = env!("CARGO_BIN_EXE_cpm-convert");
+use crate::common::{convert, verify};
 
 fn training() -> PathBuf {
     testkit::fixtures().join("training")
@@ -51,27 +51,6 @@ const CASES: &[(&str, &str, &[&str], &str, &str)] = &[
         "gelu",
     ),
 ];
-
-fn convert(input: &Path, out: &Path, extra: &[&str]) -> testkit::Run {
-    let mut args: Vec<&std::ffi::OsStr> = vec![input.as_os_str(), "-o".as_ref(), out.as_os_str()];
-    args.extend(extra.iter().map(std::ffi::OsStr::new));
-    args.push("--json".as_ref());
-    testkit::run(EXE, &args, &[])
-}
-
-fn verify(name: &str, out: &Path, reference: &Path) {
-    let opts = cpm_verify::Options {
-        threads: 1,
-        ..Default::default()
-    };
-    let report =
-        cpm_verify::verify(out, reference, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert!(
-        report.overall.pass,
-        "{name}: logits differ from the library's own forward: max |diff| {}",
-        report.overall.max_abs_diff
-    );
-}
 
 fn config(out: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap()

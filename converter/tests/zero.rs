@@ -8,6 +8,8 @@ use crate::cases;
 
 use std::path::{Path, PathBuf};
 
+use crate::common::{convert, verify};
+
 const EXE: &str = env!("CARGO_BIN_EXE_cpm-convert");
 
 /// (fixture, family expected, activation expected)
@@ -21,27 +23,6 @@ const CASES: &[(&str, &str, &str)] = &[
 
 fn training(name: &str) -> PathBuf {
     testkit::fixtures().join("training").join(name)
-}
-
-fn convert(input: &Path, out: &Path, extra: &[&str]) -> testkit::Run {
-    let mut args: Vec<&std::ffi::OsStr> = vec![input.as_os_str(), "-o".as_ref(), out.as_os_str()];
-    args.extend(extra.iter().map(std::ffi::OsStr::new));
-    args.push("--json".as_ref());
-    testkit::run(EXE, &args, &[])
-}
-
-fn verify(out: &Path, reference: &Path, name: &str) {
-    let opts = cpm_verify::Options {
-        threads: 1,
-        ..Default::default()
-    };
-    let report =
-        cpm_verify::verify(out, reference, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert!(
-        report.overall.pass,
-        "{name}: logits differ from the reference: max |diff| {}",
-        report.overall.max_abs_diff
-    );
 }
 
 /// Every file of `from` copied under `to` (the fixtures are small).
@@ -91,7 +72,7 @@ fn every_zero_case_converts_with_heads_and_reproduces_its_logits() {
         assert_eq!(config["activation_function"], *activation, "{name}");
         // The fp32 masters, never the module copy in the training dtype.
         assert_eq!(config["torch_dtype"], "float32", "{name}");
-        verify(&out, &fixture.join("reference"), name);
+        verify(name, &out, &fixture.join("reference"));
     }
 }
 
@@ -110,12 +91,12 @@ fn config_beside_the_root_or_a_tag_folder_as_input() {
         let out = tmp.path().join(name).join("out");
         let run = convert(&root, &out, &[]);
         assert_eq!(run.code, Some(0), "{name}: {run:?}");
-        verify(&out, &fixture.join("reference"), name);
+        verify(name, &out, &fixture.join("reference"));
         // The tag folder itself, heads given.
         let out = tmp.path().join(name).join("out-tag");
         let run = convert(&root.join("global_step2"), &out, &["--heads", "4"]);
         assert_eq!(run.code, Some(0), "{name}: {run:?}");
-        verify(&out, &fixture.join("reference"), name);
+        verify(name, &out, &fixture.join("reference"));
     }
 }
 
@@ -215,7 +196,7 @@ fn a_last_slice_that_keeps_its_padding_converts_the_same() {
     let out = tmp.path().join("out");
     let run = convert(&root, &out, &["--heads", "4"]);
     assert_eq!(run.code, Some(0), "{run:?}");
-    verify(&out, &training("zero2-fp32-w5").join("reference"), "padded");
+    verify("padded", &out, &training("zero2-fp32-w5").join("reference"));
     let z = inspect(&root);
     assert_eq!(z["zero"][0]["groups"][0]["padding"], 6);
 }
@@ -250,8 +231,8 @@ fn neither_the_adam_moments_nor_the_module_copy_are_read() {
     let run = convert(&root, &out, &["--heads", "4", "--strict"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     verify(
+        "poisoned",
         &out,
         &training("zero2-fp32-w5").join("reference"),
-        "poisoned",
     );
 }

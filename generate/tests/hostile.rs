@@ -7,7 +7,7 @@ use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -131,25 +131,8 @@ fn a_signal_while_loading_ends_it_at_once_with_nothing_printed() {
             child.try_wait().unwrap().is_none(),
             "ended before the signal"
         );
-        let pid = libc::pid_t::try_from(child.id()).unwrap();
-        // SAFETY: kill(2) on our own child.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "signal {sig} ignored"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        use std::os::unix::process::ExitStatusExt;
-        assert!(
-            status.signal() == Some(sig) || status.code() == Some(128 + sig),
-            "signal {sig}: {status}"
-        );
+        let status = testkit::signal_and_wait(&mut child, sig);
+        assert!(testkit::ended_by(status, sig), "signal {sig}: {status}");
         let out = std::fs::read_to_string(logs.path().join("stdout")).unwrap();
         assert!(out.is_empty(), "printed {out:?}");
         drop(child.stdin.take());

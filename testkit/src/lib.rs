@@ -330,6 +330,32 @@ pub fn assert_not_regular(r: &Run, file: &Path, what: &str) {
     assert!(!msg.contains("panicked"), "{what}: {msg}");
 }
 
+/// Sends `sig` to `child` and waits for it to end, failing the test (and killing the child) if
+/// it has not ended within 10 s. Returns how it ended.
+pub fn signal_and_wait(child: &mut std::process::Child, sig: i32) -> std::process::ExitStatus {
+    let pid = libc::pid_t::try_from(child.id()).expect("a child's pid fits pid_t");
+    // SAFETY: kill(2) on our own child's pid, which it keeps until we reap it below.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("signal {sig} ignored for 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether `status` is an end by `sig`: killed by it, or exited `128 + sig` as a handler does.
+pub fn ended_by(status: std::process::ExitStatus, sig: i32) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(sig) || status.code() == Some(128 + sig)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

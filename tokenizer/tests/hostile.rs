@@ -179,9 +179,8 @@ fn cpm_tokenize_names_the_size_limit() {
 /// file to leave behind.
 #[test]
 fn a_signal_ends_cpm_tokenize_at_once() {
-    use std::os::unix::process::ExitStatusExt;
     use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let model = testkit::fixtures().join("tokenizer/chinese_vocab.model");
     for (sig, delay) in [(libc::SIGINT, 0), (libc::SIGTERM, 300), (libc::SIGINT, 300)] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cpm-tokenize"))
@@ -192,24 +191,8 @@ fn a_signal_ends_cpm_tokenize_at_once() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay));
-        let pid = libc::pid_t::try_from(child.id()).unwrap();
-        // SAFETY: kill(2) on our own child.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "signal {sig} ignored"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        assert!(
-            status.signal() == Some(sig) || status.code() == Some(128 + sig),
-            "signal {sig}: {status}"
-        );
+        let status = testkit::signal_and_wait(&mut child, sig);
+        assert!(testkit::ended_by(status, sig), "signal {sig}: {status}");
     }
 }
 

@@ -73,9 +73,6 @@ pub enum Error {
     /// own rounding).
     #[error("tolerance: {0}")]
     Tolerance(String),
-    /// A size computed from the files does not fit in memory addresses.
-    #[error("size overflow computing {0}")]
-    Overflow(String),
     /// A broken internal precondition (a caller skipped a check it promised): a bug to report,
     /// never the input's fault.
     #[error("internal error: {0}; please report this")]
@@ -111,11 +108,10 @@ impl Error {
     }
 }
 
-/// Multiplies sizes, naming what was being computed if the product overflows.
+/// Multiplies sizes, naming what was being computed if the product overflows (the model
+/// crate's rule and message, in this crate's error).
 pub(crate) fn checked_product(dims: &[usize], what: &str) -> Result<usize> {
-    dims.iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::Overflow(what.to_string()))
+    Ok(cpm_gpt2::error::checked_product(dims, what)?)
 }
 
 #[cfg(test)]
