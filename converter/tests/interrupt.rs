@@ -27,25 +27,38 @@ struct Paused {
     staging: PathBuf,
 }
 
+/// cpm-convert INPUT -o OUT EXTRA... with a test-hook pause (`hook`: its variable and value),
+/// stdout and stderr logged in the returned folder, where the hook also marks the pause.
+fn spawn_with_hook(
+    input: &Path,
+    out: &Path,
+    extra: &[&str],
+    hook: (&str, String),
+) -> (Child, tempfile::TempDir) {
+    let logs = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_cpm-convert"))
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .env(hook.0, hook.1)
+        .env("CPM_CONVERT_TEST_PAUSE_DIR", logs.path())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(logs.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(logs.path().join("stderr")).unwrap())
+        .spawn()
+        .expect("spawn cpm-convert");
+    (child, logs)
+}
+
 impl Paused {
     fn start(input: &Path, out: &Path, extra: &[&str]) -> Paused {
         Paused::start_after(input, out, extra, 3)
     }
 
     fn start_after(input: &Path, out: &Path, extra: &[&str], tensors: usize) -> Paused {
-        let logs = tempfile::tempdir().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cpm-convert"))
-            .arg(input)
-            .arg("-o")
-            .arg(out)
-            .args(extra)
-            .env("CPM_CONVERT_TEST_PAUSE_AFTER", tensors.to_string())
-            .env("CPM_CONVERT_TEST_PAUSE_DIR", logs.path())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(logs.path().join("stdout")).unwrap())
-            .stderr(std::fs::File::create(logs.path().join("stderr")).unwrap())
-            .spawn()
-            .expect("spawn cpm-convert");
+        let pause = ("CPM_CONVERT_TEST_PAUSE_AFTER", tensors.to_string());
+        let (child, logs) = spawn_with_hook(input, out, extra, pause);
         let staging = staging_of(out, child.id());
         let mut p = Paused {
             child,
@@ -359,20 +372,9 @@ fn signal_while_loading(sig: libc::c_int, extra: &[&str]) -> (ExitStatus, String
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "old result").unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cpm-convert"))
-        .arg(fixtures().join("ckpt"))
-        .arg("-o")
-        .arg(&out)
-        .arg("--force")
-        .args(extra)
-        .env("CPM_CONVERT_TEST_PAUSE_LOADING", "1")
-        .env("CPM_CONVERT_TEST_PAUSE_DIR", logs.path())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(logs.path().join("stdout")).unwrap())
-        .stderr(std::fs::File::create(logs.path().join("stderr")).unwrap())
-        .spawn()
-        .expect("spawn cpm-convert");
+    let args = [&["--force"], extra].concat();
+    let pause = ("CPM_CONVERT_TEST_PAUSE_LOADING", "1".to_string());
+    let (mut child, logs) = spawn_with_hook(&fixtures().join("ckpt"), &out, &args, pause);
     let start = Instant::now();
     while !logs.path().join("paused").exists() {
         assert!(
@@ -382,21 +384,8 @@ fn signal_while_loading(sig: libc::c_int, extra: &[&str]) -> (ExitStatus, String
         assert!(start.elapsed() < Duration::from_secs(30), "no pause");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-    let signalled = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if signalled.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the first signal did not stop a run blocked while loading");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    // The first signal must stop a run blocked while loading (within testkit's 10 s).
+    let status = testkit::signal_and_wait(&mut child, sig);
     assert_eq!(entries(&out), vec!["keep.txt".to_string()]);
     assert_eq!(entries(tmp.path()), vec!["out".to_string()], "left behind");
     let read = |n: &str| std::fs::read_to_string(logs.path().join(n)).unwrap();

@@ -44,24 +44,17 @@ fn a_passed_activation_is_not_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let (ckpt, mapping) = without_activation_flags(dir.path());
     let (ckpt, m) = (ckpt.to_str().unwrap(), mapping.to_str().unwrap());
+    // The same conversion into `name`, with `extra` flags.
+    let convert = |name: &str, extra: &[&str]| {
+        let hf = dir.path().join(name);
+        let mut args = vec![ckpt, "--mapping", m, "-o", hf.to_str().unwrap()];
+        args.extend(["--vocab-size", "1000", "--heads", "4"]);
+        args.extend(extra);
+        args.push("--json");
+        (run(CONVERT, &args, &[]), hf)
+    };
     // Without the flag the assumption is a warning (so the check below can fail)...
-    let hf = dir.path().join("hf");
-    let r = run(
-        CONVERT,
-        &[
-            ckpt,
-            "--mapping",
-            m,
-            "-o",
-            hf.to_str().unwrap(),
-            "--vocab-size",
-            "1000",
-            "--heads",
-            "4",
-            "--json",
-        ],
-        &[],
-    );
+    let (r, _) = convert("hf", &[]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(
         r.stderr.contains("activation_function `gelu_new` assumed"),
@@ -69,25 +62,7 @@ fn a_passed_activation_is_not_warned_about() {
         r.stderr
     );
     // ...with it there is none, on stderr or in the JSON warnings, and config.json has it.
-    let hf = dir.path().join("hf-flag");
-    let r = run(
-        CONVERT,
-        &[
-            ckpt,
-            "--mapping",
-            m,
-            "-o",
-            hf.to_str().unwrap(),
-            "--vocab-size",
-            "1000",
-            "--heads",
-            "4",
-            "--activation",
-            "gelu_new",
-            "--json",
-        ],
-        &[],
-    );
+    let (r, hf) = convert("hf-flag", &["--activation", "gelu_new"]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(!r.stderr.contains("activation"), "{}", r.stderr);
     let summary: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
