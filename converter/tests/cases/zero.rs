@@ -46,22 +46,13 @@ fn bytes_of(files: &[(String, Vec<u8>)], name: &str) -> Vec<u8> {
 
 /// A torch zip with its `*/data.pkl` passed through `edit` (every entry re-stored as is).
 fn edit_pickle(zip_bytes: &[u8], edit: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
-    use zip::write::SimpleFileOptions;
-    let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let mut a = zip::ZipArchive::new(Cursor::new(zip_bytes)).unwrap();
-    let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    for i in 0..a.len() {
-        let mut f = a.by_index(i).unwrap();
-        let name = f.name().unwrap().to_string();
-        let mut data = Vec::new();
-        f.read_to_end(&mut data).unwrap();
+    edit_entries(zip_bytes, |name, data| {
         if name.ends_with("/data.pkl") {
-            data = edit(&data);
+            edit(&data)
+        } else {
+            data
         }
-        z.start_file(name, opts).unwrap();
-        z.write_all(&data).unwrap();
-    }
-    z.finish().unwrap().into_inner()
+    })
 }
 
 /// A torch zip with every entry passed through `edit(name, bytes)`.
