@@ -18,6 +18,17 @@ pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
     cpm_files::read_capped(path, cap).map_err(|e| from_files(e, "expected a text file"))
 }
 
+/// Whether anything exists at `path` (`cpm_files::exists`: a dangling symlink, a FIFO or a
+/// device included).
+pub(crate) fn exists(path: &Path) -> Result<bool> {
+    cpm_files::exists(path).map_err(|e| from_files(e, ""))
+}
+
+/// What a file is, for messages (`a directory`, `a FIFO`, …).
+pub(crate) fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    cpm_files::kind_of(&meta.file_type())
+}
+
 /// The shared reader's error in ours; `why` follows a refused file type.
 pub(crate) fn from_files(e: cpm_files::Error, why: &str) -> Error {
     use cpm_files::Error as F;

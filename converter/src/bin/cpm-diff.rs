@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cpm_convert::cli::{self, ModelArgs};
+use cpm_cli as cli;
+use cpm_convert::cli::ModelArgs;
 use cpm_convert::diff::{Change, Options, Report, Tensor, Values};
 use cpm_convert::Progress;
 
@@ -106,16 +107,16 @@ impl Progress for Ui {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return cli::usage_error("cpm-diff", e),
+        Err(e) => return cli::usage_error_with_warnings("cpm-diff", e),
     };
-    cpm_convert::cli::report_bus_errors(cli.json, "cpm-diff", "comparing it");
+    cli::report_bus_errors(cli.json, "cpm-diff", "comparing it");
     let ui = Ui::default();
     match run(&cli, &ui) {
         Ok(report) => {
             if cli.json {
                 cli::emit_json(&report);
             } else {
-                cli::emit(&render(&report));
+                cli::emit_raw(&render(&report));
             }
             ExitCode::from(if report.equal { 0 } else { 1 })
         }
@@ -124,7 +125,7 @@ fn main() -> ExitCode {
             if cli.json {
                 cli::emit_json(&cli::JsonError {
                     error: &msg,
-                    warnings: ui.warnings.take(),
+                    warnings: Some(ui.warnings.take()),
                 });
             } else {
                 eprintln!("cpm-diff: error: {msg}");

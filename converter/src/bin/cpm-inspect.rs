@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde::Serialize;
 
-use cpm_convert::cli::{emit, emit_json, usage_error, JsonError, ModelArgs};
+use cpm_cli::{emit_json, emit_raw, usage_error_with_warnings, JsonError};
+use cpm_convert::cli::ModelArgs;
 use cpm_convert::inspect::{self, Report};
 
 const AFTER_HELP: &str = "\
@@ -75,9 +76,9 @@ struct JsonReport<'a> {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error("cpm-inspect", e),
+        Err(e) => return usage_error_with_warnings("cpm-inspect", e),
     };
-    cpm_convert::cli::report_bus_errors(cli.json, "cpm-inspect", "inspecting it");
+    cpm_cli::report_bus_errors(cli.json, "cpm-inspect", "inspecting it");
     let opts = inspect::Options {
         input: cli.path.clone(),
         family: cli.model.family(),
@@ -95,13 +96,13 @@ fn main() -> ExitCode {
             report: &report,
             warnings: &warnings,
         }),
-        Ok(report) => emit(&inspect::text(&report)),
+        Ok(report) => emit_raw(&inspect::text(&report)),
         Err(e) => {
             let msg = e.to_string();
             if cli.json {
                 emit_json(&JsonError {
                     error: &msg,
-                    warnings,
+                    warnings: Some(warnings),
                 });
             } else {
                 say(&format!("error: {msg}"));

@@ -90,7 +90,7 @@ pub struct Iteration {
 impl Iteration {
     /// The input's iteration (its tracker or folder name), if it has a numbered one.
     pub fn of_input(input: &Path) -> Iteration {
-        let number = crate::source::discover(input)
+        let number = crate::open::discover(input)
             .ok()
             .and_then(|l| l.iteration)
             .and_then(|s| s.parse().ok());
@@ -247,9 +247,9 @@ pub fn write(
         });
     }
     let tracker = it.tracker();
-    let path = dir.join(crate::layout::TRACKER);
+    let path = dir.join(crate::open::layout::TRACKER);
     files.push(OutputFile {
-        name: crate::layout::TRACKER.into(),
+        name: crate::open::layout::TRACKER.into(),
         bytes: tracker.len() as u64,
         sha256: crate::write::small_file(&path, tracker.as_bytes())?,
     });
@@ -298,8 +298,4 @@ fn write_one(
         src.ranks[part.rank].file.release(s);
     }
     Ok(())
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

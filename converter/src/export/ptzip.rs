@@ -96,7 +96,7 @@ impl PtWriter {
             .map_err(|e| Error::io(&self.path, "cannot write", e.into_error()))?;
         file.sync_all()
             .map_err(|e| Error::io(&self.path, "cannot sync", e))?;
-        Ok((self.pos, super::hex(&self.hash.finalize())))
+        Ok((self.pos, crate::write::hex(&self.hash.finalize())))
     }
 
     fn record(&mut self, name: &str, pieces: &[Cow<'_, [u8]>]) -> Result<()> {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::checkpoint::Rank;
+use crate::open::Rank;
 use crate::plan::Plan;
 use crate::table;
 

@@ -17,9 +17,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::checkpoint::Rank;
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
+use crate::open::Rank;
 use crate::plan::{Activation, Entry, Heads, Plan};
 use crate::torch::TorchFile;
 use crate::{Family, Hints, OutDtype};
@@ -171,7 +171,7 @@ fn structure_only(opts: &Options, err: Error, warnings: &mut Vec<String>) -> Res
     if opts.mapped || bad_mapping || matches!(err, Error::Mapping { .. }) {
         return Err(err);
     }
-    let Ok(layout) = crate::source::discover(&opts.input) else {
+    let Ok(layout) = crate::open::discover(&opts.input) else {
         return Err(err);
     };
     let Ok(files) = layout

@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use super::{config_beside, present, require_regular, single, Layout};
+use super::hugging_face::config_beside;
+use super::layout::{present, require_regular, single, Layout, MAX_RANKS};
 use crate::error::{Error, Result};
 use crate::torch::dcp::METADATA;
 
@@ -27,7 +28,7 @@ pub(super) fn folder(dir: &Path, prefix: &str) -> Result<Option<Layout>> {
 pub(super) fn accelerate(dir: &Path) -> Result<Option<Layout>> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "cannot list", e))?;
     let mut found = Vec::new();
-    for e in entries.take(super::MAX_RANKS * 8) {
+    for e in entries.take(MAX_RANKS * 8) {
         let e = e.map_err(|e| Error::io(dir, "cannot list", e))?;
         let name = e.file_name().to_string_lossy().into_owned();
         let index = name.strip_prefix(ACCELERATE_PREFIX);

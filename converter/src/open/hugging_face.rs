@@ -1,11 +1,11 @@
-//! Hugging Face folders: a single `model.safetensors` or `pytorch_model.bin`, or a sharded index
+//! Hugging Face folders read as an input: a single `model.safetensors` or `pytorch_model.bin`, or a sharded index
 //! naming its shards (every name checked to be a plain file name in the folder, every count
 //! capped).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{
+use super::layout::{
     file_name, json_kind, present, require_regular, single, Layout, ShardPath, MAX_INDEX_BYTES,
     MAX_SHARDS,
 };
@@ -43,7 +43,7 @@ pub(super) fn hugging_face(dir: &Path) -> Result<Option<Layout>> {
 }
 
 /// `config.json` beside the model, when present (and then a regular file).
-pub(crate) fn config_beside(dir: &Path) -> Result<Option<PathBuf>> {
+pub(super) fn config_beside(dir: &Path) -> Result<Option<PathBuf>> {
     let config = dir.join("config.json");
     if !present(&config)? {
         return Ok(None);

@@ -1,16 +1,26 @@
-//! An opened checkpoint: its files parsed (structure only), its family chosen, its weights
-//! listed; and reading one output tensor's parts from it.
+//! Opening a checkpoint: its files found ([`layout`], with a module per kind of folder), parsed
+//! (structure only), its family chosen ([`family`]), its weights listed ([`weights`]); and
+//! reading one output tensor's parts from it.
 
 use std::borrow::Cow;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{self, Rank};
 use crate::error::{Error, Result};
-use crate::layout;
 use crate::mapping::Mapping;
 use crate::plan::{self, Entry};
 use crate::torch::TorchFile;
+
+mod dcp_folder;
+mod family;
+mod hugging_face;
+pub mod layout;
+mod rank_grid;
+pub mod weights;
+mod zero_root;
+
+pub use layout::{Layout, ShardPath};
+pub use weights::Rank;
 
 /// Which family's mapping describes the input.
 #[derive(Debug, Clone, Default)]
@@ -47,7 +57,9 @@ pub fn open(input: &Path, family: &Family) -> Result<Source> {
     let config = match &layout.config {
         Some(path) => Some(path.clone()),
         // A single file may have its config beside it.
-        None if input.is_file() => layout::config_beside(input.parent().unwrap_or(Path::new(".")))?,
+        None if input.is_file() => {
+            hugging_face::config_beside(input.parent().unwrap_or(Path::new(".")))?
+        }
         None => None,
     };
     let config = config.map(|p| read_config(&p)).transpose()?;
@@ -60,14 +72,14 @@ pub fn open(input: &Path, family: &Family) -> Result<Source> {
             false,
         ),
         Family::Detect => {
-            let (mapping, from) = detect(&mut ranks)?;
+            let (mapping, from) = family::detect(&mut ranks)?;
             (mapping, from, true)
         }
     };
     for r in ranks.iter_mut().filter(|_| !listed) {
-        r.weights = checkpoint::weights(&r.file, &mapping)?;
+        r.weights = weights::weights(&r.file, &mapping)?;
         if r.weights.is_empty() {
-            return Err(checkpoint::no_weights(&r.file, &mapping));
+            return Err(weights::no_weights(&r.file, &mapping));
         }
     }
     Ok(Source {
@@ -100,103 +112,10 @@ pub fn discover(input: &Path) -> Result<layout::Layout> {
 
 fn discover_with(input: &Path) -> Result<(layout::Layout, Option<crate::zero::Files>)> {
     Ok(match crate::zero::find(input)? {
-        Some(crate::zero::Found::Zero(z)) => (zero_layout(input, &z)?, Some(z)),
+        Some(crate::zero::Found::Zero(z)) => (zero_root::zero_layout(input, &z)?, Some(z)),
         Some(crate::zero::Found::Folder(dir)) => (layout::discover(&dir)?, None),
         None => (layout::discover(input)?, None),
     })
-}
-
-/// A ZeRO checkpoint's layout: every file as a shard (its ranks come from [`crate::zero`]) (its ranks come from [`crate::zero`]), the
-/// config.json beside the tag folder, else beside the root (ZeRO records no model config).
-fn zero_layout(input: &Path, z: &crate::zero::Files) -> Result<layout::Layout> {
-    let config = match layout::config_beside(&z.dir)? {
-        Some(c) => Some(c),
-        None if z.dir != input => layout::config_beside(input)?,
-        None => None,
-    };
-    let tp_files = z.model.iter().zip(&z.optim).enumerate();
-    let shards = tp_files
-        .flat_map(|(t, (m, o))| std::iter::once(m).chain(o).map(move |p| (t, p)))
-        .map(|(tp, p)| layout::ShardPath {
-            path: p.clone(),
-            display: z.show(p),
-            tp,
-            pp: 0,
-        })
-        .collect();
-    Ok(layout::Layout {
-        shards,
-        tp: z.tp(),
-        pp: 1,
-        iteration: z.tag.strip_prefix("global_step").map(str::to_string),
-        config,
-    })
-}
-
-/// The first built-in family whose mapping fits the files, or an error saying what was found.
-fn detect(ranks: &mut [Rank]) -> Result<(Mapping, String)> {
-    let mut tried = Vec::new();
-    let mut named_by: Option<Error> = None;
-    for name in Mapping::builtin_names() {
-        let mapping = Mapping::builtin(name)?;
-        // Errors here are the file's own (a hostile name table), whatever the family.
-        for r in ranks.iter_mut() {
-            r.weights = checkpoint::weights(&r.file, &mapping)?;
-        }
-        let listed = match ranks.iter().find(|r| r.weights.is_empty()) {
-            Some(r) => Err(plan::Misfit::Names(checkpoint::no_weights(
-                &r.file, &mapping,
-            ))),
-            None => Ok(()),
-        };
-        match listed.and_then(|()| plan::fits(ranks, &mapping)) {
-            Ok(()) => return Ok((mapping, "detected".into())),
-            // Every name is this family's. Another family sharing its names may still fit
-            // (nanoGPT's and Hugging Face's names are the same, their orientation is not);
-            // if none does, this family's complaint is the one that helps.
-            Err(plan::Misfit::Model(e)) => {
-                tried.push(brief(name, &e));
-                named_by.get_or_insert(e);
-            }
-            Err(plan::Misfit::Names(e)) => tried.push(brief(name, &e)),
-        }
-    }
-    if let Some(e) = named_by {
-        return Err(e);
-    }
-    let r0 = &ranks[0];
-    let keys: Vec<String> = r0
-        .file
-        .root
-        .dict_items()
-        .unwrap_or_default()
-        .iter()
-        .take(8)
-        .map(|(k, _)| {
-            k.as_str().map_or_else(
-                || k.describe(),
-                |s| crate::torch::value::shorten(s).into_owned(),
-            )
-        })
-        .collect();
-    Err(Error::format(
-        &r0.file.path,
-        format!(
-            "fits no known GPT-2 family (top-level keys: {}); pass --from FAMILY or --mapping \
-             FILE to see the first mismatch in full. Tried:\n  {}",
-            keys.join(", "),
-            tried.join("\n  ")
-        ),
-    ))
-}
-
-/// One family's reason for not fitting, at most a few hundred characters.
-fn brief(family: &str, e: &Error) -> String {
-    let text = e.to_string();
-    match text.char_indices().nth(160) {
-        Some((cut, _)) => format!("{family}: {}…", &text[..cut]),
-        None => format!("{family}: {text}"),
-    }
 }
 
 /// A Hugging Face `config.json`, read whole up to its cap.

@@ -1,4 +1,4 @@
-//! The weights inside a checkpoint's rank files (finding the files: [`crate::layout`]).
+//! The weights inside a checkpoint's rank files (finding the files: [`super::layout`]).
 
 use std::rc::Rc;
 

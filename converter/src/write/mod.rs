@@ -17,10 +17,11 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::Rank;
 use crate::error::{Error, Result};
+use crate::open::Rank;
 use crate::plan::Plan;
 
+pub mod shards;
 mod staging;
 pub use staging::{check_outside_inputs, check_target, Staging};
 
@@ -291,7 +292,8 @@ pub(crate) fn writeback(file: &File, start: u64, len: u64, wait: bool) {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn writeback(_file: &File, _start: u64, _len: u64, _wait: bool) {}
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hexadecimal, as sha256sum prints a digest.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -1,4 +1,4 @@
-//! `--max-shard-size`: the Hugging Face model split over `model-0000K-of-0000N.safetensors` files
+//! Output shards, `--max-shard-size`: the Hugging Face model written split over `model-0000K-of-0000N.safetensors` files
 //! and `model.safetensors.index.json`, the way transformers' `save_pretrained` splits it
 //! (huggingface_hub's `split_state_dict_into_shards_factory`): tensors in file order fill the
 //! current shard until the next would pass the limit; a tensor larger than the limit gets a

@@ -214,7 +214,7 @@ pub fn check_outside_inputs(out: &Path, input: &Path, extra: &[&Path]) -> Result
 fn input_paths(input: &Path, extra: &[&Path]) -> Result<Vec<PathBuf>> {
     let mut paths = vec![input.to_path_buf()];
     paths.extend(extra.iter().map(|p| p.to_path_buf()));
-    let layout = crate::source::discover(input)?;
+    let layout = crate::open::discover(input)?;
     paths.extend(layout.config);
     for rank in layout.shards.into_iter().map(|s| s.path) {
         let mut dir = rank.parent();

@@ -119,3 +119,27 @@ fn say(text: &[u8], json: &[u8]) {
         libc::write(fd, msg.as_ptr().cast(), msg.len());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The signal handlers' fixed messages: the JSON one is valid JSON saying what the text says.
+    #[test]
+    fn signal_messages_agree_and_the_json_ones_parse() {
+        use super::{AGAIN_JSON, AGAIN_TEXT, BUS_JSON, BUS_TEXT};
+        use super::{LOADING_JSON, LOADING_TEXT};
+        for (text, json, prefix) in [
+            (AGAIN_TEXT, AGAIN_JSON, "cpm-convert: "),
+            (LOADING_TEXT, LOADING_JSON, "cpm-convert: "),
+            (BUS_TEXT, BUS_JSON, "cpm-convert: error: "),
+        ] {
+            let text = std::str::from_utf8(text).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+            assert_eq!(v["warnings"], serde_json::json!([]));
+            assert_eq!(
+                text.strip_prefix(prefix).unwrap(),
+                format!("{}\n", v["error"].as_str().unwrap())
+            );
+            assert_eq!(text.lines().count(), 1);
+        }
+    }
+}
