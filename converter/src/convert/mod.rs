@@ -1,5 +1,5 @@
 //! The conversion, end to end: [`prepare`] (open the input, plan it, place a model-parallel
-//! export, read the tokenizer; everything `--dry-run` shows) then write ([`output`]).
+//! export, read the tokenizer; everything `--dry-run` shows) then write (`output`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -1,5 +1,5 @@
 //! Opening a checkpoint: its files found ([`layout`], with a module per kind of folder), parsed
-//! (structure only), its family chosen ([`family`]), its weights listed ([`weights`]); and
+//! (structure only), its family chosen (`family`), its weights listed ([`weights`]); and
 //! reading one output tensor's parts from it.
 
 use std::borrow::Cow;
