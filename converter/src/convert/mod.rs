@@ -142,7 +142,7 @@ pub fn prepare(
         write::check_target(&out.path, out.force)?;
     }
     let src = open(&req.input, &req.family)?;
-    // What a conversion of ZeRO ranks writes; said when writing.
+    // What a conversion of ZeRO ranks writes: said by a conversion (with `out`), not a dry run.
     if let Some(n) = zero::note(&src.ranks).filter(|_| out.is_some()) {
         progress.note(&n);
     }
