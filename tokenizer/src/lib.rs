@@ -11,25 +11,25 @@
 //! model, decoder), one module each, chained in `pipeline` in the order the original runs them:
 //!
 //! ```text
-//!            pre_tokenizer         normalizer            model             decoder
-//! text ──▶ jieba.cut, ▂/▃, ──▶ charsmap rules, ──▶ unigram search ──▶ ids ──▶ pieces' text
-//!          segments joined     spaces, ▁            over the pieces           (▂ ▃ back)
-//!          by " " (jieba)      (normalizer)         (model)                   (decoder)
+//!          pre_tokenizer          normalizer           model                  decoder
+//! text ──▶ jieba.cut, ▂/▃   ──▶  charsmap rules,  ──▶ unigram search  ──▶ ids ──▶ pieces' text,
+//!          in segments,           space runs,          over the pieces,            spaces dropped,
+//!          joined by " "          spaces as ▁          best path                   ▂ ▃ back
 //! ```
 //!
 //! The pre-tokenizer comes first, where `tokenizers` puts the normalizer: the original cuts the
 //! raw text with jieba and sentencepiece normalizes the joined segments, and swapping the two
 //! changes ids (full-width `ＡＢ` is two jieba segments, `▁A▁B` once normalized; `AB` is one).
-//! [`SpModel`] is sentencepiece alone (normalizer, model, decoder); [`CpmTokenizer`] adds the
+//! [`SpModel`] is sentencepiece alone (normalizer, model, decoder); `CpmTokenizer` adds the
 //! pre-tokenizer. [`spm`] reads and validates the `.model` file that feeds the normalizer
 //! (its `precompiled_charsmap`, `normalizer::charsmap`) and the model (the pieces); `hf` writes
-//! the Hugging Face `tokenizer.json` for the sentencepiece part; [`stream`] is `cpm-tokenize`'s
+//! the Hugging Face `tokenizer.json` for the sentencepiece part; `stream` is `cpm-tokenize`'s
 //! line handling.
 //!
-//! Feature `jieba` (default): the pre-tokenizer and everything that uses it ([`jieba`],
-//! [`CpmTokenizer`], [`Limits`], [`stream`], the `cpm-tokenize` binary), with jieba-rs and
-//! its dictionary. Without it the crate reads `.model` files, runs sentencepiece alone and
-//! writes `tokenizer.json`, which is all the checkpoint tools need.
+//! Feature `jieba` (default): the pre-tokenizer and everything that uses it (`jieba`,
+//! `CpmTokenizer`, `Limits`, `stream`, the `cpm-tokenize` binary), with jieba-rs and its
+//! dictionary. Without it the crate reads `.model` files, runs sentencepiece alone and writes
+//! `tokenizer.json`, which is all the checkpoint tools need.
 #![deny(missing_docs)]
 
 #[cfg(feature = "jieba")]

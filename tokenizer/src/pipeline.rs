@@ -1,8 +1,8 @@
 //! The steps chained, in the order the original runs them:
 //!
 //! ```text
-//! encode:  text ─▶ pre_tokenizer ─▶ normalizer ─▶ model ─▶ ids     (encode; SpModel: no pre_tokenizer)
-//! decode:  ids ─▶ decoder ─▶ text                                  (crate::decoder)
+//! encode:  text ─▶ pre_tokenizer ─▶ normalizer ─▶ model ─▶ ids   (SpModel::encode: no pre_tokenizer)
+//! decode:  ids ─▶ decoder ─▶ text                                (crate::decoder)
 //! ```
 //!
 //! Text goes through normalization and search in pieces of [`CHUNK`] bytes, so that what is held
@@ -85,8 +85,10 @@ impl<'m> Pipe<'m> {
 
     /// Normalizes what the input holds, then runs the model over what is final of it.
     fn pump(&mut self, last: bool, emit: &mut dyn FnMut(u32)) -> Result<(), String> {
+        // normalizer
         let used = self.norm.feed(&self.input, last, &mut self.normed);
         self.input.drain(..used);
+        // model, over the normalized text no later input can change
         let ready = self.norm.ready(&self.normed);
         self.lattice.feed(&self.normed[..ready], last, emit)?;
         self.normed.drain(..ready);
