@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::error::Result;
-use crate::pre_tokenizer::jieba;
+use crate::pre_tokenizer::{jieba, Input};
 use crate::{decoder, pipeline, pre_tokenizer, SpModel};
 
 /// Bounds on what one text may hold at once in [`CpmTokenizer::encode_each`].
@@ -54,7 +54,10 @@ impl CpmTokenizer {
     /// The string the original hands to sentencepiece: segments with ▂/▃, joined by spaces.
     pub fn sp_input(&self, text: &str, hmm: bool) -> String {
         let mut s = String::with_capacity(text.len() * 2);
-        pre_tokenizer::pre_tokenize(self.jieba, text, hmm, &mut |input| s.push_str(input));
+        pre_tokenizer::pre_tokenize(self.jieba, text, hmm, |input| match input {
+            Input::Text(t) => s.push_str(t),
+            Input::Char(c) => s.push(c),
+        });
         s
     }
     /// The original ids for `text` (no special tokens added).

@@ -27,12 +27,16 @@ pub(crate) fn encode(
     max_window: usize,
     emit: &mut dyn FnMut(u32),
 ) -> Result<(), String> {
+    use crate::pre_tokenizer::Input;
     // jieba's joining spaces and ▂/▃ make sentencepiece's input up to ~2x the text.
     let mut pipe = model.pipe(max_window, text.len() * 2);
     let mut failed = Ok(());
-    crate::pre_tokenizer::pre_tokenize(segmenter, text, hmm, &mut |input| {
+    crate::pre_tokenizer::pre_tokenize(segmenter, text, hmm, |input| {
         if failed.is_ok() {
-            failed = pipe.push_str(input, emit);
+            failed = match input {
+                Input::Text(s) => pipe.push_str(s, emit),
+                Input::Char(c) => pipe.push(c, emit),
+            };
         }
     });
     failed?;
@@ -59,6 +63,16 @@ impl<'m> Pipe<'m> {
             input: String::with_capacity(hint),
             normed: String::with_capacity(hint * 2),
         }
+    }
+
+    /// Appends one character of sentencepiece's input.
+    #[cfg(feature = "jieba")]
+    pub(crate) fn push(&mut self, c: char, emit: &mut dyn FnMut(u32)) -> Result<(), String> {
+        self.input.push(c);
+        if self.input.len() >= CHUNK {
+            self.pump(false, emit)?;
+        }
+        Ok(())
     }
 
     /// Appends a string of sentencepiece's input.

@@ -5,28 +5,36 @@
 
 pub mod jieba;
 
-/// Hands sentencepiece's input for `text` to `f`, a slice at a time, in order; what is held
+/// A piece of sentencepiece's input: a run of the text as it is, or one character.
+pub(crate) enum Input<'a> {
+    /// Part of the text, unchanged.
+    Text(&'a str),
+    /// A joining space, or a `▂`/`▃` in place of a space/newline.
+    Char(char),
+}
+
+/// Hands sentencepiece's input for `text` to `f`, a piece at a time, in order; what is held
 /// meanwhile is one jieba block's segments.
 pub(crate) fn pre_tokenize<'a>(
     segmenter: &jieba::Segmenter,
     text: &'a str,
     hmm: bool,
-    f: &mut dyn FnMut(&'a str),
+    mut f: impl FnMut(Input<'a>),
 ) {
     let mut first = true;
     segmenter.cut_each(text, hmm, &mut |seg| {
         if !std::mem::take(&mut first) {
-            f(" ");
+            f(Input::Char(' '));
         }
         if !seg.contains([' ', '\n']) {
-            return f(seg);
+            return f(Input::Text(seg));
         }
-        for (i, c) in seg.char_indices() {
-            f(match c {
-                ' ' => "\u{2582}",
-                '\n' => "\u{2583}",
-                c => &seg[i..i + c.len_utf8()],
-            });
+        for c in seg.chars() {
+            f(Input::Char(match c {
+                ' ' => '\u{2582}',
+                '\n' => '\u{2583}',
+                c => c,
+            }));
         }
     });
 }
