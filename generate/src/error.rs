@@ -48,6 +48,10 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The prompt could not be read (stdin unreadable or over its size limit, text not UTF-8)
+    /// or its ids do not parse; the message says which.
+    #[error("{0}")]
+    Prompt(String),
     /// The prompt encodes to no tokens.
     #[error("the prompt is empty (no tokens to condition on); give some text")]
     EmptyPrompt,

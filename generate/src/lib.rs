@@ -2,13 +2,16 @@
 //! model crate's forward pass (`cpm_gpt2::forward`, the one verification runs): a prefill over the prompt fills a KV
 //! cache, then each step runs only the new token of every row (beam) through the same code.
 //! The decoding strategies follow transformers' `generate`: greedy, sampling (temperature,
-//! top-k, top-p) and beam search ([`beam`]).
+//! top-k, top-p) and beam search ([`beam`]). [`job`] is a whole `cpm-generate` run (prompt,
+//! tokenizer, eos ids, the continuation as text), [`prompt`] where a prompt comes from.
 #![deny(missing_docs)]
 
 pub mod beam;
 pub mod engine;
 pub mod eos;
 pub mod error;
+pub mod job;
+pub mod prompt;
 pub mod sample;
 
 pub use error::{Error, Result};

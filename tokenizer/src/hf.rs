@@ -2,13 +2,13 @@
 //! jieba-joined string), built and serialized by the `tokenizers` crate itself.
 //!
 //! Normalizer: a sequence of the model's own `precompiled_charsmap` (validated in
-//! [`crate::charsmap`] before `tokenizers` parses it), `" {2,}"` → `" "` and a strip of spaces
+//! [`crate::normalizer::charsmap`] before `tokenizers` parses it), `" {2,}"` → `" "` and a strip of spaces
 //! (sentencepiece's `remove_extra_whitespaces`); pre-tokenizer `Metaspace("▁", prepend_scheme
 //! "always", split false)`; model `Unigram` with every piece and its score; decoder `Metaspace`.
 //! Differences from sentencepiece that this format cannot express, none of which the CPM
 //! pipeline reaches on the corpus (jieba always cuts `<` and `>` off): `tokenizers`' Unigram also
 //! matches CONTROL and UNKNOWN pieces in text and gives USER_DEFINED pieces no bonus, and its
-//! Precompiled normalizer works per grapheme cluster (see [`crate::unigram`]). Checked: the JSON
+//! Precompiled normalizer works per grapheme cluster (see [`crate::model`]). Checked: the JSON
 //! loads back and encodes every recorded corpus input to the recorded ids, for both models
 //! (`tests/tokenizer_json.rs`; also with Python `tokenizers` 0.23.3, by hand).
 

@@ -1,14 +1,49 @@
-//! One text through normalization and search in pieces of [`CHUNK`] bytes, so that what is held
+//! The steps chained, in the order the original runs them:
+//!
+//! ```text
+//! encode:  text ─▶ pre_tokenizer ─▶ normalizer ─▶ model ─▶ ids   (SpModel::encode: no pre_tokenizer)
+//! decode:  ids ─▶ decoder ─▶ text                                (crate::decoder)
+//! ```
+//!
+//! Text goes through normalization and search in pieces of [`CHUNK`] bytes, so that what is held
 //! at once is a chunk, the search's table since its last cut point, and the ids not yet handed
 //! on; the result is the same as one pass over the whole text.
 
-use crate::normalize::Normalizer;
+use crate::model::{Lattice, Search};
+use crate::normalizer::Normalizer;
 use crate::spm::Parsed;
-use crate::unigram::{Lattice, Search};
 
 /// How much sentencepiece input is gathered before it is normalized and searched.
 const CHUNK: usize = 64 << 10;
 
+/// CPM's encode: the pre-tokenizer's output (sentencepiece's input) through the normalizer and
+/// the model ([`Pipe`]); ids go to `emit` as they become final.
+#[cfg(feature = "jieba")]
+pub(crate) fn encode(
+    segmenter: &crate::jieba::Segmenter,
+    model: &crate::SpModel,
+    text: &str,
+    hmm: bool,
+    max_window: usize,
+    emit: &mut dyn FnMut(u32),
+) -> Result<(), String> {
+    use crate::pre_tokenizer::Input;
+    // jieba's joining spaces and ▂/▃ make sentencepiece's input up to ~2x the text.
+    let mut pipe = model.pipe(max_window, text.len() * 2);
+    let mut failed = Ok(());
+    crate::pre_tokenizer::pre_tokenize(segmenter, text, hmm, |input| {
+        if failed.is_ok() {
+            failed = match input {
+                Input::Text(s) => pipe.push_str(s, emit),
+                Input::Char(c) => pipe.push(c, emit),
+            };
+        }
+    });
+    failed?;
+    pipe.finish(emit)
+}
+
+/// The normalizer and the model over sentencepiece's input, which arrives in pieces.
 pub(crate) struct Pipe<'m> {
     norm: Normalizer<'m>,
     lattice: Lattice<'m>,
@@ -31,6 +66,7 @@ impl<'m> Pipe<'m> {
     }
 
     /// Appends one character of sentencepiece's input.
+    #[cfg(feature = "jieba")]
     pub(crate) fn push(&mut self, c: char, emit: &mut dyn FnMut(u32)) -> Result<(), String> {
         self.input.push(c);
         if self.input.len() >= CHUNK {
@@ -61,9 +97,12 @@ impl<'m> Pipe<'m> {
         self.pump(true, emit)
     }
 
+    /// Normalizes what the input holds, then runs the model over what is final of it.
     fn pump(&mut self, last: bool, emit: &mut dyn FnMut(u32)) -> Result<(), String> {
+        // normalizer
         let used = self.norm.feed(&self.input, last, &mut self.normed);
         self.input.drain(..used);
+        // model, over the normalized text no later input can change
         let ready = self.norm.ready(&self.normed);
         self.lattice.feed(&self.normed[..ready], last, emit)?;
         self.normed.drain(..ready);

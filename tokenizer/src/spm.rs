@@ -12,15 +12,15 @@
 //!   fallback changes what unknown characters become; refused rather than half supported;
 //! - `treat_whitespace_as_suffix`, a non-empty `denormalizer_spec` charsmap (decode would change);
 //! - a normalizer name other than sentencepiece's built-in ones (the rules a model runs are its
-//!   own `precompiled_charsmap`, never a built-in table: see [`crate::normalize`]);
+//!   own `precompiled_charsmap`, never a built-in table: see `normalizer`);
 //! - empty, duplicate or missing pieces, non-finite scores, unknown piece types, not exactly one
-//!   UNKNOWN piece, a charsmap that does not parse and validate ([`crate::charsmap`]).
+//!   UNKNOWN piece, a charsmap that does not parse and validate (`normalizer::charsmap`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::charsmap::Charsmap;
 use crate::error::{Error, Result};
+use crate::normalizer::charsmap::Charsmap;
 use crate::PieceType;
 
 /// The largest `.model` file accepted (real ones are 0.2–5 MB).

@@ -7,7 +7,9 @@ use crate::cases;
 
 use std::path::Path;
 
-use cpm_tokenizer::{CpmTokenizer, SpModel};
+#[cfg(feature = "jieba")]
+use cpm_tokenizer::CpmTokenizer;
+use cpm_tokenizer::SpModel;
 
 #[test]
 fn reading_any_model_stays_within_the_heap_bound() {
@@ -60,11 +62,13 @@ fn reading_any_model_stays_within_the_heap_bound() {
         "largest peak/size ratio among files over 1 MiB: {:.1} ({})",
         worst.0, worst.1
     );
+    #[cfg(feature = "jieba")]
     lines_through_crafted_models_stay_within_the_bound();
 }
 
 /// One line through each crafted model as `cpm-tokenize` runs it (ids counted, not kept): the
 /// peak while encoding stays within the bound of the line's size.
+#[cfg(feature = "jieba")]
 fn lines_through_crafted_models_stay_within_the_bound() {
     let _ =
         CpmTokenizer::new(SpModel::from_bytes(cases::small_model_bytes(), Path::new("m")).unwrap())

@@ -6,22 +6,6 @@ use crate::common;
 use common::*;
 use cpm_tokenizer::CpmTokenizer;
 
-/// Compares one field over all lines and reports every mismatching line (not just the first).
-fn check_all(
-    name: &str,
-    rows: &[serde_json::Value],
-    mut f: impl FnMut(&serde_json::Value) -> Option<String>,
-) {
-    let bad: Vec<String> = rows.iter().filter_map(&mut f).collect();
-    assert!(
-        bad.is_empty(),
-        "{name}: {} of {} lines differ:\n{}",
-        bad.len(),
-        rows.len(),
-        bad.iter().take(15).cloned().collect::<Vec<_>>().join("\n")
-    );
-}
-
 fn check_model(model: std::path::PathBuf, expected: std::path::PathBuf) {
     let tok = CpmTokenizer::open(&model).unwrap();
     let rows = jsonl(expected);
@@ -70,40 +54,6 @@ fn jieba_segments_equal_python_with_hmm_on_and_off() {
             (got != strs(&r[field])).then(|| format!("{text:?}: got {got:?} want {:?}", r[field]))
         });
     }
-}
-
-/// sentencepiece alone (no jieba): piece types, normalization, decode.
-fn check_direct(model: std::path::PathBuf, expected: std::path::PathBuf) {
-    let tok = CpmTokenizer::open(&model).unwrap();
-    let m = tok.model();
-    let rows = jsonl(expected);
-    assert!(rows.len() >= 20);
-    check_all("sp.normalize", &rows, |r| {
-        let text = r["text"].as_str().unwrap();
-        let got = m.normalize(text);
-        (got != r["normalized"].as_str().unwrap())
-            .then(|| format!("{text:?}: got {got:?} want {:?}", r["normalized"]))
-    });
-    check_all("sp.encode", &rows, |r| {
-        let text = r["text"].as_str().unwrap();
-        let got = m.encode(text);
-        (got != ids(&r["ids"])).then(|| format!("{text:?}: got {got:?} want {:?}", r["ids"]))
-    });
-    check_all("sp.decode", &rows, |r| {
-        let got = m.decode(&ids(&r["ids"])).unwrap();
-        (got != r["decoded"].as_str().unwrap())
-            .then(|| format!("got {got:?} want {:?}", r["decoded"]))
-    });
-}
-
-#[test]
-fn direct_sentencepiece_vectors_released_model() {
-    check_direct(big_model(), dir().join("sp_direct.jsonl"));
-}
-
-#[test]
-fn direct_sentencepiece_vectors_small_model_user_defined() {
-    check_direct(small_model(), dir().join("small/sp_direct.jsonl"));
 }
 
 /// The original ids recorded next to transformers' output (fact 4) are ours too.

@@ -5,7 +5,9 @@ use crate::cases;
 
 use std::path::Path;
 
-use cpm_tokenizer::{CpmTokenizer, Error, SpModel};
+#[cfg(feature = "jieba")]
+use cpm_tokenizer::CpmTokenizer;
+use cpm_tokenizer::{Error, SpModel};
 
 #[test]
 fn every_hostile_model_is_refused_with_a_clear_error() {
@@ -61,6 +63,7 @@ fn a_file_over_the_size_limit_is_refused_before_reading() {
     assert!(matches!(SpModel::open(&path), Err(Error::TooLarge { .. })));
 }
 
+#[cfg(feature = "jieba")]
 #[test]
 fn a_directory_without_a_model_is_refused_and_spiece_model_is_preferred() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,6 +88,7 @@ fn a_directory_without_a_model_is_refused_and_spiece_model_is_preferred() {
     assert_eq!(CpmTokenizer::open(dir.path()).unwrap().model().len(), 873);
 }
 
+#[cfg(feature = "jieba")]
 #[test]
 fn decoding_an_id_outside_the_vocabulary_is_an_error() {
     let tok =
@@ -103,6 +107,7 @@ fn decoding_an_id_outside_the_vocabulary_is_an_error() {
     );
 }
 
+#[cfg(feature = "jieba")]
 #[test]
 fn arbitrary_text_encodes_and_decodes_without_panicking() {
     for model in [
@@ -158,6 +163,7 @@ fn special_files_as_the_model_are_refused_at_once() {
 }
 
 /// cpm-tokenize on a model over the size limit: exit 2 naming the file and the limit.
+#[cfg(feature = "jieba")]
 #[test]
 fn cpm_tokenize_names_the_size_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,6 +183,7 @@ fn cpm_tokenize_names_the_size_limit() {
 /// SIGINT/SIGTERM end cpm-tokenize at once, whatever it is doing (here: loading the model or
 /// waiting for stdin), by the signal's default action: no handler defers it, and it writes no
 /// file to leave behind.
+#[cfg(feature = "jieba")]
 #[test]
 fn a_signal_ends_cpm_tokenize_at_once() {
     use std::process::{Command, Stdio};
@@ -204,6 +211,7 @@ fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send
         .unwrap_or_else(|_| panic!("{what}: not done in {secs} s"))
 }
 
+#[cfg(feature = "jieba")]
 #[test]
 fn crafted_models_that_load_cost_time_linear_in_the_line() {
     for (name, bytes, line) in cases::crafted_lines() {

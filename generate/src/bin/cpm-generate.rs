@@ -1,18 +1,16 @@
 //! `cpm-generate`: flags, streaming output and exit codes; the decoding loop is in the
 //! `cpm_generate` library, the forward pass in `cpm_gpt2`.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
 use clap::Parser;
 use cpm_cli::{json_error, usage_error};
-use cpm_generate::{Sampling, Settings, Stop, Strategy};
-use cpm_gpt2::forward::resolve_threads;
-use cpm_gpt2::model::Model;
+use cpm_generate::job::{Finished, Job};
+use cpm_generate::prompt::Prompt;
+use cpm_generate::{Sampling, Stop, Strategy};
 use cpm_gpt2::Device;
-use cpm_tokenizer::CpmTokenizer;
 
 const AFTER_HELP: &str = "\
 Decoding (the first that applies):
@@ -176,189 +174,59 @@ fn strategy(cli: &Cli, warnings: &mut Vec<String>) -> anyhow::Result<Strategy> {
     }))
 }
 
-/// The most prompt bytes read from a file or stdin (far more than n_positions tokens).
-const MAX_PROMPT_BYTES: u64 = 16 << 20;
-
-fn read_prompt(cli: &Cli) -> anyhow::Result<Option<String>> {
-    if cli.prompt_ids.is_some() {
-        return Ok(None);
-    }
-    if let Some(p) = &cli.prompt {
-        return Ok(Some(p.clone()));
-    }
-    let (bytes, what) = match &cli.prompt_file {
-        // A regular file only (a FIFO or a device is refused at once), read under the cap.
-        Some(path) => (
-            cpm_files::read_capped(path, MAX_PROMPT_BYTES).map_err(cpm_generate::Error::File)?,
-            path.display().to_string(),
-        ),
-        None => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .take(MAX_PROMPT_BYTES + 1)
-                .read_to_end(&mut bytes)
-                .context("reading the prompt from stdin")?;
-            if bytes.len() as u64 > MAX_PROMPT_BYTES {
-                bail!("stdin: the prompt is larger than {MAX_PROMPT_BYTES} bytes");
-            }
-            (bytes, "stdin".to_string())
-        }
+/// The flags as a library job.
+fn job(cli: &Cli, strategy: Strategy) -> Job {
+    let prompt = match (&cli.prompt, &cli.prompt_file, &cli.prompt_ids) {
+        (_, _, Some(ids)) => Prompt::Ids(ids.clone()),
+        (Some(text), _, _) => Prompt::Text(text.clone()),
+        (_, Some(path), _) => Prompt::File(path.clone()),
+        (None, None, None) => Prompt::Stdin,
     };
-    let text = String::from_utf8(bytes).with_context(|| format!("{what}: not UTF-8"))?;
-    Ok(Some(text))
-}
-
-fn parse_ids(s: &str) -> anyhow::Result<Vec<u32>> {
-    s.split_whitespace()
-        .map(|t| {
-            t.parse()
-                .with_context(|| format!("--prompt-ids: \"{t}\" is not a token id"))
-        })
-        .collect()
-}
-
-fn open_tokenizer(cli: &Cli, needed: bool) -> anyhow::Result<Option<CpmTokenizer>> {
-    let path = cli
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| cli.model_dir.join("spiece.model"));
-    if !needed && cli.tokenizer.is_none() && !path.exists() {
-        return Ok(None);
-    }
-    if !path.exists() {
-        // Ids in and nothing to cut at a --stop: only the printing of text wants the tokenizer.
-        if cli.prompt_ids.is_some() && cli.stop.is_none() {
-            return Err(cpm_generate::Error::NoTokenizerForText { path }.into());
-        }
-        return Err(cpm_generate::Error::NoTokenizer { path }.into());
-    }
-    let tok =
-        CpmTokenizer::open(&path).map_err(|err| cpm_generate::Error::Tokenizer { path, err })?;
-    Ok(Some(tok))
-}
-
-/// Decodes the new ids without the eos; an error names the tokenizer.
-fn decode(
-    tok: &CpmTokenizer,
-    ids: &[u32],
-    eos: &[u32],
-    path: &Path,
-) -> cpm_generate::Result<String> {
-    let kept: Vec<u32> = ids.iter().copied().filter(|i| !eos.contains(i)).collect();
-    tok.decode(&kept)
-        .map_err(|err| cpm_generate::Error::Tokenizer {
-            path: path.to_path_buf(),
-            err,
-        })
-}
-
-/// Where the continuation text ends: before `stop` when it is there (true), else before any tail
-/// that could still grow into `stop` (so that no part of it is printed early).
-fn cut(text: &str, stop: Option<&str>) -> (usize, bool) {
-    let Some(stop) = stop.filter(|s| !s.is_empty()) else {
-        return (text.len(), false);
-    };
-    if let Some(i) = text.find(stop) {
-        return (i, true);
-    }
-    let held = (1..stop.len())
-        .rev()
-        .filter(|&n| stop.is_char_boundary(n))
-        .find(|&n| text.ends_with(&stop[..n]))
-        .unwrap_or(0);
-    (text.len() - held, false)
-}
-
-fn run(cli: &Cli) -> anyhow::Result<()> {
-    if cli.stop.as_deref() == Some("") {
-        bail!("--stop \"\": the stop text must not be empty (it would match before any token)");
-    }
-    let mut warnings = Vec::new();
-    let strategy = strategy(cli, &mut warnings)?;
-    let model = Model::open(&cli.model_dir)?;
-    let eos = cpm_generate::eos::eos_ids_within(&cli.model_dir, model.config.vocab_size)?;
-    let text_prompt = read_prompt(cli)?;
-    let stream = !cli.ids && !cli.json;
-    let need_tok = text_prompt.is_some() || stream || cli.stop.is_some();
-    let tok = open_tokenizer(cli, need_tok)?;
-    let tok_path = cli
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| cli.model_dir.join("spiece.model"));
-    let prompt = match (&text_prompt, &tok, &cli.prompt_ids) {
-        (Some(text), Some(t), _) => {
-            t.encode(text)
-                .map_err(|err| cpm_generate::Error::Tokenizer {
-                    path: tok_path.clone(),
-                    err,
-                })?
-        }
-        (None, _, Some(ids)) => parse_ids(ids)?,
-        _ => bail!("internal: a text prompt without a tokenizer"),
-    };
-    let settings = Settings {
+    Job {
+        model_dir: cli.model_dir.clone(),
+        tokenizer: cli.tokenizer.clone(),
+        prompt,
+        stop: cli.stop.clone(),
         max_new_tokens: cli.max_new_tokens,
         min_new_tokens: cli.min_new_tokens,
         strategy,
-        eos: eos.clone(),
         device: cli.device,
-        threads: resolve_threads(cli.threads, &mut warnings),
-    };
-    let stop_text = cli.stop.as_deref();
-    let mut printed = String::new();
-    let mut stdout = std::io::stdout().lock();
-    let mut on_token = |ids: &[u32]| -> cpm_generate::Result<bool> {
-        let Some(t) = &tok else { return Ok(true) };
-        let text = decode(t, ids, &eos, &tok_path)?;
-        let (end, hit) = cut(&text, stop_text);
-        if stream && text.starts_with(printed.as_str()) && end > printed.len() {
-            if let Some(new) = text.get(printed.len()..end) {
-                // A closed stdout (a pager quit) ends the output, not the program with a panic.
-                let _ = stdout.write_all(new.as_bytes());
-                let _ = stdout.flush();
-                printed.push_str(new);
-            }
-        }
-        Ok(!hit)
-    };
-    let out = cpm_generate::generate(&model, &prompt, &settings, &mut on_token)?;
-    let (text, hit) = match &tok {
-        Some(t) => {
-            let full = decode(t, &out.ids, &eos, &tok_path)?;
-            let (end, hit) = cut(&full, stop_text);
-            (Some(full.get(..end).unwrap_or(&full).to_string()), hit)
-        }
-        None => (None, false),
-    };
-    let stop = if hit { Stop::StopText } else { out.stop };
-    report(cli, &out, prompt.len(), text, printed, stop, warnings)
+        threads: cli.threads,
+        stream: !cli.ids && !cli.json,
+    }
 }
 
-fn report(
-    cli: &Cli,
-    out: &cpm_generate::Output,
-    prompt_tokens: usize,
-    text: Option<String>,
-    printed: String,
-    stop: Stop,
-    warnings: Vec<String>,
-) -> anyhow::Result<()> {
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let mut warnings = Vec::new();
+    let strategy = strategy(cli, &mut warnings)?;
+    let mut stdout = std::io::stdout().lock();
+    let mut on_text = |new: &str| {
+        // A closed stdout (a pager quit) ends the output, not the program with a panic.
+        let _ = stdout.write_all(new.as_bytes());
+        let _ = stdout.flush();
+    };
+    let done = cpm_generate::job::run(&job(cli, strategy), &mut warnings, &mut on_text)?;
+    report(cli, done, warnings)
+}
+
+fn report(cli: &Cli, done: Finished, warnings: Vec<String>) -> anyhow::Result<()> {
     for w in &warnings {
         eprintln!("cpm-generate: warning: {w}");
     }
+    let out = &done.output;
     let mut stdout = std::io::stdout().lock();
     if cli.json {
         let after_first = out.ids.len().saturating_sub(1);
         let r = Report {
-            text,
+            text: done.text,
             ids: out.ids.clone(),
-            prompt_tokens,
+            prompt_tokens: done.prompt_tokens,
             new_tokens: out.ids.len(),
             prefill_seconds: out.prefill_seconds,
             decode_seconds: out.decode_seconds,
             tokens_per_second: (after_first > 0 && out.decode_seconds > 0.0)
                 .then(|| after_first as f64 / out.decode_seconds),
-            stop,
+            stop: done.stop,
             warnings,
         };
         writeln!(stdout, "{}", serde_json::to_string_pretty(&r)?)?;
@@ -367,8 +235,8 @@ fn report(
         writeln!(stdout, "{}", line.join(" "))?;
     } else {
         // Whatever the stream held back (a decode that changed earlier text) comes now.
-        let text = text.unwrap_or_default();
-        let rest = text.strip_prefix(printed.as_str()).unwrap_or("");
+        let text = done.text.unwrap_or_default();
+        let rest = text.strip_prefix(done.streamed.as_str()).unwrap_or("");
         write!(stdout, "{rest}")?;
         writeln!(stdout)?;
     }

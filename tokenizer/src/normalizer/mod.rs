@@ -1,4 +1,5 @@
-//! sentencepiece's `Normalizer::Normalize`, over text that arrives in pieces.
+//! The normalizer step: sentencepiece's `Normalizer::Normalize`, over text that arrives in
+//! pieces. Its rules are the model's own `precompiled_charsmap` ([`charsmap`]).
 //!
 //! At each position a USER_DEFINED piece is copied unchanged (longest one wins); otherwise the
 //! longest rule of the model's own charsmap replaces its key; otherwise one character is copied.
@@ -9,12 +10,14 @@
 //! A position is normalized once the text after it is long enough for the longest possible
 //! match (a USER_DEFINED piece or a charsmap key); trailing spaces are held back until
 //! something else follows or the text ends. The output is at most
-//! [`crate::charsmap::MAX_EXPANSION`] times the input (3 bytes per space when escaped), plus 3.
+//! [`charsmap::MAX_EXPANSION`] times the input (3 bytes per space when escaped), plus 3.
 
-use crate::charsmap::MAX_KEY_BYTES;
+pub(crate) mod charsmap;
+
+use crate::model::Search;
 use crate::spm::Parsed;
-use crate::unigram::Search;
 use crate::PieceType;
+use charsmap::MAX_KEY_BYTES;
 
 const SPACE: &str = "\u{2581}";
 

@@ -5,7 +5,7 @@
 //! would become id 4), scores USER_DEFINED pieces with their stored score instead of
 //! sentencepiece's bonus, and takes its minimum (hence the `<unk>` score) over all pieces; and
 //! its Precompiled normalizer works per grapheme cluster instead of sentencepiece's longest
-//! match, and indexes the charsmap without bounds checks. Normalization is in [`crate::normalize`].
+//! match, and indexes the charsmap without bounds checks. Normalization is in [`crate::normalizer`].
 //!
 //! Search (sentencepiece 0.2.3 `Model::EncodeOptimized`): at each character, every NORMAL or
 //! USER_DEFINED piece starting there is a candidate edge, with the piece's score (a
@@ -38,7 +38,7 @@
 //! itself needs no such property and holds for any model. Nodes cost 8 bytes per byte of the
 //! text since the last such point.
 
-use crate::prefix::Matcher;
+use super::prefix::Matcher;
 use crate::spm::Parsed;
 use crate::PieceType;
 
