@@ -248,7 +248,7 @@ mod tests {
     }
 
     #[test]
-    fn word_at_a_time_scan_agrees_with_is_finite_on_every_f16_and_bf16() {
+    fn scan_agrees_with_is_finite_on_every_f16_and_bf16_and_spread_f32() {
         // All 65536 bit patterns, at every alignment of the tail.
         let all: Vec<u8> = (0..=u16::MAX).flat_map(|v| v.to_le_bytes()).collect();
         let f16_bad = (0..=u16::MAX)
@@ -280,6 +280,15 @@ mod tests {
             f32s.extend_from_slice(&x.to_le_bytes());
         }
         assert_eq!(count_non_finite(&f32s, Dtype::F32), 3);
+        // 100 000 f32 bit patterns spread over the whole range (several count blocks).
+        let bits: Vec<u32> = (0..100_000u32).map(|i| i.wrapping_mul(42_950)).collect();
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let want = bits
+            .iter()
+            .filter(|&&b| !f32::from_bits(b).is_finite())
+            .count() as u64;
+        assert!(want > 0);
+        assert_eq!(count_non_finite(&bytes, Dtype::F32), want);
     }
 
     #[test]
