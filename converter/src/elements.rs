@@ -25,48 +25,44 @@ pub fn count_non_finite(bytes: &[u8], dtype: Dtype) -> u64 {
     }
 }
 
-/// Lanes of 16 or 32 bits in a u64, for the word-at-a-time scan below.
+/// Elements of 16 or 32 bits, read little-endian into a u32.
 trait Lane {
-    const BITS: u32;
+    const BYTES: usize;
+    fn load(c: &[u8]) -> u32;
 }
 impl Lane for u16 {
-    const BITS: u32 = 16;
+    const BYTES: usize = 2;
+    #[inline(always)]
+    fn load(c: &[u8]) -> u32 {
+        u16::from_le_bytes([c[0], c[1]]) as u32
+    }
 }
 impl Lane for u32 {
-    const BITS: u32 = 32;
+    const BYTES: usize = 4;
+    #[inline(always)]
+    fn load(c: &[u8]) -> u32 {
+        u32::from_le_bytes([c[0], c[1], c[2], c[3]])
+    }
 }
 
-/// Count lanes whose `exp` bits are all set, eight bytes at a time: with x = (w & E) ^ E, a lane
-/// is non-finite iff it is zero, and (x + E) sets the lane's top bit iff it is not (the sum of
-/// two values below the top bit cannot carry into the next lane). This runs at memory speed;
-/// the naive per-element loop was a tenth of the conversion's time.
-fn count_exponent_all_ones<L: Lane>(bytes: &[u8], exp: u64) -> u64 {
-    let lanes = 64 / L::BITS;
-    let mut e = 0u64;
-    let mut top = 0u64;
-    for i in 0..lanes {
-        e |= exp << (i * L::BITS);
-        top |= 1u64 << ((i + 1) * L::BITS - 1);
-    }
-    let mut finite = 0u64;
-    let mut words = 0u64;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        let x = (w & e) ^ e;
-        finite += ((x + e) & top).count_ones() as u64;
-        words += 1;
-    }
-    let mut bad = words * lanes as u64 - finite;
-    let lane_bytes = (L::BITS / 8) as usize;
-    for c in chunks.remainder().chunks_exact(lane_bytes) {
-        let mut v = 0u64;
-        for (i, b) in c.iter().enumerate() {
-            v |= (*b as u64) << (8 * i);
-        }
-        bad += (v & exp == exp) as u64;
-    }
-    bad
+/// Bytes counted into one u32 before it is widened: few enough elements that it cannot overflow.
+const COUNT_BLOCK: usize = 1 << 16;
+
+/// Count elements whose `exp` bits are all set. One compare per element into a u32 sum, which
+/// the compiler turns into packed compares and subtracts (even with baseline SSE2); the block
+/// keeps the sum in u32 lanes. About 4x the speed of the former word-at-a-time popcount scan (1
+/// GB/s on f32 here): memory speed on a cold tensor, 11-16 GB/s in cache.
+fn count_exponent_all_ones<L: Lane>(bytes: &[u8], exp: u32) -> u64 {
+    bytes
+        .chunks(COUNT_BLOCK)
+        .map(|b| {
+            let n: u32 = b
+                .chunks_exact(L::BYTES)
+                .map(|c| (L::load(c) & exp == exp) as u32)
+                .sum();
+            n as u64
+        })
+        .sum()
 }
 
 /// Finite values that became infinite in a cast: how many, and the first one.
@@ -252,7 +248,7 @@ mod tests {
     }
 
     #[test]
-    fn word_at_a_time_scan_agrees_with_is_finite_on_every_f16_and_bf16() {
+    fn scan_agrees_with_is_finite_on_every_f16_and_bf16_and_spread_f32() {
         // All 65536 bit patterns, at every alignment of the tail.
         let all: Vec<u8> = (0..=u16::MAX).flat_map(|v| v.to_le_bytes()).collect();
         let f16_bad = (0..=u16::MAX)
@@ -284,6 +280,15 @@ mod tests {
             f32s.extend_from_slice(&x.to_le_bytes());
         }
         assert_eq!(count_non_finite(&f32s, Dtype::F32), 3);
+        // 100 000 f32 bit patterns spread over the whole range (several count blocks).
+        let bits: Vec<u32> = (0..100_000u32).map(|i| i.wrapping_mul(42_950)).collect();
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let want = bits
+            .iter()
+            .filter(|&&b| !f32::from_bits(b).is_finite())
+            .count() as u64;
+        assert!(want > 0);
+        assert_eq!(count_non_finite(&bytes, Dtype::F32), want);
     }
 
     #[test]

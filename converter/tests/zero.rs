@@ -129,6 +129,14 @@ fn inspect_shows_ranks_partitions_padding_and_what_is_read() {
         .map(|p| p["elements"].as_u64().unwrap())
         .collect();
     assert_eq!(lens, [6126, 6126, 6126, 6126, 6120]);
+    // Where Python's zipfile finds each rank's fp32 partition (data/3) by its bytes.
+    let starts: Vec<u64> = g["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["start"].as_u64().unwrap())
+        .collect();
+    assert_eq!(starts, [51840, 51968, 51968, 51968, 51904]);
     let z = inspect(&training("zero3-bf16-w3").join("checkpoint"));
     let g = &z["zero"][0]["groups"][0];
     assert_eq!(z["zero"][0]["stage"], "3");

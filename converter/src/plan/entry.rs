@@ -7,7 +7,7 @@ use super::{Check, Entry, OutDtype, Part};
 use crate::error::{Error, Result};
 use crate::mapping::{target_name, Mapping, Rule, Split, BLOCK};
 use crate::open::Rank;
-use crate::torch::Dtype;
+use crate::torch::{Dtype, TensorRef, TorchFile};
 
 /// The plan's tensors before the model's sizes are known.
 pub struct Planned {
@@ -229,9 +229,47 @@ fn is_copy(
         }
         let fa = &ranks[a.rank].file;
         let fb = &ranks[b.rank].file;
-        if fa.read(&m.name, ta)? != fb.read(&other.name, tb)? {
+        if !same_bytes((fa, &m.name, ta), (fb, &other.name, tb), COMPARE_BLOCK)? {
             return Ok(false);
         }
+    }
+    Ok(true)
+}
+
+/// Bytes compared at a time where a tensor is assembled from chunks.
+const COMPARE_BLOCK: u64 = 8 << 20;
+
+/// Whether two tensors of one dtype and shape hold the same bytes. Tensors a DCP folder
+/// assembles from chunks are compared `block` bytes at a time: assembling an embedding-sized
+/// head and the embedding whole, once to detect the family and once to plan, cost more than
+/// the rest of the conversion's reading and held two such copies in memory.
+fn same_bytes(
+    (fa, na, ta): (&TorchFile, &str, &TensorRef),
+    (fb, nb, tb): (&TorchFile, &str, &TensorRef),
+    block: u64,
+) -> Result<bool> {
+    let (Some(da), Some(db)) = (fa.dcp(), fb.dcp()) else {
+        return Ok(fa.read(na, ta)? == fb.read(nb, tb)?);
+    };
+    if !ta.is_contiguous() || !tb.is_contiguous() {
+        return Ok(fa.read(na, ta)? == fb.read(nb, tb)?);
+    }
+    // Contiguous: the span's bytes are the tensor's (as TorchFile::read_at takes them).
+    let (sa, sb) = (fa.span(na, ta)?, fb.span(nb, tb)?);
+    let n = sa.end - sa.start;
+    if sb.end - sb.start != n {
+        return Ok(false);
+    }
+    // Whole elements per block, so every piece starts on an element.
+    let step = (block / ta.dtype.size() as u64).max(1) * ta.dtype.size() as u64;
+    let mut at = 0;
+    while at < n {
+        let len = step.min(n - at);
+        let a = da.read(na, &(sa.start + at..sa.start + at + len))?;
+        if a != db.read(nb, &(sb.start + at..sb.start + at + len))? {
+            return Ok(false);
+        }
+        at += len;
     }
     Ok(true)
 }
@@ -295,4 +333,44 @@ pub fn cut_vocab(
         e.shape[0] = n;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// accelerate saved the tied head beside the embedding in this DCP folder (the same values,
+    /// split over its two ranks); every block size, down to one element, must agree with the
+    /// whole comparison, and two different weights of one shape must differ at every size.
+    #[test]
+    fn dcp_tensors_compared_by_blocks_agree_with_whole_reads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/training/dcp-fsdp2-accelerate/checkpoint");
+        let src = crate::open(&dir, &crate::Family::Detect).unwrap();
+        let rank = &src.ranks[0];
+        let f = &rank.file;
+        assert!(f.dcp().is_some());
+        let find = |suffix: &str| {
+            let (n, t) = rank
+                .weights
+                .iter()
+                .find(|(n, _)| n.ends_with(suffix))
+                .unwrap();
+            (n.as_str(), t.as_ref())
+        };
+        let (head, wte) = (find("lm_head.weight"), find("wte.weight"));
+        let (p0, p1) = (
+            find("h.0.attn.c_proj.weight"),
+            find("h.1.attn.c_proj.weight"),
+        );
+        let whole = |a: (&str, &TensorRef), b: (&str, &TensorRef)| {
+            f.read(a.0, a.1).unwrap() == f.read(b.0, b.1).unwrap()
+        };
+        assert!(whole(head, wte));
+        assert!(!whole(p0, p1));
+        for block in [1, 4, 4096, 100_000, COMPARE_BLOCK] {
+            assert!(same_bytes((f, head.0, head.1), (f, wte.0, wte.1), block).unwrap());
+            assert!(!same_bytes((f, p0.0, p0.1), (f, p1.0, p1.1), block).unwrap());
+        }
+    }
 }

@@ -37,6 +37,8 @@ pub struct GroupReport {
 pub struct PartitionReport {
     pub file: String,
     pub elements: u64,
+    /// Byte offset of its first fp32 element in the file.
+    pub start: u64,
     /// Its fp32 bytes in the file.
     pub bytes: u64,
     /// The bytes a conversion reads from it.
@@ -82,6 +84,7 @@ fn rank(r: &Rank, m: &Masters) -> RankReport {
                     .map(|((f, read), file)| PartitionReport {
                         file: file.clone(),
                         elements: f.len,
+                        start: f.bytes.start,
                         bytes: f.len * 4,
                         read,
                     })
