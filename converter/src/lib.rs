@@ -57,6 +57,3 @@ pub use error::{Error, Result};
 pub use mapping::Mapping;
 pub use open::{open, Family, Source};
 pub use plan::{Hints, OutDtype, Plan};
-
-// The paths `zero/` imports by (it changes in parallel): `open::layout`, `open::weights`.
-use open::{layout, weights as checkpoint};

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::layout::{
+use super::found::{
     file_name, json_kind, present, require_regular, single, Layout, ShardPath, MAX_INDEX_BYTES,
     MAX_SHARDS,
 };

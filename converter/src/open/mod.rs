@@ -13,13 +13,14 @@ use crate::torch::TorchFile;
 
 mod dcp_folder;
 mod family;
+pub mod found;
 mod hugging_face;
 pub mod layout;
 mod rank_grid;
 pub mod weights;
 mod zero_root;
 
-pub use layout::{Layout, ShardPath};
+pub use found::{Layout, ShardPath};
 pub use weights::Rank;
 
 /// Which family's mapping describes the input.
@@ -90,7 +91,7 @@ pub fn open(input: &Path, family: &Family) -> Result<Source> {
     })
 }
 
-fn open_ranks(shards: Vec<layout::ShardPath>) -> Result<Vec<Rank>> {
+fn open_ranks(shards: Vec<ShardPath>) -> Result<Vec<Rank>> {
     shards
         .into_iter()
         .map(|s| {
@@ -106,11 +107,11 @@ fn open_ranks(shards: Vec<layout::ShardPath>) -> Result<Vec<Rank>> {
 }
 
 /// Every file of the checkpoint at `input`, DeepSpeed ZeRO's included.
-pub fn discover(input: &Path) -> Result<layout::Layout> {
+pub fn discover(input: &Path) -> Result<Layout> {
     discover_with(input).map(|(l, _)| l)
 }
 
-fn discover_with(input: &Path) -> Result<(layout::Layout, Option<crate::zero::Files>)> {
+fn discover_with(input: &Path) -> Result<(Layout, Option<crate::zero::Files>)> {
     Ok(match crate::zero::find(input)? {
         Some(crate::zero::Found::Zero(z)) => (zero_root::zero_layout(input, &z)?, Some(z)),
         Some(crate::zero::Found::Folder(dir)) => (layout::discover(&dir)?, None),

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::mapping::{Dim, Mapping, Split};
-use crate::open::Rank;
+use crate::open::weights::Rank;
 use crate::torch::{Dtype, TensorRef};
 
 pub use model::{Activation, Heads};

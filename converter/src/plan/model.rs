@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::Entry;
 use crate::error::{Error, Result};
 use crate::mapping::{Dim, Mapping, Split};
-use crate::open::Rank;
+use crate::open::weights::Rank;
 use crate::torch::Value;
 
 /// Where the head count came from, for the summary and `--dry-run`.
