@@ -1,27 +1,21 @@
-//! Opening a checkpoint: its files found ([`layout`], with a module per kind of folder), parsed
-//! (structure only), its family chosen (`family`), its weights listed ([`weights`]); and
+//! Opening a checkpoint: its files found ([`crate::checkpoint`], or [`crate::zero`] for a ZeRO
+//! root), parsed (structure only), its family chosen (`family`), its weights listed; and
 //! reading one output tensor's parts from it.
 
 use std::borrow::Cow;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::{hugging_face, layout, weights};
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
 use crate::plan::{self, Entry};
 use crate::torch::TorchFile;
 
-mod dcp_folder;
 mod family;
-pub mod found;
-mod hugging_face;
-pub mod layout;
-mod rank_grid;
-pub mod weights;
 mod zero_root;
 
-pub use found::{Layout, ShardPath};
-pub use weights::Rank;
+pub use crate::checkpoint::{Layout, Rank, ShardPath};
 
 /// Which family's mapping describes the input.
 #[derive(Debug, Clone, Default)]

@@ -12,9 +12,9 @@ mod model;
 
 use serde::Serialize;
 
+use crate::checkpoint::weights::Rank;
 use crate::error::Result;
 use crate::mapping::{Dim, Mapping, Split};
-use crate::open::weights::Rank;
 use crate::torch::{Dtype, TensorRef};
 
 pub use model::{Activation, Heads};
@@ -242,7 +242,7 @@ fn structure(
     let mut all = matching::match_rules(ranks, &grid, mapping).map_err(Misfit::Names)?;
     if all.matched.is_empty() {
         // Nothing but ignored entries: not this family's weights.
-        return Err(Misfit::Names(crate::open::weights::no_weights(
+        return Err(Misfit::Names(crate::checkpoint::weights::no_weights(
             &ranks[0].file,
             mapping,
         )));

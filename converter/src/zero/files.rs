@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::found::{MAX_RANKS, MAX_TRACKER_BYTES, TRACKER};
 use crate::error::{Error, Result};
-use crate::open::found::{MAX_RANKS, MAX_TRACKER_BYTES, TRACKER};
 
 /// DeepSpeed's tracker file in a checkpoint root.
 pub const LATEST: &str = "latest";

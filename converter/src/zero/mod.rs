@@ -14,8 +14,8 @@ pub mod report;
 
 use std::rc::Rc;
 
+use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
-use crate::open::weights::Rank;
 use crate::torch::{Assembled, TensorRef, TorchFile, Value};
 pub use files::{find, Files, Found};
 use partition::{Group, Packing, Param, Partitions};

@@ -43,7 +43,7 @@ pub(super) fn hugging_face(dir: &Path) -> Result<Option<Layout>> {
 }
 
 /// `config.json` beside the model, when present (and then a regular file).
-pub(super) fn config_beside(dir: &Path) -> Result<Option<PathBuf>> {
+pub(crate) fn config_beside(dir: &Path) -> Result<Option<PathBuf>> {
     let config = dir.join("config.json");
     if !present(&config)? {
         return Ok(None);
