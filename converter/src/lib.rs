@@ -5,7 +5,7 @@
 //! The data flow, one step per module:
 //!
 //! ```text
-//! open::layout::discover input path  -> every file (tracker, iteration, rank grid, HF shards,
+//! checkpoint::layout::discover path  -> every file (tracker, iteration, rank grid, HF shards,
 //!                                       DCP folder), one module per kind of folder
 //! zero                   or a DeepSpeed ZeRO root/tag: each tp rank's fp32 masters as tensors
 //!                                       assembled from runs of the optimizer partitions
@@ -32,6 +32,7 @@
 //! Tensors stream through one at a time; the heap holds at most a few merged tensors (recycled
 //! transpose buffers) and the writer's and hasher's bounded queues: docs/architecture.md, "Memory".
 
+pub mod checkpoint;
 pub mod cli;
 pub mod convert;
 pub mod diff;
@@ -57,6 +58,3 @@ pub use error::{Error, Result};
 pub use mapping::Mapping;
 pub use open::{open, Family, Source};
 pub use plan::{Hints, OutDtype, Plan};
-
-// The paths `zero/` imports by (it changes in parallel): `open::layout`, `open::weights`.
-use open::{layout, weights as checkpoint};

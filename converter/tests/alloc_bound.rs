@@ -207,8 +207,9 @@ fn a_huge_rank_number_allocates_nothing_per_claimed_rank() {
             std::fs::write(d.path().join(f).join("model_optim_rng.pt"), b"x").unwrap();
         }
         // A grid of 4e9 entries would take tens of GB; the check walks the two files present.
-        let (e, peak) =
-            testkit::peak_heap_during(|| cpm_convert::open::layout::discover(d.path()).map(|_| ()));
+        let (e, peak) = testkit::peak_heap_during(|| {
+            cpm_convert::checkpoint::layout::discover(d.path()).map(|_| ())
+        });
         let e = e.unwrap_err().to_string();
         assert!(e.contains("model-parallel rank 1 is missing"), "{e}");
         assert!(peak < 64 << 20, "{huge}: peak heap {peak} bytes");

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cpm_convert::open::layout::{self, Layout, MAX_RANKS, MAX_SHARDS};
+use cpm_convert::checkpoint::layout::{self, Layout, MAX_RANKS, MAX_SHARDS};
 use cpm_convert::torch::{self, Format, TorchFile, Value};
 
 // The counter is process-wide: only `a_huge_rank_number_allocates_nothing_per_claimed_rank`

@@ -247,9 +247,9 @@ pub fn write(
         });
     }
     let tracker = it.tracker();
-    let path = dir.join(crate::open::layout::TRACKER);
+    let path = dir.join(crate::checkpoint::found::TRACKER);
     files.push(OutputFile {
-        name: crate::open::layout::TRACKER.into(),
+        name: crate::checkpoint::found::TRACKER.into(),
         bytes: tracker.len() as u64,
         sha256: crate::write::small_file(&path, tracker.as_bytes())?,
     });

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::open::Rank;
+use crate::checkpoint::weights::Rank;
 use crate::plan::Plan;
 use crate::table;
 

@@ -17,9 +17,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
-use crate::open::Rank;
 use crate::plan::{Activation, Entry, Heads, Plan};
 use crate::torch::TorchFile;
 use crate::{Family, Hints, OutDtype};

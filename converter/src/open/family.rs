@@ -1,6 +1,6 @@
 //! Choosing the family: the first built-in mapping that fits the opened files' structure.
 
-use super::weights::{self, Rank};
+use crate::checkpoint::weights::{self, Rank};
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
 use crate::plan;

@@ -1,26 +1,21 @@
-//! Opening a checkpoint: its files found ([`layout`], with a module per kind of folder), parsed
-//! (structure only), its family chosen (`family`), its weights listed ([`weights`]); and
+//! Opening a checkpoint: its files found ([`crate::checkpoint`], or [`crate::zero`] for a ZeRO
+//! root), parsed (structure only), its family chosen (`family`), its weights listed; and
 //! reading one output tensor's parts from it.
 
 use std::borrow::Cow;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::{hugging_face, layout, weights};
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
 use crate::plan::{self, Entry};
 use crate::torch::TorchFile;
 
-mod dcp_folder;
 mod family;
-mod hugging_face;
-pub mod layout;
-mod rank_grid;
-pub mod weights;
 mod zero_root;
 
-pub use layout::{Layout, ShardPath};
-pub use weights::Rank;
+pub use crate::checkpoint::{Layout, Rank, ShardPath};
 
 /// Which family's mapping describes the input.
 #[derive(Debug, Clone, Default)]
@@ -90,7 +85,7 @@ pub fn open(input: &Path, family: &Family) -> Result<Source> {
     })
 }
 
-fn open_ranks(shards: Vec<layout::ShardPath>) -> Result<Vec<Rank>> {
+fn open_ranks(shards: Vec<ShardPath>) -> Result<Vec<Rank>> {
     shards
         .into_iter()
         .map(|s| {
@@ -106,11 +101,11 @@ fn open_ranks(shards: Vec<layout::ShardPath>) -> Result<Vec<Rank>> {
 }
 
 /// Every file of the checkpoint at `input`, DeepSpeed ZeRO's included.
-pub fn discover(input: &Path) -> Result<layout::Layout> {
+pub fn discover(input: &Path) -> Result<Layout> {
     discover_with(input).map(|(l, _)| l)
 }
 
-fn discover_with(input: &Path) -> Result<(layout::Layout, Option<crate::zero::Files>)> {
+fn discover_with(input: &Path) -> Result<(Layout, Option<crate::zero::Files>)> {
     Ok(match crate::zero::find(input)? {
         Some(crate::zero::Found::Zero(z)) => (zero_root::zero_layout(input, &z)?, Some(z)),
         Some(crate::zero::Found::Folder(dir)) => (layout::discover(&dir)?, None),

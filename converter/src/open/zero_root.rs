@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use super::hugging_face::config_beside;
-use super::layout::{Layout, ShardPath};
+use crate::checkpoint::found::{Layout, ShardPath};
+use crate::checkpoint::hugging_face::config_beside;
 use crate::error::Result;
 
 /// A ZeRO checkpoint's layout: every file as a shard (its ranks come from [`crate::zero`]), the

@@ -4,9 +4,9 @@
 
 use super::matching::Matched;
 use super::{Check, Entry, OutDtype, Part};
+use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
 use crate::mapping::{target_name, Mapping, Rule, Split, BLOCK};
-use crate::open::Rank;
 use crate::torch::{Dtype, TensorRef, TorchFile};
 
 /// The plan's tensors before the model's sizes are known.

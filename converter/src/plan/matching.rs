@@ -6,9 +6,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::Part;
+use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
 use crate::mapping::{target_name, Mapping, Missing, BLOCK};
-use crate::open::Rank;
 
 /// The files of a checkpoint as a tensor-parallel × pipeline grid.
 pub struct Grid {

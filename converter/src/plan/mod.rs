@@ -12,9 +12,9 @@ mod model;
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::checkpoint::weights::Rank;
+use crate::error::{Error, Result};
 use crate::mapping::{Dim, Mapping, Split};
-use crate::open::Rank;
 use crate::torch::{Dtype, TensorRef};
 
 pub use model::{Activation, Heads};
@@ -242,7 +242,7 @@ fn structure(
     let mut all = matching::match_rules(ranks, &grid, mapping).map_err(Misfit::Names)?;
     if all.matched.is_empty() {
         // Nothing but ignored entries: not this family's weights.
-        return Err(Misfit::Names(crate::open::weights::no_weights(
+        return Err(Misfit::Names(crate::checkpoint::weights::no_weights(
             &ranks[0].file,
             mapping,
         )));
@@ -292,14 +292,14 @@ fn implied_vocab(
 /// Why a mapping does not describe a checkpoint.
 pub enum Misfit {
     /// Its names are another family's: some weight matches no rule.
-    Names(crate::Error),
+    Names(Error),
     /// Every name is this family's, but the checkpoint is incomplete or inconsistent (a missing
     /// rank or layer, a shape that is not the model's): this error is the one to report.
-    Model(crate::Error),
+    Model(Error),
 }
 
 impl Misfit {
-    fn into_error(self) -> crate::Error {
+    fn into_error(self) -> Error {
         match self {
             Misfit::Names(e) | Misfit::Model(e) => e,
         }

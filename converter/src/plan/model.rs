@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::Entry;
+use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
 use crate::mapping::{Dim, Mapping, Split};
-use crate::open::Rank;
 use crate::torch::Value;
 
 /// Where the head count came from, for the summary and `--dry-run`.

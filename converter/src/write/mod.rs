@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
-use crate::open::Rank;
 use crate::plan::Plan;
 
 pub mod shards;

@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::found::{MAX_RANKS, MAX_TRACKER_BYTES, TRACKER};
 use crate::error::{Error, Result};
-use crate::layout::{self, MAX_RANKS, MAX_TRACKER_BYTES};
 
 /// DeepSpeed's tracker file in a checkpoint root.
 pub const LATEST: &str = "latest";
@@ -65,7 +65,7 @@ pub fn find(input: &Path) -> Result<Option<Found>> {
     let latest = input.join(LATEST);
     // Megatron-DeepSpeed roots may hold Megatron's tracker too: a tag folder without ZeRO files
     // is then the tracker's business.
-    let tracker = exists(&input.join(layout::TRACKER))?;
+    let tracker = exists(&input.join(TRACKER))?;
     let (dir, prefix, tag) = if exists(&latest)? {
         let tag = match read_latest(&latest) {
             Ok(tag) => tag,

@@ -14,7 +14,7 @@ pub mod report;
 
 use std::rc::Rc;
 
-use crate::checkpoint::Rank;
+use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
 use crate::torch::{Assembled, TensorRef, TorchFile, Value};
 pub use files::{find, Files, Found};

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::partition::Packing;
 use super::Masters;
-use crate::checkpoint::Rank;
+use crate::checkpoint::weights::Rank;
 use crate::table;
 
 /// One tensor-parallel rank's partitions.

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::layout::{
+use super::found::{
     file_name, json_kind, present, require_regular, single, Layout, ShardPath, MAX_INDEX_BYTES,
     MAX_SHARDS,
 };
@@ -43,7 +43,7 @@ pub(super) fn hugging_face(dir: &Path) -> Result<Option<Layout>> {
 }
 
 /// `config.json` beside the model, when present (and then a regular file).
-pub(super) fn config_beside(dir: &Path) -> Result<Option<PathBuf>> {
+pub(crate) fn config_beside(dir: &Path) -> Result<Option<PathBuf>> {
     let config = dir.join("config.json");
     if !present(&config)? {
         return Ok(None);

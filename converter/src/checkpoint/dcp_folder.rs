@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
+use super::found::{present, require_regular, single, Layout, MAX_RANKS};
 use super::hugging_face::config_beside;
-use super::layout::{present, require_regular, single, Layout, MAX_RANKS};
 use crate::error::{Error, Result};
 use crate::torch::dcp::METADATA;
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::layout::{no_checkpoint, present, require_regular, Layout, ShardPath, MAX_RANKS};
+use super::found::{no_checkpoint, present, require_regular, Layout, ShardPath, MAX_RANKS};
 use crate::error::{Error, Result};
 
 /// Rank-folder lists longer than this are cut in messages (a refusal prints at most ~2 KB).
