@@ -46,6 +46,7 @@ pub mod mapping;
 pub mod merge;
 pub mod open;
 pub mod plan;
+pub mod progress;
 pub mod table;
 pub mod tokenizer_files;
 pub mod torch;
@@ -53,8 +54,9 @@ pub mod transpose;
 pub mod write;
 pub mod zero;
 
-pub use convert::{convert, plan, prepare, Options, OutDir, Prepared, Progress, Request, Summary};
+pub use convert::{convert, plan, prepare, Options, OutDir, Prepared, Request, Summary};
 pub use error::{Error, Result};
 pub use mapping::Mapping;
 pub use open::{open, Family, Source};
 pub use plan::{Hints, OutDtype, Plan};
+pub use progress::Progress;

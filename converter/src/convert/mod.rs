@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::export::{self, RankFormat};
 use crate::open::{open, Family, Source};
 use crate::plan::{self, Hints, OutDtype, Plan};
+use crate::progress::Progress;
 use crate::{gpt2_config, tokenizer_files, write, zero};
 
 mod output;
@@ -44,27 +45,6 @@ pub struct Options {
     pub strict: bool,
     /// `--max-shard-size`: Hugging Face output split into shards of at most this many bytes.
     pub max_shard_size: Option<u64>,
-}
-
-/// Hooks for a user interface; all optional.
-pub trait Progress {
-    /// Called once with the bytes the model file will receive.
-    fn begin(&self, _total_bytes: u64) {}
-    /// Called after each tensor is written.
-    fn advance(&self, _bytes: u64) {}
-    /// A problem that does not stop the conversion.
-    fn warn(&self, msg: &str);
-    /// Something the user should know that is not a problem (a tokenizer found by itself).
-    fn note(&self, _msg: &str) {}
-    /// Whether the user asked to stop (SIGINT/SIGTERM): checked before each tensor and before
-    /// the result is moved into place, so a stop removes the staging directory.
-    fn cancelled(&self) -> bool {
-        false
-    }
-    /// Called once, just before the staging directory is created. Until then nothing exists
-    /// to clean up (a UI may let a stop signal end the process at once, even in a blocked
-    /// read); from then on a stop must come through [`Progress::cancelled`].
-    fn writing(&self) {}
 }
 
 /// What a finished conversion did.

@@ -26,8 +26,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::open::{Family, Source};
 use crate::plan::Hints;
-use crate::{Family, Progress, Source};
+use crate::progress::Progress;
 
 use fast::Read;
 use side::{Item, Side};

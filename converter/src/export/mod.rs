@@ -16,9 +16,11 @@ pub mod split;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::merge;
+use crate::open::Source;
 use crate::plan::Plan;
+use crate::progress::Progress;
 use crate::write::OutputFile;
-use crate::{merge, Progress, Source};
 
 pub use place::{notes, place, Placed};
 
