@@ -5,7 +5,7 @@
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
 
-use crate::torch::Dtype;
+use cpm_torch::Dtype;
 
 /// How many elements are NaN or infinite (exponent bits all ones).
 pub fn count_non_finite(bytes: &[u8], dtype: Dtype) -> u64 {

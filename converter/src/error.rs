@@ -39,6 +39,10 @@ pub enum Error {
     #[error("{path}: {msg}")]
     Layout { path: PathBuf, msg: String },
 
+    /// Reading a torch, safetensors or DCP file failed (its message is the reader's own).
+    #[error(transparent)]
+    Torch(#[from] cpm_torch::Error),
+
     /// The ranks of one model disagree with each other or with the mapping.
     #[error("{msg}")]
     Merge { msg: String },
@@ -103,7 +107,7 @@ impl Error {
         let tensor: String = tensor.into();
         Error::Tensor {
             path: path.into(),
-            tensor: crate::torch::value::shorten(&tensor).into_owned(),
+            tensor: cpm_torch::shorten(&tensor).into_owned(),
             msg: msg.into(),
         }
     }

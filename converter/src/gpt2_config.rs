@@ -1,10 +1,10 @@
 //! `config.json` for transformers' GPT2Config, from the plan's sizes and the mapping's defaults.
 
+use cpm_torch::Dtype;
 use serde_json::{json, Map, Value};
 
 use crate::mapping::Mapping;
 use crate::plan::Plan;
-use crate::torch::Dtype;
 
 /// Elements written per dtype, most first (ties broken by dtype name, so the choice is stable).
 fn dtype_counts(plan: &Plan) -> Vec<(Dtype, u64)> {

@@ -49,7 +49,6 @@ pub mod plan;
 pub mod progress;
 pub mod table;
 pub mod tokenizer_files;
-pub mod torch;
 pub mod transpose;
 pub mod write;
 pub mod zero;

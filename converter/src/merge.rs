@@ -5,11 +5,12 @@
 
 use std::borrow::Cow;
 
+use cpm_torch::Dtype;
+
 use crate::elements::{cast, count_non_finite};
 use crate::error::{Error, Result};
 use crate::mapping::Split;
 use crate::plan::Entry;
-use crate::torch::Dtype;
 use crate::transpose::{transpose, Dst};
 
 /// One tensor, merged and ready to write: its pieces in file order, in the output dtype.

@@ -9,7 +9,7 @@ use crate::cases;
 use std::path::Path;
 
 use cases::{Case, Expect};
-use cpm_convert::torch::{self, pickle, TorchFile};
+use cpm_torch::{pickle, TorchFile};
 
 /// The whole pipeline short of writing: `cpm_convert::open`, `plan`, every tensor read.
 const PIPELINE: &str = "open + plan + read";
@@ -51,7 +51,7 @@ fn readers(case: &Case, dir: &Path) -> Vec<Measured> {
         let path = dir.join(name);
         out.push(measure("TorchFile::open", || TorchFile::open(&path)));
         out.push(measure("torch::parse_bytes", || {
-            torch::parse_bytes(bytes, &path)
+            cpm_torch::parse_bytes(bytes, &path)
         }));
         // The bytes as one pickle (the legacy format starts with one), and the case's own
         // pickle when it built one.

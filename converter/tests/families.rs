@@ -256,13 +256,13 @@ fn a_last_stage_copy_of_the_embedding_that_differs_is_refused() {
     let root = tmp.path().join("ckpt");
     testkit::copy_tree(&families().join("megatron-v3-tp2-pp2"), &root);
     let rank = root.join("iter_0000100/mp_rank_01_001/model_optim_rng.pt");
-    let file = cpm_convert::torch::TorchFile::open(&rank).unwrap();
+    let file = cpm_torch::TorchFile::open(&rank).unwrap();
     let head = file
         .root
         .get("model")
         .and_then(|m| m.get("word_embeddings_for_head"))
         .and_then(|w| w.get("weight"));
-    let Some(cpm_convert::torch::Value::Tensor(t)) = &head else {
+    let Some(cpm_torch::Value::Tensor(t)) = &head else {
         panic!("the fixture's last stage has no word_embeddings_for_head");
     };
     let span = file.span("word_embeddings_for_head.weight", t).unwrap();

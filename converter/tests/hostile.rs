@@ -200,7 +200,7 @@ fn hostile_distributed_checkpoints_are_refused() {
 #[test]
 fn truncated_files_are_refused_by_the_reader_at_every_seventh_byte() {
     // ...and the reader in-process at every 7th byte (some 55,000 parses).
-    use cpm_convert::torch::parse_bytes;
+    use cpm_torch::parse_bytes;
     for base in [cases::real_zip(), cases::real_legacy()] {
         for cut in (0..base.len()).step_by(7) {
             match parse_bytes(&base[..cut], Path::new("cut.pt")) {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cpm_convert::checkpoint::layout::{self, Layout, MAX_RANKS, MAX_SHARDS};
-use cpm_convert::torch::{self, Format, TorchFile, Value};
+use cpm_torch::{Format, TorchFile, Value};
 
 // The counter is process-wide: only `a_huge_rank_number_allocates_nothing_per_claimed_rank`
 // reads it, with a bound far above what the other tests running beside it allocate.
@@ -573,7 +573,7 @@ fn safetensors_tensors_read_as_the_safetensors_crate_reads_them() {
         assert_eq!(file.format, Format::Safetensors);
         assert_eq!(file.format.name(), "safetensors");
         let items = file.root.dict_items().unwrap();
-        let ours: Vec<(String, std::rc::Rc<torch::TensorRef>)> = items
+        let ours: Vec<(String, std::rc::Rc<cpm_torch::TensorRef>)> = items
             .iter()
             .filter_map(|(k, v)| match v {
                 Value::Tensor(t) => Some((k.as_str().unwrap().to_string(), t.clone())),
@@ -620,7 +620,7 @@ fn safetensors_metadata_is_a_dict_of_strings() {
         .metadata()
         .clone()
         .expect("transformers writes metadata");
-    let c = torch::parse_bytes(&bytes, &path).unwrap();
+    let c = cpm_torch::parse_bytes(&bytes, &path).unwrap();
     let got = c.root.get("__metadata__").expect("__metadata__ kept");
     for (k, v) in &want {
         assert_eq!(
@@ -634,7 +634,7 @@ fn safetensors_metadata_is_a_dict_of_strings() {
 fn parse_bytes_gives_the_same_storages_as_open() {
     for path in safetensors_fixtures() {
         let bytes = std::fs::read(&path).unwrap();
-        let c = torch::parse_bytes(&bytes, &path).unwrap();
+        let c = cpm_torch::parse_bytes(&bytes, &path).unwrap();
         assert_eq!(c.format, Format::Safetensors);
         let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
         assert_eq!(c.storages.len(), meta.tensors().len());
@@ -654,7 +654,7 @@ fn parse_bytes_gives_the_same_storages_as_open() {
 fn a_safetensors_file_cut_anywhere_is_refused_naming_it() {
     let base = std::fs::read(fixtures().join("tiny/hf/model.safetensors")).unwrap();
     for cut in (0..base.len()).step_by(13) {
-        match torch::parse_bytes(&base[..cut], Path::new("cut.safetensors")) {
+        match cpm_torch::parse_bytes(&base[..cut], Path::new("cut.safetensors")) {
             Ok(_) => panic!("a file cut at byte {cut} of {} parsed", base.len()),
             Err(e) => assert!(e.to_string().contains("cut.safetensors"), "{e}"),
         }
@@ -669,8 +669,8 @@ fn torch_fixtures_are_not_taken_for_safetensors() {
         "tiny/ckpt-legacy/mp_rank_00_model_states.pt",
     ] {
         let bytes = std::fs::read(fixtures().join(f)).unwrap();
-        assert!(!torch::safetensors::looks_like(&bytes), "{f}");
-        let c = torch::parse_bytes(&bytes, Path::new(f)).unwrap();
+        assert!(!cpm_torch::safetensors::looks_like(&bytes), "{f}");
+        let c = cpm_torch::parse_bytes(&bytes, Path::new(f)).unwrap();
         assert_ne!(c.format, Format::Safetensors);
     }
 }

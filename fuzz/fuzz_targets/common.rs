@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use cpm_convert::torch::{self, pickle, Value};
+use cpm_torch::{pickle, Value};
 
 /// The pickle machine on arbitrary bytes, then what the converter does with a parsed tree:
 /// look fields up, describe, walk one level, drop.
@@ -28,7 +28,7 @@ pub fn pickle(data: &[u8]) {
 /// converter would look at (top level and one dict down) read through the bounds checks.
 pub fn torch_file(bytes: &[u8]) {
     let path = Path::new("fuzz.pt");
-    let Ok(c) = torch::parse_bytes(bytes, path) else {
+    let Ok(c) = cpm_torch::parse_bytes(bytes, path) else {
         return;
     };
     let _ = c
@@ -53,14 +53,14 @@ pub fn torch_file(bytes: &[u8]) {
         }
     }
     for t in tensors {
-        if let Ok(b) = torch::read_tensor(bytes, &c.storages, path, "t", &t) {
+        if let Ok(b) = cpm_torch::read_tensor(bytes, &c.storages, path, "t", &t) {
             std::hint::black_box(b.len());
         }
     }
 }
 
 pub const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
-pub const LEGACY_MAGIC: &[u8] = torch::LEGACY_PREFIX;
+pub const LEGACY_MAGIC: &[u8] = cpm_torch::LEGACY_PREFIX;
 
 /// `data`, starting with `magic` (prepended unless already there), so every input reaches the
 /// reader under test.

@@ -5,10 +5,11 @@
 
 use std::path::Path;
 
+use cpm_torch::dcp::METADATA;
+
 use super::found::{present, require_regular, single, Layout, MAX_RANKS};
 use super::hugging_face::config_beside;
 use crate::error::{Error, Result};
-use crate::torch::dcp::METADATA;
 
 /// accelerate's FSDP model folders: `pytorch_model_fsdp_{model index}`.
 const ACCELERATE_PREFIX: &str = "pytorch_model_fsdp_";

@@ -100,7 +100,7 @@ fn index_shards(dir: &Path, index: &Path) -> Result<Vec<ShardPath>> {
 /// The file an index entry names, which must be a plain name: shards live beside the index, and
 /// a path could leave the folder.
 fn plain_name<'a>(index: &Path, tensor: &str, file: &'a serde_json::Value) -> Result<&'a str> {
-    let tensor = crate::torch::value::shorten(tensor);
+    let tensor = cpm_torch::shorten(tensor);
     let name = file.as_str().ok_or_else(|| {
         Error::layout(
             index,
@@ -121,7 +121,7 @@ fn plain_name<'a>(index: &Path, tensor: &str, file: &'a serde_json::Value) -> Re
             index,
             format!(
                 "`{tensor}` maps to {:?}, which is not a plain file name beside the index",
-                crate::torch::value::shorten(name)
+                cpm_torch::shorten(name)
             ),
         ));
     }

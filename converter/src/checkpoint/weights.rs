@@ -2,9 +2,10 @@
 
 use std::rc::Rc;
 
+use cpm_torch::{TensorRef, TorchFile, Value};
+
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
-use crate::torch::{TensorRef, TorchFile, Value};
 
 /// One opened file of a checkpoint: its place in the tensor-parallel × pipeline grid (several
 /// files share one place when a state dict is sharded by tensor, as Hugging Face does) and the
@@ -176,7 +177,7 @@ impl Walk<'_> {
                     "the tensor names of `{}` add up to more bytes than the file holds (one \
                      memoized name reused, e.g. `{}`)",
                     self.keyname,
-                    crate::torch::value::shorten(key)
+                    cpm_torch::shorten(key)
                 ),
             )
         })?;

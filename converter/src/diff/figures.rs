@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use crate::torch::Dtype;
+use cpm_torch::Dtype;
 
 use super::side::Item;
 use super::Values;
@@ -255,7 +255,7 @@ fn unravel(mut i: u64, shape: &[u64]) -> Vec<u64> {
 mod tests {
     use super::*;
     use crate::diff::side::How;
-    use crate::torch::TensorRef;
+    use cpm_torch::TensorRef;
     use half::f16;
 
     fn f32_bytes(v: &[f32]) -> Vec<u8> {

@@ -4,10 +4,11 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use cpm_torch::{Dtype, TensorRef};
+
 use crate::error::{Error, Result};
 use crate::mapping::Split;
 use crate::plan::{Entry, Hints, OutDtype, Plan};
-use crate::torch::{Dtype, TensorRef};
 use crate::Source;
 
 use super::in_side;

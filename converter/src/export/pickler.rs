@@ -5,7 +5,7 @@
 //! training arguments every Megatron checkpoint carries, which that loader admits once it is
 //! allowed (`torch.serialization.add_safe_globals([argparse.Namespace])`).
 
-use crate::torch::Dtype;
+use cpm_torch::Dtype;
 
 /// A value of the object tree. Dicts keep their order (as Python's do).
 #[derive(Debug, Clone, PartialEq)]

@@ -101,7 +101,7 @@ pub fn slice<'b>(pieces: &'b [Cow<'_, [u8]>], range: std::ops::Range<usize>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::torch::Dtype;
+    use cpm_torch::Dtype;
 
     fn entry(split: Split, heads: u64) -> Entry {
         Entry {

@@ -15,13 +15,13 @@ mod tree;
 
 use std::path::PathBuf;
 
+use cpm_torch::TorchFile;
 use serde::Serialize;
 
 use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
 use crate::plan::{Activation, Entry, Heads, Plan};
-use crate::torch::TorchFile;
 use crate::{Family, Hints, OutDtype};
 
 pub use chunks::{ChunkRow, Chunks, DataFile, StoredTensor};
@@ -178,7 +178,7 @@ fn structure_only(opts: &Options, err: Error, warnings: &mut Vec<String>) -> Res
         .shards
         .iter()
         .map(|s| TorchFile::open(&s.path))
-        .collect::<Result<Vec<_>>>()
+        .collect::<cpm_torch::Result<Vec<_>>>()
     else {
         return Err(err);
     };

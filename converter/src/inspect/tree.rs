@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::torch::value::{Object, Value};
-use crate::torch::{Dtype, TorchFile};
+use cpm_torch::value::{Object, Value};
+use cpm_torch::{Dtype, TorchFile};
 
 use super::FileTree;
 

@@ -43,10 +43,8 @@ pub(super) fn detect(ranks: &mut [Rank]) -> Result<(Mapping, String)> {
         .iter()
         .take(8)
         .map(|(k, _)| {
-            k.as_str().map_or_else(
-                || k.describe(),
-                |s| crate::torch::value::shorten(s).into_owned(),
-            )
+            k.as_str()
+                .map_or_else(|| k.describe(), |s| cpm_torch::shorten(s).into_owned())
         })
         .collect();
     Err(Error::format(

@@ -6,11 +6,12 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use cpm_torch::TorchFile;
+
 use crate::checkpoint::{hugging_face, layout, weights};
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
 use crate::plan::{self, Entry};
-use crate::torch::TorchFile;
 
 mod family;
 mod zero_root;
@@ -133,7 +134,8 @@ impl Source {
         e.sources
             .iter()
             .map(|p| self.ranks[p.rank].file.span(&e.source, &p.tensor))
-            .collect()
+            .collect::<cpm_torch::Result<_>>()
+            .map_err(Error::from)
     }
 
     /// Each part's bytes (pages populated first: one system call instead of a fault per
@@ -146,7 +148,8 @@ impl Source {
             .iter()
             .zip(spans)
             .map(|(p, span)| self.ranks[p.rank].file.read_at(&e.source, &p.tensor, span))
-            .collect()
+            .collect::<cpm_torch::Result<_>>()
+            .map_err(Error::from)
     }
 
     /// Every copy a checkpoint keeps of an output tensor (Megatron's

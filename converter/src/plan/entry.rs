@@ -2,12 +2,13 @@
 //! layout resolved, zeros synthesized, tied copies of the embedding dropped, copies that must
 //! equal it set aside as checks, the file order fixed, and the vocabulary padding cut.
 
+use cpm_torch::{Dtype, TensorRef, TorchFile};
+
 use super::matching::Matched;
 use super::{Check, Entry, OutDtype, Part};
 use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
 use crate::mapping::{target_name, Mapping, Rule, Split, BLOCK};
-use crate::torch::{Dtype, TensorRef, TorchFile};
 
 /// The plan's tensors before the model's sizes are known.
 pub struct Planned {

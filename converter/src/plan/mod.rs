@@ -10,12 +10,12 @@ mod entry;
 mod matching;
 mod model;
 
+use cpm_torch::{Dtype, TensorRef};
 use serde::Serialize;
 
 use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
 use crate::mapping::{Dim, Mapping, Split};
-use crate::torch::{Dtype, TensorRef};
 
 pub use model::{Activation, Heads};
 

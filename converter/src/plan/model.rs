@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use cpm_torch::Value;
 use serde::Serialize;
 
 use super::Entry;
 use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
 use crate::mapping::{Dim, Mapping, Split};
-use crate::torch::Value;
 
 /// Where the head count came from, for the summary and `--dry-run`.
 #[derive(Debug, Clone, Serialize)]
@@ -356,7 +356,7 @@ mod tests {
         let args = Py::Namespace(fields.into_iter().map(|(k, v)| (k.into(), v)).collect());
         let bytes = dumps(&Py::Dict(vec![("args".into(), args)]));
         // The parse owns what the value refers to: kept while the value is read.
-        let parsed = crate::torch::pickle::parse(&bytes, std::path::Path::new("t.pkl"), 0).unwrap();
+        let parsed = cpm_torch::pickle::parse(&bytes, std::path::Path::new("t.pkl"), 0).unwrap();
         let rec = Recorded {
             root: &parsed.value,
             file: "t.pkl",

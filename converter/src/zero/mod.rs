@@ -14,9 +14,10 @@ pub mod report;
 
 use std::rc::Rc;
 
+use cpm_torch::{Assembled, TensorRef, TorchFile, Value};
+
 use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
-use crate::torch::{Assembled, TensorRef, TorchFile, Value};
 pub use files::{find, Files, Found};
 use partition::{Group, Packing, Param, Partitions};
 
@@ -43,7 +44,7 @@ pub fn open(files: &Files) -> Result<Vec<Rank>> {
             let optim = files.optim[t]
                 .iter()
                 .map(|p| TorchFile::open(p))
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<cpm_torch::Result<Vec<_>>>()?;
             let parts = partitions(files, &model, &optim)?;
             let root = root(&parts);
             let display = files.show(&files.model[t]);
@@ -283,10 +284,10 @@ impl Assembled for Masters {
         self
     }
 
-    fn check(&self, name: &str, t: &TensorRef) -> Result<()> {
+    fn check(&self, name: &str, t: &TensorRef) -> cpm_torch::Result<()> {
         let p = self
             .param(&t.storage_key)
-            .ok_or_else(|| Error::internal(format!("no ZeRO parameter for `{name}`")))?;
+            .ok_or_else(|| cpm_torch::Error::internal(format!("no ZeRO parameter for `{name}`")))?;
         let runs = self.parts.runs(p);
         let covered: u64 = runs.iter().map(|r| r.count).sum();
         let inside = runs.iter().all(|r| {
@@ -294,7 +295,7 @@ impl Assembled for Masters {
             r.start >= f.bytes.start && r.bytes().end <= f.bytes.end
         });
         if covered != p.numel || !inside || t.shape != p.shape {
-            return Err(Error::internal(format!(
+            return Err(cpm_torch::Error::internal(format!(
                 "ZeRO parameter `{name}`: runs cover {covered} of {} elements",
                 p.numel
             )));
@@ -302,17 +303,17 @@ impl Assembled for Masters {
         Ok(())
     }
 
-    fn read(&self, name: &str, t: &TensorRef) -> Result<Vec<u8>> {
+    fn read(&self, name: &str, t: &TensorRef) -> cpm_torch::Result<Vec<u8>> {
         self.check(name, t)?;
         let p = self
             .param(&t.storage_key)
-            .ok_or_else(|| Error::internal(format!("no ZeRO parameter for `{name}`")))?;
+            .ok_or_else(|| cpm_torch::Error::internal(format!("no ZeRO parameter for `{name}`")))?;
         // numel was proven (by `check`) to lie in the files' bytes: this allocation is backed.
         let mut out = Vec::with_capacity((p.numel * 4) as usize);
         for r in self.parts.runs(p) {
             let f = &self.files[r.dp];
             let bytes = f.bytes_at(&r.bytes()).ok_or_else(|| {
-                Error::tensor(&f.path, name, "its fp32 partition lies outside the file")
+                cpm_torch::Error::tensor(&f.path, name, "its fp32 partition lies outside the file")
             })?;
             f.prefetch(&r.bytes());
             out.extend_from_slice(bytes);

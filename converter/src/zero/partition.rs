@@ -17,8 +17,9 @@
 
 use std::ops::Range;
 
+use cpm_torch::{Dtype, TensorRef, TorchFile};
+
 use crate::error::{Error, Result};
-use crate::torch::{Dtype, TensorRef, TorchFile};
 
 /// A run of consecutive f32 elements in one optimizer file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +131,7 @@ impl Partitions {
 }
 
 /// A value's integer, for messages too.
-fn int(v: &crate::torch::Value) -> Option<u64> {
+fn int(v: &cpm_torch::Value) -> Option<u64> {
     v.as_int().and_then(|i| u64::try_from(i).ok())
 }
 
@@ -141,7 +142,7 @@ pub type GroupShapes = Vec<(String, Vec<u64>)>;
 pub fn param_shapes(model: &TorchFile) -> Result<Vec<GroupShapes>> {
     let bad = |m: String| Error::format(&model.path, m);
     let groups = match &model.root.get("param_shapes") {
-        Some(crate::torch::Value::List(l)) => l.borrow().clone(),
+        Some(cpm_torch::Value::List(l)) => l.borrow().clone(),
         Some(other) => {
             return Err(bad(format!(
                 "param_shapes is {}, expected a list of dicts",
@@ -165,14 +166,14 @@ pub fn param_shapes(model: &TorchFile) -> Result<Vec<GroupShapes>> {
                 .as_str()
                 .ok_or_else(|| bad(format!("a name in param_shapes[{g}] is {}", k.describe())))?;
             let dims = match &v {
-                crate::torch::Value::Tuple(t) => t.iter().map(int).collect::<Option<Vec<_>>>(),
-                crate::torch::Value::List(l) => l.borrow().iter().map(int).collect(),
+                cpm_torch::Value::Tuple(t) => t.iter().map(int).collect::<Option<Vec<_>>>(),
+                cpm_torch::Value::List(l) => l.borrow().iter().map(int).collect(),
                 _ => None,
             };
             let dims = dims.ok_or_else(|| {
                 bad(format!(
                     "param_shapes[{g}][`{}`] is {}, expected a torch.Size",
-                    crate::torch::value::shorten(name),
+                    cpm_torch::shorten(name),
                     v.describe()
                 ))
             })?;
@@ -184,7 +185,7 @@ pub fn param_shapes(model: &TorchFile) -> Result<Vec<GroupShapes>> {
 }
 
 /// The optimizer's state dict of one optimizer file (`optimizer_state_dict`).
-pub fn optimizer_state(f: &TorchFile) -> Result<crate::torch::Value> {
+pub fn optimizer_state(f: &TorchFile) -> Result<cpm_torch::Value> {
     f.root.get("optimizer_state_dict").ok_or_else(|| {
         Error::format(
             &f.path,
@@ -209,7 +210,7 @@ pub fn flats(f: &TorchFile) -> Result<(Packing, Vec<Flat>, Option<u64>)> {
         ));
     };
     let list = match &osd.get(key) {
-        Some(crate::torch::Value::List(l)) => l.borrow().clone(),
+        Some(cpm_torch::Value::List(l)) => l.borrow().clone(),
         other => {
             return Err(Error::format(
                 &f.path,
@@ -223,7 +224,7 @@ pub fn flats(f: &TorchFile) -> Result<(Packing, Vec<Flat>, Option<u64>)> {
     let mut out = Vec::with_capacity(list.len());
     for (g, v) in list.iter().enumerate() {
         let name = format!("{key}[{g}]");
-        let crate::torch::Value::Tensor(t) = v else {
+        let cpm_torch::Value::Tensor(t) = v else {
             return Err(Error::tensor(
                 &f.path,
                 &name,
@@ -251,7 +252,7 @@ pub fn flats(f: &TorchFile) -> Result<(Packing, Vec<Flat>, Option<u64>)> {
     }
     // Stage 1/2 record a list (one per group), stage 3 an int.
     let world = match &osd.get("partition_count") {
-        Some(crate::torch::Value::List(l)) => l.borrow().first().and_then(int),
+        Some(cpm_torch::Value::List(l)) => l.borrow().first().and_then(int),
         Some(v) => int(v),
         None => None,
     };
@@ -265,10 +266,10 @@ pub fn alignment_paddings(f: &TorchFile, g: usize) -> Result<Vec<u64>> {
         return Ok(Vec::new());
     };
     let group = match &all {
-        crate::torch::Value::List(l) => l.borrow().get(g).cloned(),
+        cpm_torch::Value::List(l) => l.borrow().get(g).cloned(),
         _ => None,
     };
-    let Some(crate::torch::Value::List(l)) = &group else {
+    let Some(cpm_torch::Value::List(l)) = &group else {
         return Err(Error::format(
             &f.path,
             format!("param_alignment_paddings[{g}] is not a list of ints"),
@@ -283,7 +284,7 @@ pub fn alignment_paddings(f: &TorchFile, g: usize) -> Result<Vec<u64>> {
     })
 }
 
-/// A tensor reference for `p`, keyed so [`crate::torch::Assembled`] finds it.
+/// A tensor reference for `p`, keyed so [`cpm_torch::Assembled`] finds it.
 pub fn tensor_ref(key: &str, p: &Param) -> TensorRef {
     let mut stride = vec![1u64; p.shape.len()];
     for d in (0..p.shape.len().saturating_sub(1)).rev() {

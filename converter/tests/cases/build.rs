@@ -286,7 +286,7 @@ pub fn real_legacy() -> Vec<u8> {
 pub fn legacy_data_start(b: &[u8]) -> usize {
     let mut pos = 0;
     for _ in 0..5 {
-        pos += cpm_convert::torch::pickle::parse(&b[pos..], std::path::Path::new("x"), pos as u64)
+        pos += cpm_torch::pickle::parse(&b[pos..], std::path::Path::new("x"), pos as u64)
             .unwrap()
             .consumed;
     }
@@ -296,7 +296,7 @@ pub fn legacy_data_start(b: &[u8]) -> usize {
 /// A legacy-format file: magic, protocol 1001, an empty sys_info, then `object` and `keys`
 /// (two complete pickles), then `data` (element counts and elements).
 pub fn legacy_file(object: &[u8], keys: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut f = cpm_convert::torch::LEGACY_PREFIX.to_vec();
+    let mut f = cpm_torch::LEGACY_PREFIX.to_vec();
     f.push(b'.');
     f.extend(Pk::new().int(1001).stop());
     f.extend(Pk::new().raw(b"}").stop());

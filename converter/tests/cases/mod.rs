@@ -1228,7 +1228,7 @@ pub fn empty_and_random() -> Vec<Case> {
         // Behind each format's signature, so the zip and pickle readers see the noise.
         for (format, magic) in [
             ("zip", &b"PK\x03\x04"[..]),
-            ("legacy", cpm_convert::torch::LEGACY_PREFIX),
+            ("legacy", cpm_torch::LEGACY_PREFIX),
         ] {
             let mut b = magic.to_vec();
             b.extend(testkit::noise(n as u64 + 1, n));

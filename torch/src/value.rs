@@ -15,11 +15,14 @@ use super::tensor::{Dtype, TensorRef};
 /// with it, and each copy would cost the string's length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Global {
+    /// The module path, `torch._utils`.
     pub module: Rc<str>,
+    /// The name in the module, `_rebuild_tensor_v2`.
     pub name: Rc<str>,
 }
 
 impl Global {
+    /// Whether this is `module.name`.
     pub fn is(&self, module: &str, name: &str) -> bool {
         &*self.module == module && &*self.name == name
     }
@@ -48,12 +51,15 @@ pub struct Object {
     pub class: Option<Rc<Global>>,
     /// Shared with the tuple the pickle passed: memo reuse must not copy it.
     pub args: Rc<Vec<Value>>,
+    /// What BUILD gave it (`__setstate__`'s argument).
     pub state: Option<Value>,
     /// Items added by SETITEM(S) (dict subclasses) and APPEND(S) (list subclasses).
     pub items: Vec<(Value, Value)>,
+    /// Items added by APPEND(S).
     pub list: Vec<Value>,
 }
 
+/// A mutable container the memo may share.
 pub type Shared<T> = Rc<RefCell<T>>;
 
 /// How many object-state levels [`Value::get`] follows (a Namespace needs one).
@@ -63,25 +69,40 @@ const MAX_STATE_DEPTH: usize = 4;
 #[derive(Debug, Clone, Default)]
 pub enum Value {
     #[default]
+    /// `None`.
     None,
+    /// `True` or `False`.
     Bool(bool),
+    /// An integer that fits 64 bits.
     Int(i64),
     /// An integer beyond i64 (little-endian two's complement bytes); only ever shown.
     BigInt(Rc<Vec<u8>>),
+    /// A float.
     Float(f64),
+    /// A string (Python 2 byte strings as latin-1 text).
     Str(Rc<str>),
+    /// A byte string.
     Bytes(Rc<Vec<u8>>),
+    /// A tuple.
     Tuple(Rc<Vec<Value>>),
+    /// A list.
     List(Shared<Vec<Value>>),
+    /// A dict, its pairs in insertion order.
     Dict(Shared<Vec<(Value, Value)>>),
+    /// A set or frozenset.
     Set(Shared<Vec<Value>>),
+    /// A global, named only.
     Global(Rc<Global>),
+    /// An object we do not interpret.
     Object(Shared<Object>),
+    /// A storage named by a persistent id.
     Storage(Rc<StorageRef>),
+    /// A tensor rebuilt by one of torch's rebuild functions.
     Tensor(Rc<TensorRef>),
 }
 
 impl Value {
+    /// The string, if this is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
@@ -89,6 +110,7 @@ impl Value {
         }
     }
 
+    /// The integer, if this is one that fits 64 bits.
     pub fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),

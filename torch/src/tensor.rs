@@ -8,19 +8,30 @@ use super::names::shorten;
 /// Element types a torch checkpoint may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dtype {
+    /// `torch.float64`.
     F64,
+    /// `torch.float32`.
     F32,
+    /// `torch.float16`.
     F16,
+    /// `torch.bfloat16`.
     BF16,
+    /// `torch.int64`.
     I64,
+    /// `torch.int32`.
     I32,
+    /// `torch.int16`.
     I16,
+    /// `torch.int8`.
     I8,
+    /// `torch.uint8`.
     U8,
+    /// `torch.bool`.
     Bool,
 }
 
 impl Dtype {
+    /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             Dtype::F64 | Dtype::I64 => 8,
@@ -64,6 +75,7 @@ impl Dtype {
         })
     }
 
+    /// The name torch gives it (`float32`).
     pub fn torch_name(self) -> &'static str {
         match self {
             Dtype::F64 => "float64",
@@ -95,6 +107,7 @@ impl Dtype {
         }
     }
 
+    /// Whether it is a floating-point type.
     pub fn is_float(self) -> bool {
         matches!(self, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16)
     }
@@ -106,9 +119,13 @@ pub struct TensorRef {
     /// Shared with the storage's persistent id: a thousand tensors on one storage (or one
     /// memoized key reused a million times) hold one copy of the key.
     pub storage_key: Rc<str>,
+    /// Element type.
     pub dtype: Dtype,
+    /// Offset of the first element in the storage, in elements.
     pub offset: u64,
+    /// Extent of each dimension.
     pub shape: Vec<u64>,
+    /// Step of each dimension, in elements.
     pub stride: Vec<u64>,
 }
 

@@ -40,8 +40,11 @@ impl Chunk {
 /// A global tensor and the chunks it is stored as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assembled {
+    /// Element type.
     pub dtype: Dtype,
+    /// Global shape.
     pub shape: Vec<u64>,
+    /// The pieces, which [`Assembled::check`] proves tile the tensor.
     pub chunks: Vec<Chunk>,
 }
 

@@ -69,10 +69,13 @@ pub type Described = (String, Vec<u64>, Vec<(Chunk, String, Range<u64>)>);
 
 /// What [`open`] gives a [`super::TorchFile`].
 pub struct Opened {
+    /// The object tree: `fqn -> tensor`, plus the common dict's entries.
     pub root: Value,
+    /// The containers `root` is made of.
     pub arena: Arena,
     /// Tensor name -> its virtual byte range.
     pub storages: HashMap<String, Range<u64>>,
+    /// The folder's data files and chunks.
     pub dcp: Dcp,
 }
 
@@ -378,7 +381,7 @@ impl<'a> Files<'a> {
             .map(|n| {
                 let path = self.dir.join(n);
                 let (file, _) =
-                    crate::files::open_regular(&path, "DCP data files must be regular files")?;
+                    crate::error::open_regular(&path, "DCP data files must be regular files")?;
                 // SAFETY: read-only map; see TorchFile::open.
                 let map =
                     unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, "cannot map", e))?;
@@ -556,7 +559,7 @@ fn common(
 ) -> Result<()> {
     let file = dir.join("common.pt");
     let parsed = if file.exists() {
-        let bytes = crate::files::read_capped(&file, MAX_COMMON_BYTES)?;
+        let bytes = crate::error::read_capped(&file, MAX_COMMON_BYTES)?;
         vec![(parse_bytes(&bytes, &file)?, file)]
     } else {
         items

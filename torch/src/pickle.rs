@@ -41,6 +41,7 @@ const SHARED_OVERHEAD: usize = 32;
 
 /// What one pickle program produced.
 pub struct Parsed {
+    /// The value the program returned (STOP).
     pub value: Value,
     /// Bytes consumed: the legacy format stores several pickles back to back.
     pub consumed: usize,

@@ -3,11 +3,17 @@
 //! Both formats end up as the same thing: the unpickled object tree ([`Value`]) and a table of
 //! storages, each a byte range of the memory-mapped file. Tensor data is only touched when a
 //! caller asks for it, so reading a checkpoint's structure costs a few kilobytes of I/O.
+//!
+//! Tensors whose bytes lie in other files (a Distributed Checkpoint folder's chunks, or pieces a
+//! caller plugs in, such as DeepSpeed ZeRO's optimizer partitions) are read through one trait,
+//! [`Assembled`].
+#![deny(missing_docs)]
 
 pub mod assembled;
 pub mod dcp;
+pub mod error;
 mod legacy;
-mod names;
+pub mod names;
 pub mod pickle;
 pub mod safetensors;
 pub mod tensor;
@@ -21,16 +27,18 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+pub use error::{Error, Result};
 pub use legacy::PREFIX as LEGACY_PREFIX;
+pub use names::{shorten, MAX_NAME_BYTES};
 pub use tensor::{Dtype, TensorRef};
 pub use value::{Arena, Value};
-
-use crate::error::{Error, Result};
 
 /// The on-disk flavour of a torch file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// A zip archive (torch >= 1.6).
     Zip,
+    /// The legacy stream of pickles (`_use_new_zipfile_serialization=False`).
     Legacy,
     /// A safetensors file: each tensor is its own storage.
     Safetensors,
@@ -40,6 +48,7 @@ pub enum Format {
 }
 
 impl Format {
+    /// The flavour as reports name it.
     pub fn name(self) -> &'static str {
         match self {
             Format::Zip => "zip",
@@ -52,8 +61,11 @@ impl Format {
 
 /// An open, memory-mapped torch checkpoint file.
 pub struct TorchFile {
+    /// The path it was opened from.
     pub path: PathBuf,
+    /// Which flavour it is.
     pub format: Format,
+    /// The unpickled object tree (replaced by [`TorchFile::with_assembled`]).
     pub root: Value,
     map: Mmap,
     /// Storage key -> byte range in `map`.
@@ -72,7 +84,7 @@ impl TorchFile {
     pub fn open(path: &Path) -> Result<TorchFile> {
         // A FIFO or a device would block or read forever: regular files only, checked on the
         // handle.
-        let (file, len) = crate::files::open_regular(
+        let (file, len) = crate::error::open_regular(
             path,
             "checkpoint files must be torch or safetensors files",
         )?;
@@ -229,7 +241,7 @@ impl TorchFile {
 }
 
 /// Tensors a [`TorchFile`] stands for whose bytes lie elsewhere, in pieces (DeepSpeed ZeRO's
-/// fp32 partitions: [`crate::zero`]). Keyed by the storage key of the tensor references the
+/// fp32 partitions, which the converter plugs in). Keyed by the storage key of the tensor references the
 /// file's (replaced) object tree holds.
 pub trait Assembled {
     /// Whether `key` names one of these tensors.
@@ -268,7 +280,9 @@ impl Pages<'_> {
 
 /// What a torch file holds, parsed from its bytes: the object tree and where each storage lies.
 pub struct Contents {
+    /// Which flavour the bytes are.
     pub format: Format,
+    /// The unpickled object tree.
     pub root: Value,
     /// Storage key -> byte range in the file.
     pub storages: HashMap<String, Range<u64>>,
