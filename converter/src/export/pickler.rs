@@ -5,6 +5,7 @@
 //! training arguments every Megatron checkpoint carries, which that loader admits once it is
 //! allowed (`torch.serialization.add_safe_globals([argparse.Namespace])`).
 
+use cpm_torch::pickle::Op;
 use cpm_torch::Dtype;
 
 /// A value of the object tree. Dicts keep their order (as Python's do).
@@ -58,35 +59,36 @@ pub fn storage_class(d: Dtype) -> &'static str {
 
 /// `value` pickled at protocol 2, as `torch.save` pickles it (no memo: nothing is shared).
 pub fn dumps(value: &Py) -> Vec<u8> {
-    let mut out = vec![0x80, 2];
+    let mut out = vec![Op::Proto.byte(), 2];
     put(&mut out, value);
-    out.push(b'.');
+    op(&mut out, Op::Stop);
     out
 }
 
-const MARK: u8 = b'(';
-const TUPLE: u8 = b't';
-const REDUCE: u8 = b'R';
-const SETITEMS: u8 = b'u';
-const NEWOBJ: u8 = 0x81;
-const BUILD: u8 = b'b';
+fn op(out: &mut Vec<u8>, op: Op) {
+    out.push(op.byte());
+}
+
+fn ops(out: &mut Vec<u8>, ops: &[Op]) {
+    out.extend(ops.iter().map(|o| o.byte()));
+}
 
 fn put(out: &mut Vec<u8>, v: &Py) {
     match v {
-        Py::None => out.push(b'N'),
-        Py::Bool(b) => out.push(if *b { 0x88 } else { 0x89 }),
+        Py::None => op(out, Op::None),
+        Py::Bool(b) => op(out, if *b { Op::NewTrue } else { Op::NewFalse }),
         Py::Int(n) => int(out, *n),
         Py::Float(f) => {
-            out.push(b'G');
+            op(out, Op::BinFloat);
             out.extend_from_slice(&f.to_be_bytes());
         }
         Py::Str(s) => string(out, s),
         Py::EmptySet => {
             global(out, "__builtin__", "set");
-            out.extend_from_slice(&[b']', 0x85, REDUCE]);
+            ops(out, &[Op::EmptyList, Op::Tuple1, Op::Reduce]);
         }
         Py::Dict(items) => {
-            out.push(b'}');
+            op(out, Op::EmptyDict);
             items_of(out, items);
         }
         Py::OrderedDict(items) => {
@@ -96,9 +98,9 @@ fn put(out: &mut Vec<u8>, v: &Py) {
         Py::Tensor(t) => tensor(out, t),
         Py::Namespace(fields) => {
             global(out, "argparse", "Namespace");
-            out.extend_from_slice(&[b')', NEWOBJ, b'}']);
+            ops(out, &[Op::EmptyTuple, Op::NewObj, Op::EmptyDict]);
             items_of(out, fields);
-            out.push(BUILD);
+            op(out, Op::Build);
         }
     }
 }
@@ -108,32 +110,30 @@ fn items_of(out: &mut Vec<u8>, items: &[(String, Py)]) {
     if items.is_empty() {
         return;
     }
-    out.push(MARK);
+    op(out, Op::Mark);
     for (k, v) in items {
         string(out, k);
         put(out, v);
     }
-    out.push(SETITEMS);
+    op(out, Op::SetItems);
 }
 
 fn empty_ordered_dict(out: &mut Vec<u8>) {
     global(out, "collections", "OrderedDict");
-    out.extend_from_slice(&[b')', REDUCE]);
+    ops(out, &[Op::EmptyTuple, Op::Reduce]);
 }
 
 /// `_rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())`, the storage being the
 /// persistent id `('storage', torch.<Class>, '<key>', 'cpu', numel)`.
 fn tensor(out: &mut Vec<u8>, t: &TensorMeta) {
     global(out, "torch._utils", "_rebuild_tensor_v2");
-    out.push(MARK);
-    out.push(MARK);
+    ops(out, &[Op::Mark, Op::Mark]);
     string(out, "storage");
     global(out, "torch", storage_class(t.dtype));
     string(out, &t.key.to_string());
     string(out, "cpu");
     int(out, clamp(t.numel()));
-    out.push(TUPLE);
-    out.push(b'Q');
+    ops(out, &[Op::Tuple, Op::BinPersId]);
     int(out, 0);
     let mut stride = vec![1u64; t.shape.len()];
     for i in (0..t.shape.len().saturating_sub(1)).rev() {
@@ -141,10 +141,9 @@ fn tensor(out: &mut Vec<u8>, t: &TensorMeta) {
     }
     tuple(out, &t.shape);
     tuple(out, &stride);
-    out.push(0x89);
+    op(out, Op::NewFalse);
     empty_ordered_dict(out);
-    out.push(TUPLE);
-    out.push(REDUCE);
+    ops(out, &[Op::Tuple, Op::Reduce]);
 }
 
 fn clamp(n: u64) -> i64 {
@@ -153,43 +152,43 @@ fn clamp(n: u64) -> i64 {
 
 fn tuple(out: &mut Vec<u8>, xs: &[u64]) {
     match xs.len() {
-        0 => out.push(b')'),
+        0 => op(out, Op::EmptyTuple),
         n @ 1..=3 => {
             xs.iter().for_each(|&x| int(out, clamp(x)));
-            out.push(0x84 + n as u8);
+            op(out, [Op::Tuple1, Op::Tuple2, Op::Tuple3][n - 1]);
         }
         _ => {
-            out.push(MARK);
+            op(out, Op::Mark);
             xs.iter().for_each(|&x| int(out, clamp(x)));
-            out.push(TUPLE);
+            op(out, Op::Tuple);
         }
     }
 }
 
 fn int(out: &mut Vec<u8>, n: i64) {
     if (0..=0xff).contains(&n) {
-        out.extend_from_slice(&[b'K', n as u8]);
+        out.extend_from_slice(&[Op::BinInt1.byte(), n as u8]);
     } else if (0..=0xffff).contains(&n) {
-        out.push(b'M');
+        op(out, Op::BinInt2);
         out.extend_from_slice(&(n as u16).to_le_bytes());
     } else if let Ok(n) = i32::try_from(n) {
-        out.push(b'J');
+        op(out, Op::BinInt);
         out.extend_from_slice(&n.to_le_bytes());
     } else {
         // LONG1: little-endian two's complement, 8 bytes is always enough for an i64.
-        out.extend_from_slice(&[0x8a, 8]);
+        out.extend_from_slice(&[Op::Long1.byte(), 8]);
         out.extend_from_slice(&n.to_le_bytes());
     }
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'X');
+    op(out, Op::BinUnicode);
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
 fn global(out: &mut Vec<u8>, module: &str, name: &str) {
-    out.push(b'c');
+    op(out, Op::Global);
     out.extend_from_slice(module.as_bytes());
     out.push(b'\n');
     out.extend_from_slice(name.as_bytes());

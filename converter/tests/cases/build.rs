@@ -2,6 +2,8 @@
 //! complete, valid one-layer CPM checkpoint (`Ckpt`) that each case changes in one place.
 
 use std::io::{Cursor, Write};
+
+pub use cpm_torch::pickle::Op;
 // ---------------------------------------------------------------------------------------------
 // Pickles, opcode by opcode (protocol 2, as torch.save writes)
 
@@ -10,31 +12,36 @@ pub struct Pk(pub Vec<u8>);
 
 impl Pk {
     pub fn new() -> Pk {
-        Pk(vec![0x80, 0x02])
+        Pk(vec![Op::Proto.byte(), 0x02])
     }
     pub fn raw(&mut self, b: &[u8]) -> &mut Pk {
         self.0.extend_from_slice(b);
         self
     }
+    /// Opcodes without operands.
+    pub fn ops(&mut self, ops: &[Op]) -> &mut Pk {
+        self.0.extend(ops.iter().map(|o| o.byte()));
+        self
+    }
     pub fn mark(&mut self) -> &mut Pk {
-        self.raw(b"(")
+        self.ops(&[Op::Mark])
     }
     pub fn str(&mut self, s: &str) -> &mut Pk {
-        self.raw(b"X")
+        self.ops(&[Op::BinUnicode])
             .raw(&(s.len() as u32).to_le_bytes())
             .raw(s.as_bytes())
     }
     pub fn int(&mut self, i: i64) -> &mut Pk {
         if (0..256).contains(&i) {
-            self.raw(&[b'K', i as u8])
+            self.raw(&[Op::BinInt1.byte(), i as u8])
         } else if i32::try_from(i).is_ok() {
-            self.raw(b"J").raw(&(i as i32).to_le_bytes())
+            self.ops(&[Op::BinInt]).raw(&(i as i32).to_le_bytes())
         } else {
-            self.raw(&[0x8a, 8]).raw(&i.to_le_bytes())
+            self.raw(&[Op::Long1.byte(), 8]).raw(&i.to_le_bytes())
         }
     }
     pub fn global(&mut self, module: &str, name: &str) -> &mut Pk {
-        self.raw(b"c")
+        self.ops(&[Op::Global])
             .raw(module.as_bytes())
             .raw(b"\n")
             .raw(name.as_bytes())
@@ -45,7 +52,7 @@ impl Pk {
         for &i in v {
             self.int(i);
         }
-        self.raw(b"t")
+        self.ops(&[Op::Tuple])
     }
     /// `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())`.
     pub fn tensor(&mut self, t: &T) -> &mut Pk {
@@ -56,16 +63,16 @@ impl Pk {
             .str(t.key)
             .str("cpu")
             .int(t.numel)
-            .raw(b"tQ")
+            .ops(&[Op::Tuple, Op::BinPersId])
             .int(t.offset);
         self.tuple_of_ints(&t.size).tuple_of_ints(&t.stride);
-        self.raw(b"\x89")
+        self.ops(&[Op::NewFalse])
             .global("collections", "OrderedDict")
-            .raw(b")R")
-            .raw(b"tR")
+            .ops(&[Op::EmptyTuple, Op::Reduce])
+            .ops(&[Op::Tuple, Op::Reduce])
     }
     pub fn stop(&mut self) -> Vec<u8> {
-        self.raw(b".");
+        self.ops(&[Op::Stop]);
         self.0.clone()
     }
 }

@@ -588,7 +588,11 @@ pub fn fuzz_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         (
             "pickle",
             "memoize-flood.pkl",
-            Pk::new().raw(b"N").raw(&[0x94; 4000]).raw(b"0}").stop(),
+            Pk::new()
+                .raw(b"N")
+                .ops(&[Op::Memoize; 4000])
+                .raw(b"0}")
+                .stop(),
         ),
         (
             "torch_zip",
@@ -624,7 +628,7 @@ pub fn value_floods() -> Vec<Case> {
     );
     // 4 million one-byte MEMOIZEs: a memo entry each.
     let mut p = Pk::new();
-    p.raw(b"N").raw(&vec![0x94; 4_000_000]).raw(b"0}");
+    p.raw(b"N").ops(&vec![Op::Memoize; 4_000_000]).raw(b"0}");
     let memos = Case::pickle_refused(
         "4 million MEMOIZEs",
         p.stop(),
@@ -661,12 +665,12 @@ pub fn length_fields() -> Vec<Case> {
     let big = (1u64 << 60).to_le_bytes();
     let mut out = Vec::new();
     for (op, name) in [
-        (0x8du8, "BINUNICODE8"),
-        (0x8e, "BINBYTES8"),
-        (0x96, "BYTEARRAY8"),
+        (Op::BinUnicode8, "BINUNICODE8"),
+        (Op::BinBytes8, "BINBYTES8"),
+        (Op::ByteArray8, "BYTEARRAY8"),
     ] {
         let mut p = Pk::new();
-        p.raw(&[op]).raw(&big).raw(b"xyz");
+        p.ops(&[op]).raw(&big).raw(b"xyz");
         out.push(Case::pickle_refused(
             format!("{name} claiming 2^60 bytes"),
             p.stop(),
