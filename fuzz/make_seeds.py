@@ -87,6 +87,14 @@ def main():
         tensors = {"transformer." + k: rng.standard_normal(s).astype(dt) for k, s in shapes.items()}
         put("safetensors", f"model-{name}", st_save(tensors, metadata={"format": "pt"}))
 
+    # DCP .metadata: the ones torch wrote for the training fixtures (FSDP2 through accelerate,
+    # megatron-core dist_checkpointing).
+    fixtures = os.path.join(HERE, "..", "fixtures", "training")
+    for name, folder in [("fsdp2-model", "dcp-fsdp2-accelerate/checkpoint/pytorch_model_fsdp_0"),
+                         ("mcore-tp2", "mcore-dist-016-tp2/checkpoint/iter_0000002")]:
+        with open(os.path.join(fixtures, folder, ".metadata"), "rb") as f:
+            put("dcp_metadata", name, f.read())
+
 
 if __name__ == "__main__":
     main()

@@ -54,6 +54,11 @@ fn torch_legacy_inputs_replay_cleanly() {
     });
 }
 
+#[test]
+fn dcp_metadata_inputs_replay_cleanly() {
+    replay("dcp_metadata", common::dcp_metadata);
+}
+
 /// The seeds built by `cases::fuzz_seeds` (small versions of the hostile memo cases) are the
 /// committed files: `CPM_WRITE_SEEDS=1 cargo test --test fuzz_regressions` rewrites them.
 #[test]

@@ -24,6 +24,13 @@ pub fn pickle(data: &[u8]) {
     }
 }
 
+/// A DCP folder's `.metadata` from bytes: parsed, each tensor's chunks checked to tile it.
+pub fn dcp_metadata(data: &[u8]) {
+    if let Ok(m) = cpm_torch::dcp::metadata::parse(data, Path::new("fuzz/.metadata")) {
+        std::hint::black_box(m.tensor_count());
+    }
+}
+
 /// A whole torch file from bytes, as `TorchFile::open` parses it, then every tensor the
 /// converter would look at (top level and one dict down) read through the bounds checks.
 pub fn torch_file(bytes: &[u8]) {

@@ -1,21 +1,35 @@
-//! A tensor assembled from chunks: a global shape and dtype, and rectangular pieces of it, each
-//! stored somewhere else (a DCP `.distcp` byte range, a ZeRO rank's flat partition).
+//! Tensors whose bytes lie outside the file that names them, in pieces.
 //!
-//! This is the one notion every "sharded by the trainer" format reduces to:
+//! [`Assembled`] is the one plug-in a [`TorchFile`](crate::TorchFile) has for them: a
+//! Distributed Checkpoint folder ([`crate::dcp::Dcp`]) implements it, and so can a caller (the
+//! converter's DeepSpeed ZeRO optimizer partitions).
 //!
-//! * torch Distributed Checkpoint: each chunk is `(offsets, sizes)` in the global tensor, split
-//!   along any dimensions over any number of ranks;
-//! * DeepSpeed ZeRO: a parameter flattened to 1-D, each rank holding one run of elements: chunks
-//!   of a 1-D view (`shape = [numel]`, `offsets = [start]`, `sizes = [len]`), reshaped after.
-//!
-//! [`Assembled::check`] proves, before a byte is read, that the chunks tile the global tensor
-//! exactly (each inside it, none overlapping, together covering it), so [`Assembled::fill`] can
+//! [`Tiled`] is the geometry every such format reduces to: a global shape and dtype, and
+//! rectangular [`Chunk`]s of it, each stored somewhere the caller knows (a chunk of a 1-D view,
+//! `shape = [numel]`, `offsets = [start]`, `sizes = [len]`, is a run of a flattened tensor).
+//! [`Tiled::check`] proves, before a byte is read, that the chunks tile the global tensor
+//! exactly (each inside it, none overlapping, together covering it), so [`Tiled::fill`] can
 //! write any element range of the row-major global tensor from the chunks it touches alone.
 //! Where a chunk's bytes are is the caller's business: [`Chunk::source`] indexes its own table.
 
 use std::ops::Range;
 
-use super::tensor::Dtype;
+use crate::error::Result;
+use crate::tensor::{Dtype, TensorRef};
+
+/// Tensors a [`TorchFile`](crate::TorchFile) stands for whose bytes lie elsewhere, in pieces.
+/// Keyed by the storage key of the tensor references the file's object tree holds.
+pub trait Assembled {
+    /// Whether `key` names one of these tensors.
+    fn holds(&self, key: &str) -> bool;
+    /// Check that every piece of `t` lies inside its file.
+    fn check(&self, name: &str, t: &TensorRef) -> Result<()>;
+    /// `t`'s elements in row-major order, gathered from its pieces (whose pages are released
+    /// once copied).
+    fn read(&self, name: &str, t: &TensorRef) -> Result<Vec<u8>>;
+    /// For reports that know the concrete kind.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
 
 /// Most dimensions a tensor may have (as the pickle reader allows).
 pub const MAX_NDIM: usize = 64;
@@ -39,17 +53,17 @@ impl Chunk {
 
 /// A global tensor and the chunks it is stored as.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assembled {
+pub struct Tiled {
     /// Element type.
     pub dtype: Dtype,
     /// Global shape.
     pub shape: Vec<u64>,
-    /// The pieces, which [`Assembled::check`] proves tile the tensor.
+    /// The pieces, which [`Tiled::check`] proves tile the tensor.
     pub chunks: Vec<Chunk>,
 }
 
-impl Assembled {
-    /// Elements in the global tensor (checked by [`Assembled::check`] not to overflow).
+impl Tiled {
+    /// Elements in the global tensor (checked by [`Tiled::check`] not to overflow).
     pub fn numel(&self) -> u64 {
         self.shape.iter().product()
     }
@@ -131,7 +145,7 @@ impl Assembled {
     /// Write elements `range` of the row-major global tensor into `out` (`range.len()` elements
     /// of the dtype), from the chunks that hold them. `bytes(i)` gives chunk `i`'s row-major
     /// contiguous bytes; it is called only for chunks the range touches. Assumes
-    /// [`Assembled::check`] passed.
+    /// [`Tiled::check`] passed.
     pub fn fill<'a, E>(
         &self,
         range: Range<u64>,
@@ -227,8 +241,8 @@ mod tests {
         }
     }
 
-    fn tensor(shape: &[u64], chunks: Vec<Chunk>) -> Assembled {
-        Assembled {
+    fn tensor(shape: &[u64], chunks: Vec<Chunk>) -> Tiled {
+        Tiled {
             dtype: Dtype::U8,
             shape: shape.to_vec(),
             chunks,

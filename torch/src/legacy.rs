@@ -7,9 +7,10 @@ use std::ops::Range;
 use std::path::Path;
 use std::rc::Rc;
 
-use super::pickle;
-use super::value::{shorten, Arena, StorageRef, Value, MAX_NAME_BYTES};
 use crate::error::{Error, Result};
+use crate::names::{shorten, MAX_NAME_BYTES};
+use crate::pickle;
+use crate::value::{Arena, StorageRef, Value};
 
 /// How a legacy file begins: pickle protocol 2 (`\x80\x02`), then LONG1 of 10 bytes
 /// (`\x8a\x0a`) holding torch's magic number. Defined once; the fuzz targets use it too.

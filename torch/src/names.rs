@@ -16,3 +16,23 @@ pub fn shorten(s: &str) -> std::borrow::Cow<'_, str> {
         Some((cut, _)) => std::borrow::Cow::Owned(format!("{}… ({} bytes)", &s[..cut], s.len())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::shorten;
+
+    #[test]
+    fn short_names_are_shown_whole_and_long_ones_cut_with_their_length() {
+        assert_eq!(shorten("0"), "0");
+        let exactly = "k".repeat(80);
+        assert_eq!(shorten(&exactly), exactly.as_str());
+        let long = "k".repeat(1 << 20);
+        assert_eq!(
+            shorten(&long),
+            format!("{}… (1048576 bytes)", "k".repeat(80))
+        );
+        // Cut at a character, never inside one.
+        let wide = "é".repeat(100);
+        assert_eq!(shorten(&wide), format!("{}… (200 bytes)", "é".repeat(80)));
+    }
+}

@@ -17,9 +17,10 @@ use std::rc::Rc;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::tensor::{Dtype, TensorRef};
-use super::value::{shorten, Arena, Value};
 use crate::error::{Error, Result};
+use crate::names::shorten;
+use crate::tensor::{Dtype, TensorRef};
+use crate::value::{Arena, Value};
 
 /// The longest header read. Real headers take ~100 bytes per tensor (GPT-2 XL: ~60 KB); 16 MiB
 /// is ~160,000 tensors, and keeps the parsed header within the heap bound (SECURITY.md) even

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use super::names::shorten;
+use crate::names::shorten;
 
 /// Element types a torch checkpoint may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,7 +8,8 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::rc::{Rc, Weak};
 
-use super::tensor::{Dtype, TensorRef};
+use crate::names::shorten;
+use crate::tensor::{Dtype, TensorRef};
 
 /// A Python global named by a pickle (`module.name`), never resolved to anything executable.
 /// Both names are shared, not owned: a pickle can memoize one string and name a million globals
@@ -27,8 +28,6 @@ impl Global {
         &*self.module == module && &*self.name == name
     }
 }
-
-pub use super::names::{shorten, MAX_NAME_BYTES};
 
 /// A storage named by a persistent id: which blob holds it and how its elements are typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,25 +316,5 @@ impl Drop for Arena {
             }
         }
         drop(pending);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shorten;
-
-    #[test]
-    fn short_names_are_shown_whole_and_long_ones_cut_with_their_length() {
-        assert_eq!(shorten("0"), "0");
-        let exactly = "k".repeat(80);
-        assert_eq!(shorten(&exactly), exactly.as_str());
-        let long = "k".repeat(1 << 20);
-        assert_eq!(
-            shorten(&long),
-            format!("{}… (1048576 bytes)", "k".repeat(80))
-        );
-        // Cut at a character, never inside one.
-        let wide = "é".repeat(100);
-        assert_eq!(shorten(&wide), format!("{}… (200 bytes)", "é".repeat(80)));
     }
 }

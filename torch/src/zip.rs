@@ -8,9 +8,10 @@ use std::path::Path;
 
 use zip::{CompressionMethod, ZipArchive};
 
-use super::pickle;
-use super::value::{shorten, Arena, StorageRef, Value};
 use crate::error::{Error, Result};
+use crate::names::shorten;
+use crate::pickle;
+use crate::value::{Arena, StorageRef, Value};
 
 /// Most entries we accept; a checkpoint has one per storage plus a handful (a 32-layer model
 /// with its optimizer state, some 1,500). The zip crate keeps ~300 bytes per entry, so this

@@ -256,7 +256,7 @@ fn same_bytes(
         return Ok(fa.read(na, ta)? == fb.read(nb, tb)?);
     }
     // Contiguous: the span's bytes are the tensor's (as TorchFile::read_at takes them).
-    let (sa, sb) = (fa.span(na, ta)?, fb.span(nb, tb)?);
+    let (sa, sb) = (da.span(na, ta)?, db.span(nb, tb)?);
     let n = sa.end - sa.start;
     if sb.end - sb.start != n {
         return Ok(false);
@@ -266,8 +266,8 @@ fn same_bytes(
     let mut at = 0;
     while at < n {
         let len = step.min(n - at);
-        let a = da.read(na, &(sa.start + at..sa.start + at + len))?;
-        if a != db.read(nb, &(sb.start + at..sb.start + at + len))? {
+        let a = da.read_span(na, &(sa.start + at..sa.start + at + len))?;
+        if a != db.read_span(nb, &(sb.start + at..sb.start + at + len))? {
             return Ok(false);
         }
         at += len;

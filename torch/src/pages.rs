@@ -1,0 +1,30 @@
+//! Releasing the pages of a memory-mapped file once their bytes are used.
+
+use std::ops::Range;
+
+use memmap2::Mmap;
+
+/// The mapped bytes of a [`TorchFile`](crate::TorchFile), shareable across threads.
+#[derive(Clone, Copy)]
+pub struct Pages<'a>(pub(crate) &'a Mmap);
+
+impl Pages<'_> {
+    /// Tell the kernel we are done with these pages, so a long conversion's resident set does
+    /// not grow with the model (the page cache keeps them if memory allows).
+    pub fn release(&self, span: &Range<u64>) {
+        // An assembled tensor's span is empty: its pieces are released where they are read.
+        if span.is_empty() {
+            return;
+        }
+        let page = 4096u64;
+        let start = span.start / page * page;
+        let len = (span.end - start) as usize;
+        // SAFETY: DONTNEED on a read-only file mapping only drops our view of the pages; a later
+        // read (even one still in flight on another thread) faults them in again from the
+        // file, with the same contents. Callers release a tensor after they are done with it.
+        let _ = unsafe {
+            self.0
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, len)
+        };
+    }
+}
