@@ -9,14 +9,29 @@ use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::names::{shorten, MAX_NAME_BYTES};
-use crate::pickle;
+use crate::pickle::{self, Op};
 use crate::value::{Arena, StorageRef, Value};
 
-/// How a legacy file begins: pickle protocol 2 (`\x80\x02`), then LONG1 of 10 bytes
-/// (`\x8a\x0a`) holding torch's magic number. Defined once; the fuzz targets use it too.
-pub const PREFIX: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
-/// The magic number itself, as the first pickle's integer bytes (little-endian).
-const MAGIC: &[u8] = PREFIX.split_at(4).1;
+/// torch's magic number, as the first pickle's LONG1 holds it (10 little-endian bytes).
+const MAGIC: &[u8; 10] = &[0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+/// How a legacy file begins: pickle protocol 2, then LONG1 of the magic number. Defined once;
+/// the fuzz targets use it too.
+pub const PREFIX: &[u8] = &prefix();
+
+const fn prefix() -> [u8; 14] {
+    let mut p = [0u8; 14];
+    p[0] = Op::Proto.byte();
+    p[1] = 2;
+    p[2] = Op::Long1.byte();
+    p[3] = MAGIC.len() as u8;
+    let mut i = 0;
+    while i < MAGIC.len() {
+        p[4 + i] = MAGIC[i];
+        i += 1;
+    }
+    p
+}
+
 const PROTOCOL_VERSION: i64 = 1001;
 
 pub(super) fn read(
@@ -51,7 +66,7 @@ pub(super) fn read(
 /// The first three pickles: torch's magic number, protocol version 1001, little-endian data.
 fn check_preamble(magic: &Value, proto: &Value, sys: &Value) -> Result<(), String> {
     match magic {
-        Value::BigInt(b) if b.as_slice() == MAGIC => {}
+        Value::BigInt(b) if b.as_slice() == MAGIC.as_slice() => {}
         other => {
             return Err(format!(
                 "legacy torch file with a wrong magic number ({})",

@@ -94,7 +94,7 @@ mod tests {
     #[test]
     fn too_many_marks_is_an_error() {
         let mut p = b"\x80\x02".to_vec();
-        p.extend(std::iter::repeat(b'(').take(1_000_000));
+        p.extend(std::iter::repeat(Op::Mark.byte()).take(1_000_000));
         let e = run(&p).unwrap_err().to_string();
         assert!(e.contains("nested MARKs"), "{e}");
     }

@@ -3,7 +3,7 @@
 
 /// Defines [`Op`] and its byte conversion from one table, so a name and its byte cannot drift.
 macro_rules! opcodes {
-    ($($(#[$doc:meta])* $name:ident = $byte:expr,)*) => {
+    ($($(#[$doc:meta])* $name:ident = $byte:literal,)*) => {
         /// A pickle opcode (protocols 0 to 5), as CPython's `pickletools` lists them.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(u8)]
@@ -17,7 +17,7 @@ macro_rules! opcodes {
 
             fn try_from(b: u8) -> Result<Op, u8> {
                 match b {
-                    $(x if x == $byte => Ok(Op::$name),)*
+                    $($byte => Ok(Op::$name),)*
                     other => Err(other),
                 }
             }
