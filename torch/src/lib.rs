@@ -1,7 +1,8 @@
 //! Reading `torch.save` files without Python and without executing anything.
 //!
-//! Both formats end up as the same thing: the unpickled object tree ([`Value`]) and a table of
-//! storages, each a byte range of the memory-mapped file. Tensor data is only touched when a
+//! Every format (zip and legacy `torch.save`, safetensors, a Distributed Checkpoint folder) ends
+//! up as the same thing: the object tree ([`Value`]) and where each tensor's bytes lie, a byte
+//! range of the memory-mapped file or pieces of other files. Tensor data is only touched when a
 //! caller asks for it, so reading a checkpoint's structure costs a few kilobytes of I/O.
 //!
 //! Tensors whose bytes lie in other files are read through one trait, [`Assembled`]: a

@@ -11,6 +11,7 @@ use crate::value::{Object, Value};
 
 impl Machine<'_, '_> {
     /// BININT, BININT1, BININT2.
+    #[inline(always)]
     pub(super) fn int(&mut self, op: Op) -> Result<()> {
         let v = match op {
             Op::BinInt1 => self.u8()? as i64,
@@ -21,6 +22,7 @@ impl Machine<'_, '_> {
     }
 
     /// LONG1, LONG4: little-endian two's complement.
+    #[inline(always)]
     pub(super) fn long(&mut self, op: Op) -> Result<()> {
         let n = if op == Op::Long1 {
             self.u8()? as u64
@@ -32,6 +34,7 @@ impl Machine<'_, '_> {
         self.push(long_value(b))
     }
 
+    #[inline(always)]
     pub(super) fn float(&mut self) -> Result<()> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
@@ -40,6 +43,7 @@ impl Machine<'_, '_> {
     }
 
     /// BINUNICODE, SHORT_BINUNICODE, BINUNICODE8.
+    #[inline(always)]
     pub(super) fn unicode(&mut self, op: Op) -> Result<()> {
         let n = match op {
             Op::BinUnicode => self.u32()? as u64,
@@ -54,6 +58,7 @@ impl Machine<'_, '_> {
 
     /// Python 2 str (BINSTRING, SHORT_BINSTRING): bytes that are text in practice; kept as
     /// latin-1 text.
+    #[inline(always)]
     pub(super) fn py2_str(&mut self, op: Op) -> Result<()> {
         let n = if op == Op::BinString {
             self.i32_len("BINSTRING")?
@@ -68,6 +73,7 @@ impl Machine<'_, '_> {
     }
 
     /// BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8.
+    #[inline(always)]
     pub(super) fn bytes(&mut self, op: Op) -> Result<()> {
         let n = match op {
             Op::BinBytes => self.u32()? as u64,
@@ -80,6 +86,7 @@ impl Machine<'_, '_> {
     }
 
     /// EMPTY_TUPLE, TUPLE (from the mark), TUPLE1-3 (from the stack).
+    #[inline(always)]
     pub(super) fn tuple_op(&mut self, op: Op) -> Result<()> {
         let items = match op {
             Op::EmptyTuple | Op::Tuple => self.mark_items(op == Op::Tuple)?,
@@ -98,6 +105,7 @@ impl Machine<'_, '_> {
     }
 
     /// EMPTY_LIST, LIST, APPEND, APPENDS.
+    #[inline(always)]
     pub(super) fn list_op(&mut self, op: Op) -> Result<()> {
         let items = match op {
             Op::EmptyList | Op::List => {
@@ -117,6 +125,7 @@ impl Machine<'_, '_> {
     }
 
     /// EMPTY_DICT, DICT, SETITEM, SETITEMS.
+    #[inline(always)]
     pub(super) fn dict_op(&mut self, op: Op) -> Result<()> {
         let items = match op {
             Op::EmptyDict | Op::Dict => {
@@ -144,6 +153,7 @@ impl Machine<'_, '_> {
     }
 
     /// EMPTY_SET, FROZENSET, ADDITEMS.
+    #[inline(always)]
     pub(super) fn set_op(&mut self, op: Op) -> Result<()> {
         if op != Op::AddItems {
             let items = self.mark_items(op == Op::FrozenSet)?;

@@ -19,6 +19,7 @@ const MAX_REBUILD_DEPTH: usize = 4;
 impl Machine<'_, '_> {
     /// REDUCE, NEWOBJ, NEWOBJ_EX (whose keyword arguments mean nothing to us), BUILD,
     /// BINPERSID.
+    #[inline(always)]
     pub(super) fn call(&mut self, op: Op) -> Result<()> {
         let v = match op {
             Op::Reduce => {
