@@ -1,6 +1,7 @@
 //! Opening the files the converter reads whole or maps: the one rule every tool follows
 //! (`cpm_files`: regular files only, opened without blocking, read under a cap), with the
-//! converter's own messages. Below every reader, so layout, torch and mapping all use it.
+//! converter's own messages. Below every reader, so layout and mapping use it (cpm-torch words
+//! the same refusals in its own error).
 
 use std::fs::File;
 use std::path::Path;

@@ -9,7 +9,7 @@
 //!                                       DCP folder), one module per kind of folder
 //! zero                   or a DeepSpeed ZeRO root/tag: each tp rank's fp32 masters as tensors
 //!                                       assembled from runs of the optimizer partitions
-//! open::open             files       -> torch object trees (torch:: reads zip, legacy and
+//! open::open             files       -> torch object trees (cpm_torch reads zip, legacy and
 //!                                       safetensors files through a memory map, executing
 //!                                       nothing; a Distributed Checkpoint folder as one file
 //!                                       of global tensors assembled from chunks), the family
