@@ -5,11 +5,11 @@
 //! three.
 
 mod dcp_folder;
-pub mod found;
+pub(crate) mod found;
 pub(crate) mod hugging_face;
 pub mod layout;
 mod rank_grid;
-pub mod weights;
+pub(crate) mod weights;
 
 pub use found::{Layout, ShardPath};
 pub use weights::Rank;

@@ -6,12 +6,12 @@
 //! each) says only what the mapping cannot: file names, the dict around the weights, nesting.
 //! Files are written by our own `torch.save` ([`pickler`], [`ptzip`]).
 
-pub mod cpm;
-pub mod megatron;
-pub mod pickler;
+pub(crate) mod cpm;
+pub(crate) mod megatron;
+pub(crate) mod pickler;
 mod place;
-pub mod ptzip;
-pub mod split;
+pub(crate) mod ptzip;
+pub(crate) mod split;
 
 use std::path::Path;
 
