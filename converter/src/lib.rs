@@ -57,7 +57,7 @@ mod zero;
 
 pub use convert::{convert, plan, prepare, Options, OutDir, Prepared, Request, Summary};
 pub use error::{Error, Result};
-pub use mapping::Mapping;
+pub(crate) use mapping::Mapping;
 pub use open::{open, Family, Source};
 pub use plan::{Hints, OutDtype, Plan};
 pub use progress::Progress;

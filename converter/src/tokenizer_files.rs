@@ -15,7 +15,7 @@ use crate::write::OutputFile;
 /// File names looked for, in this order, in INPUT (a directory) and in INPUT's parent: the
 /// Hugging Face name (a port's own), then the released CPM-Generate one; the order
 /// `SpModel::open` uses for a directory.
-pub const NAMES: [&str; 2] = ["spiece.model", "chinese_vocab.model"];
+pub(crate) const NAMES: [&str; 2] = ["spiece.model", "chinese_vocab.model"];
 
 /// The Python tokenizer the port names in `tokenizer_config.json`'s `auto_map`.
 const PY_NAME: &str = "tokenization_cpm_jieba.py";
@@ -48,7 +48,7 @@ pub struct Located {
 
 /// The tokenizer file `choice` points at, if any. Discovery looks in INPUT (when a directory)
 /// and then in its parent; nothing found is not an error.
-pub fn locate(input: &Path, choice: &Choice) -> Option<Located> {
+pub(crate) fn locate(input: &Path, choice: &Choice) -> Option<Located> {
     match choice {
         Choice::Off => None,
         Choice::Given(p) => Some(Located {

@@ -22,7 +22,7 @@ use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::write::OutputFile;
 
-pub use place::{notes, place, Placed};
+pub(crate) use place::{notes, place, Placed};
 
 /// The output layout (`--to`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -179,7 +179,7 @@ impl Described {
 }
 
 /// One export: what to write from where.
-pub struct Job<'a> {
+pub(crate) struct Job<'a> {
     pub src: &'a Source,
     pub plan: &'a Plan,
     pub opts: &'a Export,
@@ -191,7 +191,7 @@ pub struct Job<'a> {
 
 /// Every rank file and the tracker into `dir`, each tensor merged, split and appended as it is
 /// read. Returns the files written (SHA256SUMS is the caller's).
-pub fn write(
+pub(crate) fn write(
     job: &Job<'_>,
     dir: &Path,
     progress: &dyn Progress,

@@ -25,8 +25,10 @@ use crate::torch::TorchFile;
 use crate::{Family, Hints, OutDtype};
 
 pub use chunks::{ChunkRow, Chunks, DataFile, StoredTensor};
-pub use text::{text, tree_text};
-pub use tree::{node, Node, MAX_CHARS, MAX_DEPTH, MAX_ENTRIES, MAX_ITEMS, MAX_NODES};
+pub use text::text;
+#[cfg(test)]
+use text::tree_text;
+pub use tree::Node;
 
 use tree::trees;
 

@@ -150,7 +150,7 @@ impl Plan {
 }
 
 /// Build the plan.
-pub fn build(
+pub(crate) fn build(
     ranks: &[Rank],
     mapping: &Mapping,
     config: Option<&serde_json::Value>,
@@ -290,7 +290,7 @@ fn implied_vocab(
 }
 
 /// Why a mapping does not describe a checkpoint.
-pub enum Misfit {
+pub(crate) enum Misfit {
     /// Its names are another family's: some weight matches no rule.
     Names(Error),
     /// Every name is this family's, but the checkpoint is incomplete or inconsistent (a missing
@@ -310,6 +310,6 @@ impl Misfit {
 /// tensor the mapping needs is there, the recorded world size holds, and the shapes form one
 /// model in the mapping's layout (nanoGPT and Hugging Face share names but not orientation).
 /// No head count is needed and no tensor data is read (but for a tied head's copy).
-pub fn fits(ranks: &[Rank], mapping: &Mapping) -> std::result::Result<(), Misfit> {
+pub(crate) fn fits(ranks: &[Rank], mapping: &Mapping) -> std::result::Result<(), Misfit> {
     structure(ranks, mapping, OutDtype::Keep).map(|_| ())
 }
