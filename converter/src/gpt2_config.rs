@@ -40,7 +40,9 @@ pub(crate) fn mixed_dtypes(plan: &Plan) -> Option<String> {
 /// The special token ids `config.json` (and, with a tokenizer, `generation_config.json`) record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TokenIds {
+    /// `bos_token_id`.
     pub bos: Option<u64>,
+    /// `eos_token_id`.
     pub eos: Option<u64>,
 }
 

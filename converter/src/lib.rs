@@ -32,6 +32,8 @@
 //! Tensors stream through one at a time; the heap holds at most a few merged tensors (recycled
 //! transpose buffers) and the writer's and hasher's bounded queues: docs/architecture.md, "Memory".
 
+#![deny(missing_docs)]
+
 pub mod checkpoint;
 pub mod cli;
 mod convert;

@@ -41,6 +41,7 @@ pub enum Choice {
 /// A tokenizer file to use, and how it was chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
+    /// The sentencepiece model file.
     pub path: PathBuf,
     /// `"given"` or `"auto"`.
     pub found: &'static str,
@@ -77,28 +78,35 @@ fn discover(input: &Path) -> Option<PathBuf> {
 
 /// A tokenizer read and checked against the model it is ported with.
 pub struct Tokenizer {
+    /// Its file, and how it was chosen.
     pub located: Located,
     model: SpModel,
     /// The special ids taken from it.
     pub ids: TokenIds,
+    /// The id of `<pad>`, if it has that piece.
     pub pad: Option<u64>,
+    /// The id of `<eod>`, if it has that piece.
     pub eod: Option<u64>,
 }
 
 /// What the summary says about the tokenizer.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
+    /// The sentencepiece model file read.
     pub path: PathBuf,
     /// `"given"` (`--tokenizer`) or `"auto"` (found beside the input).
     pub found: &'static str,
+    /// Pieces in its vocabulary.
     pub pieces: usize,
     /// The embedding's rows (the converted model's vocab_size).
     pub embedding_rows: u64,
     /// The id of `<eod>`, if the tokenizer has that piece.
     pub eod_id: Option<u64>,
-    /// What config.json and generation_config.json record.
+    /// The beginning-of-text id config.json and generation_config.json record.
     pub bos_token_id: Option<u64>,
+    /// The end-of-text id they record.
     pub eos_token_id: Option<u64>,
+    /// The padding id generation_config.json records.
     pub pad_token_id: Option<u64>,
 }
 

@@ -10,10 +10,15 @@ use crate::torch::{TensorRef, TorchFile, Value};
 /// files share one place when a state dict is sharded by tensor, as Hugging Face does) and the
 /// weights found in it, in file order, names with the family's prefixes stripped.
 pub struct Rank {
+    /// The opened file (its structure parsed, no tensor data read).
     pub file: TorchFile,
+    /// Its path relative to the input, for messages and the output's metadata.
     pub display: String,
+    /// Tensor-parallel rank.
     pub tp: usize,
+    /// Pipeline stage.
     pub pp: usize,
+    /// The weights: stripped name and the stored tensor, in file order.
     pub weights: Vec<(String, Rc<TensorRef>)>,
 }
 

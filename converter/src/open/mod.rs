@@ -32,6 +32,7 @@ pub enum Family {
 /// An opened checkpoint: its mapping and ranks, structure parsed, no tensor data read.
 pub struct Source {
     pub(crate) mapping: Mapping,
+    /// Every file, in the layout's (pp, tp, path) order, its weights listed.
     pub ranks: Vec<Rank>,
     /// A Hugging Face `config.json` beside the weights, parsed.
     pub(crate) config: Option<serde_json::Value>,

@@ -319,8 +319,11 @@ pub(crate) fn sha256sums(mut entries: Vec<(String, String)>) -> String {
 /// One file of the output directory, as the summary reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutputFile {
+    /// Its path relative to OUT_DIR, as SHA256SUMS lists it.
     pub name: String,
+    /// Its size.
     pub bytes: u64,
+    /// Its SHA-256, lowercase hex.
     pub sha256: String,
 }
 
