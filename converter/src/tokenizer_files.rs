@@ -79,14 +79,14 @@ fn discover(input: &Path) -> Option<PathBuf> {
 /// A tokenizer read and checked against the model it is ported with.
 pub struct Tokenizer {
     /// Its file, and how it was chosen.
-    pub located: Located,
+    pub(crate) located: Located,
     model: SpModel,
     /// The special ids taken from it.
-    pub ids: TokenIds,
+    pub(crate) ids: TokenIds,
     /// The id of `<pad>`, if it has that piece.
-    pub pad: Option<u64>,
+    pub(crate) pad: Option<u64>,
     /// The id of `<eod>`, if it has that piece.
-    pub eod: Option<u64>,
+    pub(crate) eod: Option<u64>,
 }
 
 /// What the summary says about the tokenizer.

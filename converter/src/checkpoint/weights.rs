@@ -13,11 +13,11 @@ pub struct Rank {
     /// The opened file (its structure parsed, no tensor data read).
     pub file: TorchFile,
     /// Its path relative to the input, for messages and the output's metadata.
-    pub display: String,
+    pub(crate) display: String,
     /// Tensor-parallel rank.
-    pub tp: usize,
+    pub(crate) tp: usize,
     /// Pipeline stage.
-    pub pp: usize,
+    pub(crate) pp: usize,
     /// The weights: stripped name and the stored tensor, in file order.
     pub weights: Vec<(String, Rc<TensorRef>)>,
 }

@@ -85,7 +85,7 @@ pub struct Summary {
 /// A checked conversion, nothing written yet: what `--dry-run` prints and a conversion writes.
 pub struct Prepared {
     /// The opened checkpoint.
-    pub src: Source,
+    pub(crate) src: Source,
     /// The plan as built (its `notes` are the plan's own; the warnings went to `warn`).
     pub plan: Plan,
     /// The rank-file format of a model-parallel export, its grid checked to fit the model;
