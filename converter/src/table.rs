@@ -2,7 +2,7 @@
 //! in one place so that both print the same columns the same way.
 //!
 //! Cells come from input files (tensor names, keys): control characters are escaped, so a name
-//! cannot move the cursor or recolour the terminal, and a cell longer than [`MAX_ALIGNED`]
+//! cannot move the cursor or recolour the terminal, and a cell longer than `MAX_ALIGNED`
 //! characters does not widen its column, so one hostile 1 MiB name cannot pad every other row to
 //! 1 MiB (output quadratic in the file).
 

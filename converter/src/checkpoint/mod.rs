@@ -1,8 +1,7 @@
 //! A checkpoint's files: finding them ([`layout`], with a module per kind of folder; what it
-//! yields and the checks they share in [`found`]) and listing the weights each holds
-//! ([`weights`]). Nothing here knows a plan or an optimizer's partitions: [`crate::zero`] and
-//! [`crate::plan`](mod@crate::plan) build on this, and [`crate::open`](mod@crate::open) on all
-//! three.
+//! yields and the checks they share in `found`) and listing the weights each holds
+//! (`weights`). Nothing here knows a plan or an optimizer's partitions: `crate::zero` and
+//! [`crate::plan`](mod@crate::plan) build on this, and `crate::open` on all three.
 
 mod dcp_folder;
 pub(crate) mod found;

@@ -7,7 +7,7 @@
 //! rank by rank.
 //!
 //! Values (optional) stream one tensor pair at a time: each side's parts are read from its memory
-//! map, merged into the canonical layout by [`crate::merge::merge`] (the converter's own merge), widened
+//! map, merged into the canonical layout by `crate::merge::merge` (the converter's own merge), widened
 //! to f32 in small chunks and compared; sums accumulate in f64. The pages of a pair are released
 //! once it is compared, so the resident set stays near the largest tensor pair.
 //!

@@ -4,7 +4,7 @@
 //! its orientation, `shape` which size it pads or divides) and its parts appended to the rank
 //! files being written, so memory holds about one tensor. Each format ([`RankFormat`], one module
 //! each) says only what the mapping cannot: file names, the dict around the weights, nesting.
-//! Files are written by our own `torch.save` ([`pickler`], [`ptzip`]).
+//! Files are written by our own `torch.save` (`pickler`, `ptzip`).
 
 pub(crate) mod cpm;
 pub(crate) mod megatron;

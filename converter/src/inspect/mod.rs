@@ -28,7 +28,7 @@ pub use chunks::{ChunkRow, Chunks, DataFile, StoredTensor};
 pub use text::text;
 #[cfg(test)]
 use text::tree_text;
-pub use tree::Node;
+pub use tree::{Node, MAX_CHARS, MAX_DEPTH, MAX_ENTRIES, MAX_ITEMS, MAX_NODES};
 
 use tree::trees;
 
