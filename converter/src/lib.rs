@@ -51,7 +51,7 @@ pub mod plan;
 mod progress;
 pub mod table;
 pub mod tokenizer_files;
-#[allow(missing_docs)] // moving to the cpm-torch crate
+#[allow(missing_docs, rustdoc::private_intra_doc_links)] // moving to the cpm-torch crate
 pub mod torch;
 mod transpose;
 pub mod write;
