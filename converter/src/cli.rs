@@ -36,6 +36,7 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The family `--from` or `--mapping` chooses; detection without either.
     pub fn family(&self) -> Family {
         match (&self.from, &self.mapping) {
             (Some(f), _) => Family::Named(f.clone()),
@@ -44,6 +45,7 @@ impl ModelArgs {
         }
     }
 
+    /// What `--heads`, `--vocab-size` and `--activation` tell the plan.
     pub fn hints(&self) -> Hints {
         Hints {
             heads: self.heads,

@@ -10,34 +10,53 @@ pub enum Error {
     /// deliberately not a `source()`, so a chain printer (anyhow's `{:#}`) says it once.
     #[error("{path}: {what}: {err}")]
     Io {
+        /// The path the operation was on.
         path: PathBuf,
+        /// The operation that failed ("cannot open", "cannot read", ...).
         what: &'static str,
+        /// The OS error.
         err: std::io::Error,
     },
 
     /// The file is not a checkpoint we can read, or its bytes contradict themselves.
     #[error("{path}: {msg}")]
-    Format { path: PathBuf, msg: String },
+    Format {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What is wrong, worded for the user.
+        msg: String,
+    },
 
     /// The pickle program inside a torch file is malformed or outside what we accept.
     #[error("{path}: pickle at byte {offset}: {msg}")]
     Pickle {
+        /// The torch file.
         path: PathBuf,
+        /// Where in the pickle program reading stopped, in bytes.
         offset: u64,
+        /// What is wrong, worded for the user.
         msg: String,
     },
 
     /// A tensor's description does not fit its storage or our expectations.
     #[error("{path}: tensor `{tensor}`: {msg}")]
     Tensor {
+        /// The file holding the tensor.
         path: PathBuf,
+        /// The tensor's name, shortened when the file gives a very long one.
         tensor: String,
+        /// What is wrong, worded for the user.
         msg: String,
     },
 
     /// The checkpoint directory layout (tracker file, iteration folder, rank files) is wrong.
     #[error("{path}: {msg}")]
-    Layout { path: PathBuf, msg: String },
+    Layout {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What is wrong, worded for the user.
+        msg: String,
+    },
 
     /// Reading a torch, safetensors or DCP file failed (its message is the reader's own).
     #[error(transparent)]
@@ -45,34 +64,63 @@ pub enum Error {
 
     /// The ranks of one model disagree with each other or with the mapping.
     #[error("{msg}")]
-    Merge { msg: String },
+    Merge {
+        /// What is wrong, worded for the user.
+        msg: String,
+    },
 
     /// A weight's values cannot be written as asked: NaN/Inf under `--strict`, or a finite value
     /// that overflows the output dtype.
     #[error("tensor `{tensor}`: {msg}")]
-    Values { tensor: String, msg: String },
+    Values {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong, worded for the user.
+        msg: String,
+    },
 
     /// Producing an output file failed for a reason that is not an operating-system error on a
     /// path (encoding a header or config.json).
     #[error("{path}: {msg}")]
-    Output { path: PathBuf, msg: String },
+    Output {
+        /// The output file.
+        path: PathBuf,
+        /// What is wrong, worded for the user.
+        msg: String,
+    },
 
     /// A broken internal invariant (a worker thread panicked, a channel closed early): a bug to
     /// report, never the input's fault.
     #[error("internal error: {msg}; please report this")]
-    Internal { msg: String },
+    Internal {
+        /// What broke, for the bug report.
+        msg: String,
+    },
 
     /// A mapping file is malformed.
     #[error("mapping {path}: {msg}")]
-    Mapping { path: PathBuf, msg: String },
+    Mapping {
+        /// The mapping file (`mappings/NAME.toml` for a built-in one).
+        path: PathBuf,
+        /// What is wrong, worded for the user.
+        msg: String,
+    },
 
     /// The tokenizer given or found for the port cannot be read, or does not fit the model.
     #[error("tokenizer {path}: {msg}")]
-    Tokenizer { path: PathBuf, msg: String },
+    Tokenizer {
+        /// The tokenizer model file.
+        path: PathBuf,
+        /// What is wrong, worded for the user.
+        msg: String,
+    },
 
     /// The user's options cannot be honoured.
     #[error("{msg}")]
-    Usage { msg: String },
+    Usage {
+        /// What is wrong, worded for the user.
+        msg: String,
+    },
 
     /// The user asked to stop (SIGINT/SIGTERM); the staging directory was removed and an
     /// existing OUT_DIR left as it was.
@@ -80,6 +128,7 @@ pub enum Error {
     Interrupted,
 }
 
+/// The converter's result, [`Error`] by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

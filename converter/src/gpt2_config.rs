@@ -21,12 +21,12 @@ fn dtype_counts(plan: &Plan) -> Vec<(Dtype, u64)> {
 
 /// The dtype `config.json` records: the one most of the written weights have (transformers
 /// loads every weight in it unless told otherwise).
-pub fn model_dtype(plan: &Plan) -> Dtype {
+pub(crate) fn model_dtype(plan: &Plan) -> Dtype {
     dtype_counts(plan).first().map_or(Dtype::F16, |c| c.0)
 }
 
 /// With more than one dtype among the written tensors, a description of the mix.
-pub fn mixed_dtypes(plan: &Plan) -> Option<String> {
+pub(crate) fn mixed_dtypes(plan: &Plan) -> Option<String> {
     let counts = dtype_counts(plan);
     (counts.len() > 1).then(|| {
         counts
@@ -40,12 +40,14 @@ pub fn mixed_dtypes(plan: &Plan) -> Option<String> {
 /// The special token ids `config.json` (and, with a tokenizer, `generation_config.json`) record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TokenIds {
+    /// `bos_token_id`.
     pub bos: Option<u64>,
+    /// `eos_token_id`.
     pub eos: Option<u64>,
 }
 
 /// The ids the mapping declares for a vocabulary of the plan's size (none for another size).
-pub fn mapping_token_ids(plan: &Plan, mapping: &Mapping) -> TokenIds {
+pub(crate) fn mapping_token_ids(plan: &Plan, mapping: &Mapping) -> TokenIds {
     let special = mapping
         .config
         .vocabularies
@@ -59,7 +61,7 @@ pub fn mapping_token_ids(plan: &Plan, mapping: &Mapping) -> TokenIds {
 
 /// The config as a JSON object; keys come out sorted, so the file is byte-stable. `ids` come
 /// from the mapping ([`mapping_token_ids`]) or from the port's tokenizer.
-pub fn config(plan: &Plan, mapping: &Mapping, dtype: Dtype, ids: TokenIds) -> Value {
+pub(crate) fn config(plan: &Plan, mapping: &Mapping, dtype: Dtype, ids: TokenIds) -> Value {
     // A mapping that writes the head as its own tensor unties it.
     let tied = plan.entry(&mapping.config.head_target).is_none();
     // Never point at an id outside the vocabulary, whatever the mapping says.

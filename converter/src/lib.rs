@@ -32,30 +32,32 @@
 //! Tensors stream through one at a time; the heap holds at most a few merged tensors (recycled
 //! transpose buffers) and the writer's and hasher's bounded queues: docs/architecture.md, "Memory".
 
+#![deny(missing_docs)]
+
 pub mod checkpoint;
 pub mod cli;
-pub mod convert;
+mod convert;
 pub mod diff;
-pub mod elements;
-pub mod error;
+mod elements;
+mod error;
 pub mod export;
-pub mod files;
+mod files;
 pub mod gpt2_config;
 pub mod inspect;
-pub mod mapping;
-pub mod merge;
-pub mod open;
+mod mapping;
+mod merge;
+mod open;
 pub mod plan;
-pub mod progress;
+mod progress;
 pub mod table;
 pub mod tokenizer_files;
-pub mod transpose;
+mod transpose;
 pub mod write;
-pub mod zero;
+mod zero;
 
 pub use convert::{convert, plan, prepare, Options, OutDir, Prepared, Request, Summary};
 pub use error::{Error, Result};
-pub use mapping::Mapping;
+pub(crate) use mapping::Mapping;
 pub use open::{open, Family, Source};
 pub use plan::{Hints, OutDtype, Plan};
 pub use progress::Progress;

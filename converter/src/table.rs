@@ -2,7 +2,7 @@
 //! in one place so that both print the same columns the same way.
 //!
 //! Cells come from input files (tensor names, keys): control characters are escaped, so a name
-//! cannot move the cursor or recolour the terminal, and a cell longer than [`MAX_ALIGNED`]
+//! cannot move the cursor or recolour the terminal, and a cell longer than `MAX_ALIGNED`
 //! characters does not widen its column, so one hostile 1 MiB name cannot pad every other row to
 //! 1 MiB (output quadratic in the file).
 
@@ -12,10 +12,10 @@ use std::fmt::Write as _;
 use crate::plan::{Entry, Plan};
 
 /// The widest cell that still sets its column's width; longer ones overflow their column.
-pub const MAX_ALIGNED: usize = 100;
+pub(crate) const MAX_ALIGNED: usize = 100;
 
 /// `s` with every control character escaped (`\n`, `\u{1b}`), borrowed when there is none.
-pub fn clean(s: &str) -> Cow<'_, str> {
+pub(crate) fn clean(s: &str) -> Cow<'_, str> {
     if !s.chars().any(char::is_control) {
         return Cow::Borrowed(s);
     }
@@ -33,7 +33,7 @@ pub fn clean(s: &str) -> Cow<'_, str> {
 }
 
 /// A shape as `[2560, 30000]`.
-pub fn shape(s: &[u64]) -> String {
+pub(crate) fn shape(s: &[u64]) -> String {
     format!(
         "[{}]",
         s.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
@@ -42,7 +42,7 @@ pub fn shape(s: &[u64]) -> String {
 
 /// `head` and `rows` as left-aligned columns two spaces apart, one line each, trailing spaces
 /// trimmed. Rows shorter than `head` are fine; cells beyond it are ignored.
-pub fn render(head: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn render(head: &[&str], rows: &[Vec<String>]) -> String {
     let head: Vec<Cow<'_, str>> = head.iter().map(|h| clean(h)).collect();
     let rows: Vec<Vec<Cow<'_, str>>> = rows
         .iter()
@@ -91,7 +91,8 @@ pub fn plan_summary(plan: &Plan) -> String {
 }
 
 /// Columns of [`plan_table`].
-pub const PLAN_HEAD: [&str; 6] = ["SOURCE", "SPLIT", "RANK SHAPES", "TARGET", "SHAPE", "DTYPE"];
+pub(crate) const PLAN_HEAD: [&str; 6] =
+    ["SOURCE", "SPLIT", "RANK SHAPES", "TARGET", "SHAPE", "DTYPE"];
 
 /// One output tensor per line: its source, how the ranks merge (`+T`: transposed), each rank's
 /// shape, the target name, the merged shape and the dtype (`F32->F16` when cast).
@@ -101,7 +102,7 @@ pub fn plan_table(plan: &Plan) -> String {
 }
 
 /// One row of [`plan_table`].
-pub fn plan_row(e: &Entry) -> Vec<String> {
+pub(crate) fn plan_row(e: &Entry) -> Vec<String> {
     let ranks = e
         .rank_shapes
         .iter()

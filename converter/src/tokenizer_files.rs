@@ -15,7 +15,7 @@ use crate::write::OutputFile;
 /// File names looked for, in this order, in INPUT (a directory) and in INPUT's parent: the
 /// Hugging Face name (a port's own), then the released CPM-Generate one; the order
 /// `SpModel::open` uses for a directory.
-pub const NAMES: [&str; 2] = ["spiece.model", "chinese_vocab.model"];
+pub(crate) const NAMES: [&str; 2] = ["spiece.model", "chinese_vocab.model"];
 
 /// The Python tokenizer the port names in `tokenizer_config.json`'s `auto_map`.
 const PY_NAME: &str = "tokenization_cpm_jieba.py";
@@ -41,6 +41,7 @@ pub enum Choice {
 /// A tokenizer file to use, and how it was chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
+    /// The sentencepiece model file.
     pub path: PathBuf,
     /// `"given"` or `"auto"`.
     pub found: &'static str,
@@ -48,7 +49,7 @@ pub struct Located {
 
 /// The tokenizer file `choice` points at, if any. Discovery looks in INPUT (when a directory)
 /// and then in its parent; nothing found is not an error.
-pub fn locate(input: &Path, choice: &Choice) -> Option<Located> {
+pub(crate) fn locate(input: &Path, choice: &Choice) -> Option<Located> {
     match choice {
         Choice::Off => None,
         Choice::Given(p) => Some(Located {
@@ -77,28 +78,35 @@ fn discover(input: &Path) -> Option<PathBuf> {
 
 /// A tokenizer read and checked against the model it is ported with.
 pub struct Tokenizer {
-    pub located: Located,
+    /// Its file, and how it was chosen.
+    pub(crate) located: Located,
     model: SpModel,
     /// The special ids taken from it.
-    pub ids: TokenIds,
-    pub pad: Option<u64>,
-    pub eod: Option<u64>,
+    pub(crate) ids: TokenIds,
+    /// The id of `<pad>`, if it has that piece.
+    pub(crate) pad: Option<u64>,
+    /// The id of `<eod>`, if it has that piece.
+    pub(crate) eod: Option<u64>,
 }
 
 /// What the summary says about the tokenizer.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
+    /// The sentencepiece model file read.
     pub path: PathBuf,
     /// `"given"` (`--tokenizer`) or `"auto"` (found beside the input).
     pub found: &'static str,
+    /// Pieces in its vocabulary.
     pub pieces: usize,
     /// The embedding's rows (the converted model's vocab_size).
     pub embedding_rows: u64,
     /// The id of `<eod>`, if the tokenizer has that piece.
     pub eod_id: Option<u64>,
-    /// What config.json and generation_config.json record.
+    /// The beginning-of-text id config.json and generation_config.json record.
     pub bos_token_id: Option<u64>,
+    /// The end-of-text id they record.
     pub eos_token_id: Option<u64>,
+    /// The padding id generation_config.json records.
     pub pad_token_id: Option<u64>,
 }
 

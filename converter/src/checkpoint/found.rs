@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// Megatron's and DeepSpeed's tracker file, naming the latest iteration's folder.
 pub const TRACKER: &str = "latest_checkpointed_iteration.txt";
 /// More rank files than any released model uses; bounds a directory listing from a hostile input.
 pub const MAX_RANKS: usize = 512;
@@ -35,10 +36,13 @@ pub struct Layout {
 /// One file of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardPath {
+    /// Where to open it.
     pub path: PathBuf,
     /// The path relative to the input (never absolute: it is recorded in the output's metadata).
     pub display: String,
+    /// Tensor-parallel rank (0 for a Hugging Face shard).
     pub tp: usize,
+    /// Pipeline stage (0 unless a Megatron `mp_rank_TT_PPP` file).
     pub pp: usize,
 }
 

@@ -11,10 +11,15 @@ use crate::mapping::Mapping;
 /// files share one place when a state dict is sharded by tensor, as Hugging Face does) and the
 /// weights found in it, in file order, names with the family's prefixes stripped.
 pub struct Rank {
+    /// The opened file (its structure parsed, no tensor data read).
     pub file: TorchFile,
-    pub display: String,
-    pub tp: usize,
-    pub pp: usize,
+    /// Its path relative to the input, for messages and the output's metadata.
+    pub(crate) display: String,
+    /// Tensor-parallel rank.
+    pub(crate) tp: usize,
+    /// Pipeline stage.
+    pub(crate) pp: usize,
+    /// The weights: stripped name and the stored tensor, in file order.
     pub weights: Vec<(String, Rc<TensorRef>)>,
 }
 

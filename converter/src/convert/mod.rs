@@ -16,9 +16,11 @@ mod output;
 /// What to read and how to plan it: what a conversion and a dry run share.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The checkpoint: a file, a directory, or a ZeRO root or tag.
     pub input: PathBuf,
     /// Which family's mapping reads the input.
     pub family: Family,
+    /// The output element type (`--dtype`).
     pub dtype: OutDtype,
     /// Heads, the vocabulary rows to keep (cut the padding), and config.json's
     /// activation_function overriding what the checkpoint implies.
@@ -32,14 +34,18 @@ pub struct Request {
 /// OUT_DIR, and whether a non-empty one may be replaced (`--force`).
 #[derive(Debug, Clone)]
 pub struct OutDir {
+    /// The directory to create (or replace).
     pub path: PathBuf,
+    /// A non-empty OUT_DIR may be replaced.
     pub force: bool,
 }
 
 /// What to convert and how.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// What to read and how to plan it.
     pub request: Request,
+    /// Where to write.
     pub out: OutDir,
     /// NaN/Inf in the weights is an error rather than a warning.
     pub strict: bool,
@@ -50,12 +56,17 @@ pub struct Options {
 /// What a finished conversion did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
+    /// OUT_DIR.
     pub output: PathBuf,
-    /// The input's family (its mapping's name) and how it was chosen.
+    /// The input's family (its mapping's name).
     pub variant: String,
+    /// How the family was chosen (`detected`, `--from …`, `--mapping …`).
     pub family_from: String,
+    /// The activation written to config.json, and why.
     pub activation: plan::Activation,
+    /// The input's tensor-parallel ranks.
     pub model_parallel: usize,
+    /// Tensors written.
     pub tensors: usize,
     /// The tensors' data alone.
     pub tensor_bytes: u64,
@@ -65,6 +76,7 @@ pub struct Summary {
     pub files: Vec<write::OutputFile>,
     /// The tokenizer the port got, if any.
     pub tokenizer: Option<tokenizer_files::Report>,
+    /// Wall-clock time of the whole conversion.
     pub seconds: f64,
     /// Problems that did not stop the conversion, as they were reported to [`Progress::warn`].
     pub warnings: Vec<String>,
@@ -72,7 +84,8 @@ pub struct Summary {
 
 /// A checked conversion, nothing written yet: what `--dry-run` prints and a conversion writes.
 pub struct Prepared {
-    pub src: Source,
+    /// The opened checkpoint.
+    pub(crate) src: Source,
     /// The plan as built (its `notes` are the plan's own; the warnings went to `warn`).
     pub plan: Plan,
     /// The rank-file format of a model-parallel export, its grid checked to fit the model;

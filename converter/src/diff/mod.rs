@@ -7,7 +7,7 @@
 //! rank by rank.
 //!
 //! Values (optional) stream one tensor pair at a time: each side's parts are read from its memory
-//! map, merged into the canonical layout by [`crate::merge::merge`] (the converter's own merge), widened
+//! map, merged into the canonical layout by `crate::merge::merge` (the converter's own merge), widened
 //! to f32 in small chunks and compared; sums accumulate in f64. The pages of a pair are released
 //! once it is compared, so the resident set stays near the largest tensor pair.
 //!
@@ -59,8 +59,11 @@ pub struct Options {
 /// A tensor present on one side only.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tensor {
+    /// Its name on that side (mapped to Hugging Face's unless raw).
     pub name: String,
+    /// Its shape.
     pub shape: Vec<u64>,
+    /// Its dtype, as safetensors names it.
     pub dtype: String,
 }
 
@@ -68,19 +71,28 @@ pub struct Tensor {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "what", rename_all = "lowercase")]
 pub enum Change {
+    /// The shapes differ.
     Shape {
+        /// The tensor.
         name: String,
+        /// Its shape in A.
         a: Vec<u64>,
+        /// Its shape in B.
         b: Vec<u64>,
     },
+    /// The dtypes differ (not reported with [`Options::dtype_insensitive`]).
     Dtype {
+        /// The tensor.
         name: String,
+        /// Its dtype in A.
         a: String,
+        /// Its dtype in B.
         b: String,
     },
 }
 
 impl Change {
+    /// The tensor that changed.
     pub fn name(&self) -> &str {
         match self {
             Change::Shape { name, .. } | Change::Dtype { name, .. } => name,
@@ -92,11 +104,13 @@ impl Change {
 /// are not finite (a NaN or Inf among the values, or ‖A‖ = 0) are `None`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Values {
+    /// The tensor.
     pub name: String,
     /// The largest |a - b| over the pairs where neither is NaN.
     pub max_abs_diff: Option<f64>,
     /// Elements that are not equal (see [`Options::atol`]).
     pub differing: u64,
+    /// Elements compared (the tensor's numel).
     pub elements: u64,
     /// `differing / elements`.
     pub fraction: f64,
@@ -111,30 +125,42 @@ pub struct Values {
 /// Counts for the one-line summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// Tensors in A.
     pub tensors_a: usize,
+    /// Tensors in B.
     pub tensors_b: usize,
+    /// Tensors present on both sides (by name).
     pub common: usize,
+    /// Tensors in A only.
     pub only_in_a: usize,
+    /// Tensors in B only.
     pub only_in_b: usize,
     /// Common tensors whose shape or dtype differs.
     pub changed: usize,
     /// With values: common tensors of equal shape whose values were compared.
     pub compared: Option<usize>,
+    /// With values: compared tensors whose values are equal (within `atol`).
     pub identical: Option<usize>,
+    /// With values: compared tensors whose values differ.
     pub differing: Option<usize>,
 }
 
 /// The result of a comparison.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Tensors in A only, in A's order.
     pub only_in_a: Vec<Tensor>,
+    /// Tensors in B only, in B's order.
     pub only_in_b: Vec<Tensor>,
+    /// Shape and dtype differences of the common tensors.
     pub changed: Vec<Change>,
     /// The tensors whose values differ; `None` when values were not compared.
     pub values: Option<Vec<Values>>,
+    /// The counts.
     pub summary: Summary,
     /// No tensor only on one side, none changed, and (with values) none differing.
     pub equal: bool,
+    /// Problems that did not stop the comparison (also sent to `progress.warn`).
     pub warnings: Vec<String>,
 }
 

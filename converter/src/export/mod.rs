@@ -4,14 +4,14 @@
 //! its orientation, `shape` which size it pads or divides) and its parts appended to the rank
 //! files being written, so memory holds about one tensor. Each format ([`RankFormat`], one module
 //! each) says only what the mapping cannot: file names, the dict around the weights, nesting.
-//! Files are written by our own `torch.save` ([`pickler`], [`ptzip`]).
+//! Files are written by our own `torch.save` (`pickler`, `ptzip`).
 
-pub mod cpm;
-pub mod megatron;
-pub mod pickler;
+pub(crate) mod cpm;
+pub(crate) mod megatron;
+pub(crate) mod pickler;
 mod place;
-pub mod ptzip;
-pub mod split;
+pub(crate) mod ptzip;
+pub(crate) mod split;
 
 use std::path::Path;
 
@@ -22,7 +22,7 @@ use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::write::OutputFile;
 
-pub use place::{notes, place, Placed};
+pub(crate) use place::{notes, place, Placed};
 
 /// The output layout (`--to`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -51,8 +51,11 @@ impl Target {
 /// What to write: the layout and its model-parallel grid.
 #[derive(Debug, Clone)]
 pub struct Export {
+    /// The layout (`--to`).
     pub target: Target,
+    /// Tensor-parallel ranks to write (`--tp`).
     pub tp: usize,
+    /// Pipeline stages to write (`--pp`).
     pub pp: usize,
     /// Megatron pads the vocabulary with zero rows to a multiple of this times `tp`.
     pub pad_vocab_multiple: u64,
@@ -72,20 +75,25 @@ impl Default for Export {
 /// The output's tensor- and pipeline-parallel sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grid {
+    /// Tensor-parallel ranks.
     pub tp: usize,
+    /// Pipeline stages.
     pub pp: usize,
 }
 
 /// One rank file's place in the grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
+    /// Tensor-parallel rank.
     pub tp: usize,
+    /// Pipeline stage.
     pub pp: usize,
 }
 
 /// The iteration the output is saved at: the input's, else `release`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Iteration {
+    /// The iteration; `None` saves as `release`.
     pub number: Option<u64>,
 }
 
@@ -143,14 +151,20 @@ pub trait RankFormat: Sync {
 /// The model as the rank files' arguments state it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Described {
+    /// Transformer blocks.
     pub layers: u64,
+    /// Hidden size.
     pub hidden: u64,
+    /// Attention heads.
     pub heads: u64,
     /// The MLP's width.
     pub inner: u64,
+    /// Learned position embeddings.
     pub positions: u64,
-    /// The vocabulary's rows, and the rows written (Megatron's padding included).
+    /// The vocabulary's rows.
     pub vocab: u64,
+    /// The rows written: `vocab` rounded up to a multiple of `pad_multiple` × tp where the
+    /// format pads, else `vocab`.
     pub padded_vocab: u64,
     /// `--pad-vocab-multiple` (Megatron's `make_vocab_size_divisible_by`).
     pub pad_multiple: u64,
@@ -161,6 +175,7 @@ pub struct Described {
 }
 
 impl Described {
+    /// The model `plan` describes, as written with `opts` in format `fmt`.
     pub fn of(plan: &Plan, opts: &Export, fmt: &dyn RankFormat) -> Described {
         Described {
             layers: plan.layers,
@@ -179,7 +194,7 @@ impl Described {
 }
 
 /// One export: what to write from where.
-pub struct Job<'a> {
+pub(crate) struct Job<'a> {
     pub src: &'a Source,
     pub plan: &'a Plan,
     pub opts: &'a Export,
@@ -191,7 +206,7 @@ pub struct Job<'a> {
 
 /// Every rank file and the tracker into `dir`, each tensor merged, split and appended as it is
 /// read. Returns the files written (SHA256SUMS is the caller's).
-pub fn write(
+pub(crate) fn write(
     job: &Job<'_>,
     dir: &Path,
     progress: &dyn Progress,

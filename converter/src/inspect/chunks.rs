@@ -13,19 +13,26 @@ use crate::table;
 /// One chunk of a stored tensor.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChunkRow {
+    /// Where the chunk starts in the global tensor, per dimension.
     pub offsets: Vec<u64>,
+    /// The chunk's shape.
     pub sizes: Vec<u64>,
     /// The data file (`__0_0.distcp`) and the byte range of its item.
     pub file: String,
+    /// First byte of the item in the data file.
     pub start: u64,
+    /// One past its last byte.
     pub end: u64,
 }
 
 /// One tensor as the checkpoint stores it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredTensor {
+    /// Its fully qualified name in the checkpoint's metadata.
     pub name: String,
+    /// Its global shape.
     pub shape: Vec<u64>,
+    /// Its chunks, as the metadata lists them.
     pub chunks: Vec<ChunkRow>,
     /// Whether a conversion reads it (the plan writes it, or checks it equals what it writes).
     pub read: bool,
@@ -34,15 +41,20 @@ pub struct StoredTensor {
 /// One data file: its items' bytes, and those a conversion reads.
 #[derive(Debug, Clone, Serialize)]
 pub struct DataFile {
+    /// Its name (`__0_0.distcp`).
     pub name: String,
+    /// Bytes of all the tensor items stored in it.
     pub item_bytes: u64,
+    /// Of those, the bytes a conversion reads.
     pub read_bytes: u64,
 }
 
 /// A DCP input's tensors and data files.
 #[derive(Debug, Clone, Serialize)]
 pub struct Chunks {
+    /// Every stored tensor, in the metadata's order.
     pub tensors: Vec<StoredTensor>,
+    /// Every data file the chunks name.
     pub data_files: Vec<DataFile>,
 }
 

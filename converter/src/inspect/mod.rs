@@ -25,14 +25,17 @@ use crate::plan::{Activation, Entry, Heads, Plan};
 use crate::{Family, Hints, OutDtype};
 
 pub use chunks::{ChunkRow, Chunks, DataFile, StoredTensor};
-pub use text::{text, tree_text};
-pub use tree::{node, Node, MAX_CHARS, MAX_DEPTH, MAX_ENTRIES, MAX_ITEMS, MAX_NODES};
+pub use text::text;
+#[cfg(test)]
+use text::tree_text;
+pub use tree::{Node, MAX_CHARS, MAX_DEPTH, MAX_ENTRIES, MAX_ITEMS, MAX_NODES};
 
 use tree::trees;
 
 /// What to inspect and what to show.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// The checkpoint: a file, a directory, or a ZeRO root or tag.
     pub input: PathBuf,
     /// Which family reads the input (detected, `--from`, `--mapping`), as for a conversion.
     pub family: Family,
@@ -52,15 +55,18 @@ pub struct FileInfo {
     pub name: String,
     /// `zip` or `legacy` (torch's two formats).
     pub format: &'static str,
+    /// The file's size.
     pub bytes: u64,
 }
 
 /// One tensor as stored in one file.
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorRow {
+    /// Its name as stored (dotted path of nested dicts, no prefix stripped).
     pub name: String,
     /// torch's name: `float16`, `bfloat16`, `float32`, …
     pub dtype: &'static str,
+    /// Its shape.
     pub shape: Vec<u64>,
     /// The tensor's data (elements x element size); `None` when that overflows (a hostile shape).
     pub bytes: Option<u64>,
@@ -71,27 +77,39 @@ pub struct TensorRow {
 /// The model sizes the plan found, with where the head count came from.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sizes {
+    /// Tensor-parallel ranks.
     pub model_parallel: usize,
+    /// Pipeline stages.
     pub pipeline_stages: usize,
+    /// Transformer blocks.
     pub layers: u64,
+    /// Hidden size.
     pub hidden: u64,
+    /// Attention heads, and where the count came from.
     pub heads: Heads,
+    /// Rows of the embedding a conversion writes (after a `--vocab-size` cut).
     pub vocab: u64,
+    /// Learned position embeddings.
     pub positions: u64,
+    /// The MLP's width.
     pub inner: u64,
+    /// The MLP's activation, and why.
     pub activation: Activation,
 }
 
 /// The non-tensor values of one file (`--tree`).
 #[derive(Debug, Clone, Serialize)]
 pub struct FileTree {
+    /// The [`FileInfo::name`] of the file.
     pub file: String,
+    /// Its top-level object.
     pub value: Node,
 }
 
 /// Everything `cpm-inspect` shows; `--json` prints it as one object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Every file read, in rank order.
     pub files: Vec<FileInfo>,
     /// Every tensor of every file, files in rank order, tensors in file order.
     pub tensors: Vec<TensorRow>,
@@ -99,6 +117,7 @@ pub struct Report {
     pub family: Option<String>,
     /// How the family was chosen: `detected`, `--from …`, `--mapping …`.
     pub family_from: Option<String>,
+    /// The model's sizes; `None` when the plan could not be built.
     pub sizes: Option<Sizes>,
     /// With `--mapped`: every output tensor, as `cpm-convert --dry-run --json` lists them.
     #[serde(skip_serializing_if = "Option::is_none")]

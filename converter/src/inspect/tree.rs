@@ -28,14 +28,21 @@ pub const MAX_NODES: usize = 8192;
 /// characters, tensors to dtype and shape.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
+    /// Python's `None`.
     None,
+    /// A Python bool.
     Bool(bool),
+    /// A Python int that fits 64 bits.
     Int(i64),
+    /// A Python float.
     Float(f64),
     /// A string, cut to [`MAX_CHARS`] characters (`… (N bytes)` appended when cut).
     Str(String),
+    /// A tensor, shown by its type and shape only.
     Tensor {
+        /// Its element type.
         dtype: Dtype,
+        /// Its shape.
         shape: Vec<u64>,
     },
     /// A dict of more than [`MAX_ITEMS`] tensors and nothing else (a weights dict).
@@ -43,24 +50,33 @@ pub enum Node {
     /// A value with no structure worth showing: bytes, a big integer, a Python global, a
     /// storage; `kind` names which, `text` describes it.
     Other {
+        /// `int` (past 64 bits), `bytes`, `global` or `storage`.
         kind: &'static str,
+        /// A short description.
         text: String,
     },
     /// A tuple, list or set: its first items and its length.
     List {
+        /// `tuple`, `list` or `set`.
         kind: &'static str,
+        /// The first [`MAX_ITEMS`] items.
         items: Vec<Node>,
+        /// Items in all.
         len: usize,
     },
     /// A dict (`class` None) or an object (its class and fields): the first entries and the
     /// count.
     Map {
+        /// The object's class; `None` for a dict.
         class: Option<String>,
+        /// The first [`MAX_ENTRIES`] keys (or field names) and values.
         entries: Vec<(String, Node)>,
+        /// Entries in all.
         len: usize,
     },
     /// Not shown: too deep (`text` is its short description) or past [`MAX_NODES`].
     Cut {
+        /// Its short description (`<list of 3>`), or why nothing more is shown.
         text: String,
     },
 }

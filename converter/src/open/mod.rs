@@ -32,12 +32,13 @@ pub enum Family {
 
 /// An opened checkpoint: its mapping and ranks, structure parsed, no tensor data read.
 pub struct Source {
-    pub mapping: Mapping,
+    pub(crate) mapping: Mapping,
+    /// Every file, in the layout's (pp, tp, path) order, its weights listed.
     pub ranks: Vec<Rank>,
     /// A Hugging Face `config.json` beside the weights, parsed.
-    pub config: Option<serde_json::Value>,
+    pub(crate) config: Option<serde_json::Value>,
     /// How the family was chosen, for the summary.
-    pub family_from: String,
+    pub(crate) family_from: String,
 }
 
 /// config.json is a page of JSON; a larger one is not a model config.

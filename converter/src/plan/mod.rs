@@ -22,9 +22,13 @@ pub use model::{Activation, Heads};
 /// The output element type the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutDtype {
+    /// Each tensor as stored in the checkpoint.
     Keep,
+    /// IEEE half precision.
     F16,
+    /// bfloat16.
     BF16,
+    /// Single precision.
     F32,
 }
 
@@ -55,21 +59,28 @@ pub struct Hints {
 /// ranks, and the tensor in that file.
 #[derive(Debug, Clone)]
 pub struct Part {
+    /// Index into [`Source::ranks`](crate::Source::ranks).
     pub rank: usize,
+    /// The stored tensor (no data read yet).
     pub tensor: std::rc::Rc<TensorRef>,
 }
 
 /// One output tensor.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
+    /// The Hugging Face name it is written under.
     pub target: String,
     /// The source name (as stored, before prefixes were stripped), or the rule's first spelling
     /// for a synthesized tensor.
     pub source: String,
+    /// How the ranks' parts join (the mapping rule's `split`).
     pub split: Split,
+    /// The merged tensor is transposed (Conv1D vs Linear orientation).
     pub transpose: bool,
+    /// The dtype stored in the checkpoint.
     #[serde(serialize_with = "ser_dtype")]
     pub source_dtype: Dtype,
+    /// The dtype written.
     #[serde(serialize_with = "ser_dtype")]
     pub dtype: Dtype,
     /// The source tensor's shape on each rank (empty for a synthesized tensor).
@@ -84,6 +95,7 @@ pub struct Entry {
     /// Attention heads, which the per-head query/key/value layouts need to merge.
     #[serde(skip)]
     pub heads: u64,
+    /// Its parts, one per tensor-parallel rank that holds one (none for a synthesized tensor).
     #[serde(skip)]
     pub sources: Vec<Part>,
     /// The rule's expected shape in model sizes.
@@ -96,11 +108,13 @@ fn ser_dtype<S: serde::Serializer>(d: &Dtype, s: S) -> std::result::Result<S::Ok
 }
 
 impl Entry {
+    /// Elements written.
     pub fn numel(&self) -> u64 {
         self.shape.iter().product()
     }
 
-    pub fn nbytes(&self) -> u64 {
+    /// Bytes written.
+    pub(crate) fn nbytes(&self) -> u64 {
         self.numel() * self.dtype.size() as u64
     }
 }
@@ -109,6 +123,7 @@ impl Entry {
 /// `word_embeddings_for_head`, a second copy of the tied embedding on the last stage).
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
+    /// The tensor as it would be written, shapes checked like any output.
     pub entry: Entry,
     /// The target it must equal.
     pub of: String,
@@ -117,19 +132,29 @@ pub struct Check {
 /// The whole conversion, before any tensor data is read.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// The family's name (its mapping's `[variant] name`).
     pub variant: String,
     /// Tensor-parallel ranks.
     pub model_parallel: usize,
+    /// Pipeline stages the layers are spread over.
     pub pipeline_stages: usize,
+    /// Transformer blocks.
     pub layers: u64,
+    /// Hidden size (`n_embd`).
     pub hidden: u64,
     /// Rows of the written embedding (after any cut).
     pub vocab: u64,
+    /// Learned position embeddings (`n_positions`).
     pub positions: u64,
+    /// The MLP's width (`n_inner`).
     pub inner: u64,
+    /// Attention heads, and where the count came from.
     pub heads: Heads,
+    /// The MLP's activation, and why.
     pub activation: Activation,
+    /// Every tensor written, in output order.
     pub entries: Vec<Entry>,
+    /// Tensors compared with an output tensor instead of written.
     pub checks: Vec<Check>,
     /// Source tensors dropped because they are copies of the embedding (a tied head).
     pub tied_copies: Vec<String>,
@@ -140,17 +165,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Bytes of tensor data written (headers not counted).
     pub fn total_bytes(&self) -> u64 {
         self.entries.iter().map(Entry::nbytes).sum()
     }
 
+    /// The output tensor named `target`.
     pub fn entry(&self, target: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.target == target)
     }
 }
 
 /// Build the plan.
-pub fn build(
+pub(crate) fn build(
     ranks: &[Rank],
     mapping: &Mapping,
     config: Option<&serde_json::Value>,
@@ -290,7 +317,7 @@ fn implied_vocab(
 }
 
 /// Why a mapping does not describe a checkpoint.
-pub enum Misfit {
+pub(crate) enum Misfit {
     /// Its names are another family's: some weight matches no rule.
     Names(Error),
     /// Every name is this family's, but the checkpoint is incomplete or inconsistent (a missing
@@ -310,6 +337,6 @@ impl Misfit {
 /// tensor the mapping needs is there, the recorded world size holds, and the shapes form one
 /// model in the mapping's layout (nanoGPT and Hugging Face share names but not orientation).
 /// No head count is needed and no tensor data is read (but for a tied head's copy).
-pub fn fits(ranks: &[Rank], mapping: &Mapping) -> std::result::Result<(), Misfit> {
+pub(crate) fn fits(ranks: &[Rank], mapping: &Mapping) -> std::result::Result<(), Misfit> {
     structure(ranks, mapping, OutDtype::Keep).map(|_| ())
 }

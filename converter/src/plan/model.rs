@@ -16,14 +16,18 @@ use crate::mapping::{Dim, Mapping, Split};
 /// Where the head count came from, for the summary and `--dry-run`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Heads {
+    /// Attention heads.
     pub count: u64,
+    /// Where the count came from, for the user (`--heads`, a recorded argument, a released size).
     pub source: String,
 }
 
 /// The MLP's activation (`activation_function` in config.json) and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Activation {
+    /// Hugging Face's name (`gelu_new`, `gelu`, `relu`, ...).
     pub name: String,
+    /// Why that one, for the user (a recorded flag, the family's default).
     pub source: String,
 }
 

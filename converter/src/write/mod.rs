@@ -23,10 +23,10 @@ use crate::plan::Plan;
 
 pub mod shards;
 mod staging;
-pub use staging::{check_outside_inputs, check_target, Staging};
+pub(crate) use staging::{check_outside_inputs, check_target, Staging};
 
 /// The safetensors header for `plan`, padded with spaces to a multiple of 8 bytes.
-pub fn safetensors_header(plan: &Plan, metadata: &[(String, String)]) -> Result<Vec<u8>> {
+pub(crate) fn safetensors_header(plan: &Plan, metadata: &[(String, String)]) -> Result<Vec<u8>> {
     let mut map = serde_json::Map::new();
     let meta: serde_json::Map<String, serde_json::Value> = metadata
         .iter()
@@ -60,7 +60,7 @@ pub fn safetensors_header(plan: &Plan, metadata: &[(String, String)]) -> Result<
 /// A piece of the model file on its way to the disk: borrowed from an input map, a range of a
 /// buffer shared between the writer and the hasher, or a marker carrying an action to run once
 /// both consumers are past it ([`Sink::after_written`]).
-pub enum Chunk<'a> {
+pub(crate) enum Chunk<'a> {
     Borrowed(&'a [u8]),
     Shared(Arc<Vec<u8>>, Range<usize>),
     Marker(Arc<AfterWritten<'a>>),
@@ -79,7 +79,7 @@ impl Chunk<'_> {
 /// An action that runs when the last reference to it is dropped. The writer and the hasher each
 /// get one clone and drop it after processing every chunk queued before it, so the action runs
 /// exactly once, when both are done with those chunks (or when an aborted stream drops them).
-pub struct AfterWritten<'a>(Mutex<Option<Box<dyn FnOnce() + Send + 'a>>>);
+pub(crate) struct AfterWritten<'a>(Mutex<Option<Box<dyn FnOnce() + Send + 'a>>>);
 
 impl Drop for AfterWritten<'_> {
     fn drop(&mut self) {
@@ -101,7 +101,7 @@ const CHUNK: usize = 1 << 20;
 const QUEUE: usize = 32;
 
 /// Where the producer of the model file puts its bytes.
-pub struct Sink<'a> {
+pub(crate) struct Sink<'a> {
     to_writer: SyncSender<Chunk<'a>>,
     to_hasher: SyncSender<Chunk<'a>>,
     /// Buffers handed to the consumers, recycled once both are done with them: fresh large
@@ -182,7 +182,7 @@ impl<'a> Sink<'a> {
 /// their own thread, overlapped with the producer's merging. Returns the hex hash and the size.
 /// The file is fsynced before this returns; a stream that failed (or was interrupted) is not,
 /// since its file is about to be removed.
-pub fn stream_model<'a, F>(path: &Path, produce: F) -> Result<(String, u64)>
+pub(crate) fn stream_model<'a, F>(path: &Path, produce: F) -> Result<(String, u64)>
 where
     F: FnOnce(&mut Sink<'a>) -> Result<()>,
 {
@@ -298,7 +298,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// Write a small file whole and fsync it, returning its SHA-256.
-pub fn small_file(path: &Path, bytes: &[u8]) -> Result<String> {
+pub(crate) fn small_file(path: &Path, bytes: &[u8]) -> Result<String> {
     let mut f = File::create(path).map_err(|e| Error::io(path, "cannot create", e))?;
     f.write_all(bytes)
         .map_err(|e| Error::io(path, "cannot write", e))?;
@@ -308,7 +308,7 @@ pub fn small_file(path: &Path, bytes: &[u8]) -> Result<String> {
 }
 
 /// `sha256sum -c` format: `<hex>  <name>` per line, names sorted.
-pub fn sha256sums(mut entries: Vec<(String, String)>) -> String {
+pub(crate) fn sha256sums(mut entries: Vec<(String, String)>) -> String {
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     entries
         .iter()
@@ -319,14 +319,17 @@ pub fn sha256sums(mut entries: Vec<(String, String)>) -> String {
 /// One file of the output directory, as the summary reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutputFile {
+    /// Its path relative to OUT_DIR, as SHA256SUMS lists it.
     pub name: String,
+    /// Its size.
     pub bytes: u64,
+    /// Its SHA-256, lowercase hex.
     pub sha256: String,
 }
 
 /// The `__metadata__` of the model file. Shared by the writer and `--dry-run`, so the size the
 /// dry run reports is the size of the header the writer produces.
-pub fn model_metadata(ranks: &[Rank], plan: &Plan) -> Vec<(String, String)> {
+pub(crate) fn model_metadata(ranks: &[Rank], plan: &Plan) -> Vec<(String, String)> {
     let files: Vec<serde_json::Value> = ranks
         .iter()
         .map(|r| serde_json::json!({"name": r.display, "bytes": r.file.file_len(), "format": r.file.format.name()}))

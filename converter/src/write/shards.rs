@@ -33,7 +33,7 @@ pub fn parse_size(text: &str) -> Result<u64> {
 }
 
 /// The plan's entries grouped into shards, in file order.
-pub fn split(entries: &[Entry], max: u64) -> Vec<Vec<Entry>> {
+pub(crate) fn split(entries: &[Entry], max: u64) -> Vec<Vec<Entry>> {
     let mut shards: Vec<Vec<Entry>> = Vec::new();
     let (mut current, mut size) = (Vec::new(), 0u64);
     for e in entries {
@@ -56,12 +56,12 @@ pub fn split(entries: &[Entry], max: u64) -> Vec<Vec<Entry>> {
 }
 
 /// Shard `k` (from 0) of `n`'s file name.
-pub fn file_name(k: usize, n: usize) -> String {
+pub(crate) fn file_name(k: usize, n: usize) -> String {
     format!("model-{:05}-of-{:05}.safetensors", k + 1, n)
 }
 
 /// `model.safetensors.index.json` as transformers writes it: sorted keys, indent 2, a newline.
-pub fn index(plan: &Plan, shards: &[Vec<Entry>]) -> Result<String> {
+pub(crate) fn index(plan: &Plan, shards: &[Vec<Entry>]) -> Result<String> {
     let mut map = serde_json::Map::new();
     for (k, s) in shards.iter().enumerate() {
         for e in s {

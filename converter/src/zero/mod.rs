@@ -249,7 +249,6 @@ fn group(
     let stored: u64 = flats.iter().map(|f| f.len).sum();
     Ok(Group {
         flats,
-        used,
         padding: stored.saturating_sub(numel),
     })
 }

@@ -72,8 +72,6 @@ pub struct Flat {
 pub struct Group {
     /// Per dp rank.
     pub flats: Vec<Flat>,
-    /// Elements the parameters (and their alignment paddings) use, per rank for stage 3.
-    pub used: u64,
     /// Elements left over (the group's padding as stored), summed over ranks.
     pub padding: u64,
 }
@@ -324,11 +322,7 @@ mod tests {
         Partitions {
             packing,
             params: Vec::new(),
-            groups: vec![Group {
-                flats,
-                used: 0,
-                padding: 0,
-            }],
+            groups: vec![Group { flats, padding: 0 }],
         }
     }
 
