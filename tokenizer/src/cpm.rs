@@ -5,7 +5,8 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::pre_tokenizer::{jieba, Input};
-use crate::{decoder, pipeline, pre_tokenizer, SpModel};
+use crate::sentencepiece::SpModel;
+use crate::{decoder, pipeline, pre_tokenizer};
 
 /// Bounds on what one text may hold at once in [`CpmTokenizer::encode_each`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +95,7 @@ impl CpmTokenizer {
         }
         pipeline::encode(
             self.jieba,
-            &self.model,
+            (&self.model.parsed, &self.model.search),
             text,
             hmm,
             limits.max_window_bytes,

@@ -3,8 +3,8 @@
 //! space deleted, `▂` → space, `▃` → newline).
 
 use crate::error::{Error, Result};
+use crate::spm::PieceType;
 use crate::spm::{Parsed, Piece};
-use crate::PieceType;
 
 /// The piece of `id`; an id outside the vocabulary is an error.
 fn piece(m: &Parsed, id: u32) -> Result<&Piece> {

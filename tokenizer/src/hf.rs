@@ -2,7 +2,7 @@
 //! jieba-joined string), built and serialized by the `tokenizers` crate itself.
 //!
 //! Normalizer: a sequence of the model's own `precompiled_charsmap` (validated in
-//! [`crate::normalizer::charsmap`] before `tokenizers` parses it), `" {2,}"` → `" "` and a strip of spaces
+//! [`crate::charsmap`] before `tokenizers` parses it), `" {2,}"` → `" "` and a strip of spaces
 //! (sentencepiece's `remove_extra_whitespaces`); pre-tokenizer `Metaspace("▁", prepend_scheme
 //! "always", split false)`; model `Unigram` with every piece and its score; decoder `Metaspace`.
 //! Differences from sentencepiece that this format cannot express, none of which the CPM
@@ -20,18 +20,18 @@ use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
-use crate::SpModel;
+use crate::spm::Parsed;
 
 fn err(e: impl std::fmt::Display) -> Error {
     Error::TokenizerJson(e.to_string())
 }
 
-fn normalizer(model: &SpModel) -> Result<Option<NormalizerWrapper>> {
-    let spec = &model.parsed.normalizer;
+fn normalizer(parsed: &Parsed, bytes: &[u8]) -> Result<Option<NormalizerWrapper>> {
+    let spec = &parsed.normalizer;
     let mut parts: Vec<NormalizerWrapper> = Vec::new();
     if spec.charsmap.is_some() {
-        let blob = precompiled_blob(model.bytes())
-            .ok_or_else(|| err("precompiled_charsmap not found again"))?;
+        let blob =
+            precompiled_blob(bytes).ok_or_else(|| err("precompiled_charsmap not found again"))?;
         parts.push(Precompiled::from(&blob).map_err(err)?.into());
     }
     if spec.remove_extra_whitespaces {
@@ -66,19 +66,19 @@ fn precompiled_blob(bytes: &[u8]) -> Option<Vec<u8>> {
     <M as prost::Message>::decode(bytes).ok()?.n?.charsmap
 }
 
-pub(crate) fn tokenizer_json(model: &SpModel) -> Result<String> {
-    let vocab: Vec<(String, f64)> = model
-        .parsed
+/// `parsed` is the validated form of the `.model` file `bytes`.
+pub(crate) fn tokenizer_json(parsed: &Parsed, bytes: &[u8]) -> Result<String> {
+    let vocab: Vec<(String, f64)> = parsed
         .pieces
         .iter()
         .map(|p| (p.text.clone(), f64::from(p.score)))
         .collect();
-    let unigram = Unigram::from(vocab, Some(model.unk_id() as usize), false).map_err(err)?;
+    let unigram = Unigram::from(vocab, Some(parsed.unk_id as usize), false).map_err(err)?;
     let mut tok = Tokenizer::new(unigram);
-    if let Some(n) = normalizer(model)? {
+    if let Some(n) = normalizer(parsed, bytes)? {
         tok.with_normalizer(Some(n)).map_err(err)?;
     }
-    let spec = &model.parsed.normalizer;
+    let spec = &parsed.normalizer;
     let scheme = if spec.add_dummy_prefix {
         PrependScheme::Always
     } else {

@@ -20,8 +20,8 @@ const CHUNK: usize = 64 << 10;
 /// the model ([`Pipe`]); ids go to `emit` as they become final.
 #[cfg(feature = "jieba")]
 pub(crate) fn encode(
-    segmenter: &crate::jieba::Segmenter,
-    model: &crate::SpModel,
+    segmenter: &crate::pre_tokenizer::jieba::Segmenter,
+    model: (&Parsed, &Search),
     text: &str,
     hmm: bool,
     max_window: usize,
@@ -29,7 +29,7 @@ pub(crate) fn encode(
 ) -> Result<(), String> {
     use crate::pre_tokenizer::Input;
     // jieba's joining spaces and ▂/▃ make sentencepiece's input up to ~2x the text.
-    let mut pipe = model.pipe(max_window, text.len() * 2);
+    let mut pipe = Pipe::new(model.0, model.1, max_window, text.len() * 2);
     let mut failed = Ok(());
     crate::pre_tokenizer::pre_tokenize(segmenter, text, hmm, |input| {
         if failed.is_ok() {

@@ -14,14 +14,30 @@
 //! - a normalizer name other than sentencepiece's built-in ones (the rules a model runs are its
 //!   own `precompiled_charsmap`, never a built-in table: see `normalizer`);
 //! - empty, duplicate or missing pieces, non-finite scores, unknown piece types, not exactly one
-//!   UNKNOWN piece, a charsmap that does not parse and validate (`normalizer::charsmap`).
+//!   UNKNOWN piece, a charsmap that does not parse and validate (`charsmap`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// The type sentencepiece gives a piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceType {
+    /// Found by the unigram search.
+    Normal,
+    /// `<unk>`.
+    Unknown,
+    /// Never matched in text (`<s>`, `<sep>`, ...).
+    Control,
+    /// Matched whole in text before the unigram search.
+    UserDefined,
+    /// Reserved, never produced.
+    Unused,
+    /// A byte-fallback piece `<0xNN>` (models with them are refused).
+    Byte,
+}
+
+use crate::charsmap::Charsmap;
 use crate::error::{Error, Result};
-use crate::normalizer::charsmap::Charsmap;
-use crate::PieceType;
 
 /// The largest `.model` file accepted (real ones are 0.2–5 MB).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;

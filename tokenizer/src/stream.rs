@@ -15,8 +15,8 @@
 
 use std::io::{BufRead, Write};
 
+use crate::cpm::{CpmTokenizer, Limits};
 use crate::error::{Error, Result};
-use crate::CpmTokenizer;
 
 /// Most lines in one batch.
 pub const BATCH_LINES: usize = 4096;
@@ -25,7 +25,7 @@ pub const BATCH_BYTES: usize = 4 << 20;
 /// Lines longer than this are encoded alone, their output written as it is produced.
 pub const LONG_LINE: usize = 1 << 20;
 /// What one line may hold at once, beyond itself.
-pub const LIMITS: crate::Limits = crate::Limits {
+pub const LIMITS: Limits = Limits {
     max_block_bytes: 4 << 20,
     max_window_bytes: 8 << 20,
 };

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use crate::spm::Piece;
-use crate::PieceType;
+use crate::spm::PieceType;
 
 /// The longest piece (in characters) looked up by hash.
 const SHORT_CHARS: usize = 63;

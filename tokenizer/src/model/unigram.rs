@@ -40,7 +40,7 @@
 
 use super::prefix::Matcher;
 use crate::spm::Parsed;
-use crate::PieceType;
+use crate::spm::PieceType;
 
 /// What the search needs beyond the parsed model, computed once.
 pub(crate) struct Search {

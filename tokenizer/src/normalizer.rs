@@ -10,14 +10,12 @@
 //! A position is normalized once the text after it is long enough for the longest possible
 //! match (a USER_DEFINED piece or a charsmap key); trailing spaces are held back until
 //! something else follows or the text ends. The output is at most
-//! [`charsmap::MAX_EXPANSION`] times the input (3 bytes per space when escaped), plus 3.
+//! [`crate::charsmap::MAX_EXPANSION`] times the input (3 bytes per space when escaped), plus 3.
 
-pub(crate) mod charsmap;
-
+use crate::charsmap::MAX_KEY_BYTES;
 use crate::model::Search;
 use crate::spm::Parsed;
-use crate::PieceType;
-use charsmap::MAX_KEY_BYTES;
+use crate::spm::PieceType;
 
 const SPACE: &str = "\u{2581}";
 
