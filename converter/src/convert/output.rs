@@ -123,9 +123,18 @@ fn write_model(
                 return Err(Error::Interrupted);
             }
             let spans = src.spans(e)?;
-            let parts = src.read(e, &spans)?;
             let names = src.part_names(e);
-            let merged = merge::tensor(e, parts, &names, opts.strict, &mut |n| sink.buffer(n))?;
+            let alloc = &mut |n| sink.buffer(n);
+            // One part (a global tensor) is read as the pieces it is stored in, uncopied.
+            let merged = match (&e.sources[..], &spans[..]) {
+                ([p], [s]) => {
+                    let file = &src.ranks[p.rank].file;
+                    file.prefetch(s);
+                    let pieces = file.read_pieces(&e.source, &p.tensor, s)?;
+                    merge::tensor_pieces(e, pieces, &names, opts.strict, alloc)?
+                }
+                _ => merge::tensor(e, src.read(e, &spans)?, &names, opts.strict, alloc)?,
+            };
             if merged.non_finite > 0 {
                 log.warn(non_finite_warning(e, merged.non_finite));
             }
@@ -136,10 +145,11 @@ fn write_model(
             let pages: Vec<_> = e
                 .sources
                 .iter()
-                .map(|p| src.ranks[p.rank].file.pages())
+                .zip(&spans)
+                .flat_map(|(p, s)| src.ranks[p.rank].file.pages_for(&e.source, &p.tensor, s))
                 .collect();
             sink.after_written(Box::new(move || {
-                pages.iter().zip(&spans).for_each(|(p, s)| p.release(s))
+                pages.iter().for_each(|(p, s)| p.release(s))
             }))?;
             log.progress.advance(e.nbytes());
         }

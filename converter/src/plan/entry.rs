@@ -249,11 +249,18 @@ fn same_bytes(
     (fb, nb, tb): (&TorchFile, &str, &TensorRef),
     block: u64,
 ) -> Result<bool> {
+    let whole = || -> Result<bool> {
+        let (sa, sb) = (fa.span(na, ta)?, fb.span(nb, tb)?);
+        let same = fa.read_at(na, ta, &sa)? == fb.read_at(nb, tb, &sb)?;
+        fa.release_for(na, ta, &sa);
+        fb.release_for(nb, tb, &sb);
+        Ok(same)
+    };
     let (Some(da), Some(db)) = (fa.dcp(), fb.dcp()) else {
-        return Ok(fa.read(na, ta)? == fb.read(nb, tb)?);
+        return whole();
     };
     if !ta.is_contiguous() || !tb.is_contiguous() {
-        return Ok(fa.read(na, ta)? == fb.read(nb, tb)?);
+        return whole();
     }
     // Contiguous: the span's bytes are the tensor's (as TorchFile::read_at takes them).
     let (sa, sb) = (da.span(na, ta)?, db.span(nb, tb)?);
@@ -266,8 +273,18 @@ fn same_bytes(
     let mut at = 0;
     while at < n {
         let len = step.min(n - at);
-        let a = da.read_span(na, &(sa.start + at..sa.start + at + len))?;
-        if a != db.read_span(nb, &(sb.start + at..sb.start + at + len))? {
+        let (ra, rb) = (
+            sa.start + at..sa.start + at + len,
+            sb.start + at..sb.start + at + len,
+        );
+        let same = da.read_span(na, &ra)? == db.read_span(nb, &rb)?;
+        // Lent blocks are compared in place; drop their pages as assembled ones are.
+        let lent = da
+            .pages_span(na, &ra)
+            .into_iter()
+            .chain(db.pages_span(nb, &rb));
+        lent.for_each(|(p, r)| p.release(&r));
+        if !same {
             return Ok(false);
         }
         at += len;
