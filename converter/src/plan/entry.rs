@@ -17,11 +17,14 @@ pub struct Planned {
     pub tied_copies: Vec<String>,
 }
 
-/// Every matched source as an entry (in file order), a check, or a dropped tied copy.
+/// Every matched source as an entry (in file order), a check, or a dropped tied copy. Without
+/// `read_copies` a tied head of the embedding's dtype and shape is taken for a copy unread
+/// (enough to tell whether a family fits: either way the model's structure is the same).
 pub fn plan_all(
     ranks: &[Rank],
     mapping: &Mapping,
     matched: &[Matched],
+    read_copies: bool,
     qkv: Option<Split>,
     out: OutDtype,
 ) -> Result<Planned> {
@@ -47,7 +50,7 @@ pub fn plan_all(
             continue;
         }
         if let Some(of) = &rule.tied_to {
-            if is_copy(ranks, mapping, matched, m, of)? {
+            if is_copy(ranks, mapping, matched, m, of, read_copies)? {
                 tied_copies.push(m.name.clone());
                 continue;
             }
@@ -199,13 +202,15 @@ fn check_sources(ranks: &[Rank], name: &str, parts: &[Part]) -> Result<()> {
 }
 
 /// Whether `m` (an output head saved although tied) is a copy of the tensor written as `of`:
-/// on every rank it shares that tensor's storage, or holds the same bytes.
+/// on every rank it shares that tensor's storage, or holds the same bytes (compared only with
+/// `read`; without, one of the same dtype and shape is taken for a copy).
 fn is_copy(
     ranks: &[Rank],
     mapping: &Mapping,
     matched: &[Matched],
     m: &Matched,
     of: &str,
+    read: bool,
 ) -> Result<bool> {
     let Some(other) = matched
         .iter()
@@ -225,7 +230,7 @@ fn is_copy(
             && ta.storage_key == tb.storage_key
             && ta.offset == tb.offset
             && ta.stride == tb.stride;
-        if shared {
+        if shared || !read {
             continue;
         }
         let fa = &ranks[a.rank].file;
