@@ -225,15 +225,28 @@ fn hash_chunks<'a>(
     releaser: Sender<Arc<AfterWritten<'a>>>,
 ) -> String {
     let mut h = Sha256::new();
+    let mut stage = vec![0u8; HASH_STAGE];
     for c in chunks {
         match c {
             // A send fails only once the releaser is gone; the marker is then dropped here.
             Chunk::Marker(m) => drop(releaser.send(m)),
-            c => h.update(c.bytes()),
+            c => {
+                for b in c.bytes().chunks(HASH_STAGE) {
+                    let staged = &mut stage[..b.len()];
+                    staged.copy_from_slice(b);
+                    h.update(staged);
+                }
+            }
         }
     }
     hex(&h.finalize())
 }
+
+/// Bytes staged in a buffer that stays in L1 before they are hashed. SHA-NI hashing straight
+/// out of a mapped input stalls on its loads (435 MB: 0.37 s of CPU here); a streaming copy,
+/// which the prefetchers keep fed, then hashing from L1 costs 0.26 s in all, as fast as
+/// hashing a buffer `read` filled.
+const HASH_STAGE: usize = 16 << 10;
 
 /// The writer thread: every chunk to `file` in order, then the buffer flushed (not synced).
 fn write_chunks(
