@@ -18,6 +18,9 @@ pub struct Merged<'a> {
     pub pieces: Vec<Cow<'a, [u8]>>,
     /// NaN/Inf values found in the source (kept as they are; `--strict` refuses them).
     pub non_finite: u64,
+    /// The pieces were not counted (`non_finite` is 0): the caller counts them as it passes
+    /// over them anyway (see [`tensor_pieces`]).
+    pub uncounted: bool,
 }
 
 /// Merge `e`'s parts (one per rank, row-major bytes in the source dtype), check them for NaN/Inf
@@ -37,18 +40,19 @@ pub fn tensor<'a>(
 /// [`tensor`] for a one-part tensor read as pieces to be taken in order (a DCP tensor's
 /// chunks): when its merge keeps the part's rows as they are (no transpose, no reordering),
 /// the pieces go on as they are, uncopied; otherwise they are joined and merged as one part.
+/// With `count_later`, pieces that go on as they are, in the source dtype and not `strict`, are
+/// left uncounted ([`Merged::uncounted`]): a caller that reads them anyway counts them then.
 pub fn tensor_pieces<'a>(
     e: &Entry,
     mut pieces: Vec<Cow<'a, [u8]>>,
     names: &[String],
-    strict: bool,
+    (strict, count_later): (bool, bool),
     alloc: &mut dyn FnMut(usize) -> Vec<u8>,
 ) -> Result<Merged<'a>> {
     let (rows, cols) = part_shape(e)?;
     let row = cols * e.source_dtype.size();
     let identity = !e.zeros
         && !e.transpose
-        && pieces.len() > 1
         && blocks(e, 1, rows, cols)?
             .iter()
             .all(|b| (b.rank, b.src_row, b.rows, b.dst_row, b.dst_col) == (0, 0, rows, 0, 0));
@@ -72,6 +76,13 @@ pub fn tensor_pieces<'a>(
         Some(n) => cut(pieces, n as usize * row),
         None => pieces,
     };
+    if count_later && !strict && e.dtype == e.source_dtype {
+        return Ok(Merged {
+            pieces,
+            non_finite: 0,
+            uncounted: true,
+        });
+    }
     finish(e, pieces, None, strict)
 }
 
@@ -100,7 +111,11 @@ fn finish<'a>(
         ));
     }
     if e.dtype == e.source_dtype {
-        return Ok(Merged { pieces, non_finite });
+        return Ok(Merged {
+            pieces,
+            non_finite,
+            uncounted: false,
+        });
     }
     let pieces = pieces
         .iter()
@@ -122,7 +137,11 @@ fn finish<'a>(
                 })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Merged { pieces, non_finite })
+    Ok(Merged {
+        pieces,
+        non_finite,
+        uncounted: false,
+    })
 }
 
 /// Whether two piece lists hold the same bytes, compared without joining them.

@@ -2,6 +2,8 @@
 //! config.json, the tokenizer's files, SHA256SUMS; or a model-parallel layout's rank files.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::{Log, Options, Prepared};
 use crate::error::{Error, Result};
@@ -116,6 +118,8 @@ fn write_model(
         log.progress.begin(plan.total_bytes());
     }
     let path = dir.join(name);
+    // Tensors whose NaN/Inf the hasher counts as it hashes them (the data in cache then).
+    let mut counted = Vec::new();
     let (sha256, bytes) = write::stream_model(&path, |sink| {
         sink.put(header.into())?;
         for e in &plan.entries {
@@ -131,15 +135,23 @@ fn write_model(
                     let file = &src.ranks[p.rank].file;
                     file.prefetch(s);
                     let pieces = file.read_pieces(&e.source, &p.tensor, s)?;
-                    merge::tensor_pieces(e, pieces, &names, opts.strict, alloc)?
+                    merge::tensor_pieces(e, pieces, &names, (opts.strict, true), alloc)?
                 }
                 _ => merge::tensor(e, src.read(e, &spans)?, &names, opts.strict, alloc)?,
             };
             if merged.non_finite > 0 {
                 log.warn(non_finite_warning(e, merged.non_finite));
             }
+            if merged.uncounted {
+                let counter = Arc::new(AtomicU64::new(0));
+                sink.count(Some((e.source_dtype, counter.clone())))?;
+                counted.push((e, counter));
+            }
             for piece in merged.pieces {
                 sink.put(piece)?;
+            }
+            if merged.uncounted {
+                sink.count(None)?;
             }
             // Drop our view of the source pages once the writer and the hasher are past them.
             let pages: Vec<_> = e
@@ -155,6 +167,12 @@ fn write_model(
         }
         src.check_copies(plan)
     })?;
+    for (e, counter) in counted {
+        let n = counter.load(Ordering::Relaxed);
+        if n > 0 {
+            log.warn(non_finite_warning(e, n));
+        }
+    }
     Ok(OutputFile {
         name: name.into(),
         bytes,
