@@ -58,6 +58,9 @@ pub struct Dcp {
 /// and the byte range of its item there.
 pub type Described = (String, Vec<u64>, Vec<(Chunk, String, Range<u64>)>);
 
+/// Bytes lent from a data file's map: the bytes, the map's pages, the file range they lie at.
+type Lent<'a> = (&'a [u8], Pages<'a>, Range<u64>);
+
 /// What [`open`] gives a [`TorchFile`](crate::TorchFile).
 pub struct Opened {
     /// The object tree: `fqn -> tensor`, plus the common dict's entries.
@@ -312,11 +315,7 @@ impl Dcp {
     /// its row-major bytes (a chunk of whole rows, as FSDP and tensor parallelism along the
     /// first dimension store them), with the file's pages and the byte range they lie at.
     /// `None` where no chunk does, or the chunk's item is stored strided.
-    fn lend(
-        &self,
-        name: &str,
-        span: &Range<u64>,
-    ) -> Result<Option<(&[u8], Pages<'_>, Range<u64>)>> {
+    fn lend(&self, name: &str, span: &Range<u64>) -> Result<Option<Lent<'_>>> {
         let s = self.stored(name, span)?;
         let es = s.t.dtype.size() as u64;
         let (a, b) = ((span.start - s.start) / es, (span.end - s.start) / es);
