@@ -18,6 +18,9 @@ pub struct Merged<'a> {
     pub pieces: Vec<Cow<'a, [u8]>>,
     /// NaN/Inf values found in the source (kept as they are; `--strict` refuses them).
     pub non_finite: u64,
+    /// The pieces were not counted (`non_finite` is 0): the caller counts them as it passes
+    /// over them anyway (see [`tensor_pieces`]).
+    pub uncounted: bool,
 }
 
 /// Merge `e`'s parts (one per rank, row-major bytes in the source dtype), check them for NaN/Inf
@@ -31,6 +34,66 @@ pub fn tensor<'a>(
     alloc: &mut dyn FnMut(usize) -> Vec<u8>,
 ) -> Result<Merged<'a>> {
     let (pieces, counted) = merge_counting(e, parts, names, alloc)?;
+    finish(e, pieces, counted, strict)
+}
+
+/// [`tensor`] for a one-part tensor read as pieces to be taken in order (a DCP tensor's
+/// chunks): when its merge keeps the part's rows as they are (no transpose, no reordering),
+/// the pieces go on as they are, uncopied; otherwise they are joined and merged as one part.
+/// With `count_later`, pieces that go on as they are, in the source dtype and not `strict`, are
+/// left uncounted ([`Merged::uncounted`]): a caller that reads them anyway counts them then.
+pub fn tensor_pieces<'a>(
+    e: &Entry,
+    mut pieces: Vec<Cow<'a, [u8]>>,
+    names: &[String],
+    (strict, count_later): (bool, bool),
+    alloc: &mut dyn FnMut(usize) -> Vec<u8>,
+) -> Result<Merged<'a>> {
+    let (rows, cols) = part_shape(e)?;
+    let row = cols * e.source_dtype.size();
+    let identity = !e.zeros
+        && !e.transpose
+        && blocks(e, 1, rows, cols)?
+            .iter()
+            .all(|b| (b.rank, b.src_row, b.rows, b.dst_row, b.dst_col) == (0, 0, rows, 0, 0));
+    if !identity {
+        let part = match pieces.len() {
+            1 => pieces.swap_remove(0),
+            _ => Cow::Owned(pieces.concat()),
+        };
+        return tensor(e, vec![part], names, strict, alloc);
+    }
+    let bytes: usize = pieces.iter().map(|p| p.len()).sum();
+    if bytes != rows * row {
+        return Err(Error::merge(format!(
+            "tensor `{}` ({}): {bytes} bytes, expected {}",
+            e.source,
+            names.first().map_or("", |n| n.as_str()),
+            rows * row
+        )));
+    }
+    let pieces = match e.keep_rows {
+        Some(n) => cut(pieces, n as usize * row),
+        None => pieces,
+    };
+    if count_later && !strict && e.dtype == e.source_dtype {
+        return Ok(Merged {
+            pieces,
+            non_finite: 0,
+            uncounted: true,
+        });
+    }
+    finish(e, pieces, None, strict)
+}
+
+/// Count NaN/Inf (unless the merge `counted` them), refuse them when `strict`, cast to the
+/// output dtype.
+fn finish<'a>(
+    e: &Entry,
+    pieces: Vec<Cow<'a, [u8]>>,
+    counted: Option<u64>,
+    strict: bool,
+) -> Result<Merged<'a>> {
     // A transpose counts on the way; other merges are counted here.
     let non_finite = counted.unwrap_or_else(|| {
         pieces
@@ -48,7 +111,11 @@ pub fn tensor<'a>(
         ));
     }
     if e.dtype == e.source_dtype {
-        return Ok(Merged { pieces, non_finite });
+        return Ok(Merged {
+            pieces,
+            non_finite,
+            uncounted: false,
+        });
     }
     let pieces = pieces
         .iter()
@@ -70,7 +137,11 @@ pub fn tensor<'a>(
                 })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Merged { pieces, non_finite })
+    Ok(Merged {
+        pieces,
+        non_finite,
+        uncounted: false,
+    })
 }
 
 /// Whether two piece lists hold the same bytes, compared without joining them.
@@ -245,16 +316,7 @@ fn exponent_mask(dtype: Dtype) -> u64 {
 /// Every part holds exactly one rank's share (the plan checked the shapes; this checks the
 /// bytes read). Returns the part's rows and columns (1-D is one column).
 fn check_parts(e: &Entry, parts: &[Cow<'_, [u8]>], names: &[String]) -> Result<(usize, usize)> {
-    let (rows, cols) = match e.rank_shapes[0].as_slice() {
-        [n] => (*n as usize, 1),
-        [r, c] => (*r as usize, *c as usize),
-        other => {
-            return Err(Error::internal(format!(
-                "tensor `{}`: the plan admitted shape {other:?}",
-                e.source
-            )))
-        }
-    };
+    let (rows, cols) = part_shape(e)?;
     let part_bytes = rows * cols * e.source_dtype.size();
     for (r, p) in parts.iter().enumerate() {
         if p.len() != part_bytes {
@@ -267,6 +329,18 @@ fn check_parts(e: &Entry, parts: &[Cow<'_, [u8]>], names: &[String]) -> Result<(
         }
     }
     Ok((rows, cols))
+}
+
+/// One part's rows and columns (1-D is one column), as the plan admitted them.
+fn part_shape(e: &Entry) -> Result<(usize, usize)> {
+    match e.rank_shapes[0].as_slice() {
+        [n] => Ok((*n as usize, 1)),
+        [r, c] => Ok((*r as usize, *c as usize)),
+        other => Err(Error::internal(format!(
+            "tensor `{}`: the plan admitted shape {other:?}",
+            e.source
+        ))),
+    }
 }
 
 /// A replicated tensor is taken once, so every rank must hold the same bits.

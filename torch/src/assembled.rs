@@ -12,9 +12,11 @@
 //! write any element range of the row-major global tensor from the chunks it touches alone.
 //! Where a chunk's bytes are is the caller's business: [`Chunk::source`] indexes its own table.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::error::Result;
+use crate::pages::Pages;
 use crate::tensor::{Dtype, TensorRef};
 
 /// Tensors a [`TorchFile`](crate::TorchFile) stands for whose bytes lie elsewhere, in pieces.
@@ -24,9 +26,19 @@ pub trait Assembled {
     fn holds(&self, key: &str) -> bool;
     /// Check that every piece of `t` lies inside its file.
     fn check(&self, name: &str, t: &TensorRef) -> Result<()>;
-    /// `t`'s elements in row-major order, gathered from its pieces (whose pages are released
-    /// once copied).
-    fn read(&self, name: &str, t: &TensorRef) -> Result<Vec<u8>>;
+    /// `t`'s elements in row-major order: borrowed from a map when one piece holds them whole
+    /// (release its pages with [`Assembled::pages`] once done), else gathered from the pieces
+    /// (whose pages are released once copied).
+    fn read(&self, name: &str, t: &TensorRef) -> Result<Cow<'_, [u8]>>;
+    /// `t`'s elements in row-major order as pieces to be taken one after the other: each
+    /// piece's bytes lent from a map where they lie whole (a DCP chunk of whole rows), so a
+    /// caller that can work on pieces need not join them. By default the one [`Assembled::read`].
+    fn read_pieces(&self, name: &str, t: &TensorRef) -> Result<Vec<Cow<'_, [u8]>>> {
+        self.read(name, t).map(|b| vec![b])
+    }
+    /// The mapped byte ranges a read of `t` lends, for the caller to release once done with
+    /// them (ranges a read copied may be among them: releasing those again is harmless).
+    fn pages(&self, name: &str, t: &TensorRef) -> Vec<(Pages<'_>, Range<u64>)>;
     /// For reports that know the concrete kind.
     fn as_any(&self) -> &dyn std::any::Any;
 }

@@ -165,7 +165,7 @@ impl TorchFile {
     /// contiguous (the usual case), gathered otherwise.
     pub fn read(&self, name: &str, t: &TensorRef) -> Result<Cow<'_, [u8]>> {
         if let Some(a) = self.assembled_for(t) {
-            return a.read(name, t).map(Cow::Owned);
+            return a.read(name, t);
         }
         let span = self.span(name, t)?;
         self.read_at(name, t, &span)
@@ -174,30 +174,57 @@ impl TorchFile {
     /// [`TorchFile::read`] for a span already computed by [`TorchFile::span`] for this tensor.
     pub fn read_at(&self, name: &str, t: &TensorRef, span: &Range<u64>) -> Result<Cow<'_, [u8]>> {
         if let Some(a) = self.assembled_for(t) {
-            return a.read(name, t).map(Cow::Owned);
+            return a.read(name, t);
         }
         read_span(&self.map, &self.path, name, t, span)
+    }
+
+    /// [`TorchFile::read_at`] as pieces to be taken in order: an assembled tensor's pieces lent
+    /// where each lies whole (see [`Assembled::read_pieces`]), else the one read.
+    pub fn read_pieces(
+        &self,
+        name: &str,
+        t: &TensorRef,
+        span: &Range<u64>,
+    ) -> Result<Vec<Cow<'_, [u8]>>> {
+        if let Some(a) = self.assembled_for(t) {
+            return a.read_pieces(name, t);
+        }
+        self.read_at(name, t, span).map(|b| vec![b])
     }
 
     /// Map these pages in one system call before they are read: cheaper than a page fault per
     /// 64 KiB. Best effort (MADV_POPULATE_READ needs Linux 5.14).
     pub fn prefetch(&self, span: &Range<u64>) {
         // An assembled tensor's span is empty: its pieces are read (and released) elsewhere.
-        if span.is_empty() {
-            return;
-        }
-        let page = 4096u64;
-        let start = span.start / page * page;
-        let len = (span.end - start) as usize;
-        #[cfg(target_os = "linux")]
-        let _ = self
-            .map
-            .advise_range(memmap2::Advice::PopulateRead, start as usize, len);
+        self.pages().prefetch(span)
     }
 
     /// Tell the kernel we are done with these pages (see [`Pages::release`]).
     pub fn release(&self, span: &Range<u64>) {
         self.pages().release(span)
+    }
+
+    /// The mapped pages a read of `t` (at `span`, from [`TorchFile::span`]) uses, to release
+    /// once done with its bytes: its span of this file, or the pieces an assembled tensor lends
+    /// from other files.
+    pub fn pages_for(
+        &self,
+        name: &str,
+        t: &TensorRef,
+        span: &Range<u64>,
+    ) -> Vec<(Pages<'_>, Range<u64>)> {
+        match self.assembled_for(t) {
+            Some(a) => a.pages(name, t),
+            None => vec![(self.pages(), span.clone())],
+        }
+    }
+
+    /// Release the pages a read of `t` used (see [`TorchFile::pages_for`]).
+    pub fn release_for(&self, name: &str, t: &TensorRef, span: &Range<u64>) {
+        for (p, r) in self.pages_for(name, t, span) {
+            p.release(&r);
+        }
     }
 
     /// A handle on the file's mapped bytes that another thread may use to release pages (the

@@ -9,6 +9,21 @@ use memmap2::Mmap;
 pub struct Pages<'a>(pub(crate) &'a Mmap);
 
 impl Pages<'_> {
+    /// Map these pages in one system call before they are read: cheaper than a page fault per
+    /// 64 KiB. Best effort (MADV_POPULATE_READ needs Linux 5.14).
+    pub fn prefetch(&self, span: &Range<u64>) {
+        if span.is_empty() {
+            return;
+        }
+        let page = 4096u64;
+        let start = span.start / page * page;
+        let len = (span.end - start) as usize;
+        #[cfg(target_os = "linux")]
+        let _ = self
+            .0
+            .advise_range(memmap2::Advice::PopulateRead, start as usize, len);
+    }
+
     /// Tell the kernel we are done with these pages, so a long conversion's resident set does
     /// not grow with the model (the page cache keeps them if memory allows).
     pub fn release(&self, span: &Range<u64>) {

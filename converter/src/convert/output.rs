@@ -2,6 +2,8 @@
 //! config.json, the tokenizer's files, SHA256SUMS; or a model-parallel layout's rank files.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::{Log, Options, Prepared};
 use crate::error::{Error, Result};
@@ -116,6 +118,8 @@ fn write_model(
         log.progress.begin(plan.total_bytes());
     }
     let path = dir.join(name);
+    // Tensors whose NaN/Inf the hasher counts as it hashes them (the data in cache then).
+    let mut counted = Vec::new();
     let (sha256, bytes) = write::stream_model(&path, |sink| {
         sink.put(header.into())?;
         for e in &plan.entries {
@@ -123,28 +127,52 @@ fn write_model(
                 return Err(Error::Interrupted);
             }
             let spans = src.spans(e)?;
-            let parts = src.read(e, &spans)?;
             let names = src.part_names(e);
-            let merged = merge::tensor(e, parts, &names, opts.strict, &mut |n| sink.buffer(n))?;
+            let alloc = &mut |n| sink.buffer(n);
+            // One part (a global tensor) is read as the pieces it is stored in, uncopied.
+            let merged = match (&e.sources[..], &spans[..]) {
+                ([p], [s]) => {
+                    let file = &src.ranks[p.rank].file;
+                    file.prefetch(s);
+                    let pieces = file.read_pieces(&e.source, &p.tensor, s)?;
+                    merge::tensor_pieces(e, pieces, &names, (opts.strict, true), alloc)?
+                }
+                _ => merge::tensor(e, src.read(e, &spans)?, &names, opts.strict, alloc)?,
+            };
             if merged.non_finite > 0 {
                 log.warn(non_finite_warning(e, merged.non_finite));
             }
+            if merged.uncounted {
+                let counter = Arc::new(AtomicU64::new(0));
+                sink.count(Some((e.source_dtype, counter.clone())))?;
+                counted.push((e, counter));
+            }
             for piece in merged.pieces {
                 sink.put(piece)?;
+            }
+            if merged.uncounted {
+                sink.count(None)?;
             }
             // Drop our view of the source pages once the writer and the hasher are past them.
             let pages: Vec<_> = e
                 .sources
                 .iter()
-                .map(|p| src.ranks[p.rank].file.pages())
+                .zip(&spans)
+                .flat_map(|(p, s)| src.ranks[p.rank].file.pages_for(&e.source, &p.tensor, s))
                 .collect();
             sink.after_written(Box::new(move || {
-                pages.iter().zip(&spans).for_each(|(p, s)| p.release(s))
+                pages.iter().for_each(|(p, s)| p.release(s))
             }))?;
             log.progress.advance(e.nbytes());
         }
         src.check_copies(plan)
     })?;
+    for (e, counter) in counted {
+        let n = counter.load(Ordering::Relaxed);
+        if n > 0 {
+            log.warn(non_finite_warning(e, n));
+        }
+    }
     Ok(OutputFile {
         name: name.into(),
         bytes,

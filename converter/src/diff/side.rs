@@ -178,28 +178,30 @@ pub(super) fn merge_with<'a>(
     crate::merge::merge(e, parts, names, &mut alloc)
 }
 
-/// Byte spans read, with the index of the rank file each lies in.
-type Spans = Vec<(usize, Range<u64>)>;
+/// The mapped pages read, to release afterwards.
+type Spans<'a> = Vec<(cpm_torch::Pages<'a>, Range<u64>)>;
 
 /// Drop our view of these pages (the page cache keeps them if memory allows).
-fn release(src: &Source, spans: &Spans) {
-    for (r, s) in spans {
-        if let Some(rank) = src.ranks.get(*r) {
-            rank.file.release(s);
-        }
+fn release(spans: &Spans) {
+    for (p, s) in spans {
+        p.release(s);
     }
 }
 
 impl Side {
     /// The item's parts (one per tensor-parallel rank for a canonical tensor, one for a stored
     /// one), as stored, and the spans to release afterwards.
-    pub(super) fn parts(&self, item: &Item) -> Result<(Vec<Cow<'_, [u8]>>, Spans)> {
+    pub(super) fn parts(&self, item: &Item) -> Result<(Vec<Cow<'_, [u8]>>, Spans<'_>)> {
         match &item.how {
             How::Planned(e) => {
                 let spans = self.src.spans(e)?;
                 let parts = self.src.read(e, &spans)?;
-                let ranks = e.sources.iter().map(|p| p.rank);
-                Ok((parts, ranks.zip(spans).collect()))
+                let pages = e.sources.iter().zip(&spans).flat_map(|(p, s)| {
+                    self.src.ranks[p.rank]
+                        .file
+                        .pages_for(&e.source, &p.tensor, s)
+                });
+                Ok((parts, pages.collect()))
             }
             How::Stored {
                 rank,
@@ -210,13 +212,13 @@ impl Side {
                 let span = file.span(source, tensor)?;
                 file.prefetch(&span);
                 let part = file.read_at(source, tensor, &span)?;
-                Ok((vec![part], vec![(*rank, span)]))
+                Ok((vec![part], file.pages_for(source, tensor, &span)))
             }
         }
     }
 
     pub(super) fn release(&self, spans: &Spans) {
-        release(&self.src, spans)
+        release(spans)
     }
 
     /// The tensor in canonical row-major order, in its stored dtype.

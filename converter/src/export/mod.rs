@@ -312,7 +312,9 @@ fn write_one(
         }
     }
     for (part, s) in e.sources.iter().zip(&spans) {
-        src.ranks[part.rank].file.release(s);
+        src.ranks[part.rank]
+            .file
+            .release_for(&e.source, &part.tensor, s);
     }
     Ok(())
 }

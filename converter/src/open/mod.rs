@@ -174,7 +174,7 @@ impl Source {
                 crate::merge::same_bytes(&merged(&c.entry, &copy_spans)?, &merged(of, &of_spans)?);
             for (e, spans) in [(&c.entry, &copy_spans), (of, &of_spans)] {
                 for (p, s) in e.sources.iter().zip(spans) {
-                    self.ranks[p.rank].file.release(s);
+                    self.ranks[p.rank].file.release_for(&e.source, &p.tensor, s);
                 }
             }
             if !same {

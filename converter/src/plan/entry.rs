@@ -17,11 +17,14 @@ pub struct Planned {
     pub tied_copies: Vec<String>,
 }
 
-/// Every matched source as an entry (in file order), a check, or a dropped tied copy.
+/// Every matched source as an entry (in file order), a check, or a dropped tied copy. Without
+/// `read_copies` a tied head of the embedding's dtype and shape is taken for a copy unread
+/// (enough to tell whether a family fits: either way the model's structure is the same).
 pub fn plan_all(
     ranks: &[Rank],
     mapping: &Mapping,
     matched: &[Matched],
+    read_copies: bool,
     qkv: Option<Split>,
     out: OutDtype,
 ) -> Result<Planned> {
@@ -47,7 +50,7 @@ pub fn plan_all(
             continue;
         }
         if let Some(of) = &rule.tied_to {
-            if is_copy(ranks, mapping, matched, m, of)? {
+            if is_copy(ranks, mapping, matched, m, of, read_copies)? {
                 tied_copies.push(m.name.clone());
                 continue;
             }
@@ -199,13 +202,15 @@ fn check_sources(ranks: &[Rank], name: &str, parts: &[Part]) -> Result<()> {
 }
 
 /// Whether `m` (an output head saved although tied) is a copy of the tensor written as `of`:
-/// on every rank it shares that tensor's storage, or holds the same bytes.
+/// on every rank it shares that tensor's storage, or holds the same bytes (compared only with
+/// `read`; without, one of the same dtype and shape is taken for a copy).
 fn is_copy(
     ranks: &[Rank],
     mapping: &Mapping,
     matched: &[Matched],
     m: &Matched,
     of: &str,
+    read: bool,
 ) -> Result<bool> {
     let Some(other) = matched
         .iter()
@@ -225,7 +230,7 @@ fn is_copy(
             && ta.storage_key == tb.storage_key
             && ta.offset == tb.offset
             && ta.stride == tb.stride;
-        if shared {
+        if shared || !read {
             continue;
         }
         let fa = &ranks[a.rank].file;
@@ -249,11 +254,18 @@ fn same_bytes(
     (fb, nb, tb): (&TorchFile, &str, &TensorRef),
     block: u64,
 ) -> Result<bool> {
+    let whole = || -> Result<bool> {
+        let (sa, sb) = (fa.span(na, ta)?, fb.span(nb, tb)?);
+        let same = fa.read_at(na, ta, &sa)? == fb.read_at(nb, tb, &sb)?;
+        fa.release_for(na, ta, &sa);
+        fb.release_for(nb, tb, &sb);
+        Ok(same)
+    };
     let (Some(da), Some(db)) = (fa.dcp(), fb.dcp()) else {
-        return Ok(fa.read(na, ta)? == fb.read(nb, tb)?);
+        return whole();
     };
     if !ta.is_contiguous() || !tb.is_contiguous() {
-        return Ok(fa.read(na, ta)? == fb.read(nb, tb)?);
+        return whole();
     }
     // Contiguous: the span's bytes are the tensor's (as TorchFile::read_at takes them).
     let (sa, sb) = (da.span(na, ta)?, db.span(nb, tb)?);
@@ -266,8 +278,18 @@ fn same_bytes(
     let mut at = 0;
     while at < n {
         let len = step.min(n - at);
-        let a = da.read_span(na, &(sa.start + at..sa.start + at + len))?;
-        if a != db.read_span(nb, &(sb.start + at..sb.start + at + len))? {
+        let (ra, rb) = (
+            sa.start + at..sa.start + at + len,
+            sb.start + at..sb.start + at + len,
+        );
+        let same = da.read_span(na, &ra)? == db.read_span(nb, &rb)?;
+        // Lent blocks are compared in place; drop their pages as assembled ones are.
+        let lent = da
+            .pages_span(na, &ra)
+            .into_iter()
+            .chain(db.pages_span(nb, &rb));
+        lent.for_each(|(p, r)| p.release(&r));
+        if !same {
             return Ok(false);
         }
         at += len;

@@ -189,7 +189,7 @@ pub(crate) fn build(
         layers,
         mut planned,
         sizes,
-    } = structure(ranks, mapping, out).map_err(Misfit::into_error)?;
+    } = structure(ranks, mapping, out, true).map_err(Misfit::into_error)?;
     let hidden = sizes.get("hidden")?;
     let rec = model::Recorded {
         root: &ranks[0].file.root,
@@ -264,6 +264,7 @@ fn structure(
     ranks: &[Rank],
     mapping: &Mapping,
     out: OutDtype,
+    read_copies: bool,
 ) -> std::result::Result<Structure, Misfit> {
     let grid = matching::Grid::of(ranks).map_err(Misfit::Names)?;
     let mut all = matching::match_rules(ranks, &grid, mapping).map_err(Misfit::Names)?;
@@ -278,7 +279,7 @@ fn structure(
         model::check_world_size(ranks, mapping, grid.tp)?;
         let qkv = model::qkv_split(ranks, mapping)?;
         let layers = matching::check_complete(ranks, mapping, &mut all)?;
-        let mut planned = entry::plan_all(ranks, mapping, &all.matched, qkv, out)?;
+        let mut planned = entry::plan_all(ranks, mapping, &all.matched, read_copies, qkv, out)?;
         let sizes = model::sizes(&mut planned.entries, &ranks[0].display, mapping)?;
         Ok((layers, planned, sizes))
     };
@@ -336,7 +337,8 @@ impl Misfit {
 /// Whether `mapping` describes these files: every weight matches a rule or is ignored, every
 /// tensor the mapping needs is there, the recorded world size holds, and the shapes form one
 /// model in the mapping's layout (nanoGPT and Hugging Face share names but not orientation).
-/// No head count is needed and no tensor data is read (but for a tied head's copy).
+/// No head count is needed and no tensor data is read (a tied head is compared with the
+/// embedding by [`build`], once).
 pub(crate) fn fits(ranks: &[Rank], mapping: &Mapping) -> std::result::Result<(), Misfit> {
-    structure(ranks, mapping, OutDtype::Keep).map(|_| ())
+    structure(ranks, mapping, OutDtype::Keep, false).map(|_| ())
 }

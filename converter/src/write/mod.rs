@@ -12,10 +12,14 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
+use cpm_torch::Dtype;
 use sha2::{Digest, Sha256};
+
+use crate::elements::count_non_finite;
 
 use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
@@ -64,6 +68,9 @@ pub(crate) enum Chunk<'a> {
     Borrowed(&'a [u8]),
     Shared(Arc<Vec<u8>>, Range<usize>),
     Marker(Arc<AfterWritten<'a>>),
+    /// To the hasher only: count the NaN/Inf elements (of this dtype) of the bytes that follow
+    /// into this counter, until the next `Count` (`None`: stop counting).
+    Count(Option<(Dtype, Arc<AtomicU64>)>),
 }
 
 impl Chunk<'_> {
@@ -71,7 +78,7 @@ impl Chunk<'_> {
         match self {
             Chunk::Borrowed(b) => b,
             Chunk::Shared(v, r) => &v[r.clone()],
-            Chunk::Marker(_) => &[],
+            Chunk::Marker(_) | Chunk::Count(_) => &[],
         }
     }
 }
@@ -166,6 +173,15 @@ impl<'a> Sink<'a> {
         self.send(Chunk::Marker(marker.clone()), Chunk::Marker(marker))
     }
 
+    /// Count the NaN/Inf elements of the bytes put from now on into `counter` (the hasher
+    /// counts them from the copy it hashes, in cache), until [`Sink::count`] is called again;
+    /// `None` stops counting. The count is complete once the stream is.
+    pub fn count(&mut self, what: Option<(Dtype, Arc<AtomicU64>)>) -> Result<()> {
+        self.to_hasher
+            .send(Chunk::Count(what))
+            .map_err(|_| Error::internal("the hashing thread stopped"))
+    }
+
     fn send(&self, w: Chunk<'a>, h: Chunk<'a>) -> Result<()> {
         // A closed channel means the consumer stopped on an error, which `stream_model` reports.
         self.to_writer
@@ -225,15 +241,37 @@ fn hash_chunks<'a>(
     releaser: Sender<Arc<AfterWritten<'a>>>,
 ) -> String {
     let mut h = Sha256::new();
+    let mut stage = vec![0u8; HASH_STAGE];
+    let mut counting = None;
     for c in chunks {
         match c {
             // A send fails only once the releaser is gone; the marker is then dropped here.
             Chunk::Marker(m) => drop(releaser.send(m)),
-            c => h.update(c.bytes()),
+            Chunk::Count(what) => counting = what,
+            c => {
+                let mut n = 0;
+                for b in c.bytes().chunks(HASH_STAGE) {
+                    let staged = &mut stage[..b.len()];
+                    staged.copy_from_slice(b);
+                    h.update(&*staged);
+                    if let Some((dtype, _)) = &counting {
+                        n += count_non_finite(staged, *dtype);
+                    }
+                }
+                if let Some((_, counter)) = &counting {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                }
+            }
         }
     }
     hex(&h.finalize())
 }
+
+/// Bytes staged in a buffer that stays in L1 before they are hashed. SHA-NI hashing straight
+/// out of a mapped input stalls on its loads (435 MB: 0.37 s of CPU here); a streaming copy,
+/// which the prefetchers keep fed, then hashing from L1 costs 0.26 s in all, as fast as
+/// hashing a buffer `read` filled.
+const HASH_STAGE: usize = 16 << 10;
 
 /// The writer thread: every chunk to `file` in order, then the buffer flushed (not synced).
 fn write_chunks(

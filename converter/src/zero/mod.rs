@@ -12,9 +12,11 @@ pub mod files;
 pub mod partition;
 pub mod report;
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::rc::Rc;
 
-use cpm_torch::{Assembled, TensorRef, TorchFile, Value};
+use cpm_torch::{Assembled, Pages, TensorRef, TorchFile, Value};
 
 use crate::checkpoint::weights::Rank;
 use crate::error::{Error, Result};
@@ -302,22 +304,43 @@ impl Assembled for Masters {
         Ok(())
     }
 
-    fn read(&self, name: &str, t: &TensorRef) -> cpm_torch::Result<Vec<u8>> {
+    /// Borrowed from the map when one run holds the parameter whole (all but the parameters
+    /// that straddle two ranks' partitions); those few are copied, their pages released.
+    fn read(&self, name: &str, t: &TensorRef) -> cpm_torch::Result<Cow<'_, [u8]>> {
         self.check(name, t)?;
         let p = self
             .param(&t.storage_key)
             .ok_or_else(|| cpm_torch::Error::internal(format!("no ZeRO parameter for `{name}`")))?;
-        // numel was proven (by `check`) to lie in the files' bytes: this allocation is backed.
-        let mut out = Vec::with_capacity((p.numel * 4) as usize);
-        for r in self.parts.runs(p) {
+        let runs = self.parts.runs(p);
+        let run_bytes = |r: &partition::Run| {
             let f = &self.files[r.dp];
             let bytes = f.bytes_at(&r.bytes()).ok_or_else(|| {
                 cpm_torch::Error::tensor(&f.path, name, "its fp32 partition lies outside the file")
             })?;
             f.prefetch(&r.bytes());
+            Ok::<_, cpm_torch::Error>((f, bytes))
+        };
+        if let [r] = runs[..] {
+            return run_bytes(&r).map(|(_, b)| Cow::Borrowed(b));
+        }
+        // numel was proven (by `check`) to lie in the files' bytes: this allocation is backed.
+        let mut out = Vec::with_capacity((p.numel * 4) as usize);
+        for r in runs {
+            let (f, bytes) = run_bytes(&r)?;
             out.extend_from_slice(bytes);
             f.release(&r.bytes());
         }
-        Ok(out)
+        Ok(Cow::Owned(out))
+    }
+
+    /// The one run a parameter held whole is read from (see [`Masters::read`]).
+    fn pages(&self, _name: &str, t: &TensorRef) -> Vec<(Pages<'_>, Range<u64>)> {
+        let Some(p) = self.param(&t.storage_key) else {
+            return Vec::new();
+        };
+        match self.parts.runs(p)[..] {
+            [r] => vec![(self.files[r.dp].pages(), r.bytes())],
+            _ => Vec::new(),
+        }
     }
 }

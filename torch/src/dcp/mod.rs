@@ -58,6 +58,9 @@ pub struct Dcp {
 /// and the byte range of its item there.
 pub type Described = (String, Vec<u64>, Vec<(Chunk, String, Range<u64>)>);
 
+/// Bytes lent from a data file's map: the bytes, the map's pages, the file range they lie at.
+type Lent<'a> = (&'a [u8], Pages<'a>, Range<u64>);
+
 /// What [`open`] gives a [`TorchFile`](crate::TorchFile).
 pub struct Opened {
     /// The object tree: `fqn -> tensor`, plus the common dict's entries.
@@ -132,15 +135,53 @@ impl Assembled for Dcp {
         self.span(name, t).map(drop)
     }
 
-    /// The tensor's bytes, assembled: a contiguous view is those bytes, a strided one gathered.
-    fn read(&self, name: &str, t: &TensorRef) -> Result<Vec<u8>> {
+    /// The tensor's bytes, assembled: a contiguous view is those bytes (borrowed when one chunk
+    /// holds them), a strided one gathered.
+    fn read(&self, name: &str, t: &TensorRef) -> Result<Cow<'_, [u8]>> {
         let span = self.span(name, t)?;
         let bytes = self.read_span(name, &span)?;
         if t.is_contiguous() && t.nbytes() == Some(bytes.len() as u64) {
             return Ok(bytes);
         }
         let whole = 0..bytes.len() as u64;
-        Ok(read_span(&bytes, &self.meta, name, t, &whole)?.into_owned())
+        Ok(Cow::Owned(
+            read_span(&bytes, &self.meta, name, t, &whole)?.into_owned(),
+        ))
+    }
+
+    /// A contiguous tensor stored as chunks of whole rows is its chunks' bytes in row order,
+    /// each lent from its item; anything else is [`Assembled::read`].
+    fn read_pieces(&self, name: &str, t: &TensorRef) -> Result<Vec<Cow<'_, [u8]>>> {
+        let span = self.span(name, t)?;
+        let s = self.stored(name, &span)?;
+        let whole = span.start == s.start && Some(span.end - span.start) == s.t.nbytes();
+        if !(whole && t.is_contiguous()) || s.t.shape.is_empty() {
+            return self.read(name, t).map(|b| vec![b]);
+        }
+        let mut rows: Vec<&Chunk> = s.t.chunks.iter().filter(|c| c.sizes[0] > 0).collect();
+        rows.sort_by_key(|c| c.offsets[0]);
+        let mut pieces = Vec::with_capacity(rows.len());
+        for c in rows {
+            let whole_rows = c.sizes[1..] == s.t.shape[1..];
+            match self.chunk_bytes(s, c)? {
+                Cow::Borrowed(b) if whole_rows => {
+                    let n = (c.sizes.iter().product::<u64>() * s.t.dtype.size() as u64) as usize;
+                    pieces.push(Cow::Borrowed(&b[..n]))
+                }
+                _ => return self.read(name, t).map(|b| vec![b]),
+            }
+        }
+        for (p, r) in self.pages_span(name, &span) {
+            p.prefetch(&r);
+        }
+        Ok(pieces)
+    }
+
+    fn pages(&self, name: &str, t: &TensorRef) -> Vec<(Pages<'_>, Range<u64>)> {
+        match self.span(name, t) {
+            Ok(span) => self.pages_span(name, &span),
+            Err(_) => Vec::new(),
+        }
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -261,15 +302,54 @@ impl Dcp {
         span(&self.storages, &self.meta, name, t)
     }
 
-    /// The bytes of virtual range `span` (inside one tensor, as [`Dcp::span`] computed it),
-    /// assembled from the chunks it touches.
-    pub fn read_span(&self, name: &str, span: &Range<u64>) -> Result<Vec<u8>> {
+    /// The stored tensor virtual range `span` lies in.
+    fn stored(&self, name: &str, span: &Range<u64>) -> Result<&Stored> {
         let i = self.tensors.partition_point(|s| s.start <= span.start);
-        let s = i
-            .checked_sub(1)
+        i.checked_sub(1)
             .map(|i| &self.tensors[i])
             .filter(|s| span.end <= s.start + s.t.nbytes().unwrap_or(0))
-            .ok_or_else(|| Error::internal(format!("span {span:?} of `{name}` is no tensor's")))?;
+            .ok_or_else(|| Error::internal(format!("span {span:?} of `{name}` is no tensor's")))
+    }
+
+    /// The bytes of virtual range `span`, lent from the one chunk that holds them as a run of
+    /// its row-major bytes (a chunk of whole rows, as FSDP and tensor parallelism along the
+    /// first dimension store them), with the file's pages and the byte range they lie at.
+    /// `None` where no chunk does, or the chunk's item is stored strided.
+    fn lend(&self, name: &str, span: &Range<u64>) -> Result<Option<Lent<'_>>> {
+        let s = self.stored(name, span)?;
+        let es = s.t.dtype.size() as u64;
+        let (a, b) = ((span.start - s.start) / es, (span.end - s.start) / es);
+        let shape = &s.t.shape;
+        // Elements per index of the first dimension (the whole tensor for a scalar).
+        let row: u64 = shape.iter().skip(1).product();
+        let Some(c) = s.t.chunks.iter().find(|c| {
+            let whole_rows = c.sizes.iter().skip(1).eq(shape.iter().skip(1));
+            let first = c.offsets.first().copied().unwrap_or(0) * row;
+            whole_rows && first <= a && b <= first + c.sizes.iter().product::<u64>()
+        }) else {
+            return Ok(None);
+        };
+        let Cow::Borrowed(bytes) = self.chunk_bytes(s, c)? else {
+            return Ok(None);
+        };
+        let first = c.offsets.first().copied().unwrap_or(0) * row;
+        let lent = &bytes[((a - first) * es) as usize..((b - first) * es) as usize];
+        let map = &self.files[self.items[c.source].file].1;
+        // Where the slice lies in the map: both are the same mapping's bytes.
+        let at = (lent.as_ptr() as usize - map.as_ptr() as usize) as u64;
+        Ok(Some((lent, Pages(map), at..at + lent.len() as u64)))
+    }
+
+    /// The bytes of virtual range `span` (inside one tensor, as [`Dcp::span`] computed it):
+    /// borrowed from the chunk that holds them whole (see [`Dcp::lend`]; release them with
+    /// [`Dcp::pages_span`]), else assembled from the chunks it touches, whose pages are then
+    /// released.
+    pub fn read_span(&self, name: &str, span: &Range<u64>) -> Result<Cow<'_, [u8]>> {
+        if let Some((bytes, pages, range)) = self.lend(name, span)? {
+            pages.prefetch(&range);
+            return Ok(Cow::Borrowed(bytes));
+        }
+        let s = self.stored(name, span)?;
         let es = s.t.dtype.size() as u64;
         let (a, b) = ((span.start - s.start) / es, (span.end - s.start) / es);
         let mut out = vec![0u8; ((b - a) * es) as usize];
@@ -285,7 +365,28 @@ impl Dcp {
             Pages(&self.files[it.file].1).release(&it.range);
         }
         filled?;
-        Ok(out)
+        Ok(Cow::Owned(out))
+    }
+
+    /// The mapped pages a read of `span` lent, to release once done with them: the exact
+    /// range where one chunk lent it all, else (a whole tensor) the items of all its chunks.
+    pub fn pages_span(&self, name: &str, span: &Range<u64>) -> Vec<(Pages<'_>, Range<u64>)> {
+        if let Ok(Some((_, pages, range))) = self.lend(name, span) {
+            return vec![(pages, range)];
+        }
+        // Part of a tensor assembled by copying was released as it was copied.
+        match self.stored(name, span) {
+            Ok(s) if span.start == s.start && Some(span.end - span.start) == s.t.nbytes() => {
+                s.t.chunks
+                    .iter()
+                    .map(|c| {
+                        let it = &self.items[c.source];
+                        (Pages(&self.files[it.file].1), it.range.clone())
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// For reports: each tensor's name, global shape and chunks, and the files they lie in.
