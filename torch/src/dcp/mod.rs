@@ -341,7 +341,7 @@ impl Dcp {
     }
 
     /// The bytes of virtual range `span` (inside one tensor, as [`Dcp::span`] computed it):
-    /// borrowed from the chunk that holds them whole (see [`Dcp::lend`]; release them with
+    /// borrowed from the chunk that holds them whole (see `Dcp::lend`; release them with
     /// [`Dcp::pages_span`]), else assembled from the chunks it touches, whose pages are then
     /// released.
     pub fn read_span(&self, name: &str, span: &Range<u64>) -> Result<Cow<'_, [u8]>> {
