@@ -27,17 +27,6 @@ pub enum Error {
         msg: String,
     },
 
-    /// The pickle program inside a torch file is malformed or outside what we accept.
-    #[error("{path}: pickle at byte {offset}: {msg}")]
-    Pickle {
-        /// The torch file.
-        path: PathBuf,
-        /// Where in the pickle program reading stopped, in bytes.
-        offset: u64,
-        /// What is wrong, worded for the user.
-        msg: String,
-    },
-
     /// A tensor's description does not fit its storage or our expectations.
     #[error("{path}: tensor `{tensor}`: {msg}")]
     Tensor {
