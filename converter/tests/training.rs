@@ -79,26 +79,13 @@ fn every_dcp_checkpoint_converts_and_reproduces_its_own_logits() {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn accelerate_output_takes_the_config_json_saved_beside_it() {
     // The user saves the model's config.json in accelerate's output folder (or passes --heads).
     let tmp = tempfile::tempdir().unwrap();
     let fixture = training().join("dcp-fsdp2-accelerate");
     let ckpt = tmp.path().join("ckpt");
-    copy_dir(&fixture.join("checkpoint"), &ckpt);
+    testkit::copy_tree(&fixture.join("checkpoint"), &ckpt);
     let no_config = convert(&ckpt, &tmp.path().join("none"), &[]);
     assert_eq!(no_config.code, Some(2), "{no_config:?}");
     assert!(no_config.stdout.contains("--heads"), "{no_config:?}");

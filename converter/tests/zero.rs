@@ -25,20 +25,6 @@ fn training(name: &str) -> PathBuf {
     testkit::fixtures().join("training").join(name)
 }
 
-/// Every file of `from` copied under `to` (the fixtures are small).
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn every_zero_case_converts_with_heads_and_reproduces_its_logits() {
     let tmp = tempfile::tempdir().unwrap();
@@ -82,7 +68,7 @@ fn config_beside_the_root_or_a_tag_folder_as_input() {
     for (name, _, _) in CASES {
         let fixture = training(name);
         let root = tmp.path().join(name).join("ckpt");
-        copy_tree(&fixture.join("checkpoint"), &root);
+        testkit::copy_tree(&fixture.join("checkpoint"), &root);
         std::fs::copy(
             fixture.join("reference/config.json"),
             root.join("config.json"),
@@ -216,7 +202,7 @@ fn the_tracker_wins_when_latest_names_no_zero_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     for (k, latest) in ["100", "../x", "global_step9"].iter().enumerate() {
         let root = tmp.path().join(format!("ckpt{k}"));
-        copy_tree(&testkit::fixtures().join("tiny/ckpt"), &root);
+        testkit::copy_tree(&testkit::fixtures().join("tiny/ckpt"), &root);
         std::fs::write(root.join("latest"), latest).unwrap();
         let out = tmp.path().join(format!("out{k}"));
         let run = convert(&root, &out, &[]);
