@@ -332,27 +332,12 @@ fn an_input_truncated_during_the_run_is_named_as_the_cause() {
 
 #[test]
 fn a_write_past_the_file_size_limit_is_an_error_and_leaves_nothing() {
-    use std::os::unix::process::CommandExt;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cpm-convert"));
     cmd.arg(fixtures().join("ckpt")).arg("-o").arg(&out);
     // The model file is 331 KiB; the limit lets the messages through but not the model.
-    let limit = libc::rlimit {
-        rlim_cur: 64 << 10,
-        rlim_max: 64 << 10,
-    };
-    // SAFETY: setrlimit is async-signal-safe and touches only the given struct, which is
-    // copied into the closure.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    testkit::limit_child(&mut cmd, testkit::ChildLimit::FileSize(64 << 10));
     let r = testkit::run_command(cmd);
     assert_eq!(r.code, Some(2), "killed by SIGXFSZ? {r:?}");
     assert!(

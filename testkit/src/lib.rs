@@ -284,24 +284,42 @@ pub fn special_files(dir: &Path) -> Vec<PathBuf> {
 /// Runs `exe` with `args` as [`run`] does, but under [`REFUSAL_DEADLINE`] and [`REFUSAL_HEAP`]:
 /// for runs that must refuse a file at once.
 pub fn run_refusing<S: AsRef<OsStr>>(exe: &str, args: &[S]) -> Run {
-    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(exe);
     cmd.args(args);
-    let limit = libc::rlimit {
-        rlim_cur: REFUSAL_HEAP,
-        rlim_max: REFUSAL_HEAP,
+    limit_child(&mut cmd, ChildLimit::Heap(REFUSAL_HEAP));
+    run_command_within(cmd, REFUSAL_DEADLINE)
+}
+
+/// A resource limit for a child process.
+#[derive(Debug, Clone, Copy)]
+pub enum ChildLimit {
+    /// `RLIMIT_DATA`: the heap, in bytes.
+    Heap(u64),
+    /// `RLIMIT_FSIZE`: the largest file it may write, in bytes (past it, SIGXFSZ or EFBIG).
+    FileSize(u64),
+}
+
+/// Makes `cmd`'s child start under `limit` (set between fork and exec).
+pub fn limit_child(cmd: &mut Command, limit: ChildLimit) {
+    use std::os::unix::process::CommandExt;
+    let (resource, bytes) = match limit {
+        ChildLimit::Heap(b) => (libc::RLIMIT_DATA, b),
+        ChildLimit::FileSize(b) => (libc::RLIMIT_FSIZE, b),
     };
-    // SAFETY: setrlimit is async-signal-safe and reads only the copied struct.
+    let rlimit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit is async-signal-safe and reads only the struct copied into the closure.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setrlimit(libc::RLIMIT_DATA, &limit) == 0 {
+            if libc::setrlimit(resource, &rlimit) == 0 {
                 Ok(())
             } else {
                 Err(std::io::Error::last_os_error())
             }
         });
     }
-    run_command_within(cmd, REFUSAL_DEADLINE)
 }
 
 /// Limits this process's heap ([`REFUSAL_HEAP`] as `RLIMIT_DATA`): for in-process tests of
